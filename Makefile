@@ -1,0 +1,35 @@
+# medsynth — `make test` and `make demo` work from a fresh clone: both install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo protos bench clean help
+
+help:
+	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
+	@echo "make test     install, then run the test suite"
+	@echo "make demo     install, then run the main job end to end on phantom scans (DATA=dir to use your own)"
+	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock libs/medsynth/pyproject.toml
+	@java -version 2>&1 | grep -q 'version "17' || { echo "Java 17 is required (TorchServe): install openjdk-17-jre-headless" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e libs/medsynth
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests
+
+demo: install
+	$(VENV)/bin/medsynth demo $(if $(DATA),--data $(DATA))
+
+protos: install
+	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto
+
+clean:
+	rm -rf $(VENV) .medsynth .pytest_cache

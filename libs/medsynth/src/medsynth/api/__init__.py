@@ -1,0 +1,1 @@
+"""HTTP surfaces: the control-plane api and the ingest service (routes, dependencies, schemas)."""

@@ -1,0 +1,92 @@
+"""App factories for the two HTTP services. Nothing is built at import time: clients are created in
+the lifespan, from the settings handed to the factory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from medsynth import __version__
+from medsynth.bus.client import Bus
+from medsynth.core.settings import Settings
+from medsynth.jobs.reconciler import run_reconciler
+from medsynth.jobs.records import JobRecords
+from medsynth.jobs.service import JobService
+from medsynth.store import open_store
+from medsynth.web import health_router, install_error_handlers
+
+
+def _ready(app: FastAPI) -> Mapping[str, bool]:
+    state = app.state
+    if not hasattr(state, "store"):
+        return {"started": False}
+    return {"store": _store_ok(state.store), "kafka": state.bus.connected()}
+
+
+def _store_ok(store) -> bool:
+    try:
+        next(iter(store.list("jobs/")), None)
+    except Exception:  # noqa: BLE001 - unreachable store means not ready
+        return False
+    return True
+
+
+def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router(lambda: _ready(app)))
+    return app
+
+
+def create_ingest_app(settings: Settings) -> FastAPI:
+    from medsynth.api.routes import scans
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = open_store(settings)
+        app.state.bus = Bus(settings, client_id="ingest")
+        yield
+        app.state.bus.close()
+
+    app = _base_app("medsynth ingest", settings, lifespan)
+    app.include_router(scans.router)
+    return app
+
+
+def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
+    from medsynth.api.routes import datasets, jobs
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = open_store(settings)
+        app.state.bus = Bus(settings, client_id="api")
+        app.state.jobs = JobService(JobRecords(app.state.store), app.state.bus)
+        stop = threading.Event()
+        if reconcile:
+            args = (app.state.jobs, settings.reconcile_after_s, settings.reconcile_every_s, stop)
+            threading.Thread(target=run_reconciler, args=args, name="reconciler", daemon=True).start()
+        yield
+        stop.set()
+        app.state.bus.close()
+
+    app = _base_app("medsynth api", settings, lifespan)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def main(name: str) -> None:
+    """Entrypoint of ``services/api/main.py`` and ``services/ingest/main.py``."""
+    import uvicorn
+
+    from medsynth.core.logging import configure_logging
+    from medsynth.core.settings import load_settings
+
+    factories = {"api": create_api_app, "ingest": create_ingest_app}
+    configure_logging(name)
+    settings = load_settings()
+    uvicorn.run(factories[name](settings), host=settings.http_host, port=settings.http_port, log_config=None)

@@ -1,0 +1,102 @@
+"""The Kafka bus through kafka-python: acknowledged publishing and consumer construction."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from medsynth.bus.topics import command_topic, events_topic
+from medsynth.core.errors import MedsynthError
+from medsynth.core.settings import Settings
+from medsynth.messages import Command, Event, JobKind
+
+log = logging.getLogger(__name__)
+
+
+class BusError(MedsynthError):
+    """The broker is unreachable or did not acknowledge a message."""
+
+
+class Bus:
+    """Publishes protobuf messages and builds consumers. Safe to share between threads.
+
+    Publishing waits for the broker's acknowledgement from all in-sync replicas (``acks='all'``): when
+    :meth:`publish` returns, the message is in the log.
+    """
+
+    def __init__(self, settings: Settings, *, client_id: str = "medsynth") -> None:
+        if not settings.kafka_bootstrap:
+            raise BusError("MEDSYNTH_KAFKA_BOOTSTRAP is not set; start a broker with `medsynth stack up`.")
+        self.settings = settings
+        self.prefix = settings.topic_prefix
+        self.client_id = client_id
+        self._producer = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+                        client_id=self.client_id,
+                        acks="all",
+                        retries=5,
+                        max_in_flight_requests_per_connection=1,
+                        linger_ms=0,
+                    )
+                except KafkaError as exc:
+                    raise BusError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+            return self._producer
+
+    def publish(self, topic: str, key: str, value: bytes, *, timeout: float = 30.0) -> None:
+        """Send one message and wait until the broker acknowledges it."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._get_producer().send(topic, key=key.encode(), value=value).get(timeout=timeout)
+        except KafkaError as exc:
+            raise BusError(f"publishing to {topic} failed: {exc}") from exc
+
+    def send_command(self, kind: JobKind, command: Command) -> None:
+        self.publish(command_topic(self.prefix, kind), command.job_id, command.SerializeToString())
+
+    def emit(self, event: Event) -> None:
+        self.publish(events_topic(self.prefix), event.job_id or event.event_id, event.SerializeToString())
+
+    def connected(self) -> bool:
+        """Whether the producer can reach a broker (used by readiness checks)."""
+        try:
+            return bool(self._get_producer().bootstrap_connected())
+        except BusError:
+            return False
+
+    def consumer(self, topics: Sequence[str], group: str, **overrides):
+        """A consumer in ``group`` that never commits on its own: the caller commits after its work is done."""
+        from kafka import KafkaConsumer
+
+        options = dict(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            client_id=self.client_id,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=1,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.session_timeout_ms // 5, 500),
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+        )
+        options.update(overrides)
+        consumer = KafkaConsumer(**options)
+        consumer.subscribe(list(topics))
+        return consumer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+                self._producer = None

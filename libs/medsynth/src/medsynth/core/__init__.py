@@ -1,0 +1,1 @@
+"""Bottom layer: settings, errors, logging and small utilities. Imports nothing else of medsynth."""

@@ -1,0 +1,83 @@
+"""The one typed settings object. Built by :func:`load_settings`, never at import time."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_S3_SECRET = "medsynth-dev-secret"
+
+
+class Environment(str, Enum):
+    development = "development"
+    production = "production"
+
+
+class StoreBackend(str, Enum):
+    local = "local"
+    s3 = "s3"
+
+
+class Settings(BaseSettings):
+    """Every knob of every service; each is read from ``MEDSYNTH_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDSYNTH_", extra="ignore")
+
+    environment: Environment = Environment.development
+    home: Path = Field(Path(".medsynth"), description="Local state: store, logs, stack state.")
+
+    # http (each service process gets its own port)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+
+    stack_base_port: int = Field(8700, ge=1024, le=65000, description="`medsynth stack up`: api on it, the rest above.")
+
+    # object store
+    store: StoreBackend = StoreBackend.local
+    store_root: Path | None = Field(None, description="Local backend root; default <home>/store.")
+    s3_endpoint: str = "localhost:9000"
+    s3_bucket: str = "medsynth"
+    s3_access_key: str = "medsynth"
+    s3_secret_key: str = DEV_S3_SECRET
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+
+    # bus
+    kafka_bootstrap: str | None = Field(None, description="Unset: `medsynth stack up` starts a local broker.")
+    topic_prefix: str = "medsynth"
+    max_attempts: int = Field(3, ge=1, description="Handler attempts before a command is dead-lettered.")
+    retry_backoff_s: float = Field(1.0, ge=0)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    max_poll_interval_ms: int = Field(
+        3_600_000, ge=10_000, description="Longest a handler may run before the group evicts its worker."
+    )
+
+    # jobs
+    reconcile_after_s: float = Field(60.0, gt=0, description="Republish commands of jobs queued longer.")
+    reconcile_every_s: float = Field(15.0, gt=0)
+
+    # ingestion limits
+    max_upload_bytes: int = Field(256 * 1024**2, gt=0)
+    max_voxels: int = Field(64 * 1024**2, gt=0)
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_development(self) -> Settings:
+        if (
+            self.environment is not Environment.development
+            and self.store is StoreBackend.s3
+            and self.s3_secret_key == DEV_S3_SECRET
+        ):
+            raise ValueError("MEDSYNTH_S3_SECRET_KEY must be set outside development")
+        return self
+
+    @property
+    def local_store_root(self) -> Path:
+        return self.store_root or self.home / "store"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, with explicit overrides taking precedence."""
+    return Settings(**overrides)

@@ -1,0 +1,122 @@
+"""Ingest one NIfTI scan (with an optional label map) into a dataset.
+
+Order of work, so that a failure leaves nothing half-done behind:
+validate everything in memory → write the untouched original and the canonical copy under keys
+derived from the image's content hash → commit a new manifest version → emit ``scan-ingested``.
+If the commit fails, the objects written are removed again (unless an identical upload of the same
+scan, which shares their keys, owns them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medsynth.core.errors import Conflict, InvalidInput, NotFound
+from medsynth.core.names import check_name
+from medsynth.datasets.manifest import (
+    DatasetManifest,
+    ScanEntry,
+    add_scan,
+    dataset_prefix,
+    load_manifest,
+    refuse_duplicate,
+)
+from medsynth.io.nifti import to_nifti_bytes, validate_scan
+from medsynth.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+
+    @property
+    def suffix(self) -> str:
+        return next(s for s in NIFTI_SUFFIXES if self.filename.lower().endswith(s))
+
+
+def check_nifti_name(upload: Upload, what: str) -> None:
+    if not upload.filename.lower().endswith(NIFTI_SUFFIXES):
+        raise InvalidInput(f"{what} must be a .nii or .nii.gz file, got {upload.filename!r}.")
+
+
+def ingest_scan(
+    store: ObjectStore,
+    dataset: str,
+    patient_id: str,
+    image: Upload,
+    label: Upload | None,
+    *,
+    max_voxels: int,
+    on_ingested: Callable[[ScanEntry, DatasetManifest], None] | None = None,
+) -> tuple[ScanEntry, DatasetManifest]:
+    """Validate, store and register one scan. Raises :class:`InvalidInput`, :class:`TooLarge` or
+    :class:`Conflict` (the same image is already in the dataset) before writing anything."""
+    check_name(dataset, "dataset name")
+    check_name(patient_id, "patient id")
+    check_nifti_name(image, "image")
+    if label is not None:
+        check_nifti_name(label, "label map")
+    scan = validate_scan(image.data, label.data if label else None, max_voxels=max_voxels)
+
+    image_sha = hashlib.sha256(image.data).hexdigest()
+    scan_id = image_sha[:16]
+    try:
+        refuse_duplicate(load_manifest(store, dataset), scan_id)  # early, cheap; add_scan re-checks
+    except NotFound:
+        pass
+
+    base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
+    objects = {f"{base}original/image{image.suffix}": image.data, f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine)}
+    if label is not None and scan.label is not None:
+        objects[f"{base}original/label{label.suffix}"] = label.data
+        objects[f"{base}canonical/label.nii.gz"] = to_nifti_bytes(scan.label, scan.affine)
+    keys = list(objects)
+    entry = ScanEntry(
+        scan_id=scan_id,
+        patient_id=patient_id,
+        image_sha256=image_sha,
+        label_sha256=hashlib.sha256(label.data).hexdigest() if label else None,
+        original_image_key=keys[0],
+        image_key=keys[1],
+        original_label_key=keys[2] if label else None,
+        label_key=keys[3] if label else None,
+        shape=list(scan.shape),
+        spacing=[float(s) for s in scan.spacing],
+        orientation=scan.orientation,
+        label_values=list(scan.label_values),
+        original_filename=image.filename,
+    )
+    try:
+        for key, data in objects.items():
+            store.put_bytes(key, data)
+        manifest = add_scan(store, dataset, entry)
+    except BaseException as exc:
+        _remove_unless_registered(store, dataset, entry, keys, exc)
+        raise
+    if on_ingested is not None:
+        on_ingested(entry, manifest)
+    return entry, manifest
+
+
+def _remove_unless_registered(store: ObjectStore, dataset: str, entry: ScanEntry, keys: list[str], exc: BaseException) -> None:
+    """Undo this upload's writes, except where a concurrent identical upload registered the same keys."""
+    if isinstance(exc, Conflict):
+        try:
+            winner = load_manifest(store, dataset).find(entry.scan_id)
+        except NotFound:
+            winner = None
+        if winner is not None and winner.image_key == entry.image_key:
+            return
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:  # noqa: BLE001 - the original error is what the caller must see
+            log.exception("could not remove %s after a failed ingest", key)

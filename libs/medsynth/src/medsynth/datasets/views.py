@@ -1,0 +1,166 @@
+"""Training views of a dataset version: normalised 2D slices or 3D patches at a fixed size, written
+as shards per split.
+
+Layout: ``datasets/<name>/views/<view_id>/view.json`` (spec, counts, patients per split) and
+``.../<split>/shard-<NNNNN>.npz`` with ``images`` (N, 1, *size) float32 in [0, 1], ``masks`` (N, *size)
+uint8, and per-item ``patients``, ``scans`` and ``index`` (slice or patch number). ``view_id`` is a
+hash of the source manifest version and the spec, so a redelivered job rewrites the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from medsynth.core.errors import InvalidInput
+from medsynth.datasets.manifest import DatasetManifest, ScanEntry, dataset_prefix
+from medsynth.datasets.split import SPLITS, split_patients
+from medsynth.store import ObjectStore
+
+SHARD_ITEMS = 2048
+NORMALISATION = "per-volume: clip to [p0.5, p99.5], then min-max to [0, 1]"
+
+
+def normalise(volume: np.ndarray) -> np.ndarray:
+    """Per-volume intensity normalisation (volumes differ wildly in scale between scanners)."""
+    lo, hi = np.percentile(volume, [0.5, 99.5])
+    if hi <= lo:
+        return np.zeros_like(volume, dtype=np.float32)
+    return ((np.clip(volume, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def resize_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad a 2D slice to a square (keeping its aspect ratio), then resize to ``size``×``size``:
+    bilinear with antialiasing for the image, nearest for the mask."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = image.shape
+    side = max(h, w)
+    pad = ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)
+    image, mask = np.pad(image, pad), np.pad(mask, pad)
+    t_img = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    t_msk = torch.from_numpy(np.ascontiguousarray(mask).astype(np.float32))[None, None]
+    img = F.interpolate(t_img, size=(size, size), mode="bilinear", antialias=side > size, align_corners=False)
+    msk = F.interpolate(t_msk, size=(size, size), mode="nearest-exact")
+    return img[0, 0].clamp(0, 1).numpy(), msk[0, 0].numpy().astype(np.uint8)
+
+
+def slices_2d(image: np.ndarray, mask: np.ndarray, size: int, axis: int, keep_empty: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    if image.ndim == 2:
+        image, mask, axis = image[..., None], mask[..., None], 2
+    if not -image.ndim <= axis < image.ndim:
+        raise InvalidInput(f"axis must index one of the volume's {image.ndim} axes, got {axis}.")
+    for i in range(image.shape[axis]):
+        msk = np.take(mask, i, axis=axis)
+        if keep_empty or msk.any():
+            img, msk = resize_square(np.take(image, i, axis=axis), msk, size)
+            yield i, img, msk
+
+
+def patches_3d(image: np.ndarray, mask: np.ndarray, size: int, keep_empty: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Non-overlapping ``size``³ patches tiling the volume (zero-padded up to a multiple of ``size``)."""
+    if image.ndim != 3:
+        raise InvalidInput(f"3D patches need 3D volumes, got shape {image.shape}.")
+    pad = [(0, -n % size) for n in image.shape]
+    image, mask = np.pad(image, pad), np.pad(mask, pad)
+    grid = [range(0, n, size) for n in image.shape]
+    index = 0
+    for x in grid[0]:
+        for y in grid[1]:
+            for z in grid[2]:
+                window = np.s_[x : x + size, y : y + size, z : z + size]
+                if keep_empty or mask[window].any():
+                    yield index, image[window], mask[window]
+                index += 1
+
+
+def view_id_for(manifest: DatasetManifest, spec: dict) -> str:
+    blob = json.dumps({"dataset": manifest.dataset, "version": manifest.version, **spec}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_views(
+    store: ObjectStore,
+    manifest: DatasetManifest,
+    *,
+    mode: str,
+    size: int,
+    axis: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    keep_empty: bool,
+    load_scan: Callable[[ScanEntry], tuple[np.ndarray, np.ndarray | None]],
+    progress: Callable[[float, str], None] = lambda f, m: None,
+) -> str:
+    """Write the views of ``manifest`` and return the key of their ``view.json``."""
+    if mode not in ("slices2d", "patches3d"):
+        raise InvalidInput(f"mode must be 'slices2d' or 'patches3d', got {mode!r}.")
+    if not 8 <= size <= 1024:
+        raise InvalidInput(f"size must be between 8 and 1024 voxels, got {size}.")
+    if not manifest.scans:
+        raise InvalidInput(f"dataset {manifest.dataset!r} version {manifest.version} has no scans.")
+    spec = dict(mode=mode, size=size, axis=axis, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, keep_empty=keep_empty)
+    view_id = view_id_for(manifest, spec)
+    root = f"{dataset_prefix(manifest.dataset)}views/{view_id}/"
+    assignment = split_patients(manifest.patients, val_fraction, test_fraction, seed)
+
+    items: dict[str, list] = defaultdict(list)
+    for n, scan in enumerate(manifest.scans):
+        image, mask = load_scan(scan)
+        labelled = mask is not None
+        image = normalise(image)
+        mask = mask.astype(np.uint8) if labelled else np.zeros(image.shape, np.uint8)
+        views = patches_3d(image, mask, size, keep_empty or not labelled) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep_empty or not labelled)
+        for index, img, msk in views:
+            items[assignment[scan.patient_id]].append((scan.patient_id, scan.scan_id, index, img, msk))
+        progress((n + 1) / len(manifest.scans), f"{n + 1}/{len(manifest.scans)} scans")
+
+    shards = {split: _write_shards(store, f"{root}{split}/", items[split]) for split in SPLITS}
+    view = {
+        "view_id": view_id,
+        "dataset": manifest.dataset,
+        "dataset_version": manifest.version,
+        "spec": spec,
+        "normalisation": NORMALISATION,
+        "patients": {s: sorted(p for p, v in assignment.items() if v == s) for s in SPLITS},
+        "counts": {s: len(items[s]) for s in SPLITS},
+        "shards": shards,
+    }
+    key = f"{root}view.json"
+    store.put_json(key, view)
+    return key
+
+
+def _write_shards(store: ObjectStore, prefix: str, items: list) -> list[str]:
+    keys = []
+    for start in range(0, len(items), SHARD_ITEMS):
+        chunk = items[start : start + SHARD_ITEMS]
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            images=np.stack([c[3] for c in chunk])[:, None].astype(np.float32),
+            masks=np.stack([c[4] for c in chunk]).astype(np.uint8),
+            patients=np.array([c[0] for c in chunk]),
+            scans=np.array([c[1] for c in chunk]),
+            index=np.array([c[2] for c in chunk], dtype=np.int32),
+        )
+        key = f"{prefix}shard-{len(keys):05d}.npz"
+        store.put_bytes(key, buf.getvalue())
+        keys.append(key)
+    return keys
+
+
+def load_view_split(store: ObjectStore, view_key: str, split: str) -> dict[str, np.ndarray]:
+    """Concatenate a split's shards into arrays (``images``, ``masks``, ``patients``, ``scans``, ``index``)."""
+    view = store.get_json(view_key)
+    parts = [np.load(io.BytesIO(store.get_bytes(k))) for k in view["shards"][split]]
+    if not parts:
+        return {}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0].files}

@@ -1,0 +1,40 @@
+"""The prepare-dataset handler: a dataset version → training views split by patient."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from medsynth.datasets.manifest import ScanEntry, load_manifest
+from medsynth.datasets.views import build_views
+from medsynth.io.nifti import load_nifti
+from medsynth.jobs.worker import JobContext
+from medsynth.v1 import jobs_pb2
+
+def prepare_dataset(spec: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[str, str]:
+    """Every field of ``spec`` is used as given; the api fills in the documented defaults."""
+    store, max_voxels = ctx.store, ctx.settings.max_voxels
+    manifest = load_manifest(store, spec.dataset, spec.version or None)
+
+    def load_scan(scan: ScanEntry) -> tuple[np.ndarray, np.ndarray | None]:
+        image = np.asanyarray(load_nifti(store.get_bytes(scan.image_key), what=scan.image_key, max_voxels=max_voxels).dataobj)
+        if scan.label_key is None:
+            return image, None
+        label = np.asanyarray(load_nifti(store.get_bytes(scan.label_key), what=scan.label_key, max_voxels=max_voxels).dataobj)
+        return image, label
+
+    key = build_views(
+        store,
+        manifest,
+        mode="patches3d" if spec.mode == jobs_pb2.PATCHES_3D else "slices2d",
+        size=spec.size,
+        axis=spec.axis,
+        val_fraction=spec.val_fraction,
+        test_fraction=spec.test_fraction,
+        seed=spec.seed,
+        keep_empty=spec.keep_empty,
+        load_scan=load_scan,
+        progress=ctx.progress,
+    )
+    return {"view": key}

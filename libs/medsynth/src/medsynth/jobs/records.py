@@ -1,0 +1,113 @@
+"""Job records: one JSON object per job in the store, the source of truth about its state.
+
+Layout under ``jobs/<job_id>/``:
+
+- ``record.json``     spec, state, attempts, progress, timestamps, result keys, error. Written by the
+                      api when the job is created and by the worker that runs it — nobody else.
+- ``cancel``          present when cancellation was requested (any writer; workers poll it).
+- ``published.json``  when and how often the command was published (api and reconciler).
+
+Keeping the cancel flag and publish bookkeeping out of the record means no two processes ever
+rewrite the same object concurrently, so no update is lost without needing compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from medsynth.core.clock import utcnow
+from medsynth.core.errors import NotFound
+from medsynth.core.names import check_name
+from medsynth.messages import JobKind
+from medsynth.store import ObjectStore
+
+PREFIX = "jobs/"
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+def new_job_id(kind: JobKind) -> str:
+    return f"{kind.value}-{uuid.uuid4().hex[:16]}"
+
+
+class JobRecord(BaseModel):
+    job_id: str
+    kind: JobKind
+    spec: dict[str, Any]
+    state: JobState = JobState.queued
+    attempts: int = 0
+    progress: float = 0.0
+    message: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_keys: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+    dead_lettered: bool = False
+
+
+class Publication(BaseModel):
+    count: int = 0
+    last_at: datetime | None = None
+
+
+def record_key(job_id: str) -> str:
+    return f"{PREFIX}{check_name(job_id, 'job id')}/record.json"
+
+
+class JobRecords:
+    """Reads and writes job records in an :class:`ObjectStore`."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def get(self, job_id: str) -> JobRecord:
+        try:
+            return JobRecord.model_validate(self.store.get_json(record_key(job_id)))
+        except NotFound:
+            raise NotFound(f"no job with id {job_id!r}") from None
+
+    def put(self, record: JobRecord) -> JobRecord:
+        record.updated_at = utcnow()
+        self.store.put_json(record_key(record.job_id), record.model_dump(mode="json"))
+        return record
+
+    def all(self) -> Iterator[JobRecord]:
+        for key in self.store.list(PREFIX):
+            if key.endswith("/record.json"):
+                yield JobRecord.model_validate(self.store.get_json(key))
+
+    def request_cancel(self, job_id: str) -> None:
+        self.store.put_bytes(f"{PREFIX}{job_id}/cancel", b"")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.store.exists(f"{PREFIX}{job_id}/cancel")
+
+    def publication(self, job_id: str) -> Publication:
+        try:
+            return Publication.model_validate(self.store.get_json(f"{PREFIX}{job_id}/published.json"))
+        except NotFound:
+            return Publication()
+
+    def mark_published(self, job_id: str) -> Publication:
+        pub = self.publication(job_id)
+        pub = Publication(count=pub.count + 1, last_at=utcnow())
+        self.store.put_json(f"{PREFIX}{job_id}/published.json", pub.model_dump(mode="json"))
+        return pub

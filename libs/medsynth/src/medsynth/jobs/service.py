@@ -1,0 +1,62 @@
+"""Submitting, cancelling and republishing jobs: record first, then the command."""
+
+from __future__ import annotations
+
+import logging
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.message import Message
+
+from medsynth.bus.client import Bus, BusError
+from medsynth.core.clock import utcnow
+from medsynth.core.errors import Conflict
+from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
+from medsynth.messages import JobKind, make_command, make_event
+from medsynth.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+
+class JobService:
+    def __init__(self, records: JobRecords, bus: Bus) -> None:
+        self.records = records
+        self.bus = bus
+
+    def submit(self, kind: JobKind, spec: Message) -> JobRecord:
+        """Create the job record, then publish its command.
+
+        If the broker is unreachable the job stays ``queued`` and the reconciler publishes it later:
+        the job is never lost, only delayed.
+        """
+        record = JobRecord(
+            job_id=new_job_id(kind),
+            kind=kind,
+            spec=MessageToDict(spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
+        )
+        self.records.put(record)
+        self.publish(record)
+        return record
+
+    def publish(self, record: JobRecord) -> bool:
+        """(Re)publish a queued job's command; returns whether the broker acknowledged it."""
+        spec = ParseDict(record.spec, record.kind.spec_type()(), ignore_unknown_fields=True)
+        try:
+            self.bus.send_command(record.kind, make_command(record.job_id, record.kind, spec))
+            self.records.mark_published(record.job_id)
+            self.bus.emit(make_event(record.job_id, record.kind, queued=events_pb2.JobQueued()))
+        except BusError as exc:
+            log.warning("job %s stays queued, publishing failed: %s", record.job_id, exc)
+            return False
+        return True
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Request cancellation. A queued job is cancelled at once; a running one at its next step."""
+        record = self.records.get(job_id)
+        if record.state.terminal:
+            raise Conflict(f"job {job_id} is already {record.state.value}")
+        self.records.request_cancel(job_id)
+        if record.state is JobState.queued:
+            record.state, record.finished_at = JobState.cancelled, utcnow()
+            self.records.put(record)
+            self.bus.emit(make_event(job_id, record.kind, cancelled=events_pb2.JobCancelled()))
+        return record

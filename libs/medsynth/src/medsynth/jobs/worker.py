@@ -1,0 +1,240 @@
+"""The worker loop: consume a command, run its handler, record the outcome, then commit.
+
+Commit order (after quix-streams): handler outputs are in the store → the job record says so → events
+are acknowledged by the broker → the offset is committed. A worker killed anywhere before the commit
+gets its command redelivered to another group member; the record tells that member what happened:
+
+- record terminal (succeeded / failed / cancelled): skip and commit — outputs are written once;
+- record running or queued: run again (handlers are idempotent: deterministic output keys);
+- ``attempts`` reached ``max_attempts``: the command goes to the dead-letter topic with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from google.protobuf.message import Message
+
+from medsynth.bus.client import Bus
+from medsynth.bus.topics import command_topic, dead_letter_topic
+from medsynth.core.clock import utcnow
+from medsynth.core.errors import InvalidInput, JobCancelled, NotFound, PermanentJobError
+from medsynth.core.settings import Settings
+from medsynth.jobs.records import JobRecord, JobRecords, JobState
+from medsynth.messages import DeadLetter, JobKind, decode_command, make_event
+from medsynth.store import ObjectStore
+from medsynth.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS
+from medsynth.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WRITE_INTERVAL_S = 1.0
+
+
+class WorkerStopping(Exception):
+    """Raised inside a handler at its next progress report when the worker is shutting down."""
+
+
+@dataclass
+class JobContext:
+    """What a handler gets besides its spec: the store, settings, and progress/cancel hooks."""
+
+    record: JobRecord
+    store: ObjectStore
+    settings: Settings
+    _worker: Worker
+    _last_write: float = field(default=0.0)
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if cancellation was requested, :class:`WorkerStopping` on shutdown."""
+        if self._worker.stopping.is_set():
+            raise WorkerStopping(f"worker {self._worker.name} is stopping")
+        if self._worker.records.cancel_requested(self.job_id):
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress (0..1); also the point where cancellation and shutdown are honoured."""
+        self.check_cancelled()
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_WRITE_INTERVAL_S and fraction < 1.0:
+            return
+        self._last_write = now
+        self.record.progress, self.record.message = max(0.0, min(1.0, fraction)), message
+        self._worker.records.put(self.record)
+        self._worker.bus.emit(
+            make_event(self.job_id, self.record.kind, progress=events_pb2.JobProgress(fraction=fraction, message=message))
+        )
+
+
+Handler = Callable[[Message, JobContext], Mapping[str, str]]
+"""A handler runs one job from its spec and returns its result keys (name → store key)."""
+
+
+class Outcome(Enum):
+    done = "done"    # commit the offset
+    retry = "retry"  # seek back and run the command again after a backoff
+
+
+class Worker:
+    """Runs the handlers of some job kinds as one member of the consumer group ``<prefix>.<name>``."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        store: ObjectStore,
+        bus: Bus,
+        handlers: Mapping[JobKind, Handler],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.records = JobRecords(store)
+        self.handlers = dict(handlers)
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.identity = f"{name}@{socket.gethostname()}"
+
+    # -- loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until :meth:`stop` is called. The message in hand is finished or left uncommitted."""
+        from kafka.structs import OffsetAndMetadata
+
+        topics = [command_topic(self.bus.prefix, kind) for kind in self.handlers]
+        consumer = self.bus.consumer(topics, group=f"{self.bus.prefix}.{self.name}")
+        self.ready.set()
+        log.info("worker %s consuming %s", self.identity, topics)
+        try:
+            while not self.stopping.is_set():
+                for tp, messages in consumer.poll(timeout_ms=500, max_records=1).items():
+                    for message in messages:
+                        try:
+                            outcome = self.process(message)
+                        except WorkerStopping:
+                            return
+                        except Exception:  # noqa: BLE001 - e.g. store or broker down: keep the message
+                            log.exception("processing %s:%d@%d failed; will retry", tp.topic, tp.partition, message.offset)
+                            outcome = Outcome.retry
+                        if outcome is Outcome.retry:
+                            consumer.seek(tp, message.offset)
+                            self.stopping.wait(self.settings.retry_backoff_s)
+                        else:
+                            consumer.commit({tp: OffsetAndMetadata(message.offset + 1, "", -1)})
+        finally:
+            self.ready.clear()
+            consumer.close(autocommit=False)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- one message -----------------------------------------------------------------------------
+
+    def process(self, message) -> Outcome:
+        try:
+            command, kind, spec = decode_command(message.value)
+        except InvalidInput as exc:
+            self._dead_letter(None, message, str(exc), attempts=0)
+            return Outcome.done
+        try:
+            record = self.records.get(command.job_id)
+        except NotFound as exc:
+            self._dead_letter(kind, message, str(exc), attempts=0)
+            return Outcome.done
+        if record.state.terminal:
+            log.info("job %s already %s; skipping redelivered command", record.job_id, record.state.value)
+            return Outcome.done
+        if self.records.cancel_requested(record.job_id):
+            self._finish(record, JobState.cancelled)
+            return Outcome.done
+        if record.attempts >= self.settings.max_attempts:
+            self._fail(record, message, record.error or "attempts exhausted (worker lost mid-job)")
+            return Outcome.done
+        return self._attempt(record, kind, spec, message)
+
+    def _attempt(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
+        record.attempts += 1
+        record.state, record.started_at, record.message = JobState.running, utcnow(), ""
+        self.records.put(record)
+        self.bus.emit(make_event(record.job_id, kind, started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
+        ctx = JobContext(record=record, store=self.store, settings=self.settings, _worker=self)
+        started = time.monotonic()
+        try:
+            handler = self.handlers[kind]
+            result = dict(handler(spec, ctx))
+            ctx.check_cancelled()
+        except WorkerStopping:
+            record.state, record.attempts = JobState.queued, record.attempts - 1
+            record.message = f"interrupted by shutdown of {self.identity}; will resume"
+            self.records.put(record)
+            raise
+        except JobCancelled:
+            self._finish(record, JobState.cancelled)
+            return Outcome.done
+        except (PermanentJobError, InvalidInput, NotFound) as exc:
+            self._fail(record, message, f"{type(exc).__name__}: {exc}")
+            return Outcome.done
+        except Exception as exc:  # noqa: BLE001 - any handler failure is recorded and retried or dead-lettered
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("job %s attempt %d failed: %s\n%s", record.job_id, record.attempts, error, traceback.format_exc())
+            JOBS.labels(kind.value, "error").inc()
+            if record.attempts >= self.settings.max_attempts:
+                self._fail(record, message, error)
+                return Outcome.done
+            record.state, record.error = JobState.queued, error
+            record.message = f"attempt {record.attempts} failed; retrying"
+            self.records.put(record)
+            return Outcome.retry
+        finally:
+            JOB_SECONDS.labels(kind.value).observe(time.monotonic() - started)
+        record.result_keys = result
+        self._finish(record, JobState.succeeded)
+        return Outcome.done
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def _finish(self, record: JobRecord, state: JobState) -> None:
+        record.state, record.finished_at = state, utcnow()
+        if state is JobState.succeeded:
+            record.progress, record.error = 1.0, None
+            body = {"succeeded": events_pb2.JobSucceeded(result_keys=record.result_keys)}
+        else:
+            body = {"cancelled": events_pb2.JobCancelled()}
+        self.records.put(record)
+        self.bus.emit(make_event(record.job_id, record.kind, **body))
+        JOBS.labels(record.kind.value, state.value).inc()
+
+    def _fail(self, record: JobRecord, message, error: str) -> None:
+        self._dead_letter(record.kind, message, error, attempts=record.attempts)
+        record.state, record.finished_at, record.error, record.dead_lettered = JobState.failed, utcnow(), error, True
+        self.records.put(record)
+        failed = events_pb2.JobFailed(error=error, attempts=record.attempts, dead_lettered=True)
+        self.bus.emit(make_event(record.job_id, record.kind, failed=failed))
+        JOBS.labels(record.kind.value, "failed").inc()
+
+    def _dead_letter(self, kind: JobKind | None, message, error: str, *, attempts: int) -> None:
+        letter = DeadLetter(
+            command=message.value or b"",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            error=error,
+            attempts=attempts,
+        )
+        letter.time.FromDatetime(utcnow())
+        key = message.key.decode() if message.key else f"{message.topic}:{message.partition}:{message.offset}"
+        self.bus.publish(dead_letter_topic(self.bus.prefix, kind), key, letter.SerializeToString())
+        DEAD_LETTERS.labels(kind.value if kind else "unreadable").inc()
+        log.error("dead-lettered %s:%d@%d after %d attempts: %s", message.topic, message.partition, message.offset, attempts, error)

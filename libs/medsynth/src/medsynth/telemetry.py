@@ -1,0 +1,18 @@
+"""Prometheus metrics shared by every service (exposed on each service's ``/metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+JOBS = Counter("medsynth_jobs_total", "Commands handled by workers, by kind and outcome.", ["kind", "outcome"])
+JOB_SECONDS = Histogram(
+    "medsynth_job_duration_seconds",
+    "Wall time of one handler attempt.",
+    ["kind"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
+)
+DEAD_LETTERS = Counter("medsynth_dead_letters_total", "Commands sent to a dead-letter topic.", ["kind"])
+RECONCILER_REPUBLISHED = Counter("medsynth_reconciler_republished_total", "Queued jobs republished.")
+RECONCILER_ERRORS = Counter("medsynth_reconciler_errors_total", "Reconciler passes that raised.")
+INGESTED = Counter("medsynth_ingest_scans_total", "Scan uploads by outcome.", ["outcome"])
+INGESTED_BYTES = Counter("medsynth_ingest_bytes_total", "Bytes of accepted scan uploads.")

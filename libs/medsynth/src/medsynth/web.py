@@ -1,0 +1,80 @@
+"""HTTP plumbing shared by every service: /healthz, /readyz, /metrics, and error → status mapping."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from medsynth.bus.client import BusError
+from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound, StoreError, TooLarge
+
+log = logging.getLogger(__name__)
+
+ReadinessChecks = Callable[[], Mapping[str, bool]]
+
+# Most specific first: TooLarge is an InvalidInput.
+STATUS_BY_ERROR: list[tuple[type[MedsynthError], int]] = [
+    (TooLarge, 413),
+    (InvalidInput, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (StoreError, 503),
+    (BusError, 503),
+    (MedsynthError, 500),
+]
+
+
+def health_router(checks: ReadinessChecks) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz() -> Response:
+        results = _run_checks(checks)
+        status = 200 if results and all(results.values()) else 503
+        return JSONResponse({"ready": status == 200, "checks": results}, status_code=status)
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _run_checks(checks: ReadinessChecks) -> dict[str, bool]:
+    try:
+        return dict(checks())
+    except Exception:  # noqa: BLE001 - a failing check means "not ready", with the reason in the log
+        log.exception("readiness check raised")
+        return {"checks": False}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer medsynth errors with their status code and the error's message as ``detail``."""
+
+    async def handle(request: Request, exc: MedsynthError) -> Response:
+        status = next(code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls))
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    app.add_exception_handler(MedsynthError, handle)
+
+
+def serve_in_thread(app: FastAPI, host: str, port: int) -> threading.Thread:
+    """Run a small FastAPI app (a worker's health endpoints) with uvicorn in a daemon thread."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    return thread

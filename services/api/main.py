@@ -1,0 +1,9 @@
+"""medsynth api service (FastAPI): the control plane for datasets and jobs.
+
+Serves on MEDSYNTH_HTTP_HOST:MEDSYNTH_HTTP_PORT; /healthz, /readyz and /metrics beside the API.
+"""
+
+from medsynth.api.app import main
+
+if __name__ == "__main__":
+    main("api")

@@ -1,0 +1,9 @@
+"""medsynth segmenter worker: trains and tests segmentation models on real, synthetic and mixed data.
+
+Consumes its job kinds' command topics; /healthz, /readyz and /metrics on MEDSYNTH_HTTP_PORT.
+"""
+
+from medsynth.worker_service import main
+
+if __name__ == "__main__":
+    main("segmenter")

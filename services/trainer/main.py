@@ -1,0 +1,9 @@
+"""medsynth trainer worker: trains generators (GPU); also prepares datasets into training views.
+
+Consumes its job kinds' command topics; /healthz, /readyz and /metrics on MEDSYNTH_HTTP_PORT.
+"""
+
+from medsynth.worker_service import main
+
+if __name__ == "__main__":
+    main("trainer")

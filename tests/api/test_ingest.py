@@ -1,0 +1,169 @@
+"""NIfTI ingestion through the ingest service's HTTP API, with a real store and a real broker."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medsynth.api.app import create_ingest_app
+from medsynth.bus.topics import events_topic
+from medsynth.core.settings import Settings
+from medsynth.datasets.manifest import list_versions, load_manifest
+from medsynth.messages import Event
+from medsynth.phantoms import make_phantom
+from medsynth.store import ObjectStore
+
+from platform_fixtures import consume
+
+
+def nifti_bytes(array: np.ndarray, affine: np.ndarray | None = None, *, gz: bool = True) -> bytes:
+    img = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
+    raw = img.to_bytes()
+    return gzip.compress(raw) if gz else raw
+
+
+@pytest.fixture
+def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return make_phantom(seed=1, shape=(24, 24, 12))
+
+
+@pytest.fixture
+def client(platform_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_ingest_app(platform_settings)) as c:
+        yield c
+
+
+def upload(client: TestClient, dataset: str, patient: str, image: bytes, label: bytes | None = None, *, name: str = "scan.nii.gz"):
+    files = {"image": (name, image)}
+    if label is not None:
+        files["label"] = ("label.nii.gz", label)
+    return client.post(f"/v1/datasets/{dataset}/scans", data={"patient_id": patient}, files=files)
+
+
+def test_phantom_is_ingested_with_original_canonical_and_manifest(client, phantom, store: ObjectStore, platform_settings: Settings) -> None:
+    image, label, affine = phantom
+    flipped = affine.copy()
+    flipped[0, 0] = -flipped[0, 0]  # stored left-right flipped (LAS): the canonical copy must be RAS
+    raw_image = nifti_bytes(image, flipped)
+    r = upload(client, "knee", "p001", raw_image, nifti_bytes(label, flipped))
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["dataset_version"] == 1 and body["orientation"] == "RAS"
+    assert body["label_values"] == [0, 1, 2] and body["shape"] == list(image.shape)
+    assert store.get_bytes(body["original_image_key"]) == raw_image  # untouched
+    canonical = nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(body["image_key"])))
+    assert canonical.get_data_dtype() == np.float32
+    assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.asanyarray(canonical.dataobj), image[::-1], rtol=1e-6)
+    manifest = load_manifest(store, "knee")
+    assert [s.patient_id for s in manifest.scans] == ["p001"] and manifest.version == 1
+    assert manifest.scans[0].spacing == pytest.approx([float(abs(x)) for x in np.diag(affine)[:3]])
+    events = consume(platform_settings, events_topic(platform_settings.topic_prefix), until=lambda ms: len(ms) >= 1)
+    ingested = Event.FromString(events[0].value).scan_ingested
+    assert (ingested.dataset, ingested.patient_id, ingested.scan_id) == ("knee", "p001", body["scan_id"])
+
+
+def test_image_without_label_and_plain_nii(client, phantom) -> None:
+    image, _, affine = phantom
+    r = upload(client, "brain", "p1", nifti_bytes(image[:, :, 5], affine, gz=False), name="slice.nii")
+    assert r.status_code == 201, r.text
+    assert r.json()["label_key"] is None and len(r.json()["shape"]) == 2
+
+
+def _bad_inputs(phantom) -> list[tuple[str, str, dict, int, str]]:
+    image, label, affine = phantom
+    good, good_label = nifti_bytes(image, affine), nifti_bytes(label, affine)
+    nan = image.copy()
+    nan[3, 3, 3] = np.nan
+    inf = image.copy()
+    inf[1, 2, 3] = np.inf
+    half = label.astype(np.float32)
+    half[5, 5, 5] = 0.5
+    negative = label.astype(np.int16)
+    negative[5, 5, 5] = -1
+    shifted = affine.copy()
+    shifted[0, 3] += 10
+    return [
+        ("unreadable file", "p", {"image": b"this is not a nifti file at all" * 20}, 422, "not a readable NIfTI"),
+        ("truncated file", "p", {"image": good[: len(good) // 2]}, 422, "not a readable NIfTI"),
+        ("4D volume", "p", {"image": nifti_bytes(np.zeros((4, 4, 4, 3), np.float32), affine)}, 422, "2D or 3D"),
+        ("1D volume", "p", {"image": nifti_bytes(np.zeros((16,), np.float32))}, 422, "2D or 3D"),
+        ("NaN voxels", "p", {"image": nifti_bytes(nan, affine)}, 422, "NaN"),
+        ("inf voxels", "p", {"image": nifti_bytes(inf, affine)}, 422, "inf"),
+        ("non-integer labels", "p", {"image": good, "label": nifti_bytes(half, affine)}, 422, "0.5"),
+        ("negative labels", "p", {"image": good, "label": nifti_bytes(negative, affine)}, 422, "-1"),
+        ("shape mismatch", "p", {"image": good, "label": nifti_bytes(label[:-2], affine)}, 422, "shape"),
+        ("affine mismatch", "p", {"image": good, "label": nifti_bytes(label, shifted)}, 422, "affine"),
+        ("path in patient id", "../etc", {"image": good, "label": good_label}, 422, "patient id"),
+        ("slash in patient id", "a/b", {"image": good}, 422, "patient id"),
+        ("wrong extension", "p", {"image": good, "name": "scan.png"}, 422, ".nii"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_bad_input_is_rejected_and_leaves_nothing(case: int, client, phantom, store: ObjectStore) -> None:
+    what, patient, files, status, needle = _bad_inputs(phantom)[case]
+    r = upload(client, "ds", patient, files["image"], files.get("label"), name=files.get("name", "scan.nii.gz"))
+    assert r.status_code == status, (what, r.status_code, r.text)
+    assert needle in r.json()["detail"], (what, r.json()["detail"])
+    assert list(store.list("datasets/")) == [], f"{what} left objects behind"
+
+
+def test_dataset_name_with_path_characters_is_rejected(client, phantom, store: ObjectStore) -> None:
+    image, _, affine = phantom
+    r = upload(client, "..", "p", nifti_bytes(image, affine))
+    assert r.status_code in (404, 422)
+    r = upload(client, "bad$name", "p", nifti_bytes(image, affine))
+    assert r.status_code == 422 and "dataset name" in r.json()["detail"]
+    assert list(store.list("")) == [] or not list(store.list("datasets/"))
+
+
+def test_upload_over_the_size_limit(platform_settings: Settings, phantom, store: ObjectStore) -> None:
+    image, _, affine = phantom
+    small = platform_settings.model_copy(update={"max_upload_bytes": 2048})
+    with TestClient(create_ingest_app(small)) as c:
+        r = upload(c, "ds", "p", nifti_bytes(image + np.random.default_rng(0).random(image.shape, np.float32), affine))
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    voxels = platform_settings.model_copy(update={"max_voxels": 100})
+    with TestClient(create_ingest_app(voxels)) as c:
+        r = upload(c, "ds", "p", nifti_bytes(image, affine))
+    assert r.status_code == 413, r.text
+    assert list(store.list("datasets/")) == []
+
+
+def test_second_upload_of_the_same_scan_is_a_conflict(client, phantom, store: ObjectStore) -> None:
+    image, label, affine = phantom
+    data = nifti_bytes(image, affine)
+    assert upload(client, "ds", "p1", data, nifti_bytes(label, affine)).status_code == 201
+    keys = sorted(store.list("datasets/ds/scans/"))
+    r = upload(client, "ds", "p2", data)
+    assert r.status_code == 409 and "already in dataset" in r.json()["detail"] and "p1" in r.json()["detail"]
+    assert sorted(store.list("datasets/ds/scans/")) == keys and list_versions(store, "ds") == [1]
+
+
+def test_concurrent_uploads_into_one_dataset_all_land(client, store: ObjectStore) -> None:
+    n = 12
+    scans = [make_phantom(seed=100 + i, shape=(16, 16, 8)) for i in range(n)]
+    results: list[int] = [0] * n
+
+    def send(i: int) -> None:
+        image, label, affine = scans[i]
+        results[i] = upload(client, "busy", f"p{i:02d}", nifti_bytes(image, affine), nifti_bytes(label, affine)).status_code
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [201] * n
+    manifest = load_manifest(store, "busy")
+    assert sorted(s.patient_id for s in manifest.scans) == [f"p{i:02d}" for i in range(n)]
+    assert list_versions(store, "busy") == list(range(1, n + 1))

@@ -1,0 +1,39 @@
+"""A worker process for the redelivery test: the real Worker loop with a handler that, on its first
+attempt, announces itself and then hangs until the test kills the process with SIGKILL.
+
+Usage: python killable_worker.py OUT_DIR   (settings come from MEDSYNTH_* variables)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from medsynth.core.logging import configure_logging
+from medsynth.core.settings import load_settings
+from medsynth.messages import JobKind
+from medsynth.jobs.worker import Worker
+from medsynth.worker_service import build_store_and_bus
+
+OUT = Path(sys.argv[1])
+
+
+def handler(spec, ctx):
+    (OUT / f"attempt-{ctx.record.attempts}-pid-{os.getpid()}").touch()
+    if ctx.record.attempts == 1:
+        while True:  # the test kills us here, mid-handler, before any output is written
+            time.sleep(0.1)
+    key = f"outputs/{ctx.job_id}/result.txt"
+    ctx.store.put_bytes(key, b"done")
+    with open(OUT / "output-writes.log", "a") as log:
+        log.write(f"{key} by {os.getpid()}\n")
+    return {"result": key}
+
+
+if __name__ == "__main__":
+    configure_logging("killable")
+    settings = load_settings()
+    store, bus = build_store_and_bus(settings, "killable")
+    Worker("killable", settings, store, bus, {JobKind.prepare_dataset: handler}).run()

@@ -1,0 +1,166 @@
+"""The worker loop against a real Kafka-protocol broker and a real store: round trip, retries,
+dead letters, cancellation, and the reconciler recovering a command that never reached the broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from medsynth.bus.client import Bus
+from medsynth.bus.topics import dead_letter_topic, events_topic
+from medsynth.core.settings import Settings
+from medsynth.jobs.reconciler import reconcile_once
+from medsynth.jobs.records import JobRecord, JobRecords, JobState
+from medsynth.jobs.service import JobService
+from medsynth.jobs.worker import Handler, JobContext, Worker
+from medsynth.messages import DeadLetter, Event, JobKind, decode_command
+from medsynth.store import ObjectStore
+from medsynth.v1 import jobs_pb2
+
+from platform_fixtures import consume, wait_for_state
+
+KIND = JobKind.prepare_dataset
+
+
+def spec(name: str = "d") -> jobs_pb2.PrepareDataset:
+    return jobs_pb2.PrepareDataset(dataset=name, size=16)
+
+
+@pytest.fixture
+def run_worker(platform_settings: Settings, store: ObjectStore) -> Iterator:
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(handler: Handler, name: str = "w") -> Worker:
+        worker = Worker(name, platform_settings, store, Bus(platform_settings, client_id=name), {KIND: handler})
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=30)
+        worker.bus.close()
+
+
+@pytest.fixture
+def jobs(platform_settings: Settings, store: ObjectStore) -> Iterator[JobService]:
+    bus = Bus(platform_settings, client_id="api")
+    yield JobService(JobRecords(store), bus)
+    bus.close()
+
+
+def test_command_round_trip_writes_outputs_and_events(jobs: JobService, run_worker, store: ObjectStore, platform_settings: Settings) -> None:
+    def handler(s: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[str, str]:
+        ctx.progress(0.5, "half")
+        key = f"outputs/{ctx.job_id}/result.txt"
+        store.put_bytes(key, f"dataset={s.dataset} size={s.size}".encode())
+        return {"result": key}
+
+    run_worker(handler)
+    record = jobs.submit(KIND, spec("knee"))
+    done = wait_for_state(jobs.records, record.job_id, JobState.succeeded)
+    assert done.attempts == 1 and done.progress == 1.0
+    assert store.get_bytes(done.result_keys["result"]) == b"dataset=knee size=16"
+    events = [Event.FromString(m.value) for m in consume(platform_settings, events_topic(platform_settings.topic_prefix), until=lambda ms: any(Event.FromString(m.value).WhichOneof("body") == "succeeded" for m in ms))]
+    bodies = [e.WhichOneof("body") for e in events if e.job_id == record.job_id]
+    assert bodies[0] == "queued" and "started" in bodies and bodies[-1] == "succeeded"
+
+
+def test_failures_are_retried_then_dead_lettered(jobs: JobService, run_worker, platform_settings: Settings) -> None:
+    calls = []
+
+    def always_fails(s, ctx):
+        calls.append(ctx.record.attempts)
+        raise RuntimeError(f"disk on fire (attempt {ctx.record.attempts})")
+
+    run_worker(always_fails)
+    record = jobs.submit(KIND, spec())
+    failed = wait_for_state(jobs.records, record.job_id, JobState.failed)
+    assert calls == [1, 2, 3] == list(range(1, platform_settings.max_attempts + 1))
+    assert failed.dead_lettered and "disk on fire (attempt 3)" in failed.error
+    letters = consume(platform_settings, dead_letter_topic(platform_settings.topic_prefix, KIND), until=lambda ms: len(ms) >= 1)
+    letter = DeadLetter.FromString(letters[0].value)
+    assert letter.attempts == 3 and "disk on fire" in letter.error
+    assert decode_command(letter.command)[0].job_id == record.job_id
+    assert letter.topic.endswith(KIND.value) and letter.offset >= 0
+
+
+def test_transient_failure_recovers(jobs: JobService, run_worker) -> None:
+    def flaky(s, ctx):
+        if ctx.record.attempts == 1:
+            raise ConnectionError("store hiccup")
+        return {}
+
+    run_worker(flaky)
+    record = jobs.submit(KIND, spec())
+    done = wait_for_state(jobs.records, record.job_id, JobState.succeeded)
+    assert done.attempts == 2 and done.error is None
+
+
+def test_invalid_spec_fails_at_once_without_retry(jobs: JobService, run_worker) -> None:
+    from medsynth.core.errors import InvalidInput
+
+    calls = []
+
+    def rejects(s, ctx):
+        calls.append(1)
+        raise InvalidInput("size must be between 8 and 1024 voxels, got 4.")
+
+    run_worker(rejects)
+    record = jobs.submit(KIND, spec())
+    failed = wait_for_state(jobs.records, record.job_id, JobState.failed)
+    assert calls == [1] and "got 4" in failed.error and failed.dead_lettered
+
+
+def test_cancel_queued_and_running_jobs(jobs: JobService, run_worker) -> None:
+    started = threading.Event()
+    steps = []
+
+    def long_job(s, ctx):
+        started.set()
+        for i in range(600):
+            ctx.progress(i / 600)
+            steps.append(i)
+            time.sleep(0.05)
+        return {}
+
+    queued = jobs.submit(KIND, spec())  # no worker yet: still queued
+    assert jobs.cancel(queued.job_id).state is JobState.cancelled
+
+    run_worker(long_job)
+    running = jobs.submit(KIND, spec())
+    assert started.wait(60)
+    jobs.cancel(running.job_id)
+    record = wait_for_state(jobs.records, running.job_id, JobState.cancelled)
+    assert record.finished_at is not None and len(steps) < 600
+    # the cancelled queued job's command was delivered too, and was skipped, not run
+    assert jobs.records.get(queued.job_id).attempts == 0
+
+
+def test_reconciler_republishes_a_lost_command(jobs: JobService, run_worker, store: ObjectStore) -> None:
+    ran = []
+    run_worker(lambda s, ctx: ran.append(ctx.job_id) or {})
+    lost = JobRecord(job_id="prepare-dataset-lost0000000001", kind=KIND, spec={"dataset": "d", "size": 16})
+    jobs.records.put(lost)  # a record whose command never reached the broker
+
+    assert reconcile_once(jobs, older_than_s=3600) == []  # too recent to touch
+    assert reconcile_once(jobs, older_than_s=0) == [lost.job_id]
+    done = wait_for_state(jobs.records, lost.job_id, JobState.succeeded)
+    assert ran == [lost.job_id] and done.attempts == 1
+    assert reconcile_once(jobs, older_than_s=0) == []  # finished jobs are left alone
+
+
+def test_unreadable_message_goes_to_dead_letters(run_worker, platform_settings: Settings) -> None:
+    from medsynth.bus.topics import command_topic
+
+    run_worker(lambda s, ctx: {})
+    bus = Bus(platform_settings, client_id="vandal")
+    bus.publish(command_topic(platform_settings.topic_prefix, KIND), "junk", b"\xff\x00 not a protobuf")
+    bus.close()
+    letters = consume(platform_settings, dead_letter_topic(platform_settings.topic_prefix, None), until=lambda ms: len(ms) >= 1)
+    assert DeadLetter.FromString(letters[0].value).command == b"\xff\x00 not a protobuf"
