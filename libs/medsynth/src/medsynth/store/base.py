@@ -37,6 +37,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if some well-formed key could start with it (``""``, ``"a/"``, ``"a/b"``,
+    ``"a/."``), else raise :class:`InvalidInput`. Only the complete parts (those followed by ``/``)
+    are checked; the last part may be the start of any part."""
+    complete = prefix.split("/")[:-1] if isinstance(prefix, str) else [""]
+    if any(p in ("", ".", "..") for p in complete) or "\\" in prefix or "\x00" in prefix:
+        raise InvalidInput(f"store prefix must be the start of a well-formed key, got {prefix!r}.")
+    return prefix
+
+
 class ObjectStore(ABC):
     """One interface, two backends: :class:`~medsynth.store.local.LocalStore` and
     :class:`~medsynth.store.s3.S3Store`."""
