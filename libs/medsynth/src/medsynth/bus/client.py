@@ -34,6 +34,14 @@ class Bus:
         self._producer = None
         self._lock = threading.Lock()
 
+    def _common(self) -> dict:
+        version = self.settings.kafka_api_version
+        return dict(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            client_id=self.client_id,
+            api_version=tuple(int(p) for p in version.split(".")) if version else None,
+        )
+
     def _get_producer(self):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
@@ -42,8 +50,7 @@ class Bus:
             if self._producer is None:
                 try:
                     self._producer = KafkaProducer(
-                        bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-                        client_id=self.client_id,
+                        **self._common(),
                         acks="all",
                         retries=5,
                         max_in_flight_requests_per_connection=1,
@@ -80,9 +87,9 @@ class Bus:
         from kafka import KafkaConsumer
 
         options = dict(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-            client_id=self.client_id,
+            **self._common(),
             group_id=group,
+            fetch_max_wait_ms=100,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=1,

@@ -1,0 +1,1 @@
+"""Kafka bus: topics, producer, consumer worker loop, local broker."""
