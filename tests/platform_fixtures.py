@@ -22,7 +22,7 @@ from medsynth.store.local import LocalStore
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    with LocalBroker.start(log_path=log) as handle:
+    with LocalBroker.start(log_path=log, exit_with_parent=True) as handle:
         yield handle
 
 
@@ -71,15 +71,10 @@ def wait_for_state(records: JobRecords, job_id: str, state: JobState, timeout: f
 
 def consume(settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 30) -> list:
     """Read ``topic`` from the beginning (own consumer group) until ``until(messages)`` holds."""
-    from kafka import KafkaConsumer
+    from medsynth.bus.client import Bus
 
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"reader-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    bus = Bus(settings, client_id="test-reader")
+    consumer = bus.consumer([topic], group=f"reader-{uuid.uuid4().hex[:8]}")
     messages: list = []
     deadline = time.monotonic() + timeout
     try:

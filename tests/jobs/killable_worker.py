@@ -1,4 +1,4 @@
-"""A worker process for the redelivery test: the real Worker loop with a handler that, on its first
+"""A worker process for the redelivery test: the real worker service with a handler that, on its first
 attempt, announces itself and then hangs until the test kills the process with SIGKILL.
 
 Usage: python killable_worker.py OUT_DIR   (settings come from MEDSYNTH_* variables)
@@ -14,8 +14,7 @@ from pathlib import Path
 from medsynth.core.logging import configure_logging
 from medsynth.core.settings import load_settings
 from medsynth.messages import JobKind
-from medsynth.jobs.worker import Worker
-from medsynth.worker_service import build_store_and_bus
+from medsynth.worker_service import run_worker
 
 OUT = Path(sys.argv[1])
 
@@ -34,6 +33,4 @@ def handler(spec, ctx):
 
 if __name__ == "__main__":
     configure_logging("killable")
-    settings = load_settings()
-    store, bus = build_store_and_bus(settings, "killable")
-    Worker("killable", settings, store, bus, {JobKind.prepare_dataset: handler}).run()
+    run_worker("killable", load_settings(http_port=0), {JobKind.prepare_dataset: handler})

@@ -45,7 +45,8 @@ def test_job_finishes_once_after_its_worker_is_killed(platform_settings: Setting
     jobs = JobService(JobRecords(store), bus)
     try:
         record = jobs.submit(JobKind.prepare_dataset, jobs_pb2.PrepareDataset(dataset="d", size=16))
-        wait_for(lambda: any(out.glob("attempt-1-*")), 90, "the first attempt to start")
+        wait_for(lambda: any(out.glob("attempt-1-*")) or first.poll() is not None, 90, "the first attempt to start")
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert jobs.records.get(record.job_id).state is JobState.running
         first.send_signal(signal.SIGKILL)
         first.wait(10)

@@ -11,22 +11,18 @@ from medsynth import __version__
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.handlers import handlers_for
-from medsynth.jobs.worker import Worker
-from medsynth.store import ObjectStore, open_store
+from medsynth.jobs.worker import Handler, Worker
+from medsynth.messages import JobKind
+from medsynth.store import open_store
 from medsynth.web import health_router, serve_in_thread
 
 
-def build_store_and_bus(settings: Settings, name: str) -> tuple[ObjectStore, Bus]:
-    return open_store(settings), Bus(settings, client_id=name)
+def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; the job in hand stops at its next progress step and is redelivered.
 
-
-def build_worker(name: str, settings: Settings) -> Worker:
-    return Worker(name, settings, *build_store_and_bus(settings, name), handlers_for(name))
-
-
-def run_worker(name: str, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT; the job in hand stops at its next progress step and is redelivered."""
-    worker = build_worker(name, settings)
+    ``handlers`` defaults to the worker's own (:func:`medsynth.handlers.handlers_for`).
+    """
+    worker = Worker(name, settings, open_store(settings), Bus(settings, client_id=name), handlers or handlers_for(name))
 
     def ready() -> Mapping[str, bool]:
         return {"consumer": worker.ready.is_set(), "kafka": worker.bus.connected()}

@@ -119,7 +119,7 @@ class Worker:
         log.info("worker %s consuming %s", self.identity, topics)
         try:
             while not self.stopping.is_set():
-                for tp, messages in consumer.poll(timeout_ms=500, max_records=1).items():
+                for tp, messages in self._poll(consumer).items():
                     for message in messages:
                         try:
                             outcome = self.process(message)
@@ -132,10 +132,32 @@ class Worker:
                             consumer.seek(tp, message.offset)
                             self.stopping.wait(self.settings.retry_backoff_s)
                         else:
-                            consumer.commit({tp: OffsetAndMetadata(message.offset + 1, "", -1)})
+                            self._commit(consumer, {tp: OffsetAndMetadata(message.offset + 1, "", -1)})
         finally:
             self.ready.clear()
             consumer.close(autocommit=False)
+
+    @staticmethod
+    def _poll(consumer) -> dict:
+        """One poll; group-membership errors (a rebalance in flight) are retried by the next poll."""
+        from kafka.errors import CommitFailedError, InvalidRequestError, RebalanceInProgressError
+
+        try:
+            return consumer.poll(timeout_ms=500, max_records=1)
+        except (InvalidRequestError, RebalanceInProgressError, CommitFailedError) as exc:
+            log.info("consumer group is rebalancing (%s); polling again", type(exc).__name__)
+            return {}
+
+    @staticmethod
+    def _commit(consumer, offsets: dict) -> None:
+        """Commit; if the group rebalanced meanwhile the command is redelivered and skipped, since its
+        record is already terminal."""
+        from kafka.errors import CommitFailedError, RebalanceInProgressError
+
+        try:
+            consumer.commit(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("commit of %s failed (%s); the command will be redelivered and skipped", offsets, exc)
 
     def stop(self) -> None:
         self.stopping.set()
