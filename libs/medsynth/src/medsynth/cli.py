@@ -50,6 +50,14 @@ def _phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from medsynth.core.settings import load_settings
+    from medsynth.demo import run_demo
+
+    run_demo(load_settings(), Path(args.data) if args.data else None, phantoms=args.phantoms)
+    return 0
+
+
 def _broker(args: argparse.Namespace) -> int:
     from medsynth.bus.local_broker import serve
     from medsynth.bus.topics import all_topics
@@ -81,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_phantoms)
+
+    p = sub.add_parser("demo", help="run the main job end to end on the local stack")
+    p.add_argument("--data", help="a Decathlon-layout folder to use instead of phantoms")
+    p.add_argument("--phantoms", type=int, default=12, help="number of phantom patients")
+    p.set_defaults(run=_demo)
 
     p = sub.add_parser("broker", help="run a local Kafka-protocol broker in the foreground")
     p.set_defaults(run=_broker)
