@@ -22,7 +22,7 @@ def wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 1800, ec
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout
-    with tqdm(total=100, unit="%", desc=job_id, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+    with tqdm(total=100, unit="%", desc=job_id, bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}") as bar:
         while True:
             job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
             bar.n = round(job["progress"] * 100)

@@ -1,0 +1,1 @@
+"""Networks: generators (joint image + mask) and their configuration."""
