@@ -58,7 +58,7 @@ def create_ingest_app(settings: Settings) -> FastAPI:
 
 
 def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
-    from medsynth.api.routes import datasets, jobs
+    from medsynth.api.routes import cohorts, datasets, evaluations, generators, jobs, segmentations
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,8 +74,8 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
         app.state.bus.close()
 
     app = _base_app("medsynth api", settings, lifespan)
-    app.include_router(datasets.router)
-    app.include_router(jobs.router)
+    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations):
+        app.include_router(module.router)
     return app
 
 

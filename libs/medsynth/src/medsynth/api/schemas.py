@@ -78,3 +78,67 @@ class DatasetPublic(BaseModel):
 
 class DatasetsPublic(BaseModel):
     datasets: list[DatasetPublic]
+
+
+class GanLossName(str, Enum):
+    bce = "bce"
+    lsgan = "lsgan"
+    hinge = "hinge"
+
+
+class GeneratorCreate(BaseModel):
+    """Train a joint image + mask GAN on a prepared view's training split."""
+
+    dataset: str
+    view_id: str
+    loss: GanLossName = GanLossName.lsgan
+    steps: int = Field(1500, ge=1, le=1_000_000)
+    batch_size: int = Field(32, ge=2, le=1024)
+    base_channels: int = Field(32, ge=4, le=512)
+    latent_dim: int = Field(128, ge=8, le=1024)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    diff_augment: bool = False
+    checkpoint_every: int = Field(250, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class OutputFormat(str, Enum):
+    nifti = "nifti"
+    png = "png"
+
+
+class CohortCreate(BaseModel):
+    generator_id: str
+    count: int = Field(ge=1, le=100_000, description="Number of image + mask pairs.")
+    seed: int = Field(0, ge=0)
+    formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.nifti, OutputFormat.png])
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class SegmentationSource(str, Enum):
+    real = "real"
+    synthetic = "synthetic"
+    mixed = "mixed"
+
+
+class SegmentationCreate(BaseModel):
+    """Train a 2D segmenter and test it on the view's held-out real patients."""
+
+    dataset: str
+    view_id: str
+    source: SegmentationSource = SegmentationSource.real
+    cohort_id: str | None = Field(None, description="Required for synthetic and mixed training.")
+    synthetic_ratio: float = Field(0.5, ge=0, le=1, description="Mixed: share of each batch drawn from the cohort.")
+    augment: bool = False
+    model: str = Field("unet", pattern="^(unet|swin-unetr)$")
+    steps: int = Field(600, ge=1, le=1_000_000)
+    batch_size: int = Field(32, ge=1, le=1024)
+    seed: int = Field(0, ge=0)
+
+
+class EvaluationCreate(BaseModel):
+    """Score a cohort against the real data its generator learned from."""
+
+    cohort_id: str
+    segmentation_run_ids: list[str] = Field(default_factory=list, description="Runs to put in the utility table.")
+    max_samples: int = Field(2000, ge=2, le=50_000)

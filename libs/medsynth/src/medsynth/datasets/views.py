@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from medsynth.core.errors import InvalidInput
+from medsynth.core.names import check_name
 from medsynth.datasets.manifest import DatasetManifest, ScanEntry, dataset_prefix
 from medsynth.datasets.split import SPLITS, split_patients
 from medsynth.store import ObjectStore
@@ -80,6 +81,10 @@ def patches_3d(image: np.ndarray, mask: np.ndarray, size: int, keep_empty: bool)
                 index += 1
 
 
+def view_key(dataset: str, view_id: str) -> str:
+    return f"{dataset_prefix(dataset)}views/{check_name(view_id, 'view id')}/view.json"
+
+
 def view_id_for(manifest: DatasetManifest, spec: dict) -> str:
     blob = json.dumps({"dataset": manifest.dataset, "version": manifest.version, **spec}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -133,7 +138,7 @@ def build_views(
         "counts": {s: len(items[s]) for s in SPLITS},
         "shards": shards,
     }
-    key = f"{root}view.json"
+    key = view_key(manifest.dataset, view_id)
     store.put_json(key, view)
     return key
 

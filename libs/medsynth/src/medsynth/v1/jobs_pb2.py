@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16medsynth/v1/jobs.proto\x12\x0bmedsynth.v1\"\xc2\x01\n\x0ePrepareDataset\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.medsynth.v1.ViewMode\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\x0c\n\x04\x61xis\x18\x05 \x01(\x05\x12\x14\n\x0cval_fraction\x18\x06 \x01(\x01\x12\x15\n\rtest_fraction\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x12\n\nkeep_empty\x18\t \x01(\x08\"6\n\x0eTrainGenerator\x12\x0f\n\x07view_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\"R\n\x0cSampleCohort\x12\x14\n\x0cgenerator_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07\x66ormats\x18\x04 \x03(\t\"s\n\x0eTrainSegmenter\x12\x0f\n\x07view_id\x18\x01 \x01(\t\x12\x11\n\tcohort_id\x18\x02 \x01(\t\x12\x17\n\x0fsynthetic_ratio\x18\x03 \x01(\x01\x12\x0f\n\x07\x61ugment\x18\x04 \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\"a\n\x08\x45valuate\x12\x11\n\tcohort_id\x18\x01 \x01(\t\x12\x0f\n\x07view_id\x18\x02 \x01(\t\x12\x1c\n\x14segmentation_run_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\"\xe4\x02\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.medsynth.v1.JobKind\x12\x36\n\x0fprepare_dataset\x18\n \x01(\x0b\x32\x1b.medsynth.v1.PrepareDatasetH\x00\x12\x36\n\x0ftrain_generator\x18\x0b \x01(\x0b\x32\x1b.medsynth.v1.TrainGeneratorH\x00\x12\x32\n\rsample_cohort\x18\x0c \x01(\x0b\x32\x19.medsynth.v1.SampleCohortH\x00\x12\x36\n\x0ftrain_segmenter\x18\r \x01(\x0b\x32\x1b.medsynth.v1.TrainSegmenterH\x00\x12)\n\x08\x65valuate\x18\x0e \x01(\x0b\x32\x15.medsynth.v1.EvaluateH\x00\x42\x06\n\x04\x62ody*\x83\x01\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPREPARE_DATASET\x10\x01\x12\x13\n\x0fTRAIN_GENERATOR\x10\x02\x12\x11\n\rSAMPLE_COHORT\x10\x03\x12\x13\n\x0fTRAIN_SEGMENTER\x10\x04\x12\x0c\n\x08\x45VALUATE\x10\x05*D\n\x08ViewMode\x12\x19\n\x15VIEW_MODE_UNSPECIFIED\x10\x00\x12\r\n\tSLICES_2D\x10\x01\x12\x0e\n\nPATCHES_3D\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16medsynth/v1/jobs.proto\x12\x0bmedsynth.v1\"\xc2\x01\n\x0ePrepareDataset\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.medsynth.v1.ViewMode\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\x0c\n\x04\x61xis\x18\x05 \x01(\x05\x12\x14\n\x0cval_fraction\x18\x06 \x01(\x01\x12\x15\n\rtest_fraction\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x12\n\nkeep_empty\x18\t \x01(\x08\"G\n\x0eTrainGenerator\x12\x0f\n\x07view_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\"f\n\x0cSampleCohort\x12\x14\n\x0cgenerator_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07\x66ormats\x18\x04 \x03(\t\x12\x12\n\nbatch_size\x18\x05 \x01(\r\"\x84\x01\n\x0eTrainSegmenter\x12\x0f\n\x07view_id\x18\x01 \x01(\t\x12\x11\n\tcohort_id\x18\x02 \x01(\t\x12\x17\n\x0fsynthetic_ratio\x18\x03 \x01(\x01\x12\x0f\n\x07\x61ugment\x18\x04 \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\"r\n\x08\x45valuate\x12\x11\n\tcohort_id\x18\x01 \x01(\t\x12\x0f\n\x07view_id\x18\x02 \x01(\t\x12\x1c\n\x14segmentation_run_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\"\xe4\x02\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.medsynth.v1.JobKind\x12\x36\n\x0fprepare_dataset\x18\n \x01(\x0b\x32\x1b.medsynth.v1.PrepareDatasetH\x00\x12\x36\n\x0ftrain_generator\x18\x0b \x01(\x0b\x32\x1b.medsynth.v1.TrainGeneratorH\x00\x12\x32\n\rsample_cohort\x18\x0c \x01(\x0b\x32\x19.medsynth.v1.SampleCohortH\x00\x12\x36\n\x0ftrain_segmenter\x18\r \x01(\x0b\x32\x1b.medsynth.v1.TrainSegmenterH\x00\x12)\n\x08\x65valuate\x18\x0e \x01(\x0b\x32\x15.medsynth.v1.EvaluateH\x00\x42\x06\n\x04\x62ody*\x83\x01\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fPREPARE_DATASET\x10\x01\x12\x13\n\x0fTRAIN_GENERATOR\x10\x02\x12\x11\n\rSAMPLE_COHORT\x10\x03\x12\x13\n\x0fTRAIN_SEGMENTER\x10\x04\x12\x0c\n\x08\x45VALUATE\x10\x05*D\n\x08ViewMode\x12\x19\n\x15VIEW_MODE_UNSPECIFIED\x10\x00\x12\r\n\tSLICES_2D\x10\x01\x12\x0e\n\nPATCHES_3D\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medsynth.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBKIND']._serialized_start=952
-  _globals['_JOBKIND']._serialized_end=1083
-  _globals['_VIEWMODE']._serialized_start=1085
-  _globals['_VIEWMODE']._serialized_end=1153
+  _globals['_JOBKIND']._serialized_start=1024
+  _globals['_JOBKIND']._serialized_end=1155
+  _globals['_VIEWMODE']._serialized_start=1157
+  _globals['_VIEWMODE']._serialized_end=1225
   _globals['_PREPAREDATASET']._serialized_start=40
   _globals['_PREPAREDATASET']._serialized_end=234
   _globals['_TRAINGENERATOR']._serialized_start=236
-  _globals['_TRAINGENERATOR']._serialized_end=290
-  _globals['_SAMPLECOHORT']._serialized_start=292
-  _globals['_SAMPLECOHORT']._serialized_end=374
-  _globals['_TRAINSEGMENTER']._serialized_start=376
-  _globals['_TRAINSEGMENTER']._serialized_end=491
-  _globals['_EVALUATE']._serialized_start=493
-  _globals['_EVALUATE']._serialized_end=590
-  _globals['_COMMAND']._serialized_start=593
-  _globals['_COMMAND']._serialized_end=949
+  _globals['_TRAINGENERATOR']._serialized_end=307
+  _globals['_SAMPLECOHORT']._serialized_start=309
+  _globals['_SAMPLECOHORT']._serialized_end=411
+  _globals['_TRAINSEGMENTER']._serialized_start=414
+  _globals['_TRAINSEGMENTER']._serialized_end=546
+  _globals['_EVALUATE']._serialized_start=548
+  _globals['_EVALUATE']._serialized_end=662
+  _globals['_COMMAND']._serialized_start=665
+  _globals['_COMMAND']._serialized_end=1021
 # @@protoc_insertion_point(module_scope)

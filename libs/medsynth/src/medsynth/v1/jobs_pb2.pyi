@@ -54,50 +54,58 @@ class PrepareDataset(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ...) -> None: ...
 
 class TrainGenerator(_message.Message):
-    __slots__ = ("view_id", "config_json")
+    __slots__ = ("view_id", "config_json", "dataset")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     config_json: str
-    def __init__(self, view_id: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    dataset: str
+    def __init__(self, view_id: _Optional[str] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
-    __slots__ = ("generator_id", "count", "seed", "formats")
+    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size")
     GENERATOR_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     generator_id: str
     count: int
     seed: int
     formats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
-    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json")
+    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json", "dataset")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_RATIO_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     cohort_id: str
     synthetic_ratio: float
     augment: bool
     config_json: str
-    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., config_json: _Optional[str] = ...) -> None: ...
+    dataset: str
+    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class Evaluate(_message.Message):
-    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "config_json")
+    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "config_json", "dataset")
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     cohort_id: str
     view_id: str
     segmentation_run_ids: _containers.RepeatedScalarFieldContainer[str]
     config_json: str
-    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ...) -> None: ...
+    dataset: str
+    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("schema_version", "job_id", "kind", "prepare_dataset", "train_generator", "sample_cohort", "train_segmenter", "evaluate")

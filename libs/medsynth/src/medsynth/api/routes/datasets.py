@@ -8,8 +8,8 @@ from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic, PrepareDatasetCreate
-from medsynth.core.names import check_name
-from medsynth.datasets.manifest import DatasetManifest, dataset_prefix, list_datasets, list_versions, load_manifest
+from medsynth.datasets.manifest import DatasetManifest, list_datasets, list_versions, load_manifest
+from medsynth.datasets.views import view_key
 from medsynth.messages import JobKind
 from medsynth.v1 import jobs_pb2
 
@@ -68,4 +68,4 @@ def prepare_views(dataset: str, body: PrepareDatasetCreate, store: StoreDep, job
 
 @router.get("/{dataset}/views/{view_id}")
 def get_view(dataset: str, view_id: str, store: StoreDep) -> dict[str, Any]:
-    return store.get_json(f"{dataset_prefix(dataset)}views/{check_name(view_id, 'view id')}/view.json")
+    return store.get_json(view_key(dataset, view_id))

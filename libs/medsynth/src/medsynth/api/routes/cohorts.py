@@ -1,0 +1,70 @@
+"""Synthetic cohorts: request one from a trained generator, follow it, download it as a zip."""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, status
+from fastapi.responses import StreamingResponse
+
+from medsynth.api.deps import JobsDep, StoreDep
+from medsynth.api.schemas import CohortCreate, JobPublic
+from medsynth.jobs.lookup import finished
+from medsynth.jobs.records import JobState
+from medsynth.messages import JobKind
+from medsynth.store import ObjectStore
+from medsynth.v1 import jobs_pb2
+
+router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
+CHUNK = 1024 * 1024
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_cohort(body: CohortCreate, jobs: JobsDep) -> JobPublic:
+    """404 for an unknown generator, 409 for one that is still training (or failed)."""
+    finished(jobs.records, body.generator_id, JobKind.train_generator)
+    spec = jobs_pb2.SampleCohort(
+        generator_id=body.generator_id,
+        count=body.count,
+        seed=body.seed,
+        formats=[f.value for f in body.formats],
+        batch_size=body.batch_size,
+    )
+    return JobPublic.of(jobs.submit(JobKind.sample_cohort, spec))
+
+
+@router.get("/{cohort_id}")
+def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
+    """Status and progress; once done, the cohort manifest."""
+    record = jobs.records.get(cohort_id)
+    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
+    if record.state is JobState.succeeded:
+        out["manifest"] = store.get_json(record.result_keys["manifest"])
+    return out
+
+
+@router.get("/{cohort_id}/download")
+def download_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> StreamingResponse:
+    """The whole cohort (samples, contact sheet, manifest) as a zip, streamed."""
+    record = finished(jobs.records, cohort_id, JobKind.sample_cohort)
+    prefix = record.result_keys["manifest"].rsplit("/", 1)[0] + "/"
+    return StreamingResponse(
+        _zip_stream(store, prefix, cohort_id),
+        media_type="application/zip",
+        headers={"content-disposition": f'attachment; filename="{cohort_id}.zip"'},
+    )
+
+
+def _zip_stream(store: ObjectStore, prefix: str, name: str) -> Iterator[bytes]:
+    with tempfile.TemporaryFile() as spool:
+        with zipfile.ZipFile(spool, "w", zipfile.ZIP_STORED) as archive:
+            for key in store.list(prefix):
+                with store.open(key) as src, archive.open(f"{name}/{key[len(prefix):]}", "w") as dst:
+                    while chunk := src.read(CHUNK):
+                        dst.write(chunk)
+        spool.seek(0)
+        while chunk := spool.read(CHUNK):
+            yield chunk
