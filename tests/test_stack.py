@@ -9,10 +9,13 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
+
+from medsynth.demo import DemoSettings, run_pipeline
 
 from medsynth.phantoms import write_phantom_dataset
 
@@ -23,10 +26,11 @@ def medsynth(*args: str, env: dict, timeout: float = 240) -> subprocess.Complete
     return subprocess.run([sys.executable, "-m", "medsynth.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def stack_env(tmp_path: Path) -> dict:
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSYNTH_")}
-    env.update(MEDSYNTH_HOME=str(tmp_path / "home"), MEDSYNTH_STACK_BASE_PORT="18700", MEDSYNTH_RECONCILE_EVERY_S="2")
+    home = tmp_path_factory.mktemp("stack") / "home"
+    env.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT="18700", MEDSYNTH_RECONCILE_EVERY_S="2")
     yield env
     medsynth("stack", "down", env=env)
 
@@ -40,7 +44,7 @@ def readme_curl_line() -> str:
 def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
     up = medsynth("stack", "up", env=stack_env)
     assert up.returncode == 0, up.stdout + up.stderr
-    for name in ("broker", "api", "ingest", "trainer", "sampler", "segmenter", "evaluator"):
+    for name in ("broker", "torchserve", "api", "ingest", "trainer", "sampler", "segmenter", "evaluator"):
         assert re.search(rf"^{name}\s", up.stdout, re.M), up.stdout
     status = medsynth("stack", "status", env=stack_env)
     assert status.returncode == 0, status.stdout
@@ -75,6 +79,58 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
         assert 'medsynth_jobs_total{kind="prepare-dataset",outcome="succeeded"} 1.0' in metrics
         assert "medsynth_ingest_scans_total" in httpx.get("http://127.0.0.1:18701/metrics").text
 
+
+
+TINY = DemoSettings(size=32, gan_steps=12, gan_base_channels=8, gan_batch_size=8, cohort_size=24, seg_steps=6, seg_batch_size=8)
+
+
+def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp_path: Path) -> None:
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+        timings: dict[str, float] = {}
+        report = run_pipeline(api, "demo", TINY, timings, echo=lambda *_: None)
+        assert [r["metric"] for r in report["fidelity"]] == ["fid", "kid"]
+        assert report["fidelity"][0]["extractor"].startswith("in-domain unet encoder") and report["fidelity"][0]["n_fake"] == 24
+        assert {r["source"] for r in report["utility"]} == {"real", "synthetic", "mixed"}
+        assert 0 <= report["memorization"]["fraction_flagged"] <= 1
+        evaluation = report["evaluation_job"]
+        html = api.get(f"/v1/evaluations/{evaluation['job_id']}/report").text
+        for section in ("Fidelity", "Utility", "Memorization audit", "Training curves", "data:image/png;base64"):
+            assert section in html
+        cohort_id = report["cohort_id"]
+        manifest = api.get(f"/v1/cohorts/{cohort_id}").json()["manifest"]
+        assert manifest["sampler"]["backend"] == "torchserve" and manifest["count"] == 24
+        archive = api.get(f"/v1/cohorts/{cohort_id}/download")
+        assert archive.status_code == 200
+        (tmp_path / "c.zip").write_bytes(archive.content)
+        names = zipfile.ZipFile(tmp_path / "c.zip").namelist()
+        assert f"{cohort_id}/manifest.json" in names and f"{cohort_id}/samples/00023/label.nii.gz" in names
+        metrics = httpx.get("http://127.0.0.1:18711/metrics").text
+        assert "medsynth_trainer_steps_per_second" in metrics
+
+
+def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+        r = api.post("/v1/cohorts", json={"generator_id": "train-generator-doesnotexist", "count": 4})
+        assert r.status_code == 404 and "unknown generator" in r.json()["detail"]
+        for count in (0, -1, 10**9):
+            assert api.post("/v1/cohorts", json={"generator_id": "x", "count": count}).status_code == 422
+        generators = api.get("/v1/generators").json()["jobs"]
+        view_id = generators[0]["spec"]["view_id"]
+        slow = api.post("/v1/generators", json={"dataset": "demo", "view_id": view_id, "steps": 100000, "base_channels": 8}).json()
+        r = api.post("/v1/cohorts", json={"generator_id": slow["job_id"], "count": 4})
+        assert r.status_code == 409 and "not ready" in r.json()["detail"]
+        assert api.post(f"/v1/jobs/{slow['job_id']}/cancel").status_code == 200
+        r = api.post("/v1/segmentations", json={"dataset": "demo", "view_id": view_id, "source": "synthetic", "cohort_id": "sample-cohort-missing"})
+        assert r.status_code == 404 and "unknown cohort" in r.json()["detail"]
+        r = api.post("/v1/segmentations", json={"dataset": "demo", "view_id": view_id, "source": "mixed"})
+        assert r.status_code == 422 and "cohort_id" in r.json()["detail"]
+        r = api.post("/v1/evaluations", json={"cohort_id": "sample-cohort-missing"})
+        assert r.status_code == 404
+        r = api.post("/v1/generators", json={"dataset": "demo", "view_id": "0000000000000000"})
+        assert r.status_code == 404
+
+
+def test_stack_down_stops_everything(stack_env: dict) -> None:
     down = medsynth("stack", "down", env=stack_env)
     assert down.returncode == 0
     assert medsynth("stack", "status", env=stack_env).returncode == 1

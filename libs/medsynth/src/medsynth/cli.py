@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medsynth.core.errors import MedsynthError
+from medsynth.demo import DemoSettings
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -54,7 +55,8 @@ def _demo(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
     from medsynth.demo import run_demo
 
-    run_demo(load_settings(), Path(args.data) if args.data else None, phantoms=args.phantoms)
+    knobs = DemoSettings(**{k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__ and v is not None})
+    run_demo(load_settings(), Path(args.data) if args.data else None, knobs=knobs)
     return 0
 
 
@@ -64,6 +66,33 @@ def _broker(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
 
     serve(topics=all_topics(load_settings().topic_prefix))
+    return 0
+
+
+def _torchserve(args: argparse.Namespace) -> int:
+    """Run TorchServe under this process until SIGTERM; its addresses go to ``--state-file``."""
+    import json
+    import os
+    import signal
+    import threading
+
+    from medsynth.sampling.torchserve import TorchServeProcess
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Path(args.model_store).mkdir(parents=True, exist_ok=True)
+    with TorchServeProcess(args.model_store, args.workdir) as server:
+        state = {"inference_url": server.inference_url, "management_url": server.management_url,
+                 "metrics_url": server.metrics_url, "model_store": str(server.model_store), "startup_s": server.startup_s}
+        tmp = Path(args.state_file).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, args.state_file)
+        print(f"torchserve ready at {server.inference_url} after {server.startup_s:.1f}s", flush=True)
+        while not stop.wait(1.0):
+            if not server.running():
+                print("torchserve exited unexpectedly; see its log", flush=True)
+                return 1
     return 0
 
 
@@ -92,8 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job end to end on the local stack")
     p.add_argument("--data", help="a Decathlon-layout folder to use instead of phantoms")
-    p.add_argument("--phantoms", type=int, default=12, help="number of phantom patients")
+    for knob, default in vars(DemoSettings()).items():
+        p.add_argument(f"--{knob.replace('_', '-')}", dest=knob, type=type(default), help=f"default {default}")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("torchserve", help="run TorchServe for the sampler in the foreground (used by `stack up`)")
+    p.add_argument("--model-store", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--state-file", required=True)
+    p.set_defaults(run=_torchserve)
 
     p = sub.add_parser("broker", help="run a local Kafka-protocol broker in the foreground")
     p.set_defaults(run=_broker)

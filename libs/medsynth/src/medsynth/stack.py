@@ -21,7 +21,7 @@ import httpx
 from medsynth.bus.local_broker import LocalBroker
 from medsynth.bus.topics import all_topics
 from medsynth.core.errors import MedsynthError
-from medsynth.core.settings import Settings, StoreBackend
+from medsynth.core.settings import SamplerBackend, Settings, StoreBackend
 
 # service name → port offset from settings.stack_base_port
 SERVICES: dict[str, int] = {"api": 0, "ingest": 1, "trainer": 11, "sampler": 12, "segmenter": 13, "evaluator": 14}
@@ -44,6 +44,7 @@ class StackState:
     bootstrap: str
     broker: Process | None
     services: list[Process] = field(default_factory=list)
+    torchserve: Process | None = None
 
     @classmethod
     def load(cls, path: Path) -> StackState | None:
@@ -51,7 +52,8 @@ class StackState:
             return None
         raw = json.loads(path.read_text())
         broker = Process(**raw["broker"]) if raw["broker"] else None
-        return cls(bootstrap=raw["bootstrap"], broker=broker, services=[Process(**p) for p in raw["services"]])
+        torchserve = Process(**raw["torchserve"]) if raw.get("torchserve") else None
+        return cls(bootstrap=raw["bootstrap"], broker=broker, services=[Process(**p) for p in raw["services"]], torchserve=torchserve)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -107,6 +109,10 @@ def up(settings: Settings, *, names: list[str] | None = None, timeout: float = 1
     state.save(state_file)
     env = _service_env(settings, bootstrap)
     try:
+        if settings.sampler_backend is SamplerBackend.torchserve:
+            state.torchserve, urls = _start_torchserve(settings, logs, timeout, echo)
+            state.save(state_file)
+            env.update(urls)
         for name in names or list(SERVICES):
             state.services.append(_spawn(name, settings.stack_base_port + SERVICES[name], env, logs))
             state.save(state_file)
@@ -115,6 +121,33 @@ def up(settings: Settings, *, names: list[str] | None = None, timeout: float = 1
         down(settings, echo=lambda *_: None)
         raise
     return state
+
+
+def _start_torchserve(settings: Settings, logs: Path, timeout: float, echo) -> tuple[Process, dict[str, str]]:
+    """TorchServe under a `medsynth torchserve` supervisor; returns it and the sampler's settings."""
+    home = settings.home.resolve() / "torchserve"
+    state_file = home / "state.json"
+    state_file.unlink(missing_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = logs / "torchserve.log"
+    argv = [sys.executable, "-m", "medsynth.cli", "torchserve", "--model-store", str(home / "model-store"),
+            "--workdir", str(home), "--state-file", str(state_file)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = Process("torchserve", proc.pid, log=str(log_path))
+    deadline = time.monotonic() + timeout
+    while not state_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _signal(proc.pid, signal.SIGTERM)
+            raise StackError(f"TorchServe did not start; last lines of {log_path}:\n{_tail(str(log_path))}")
+        time.sleep(0.3)
+    ts = json.loads(state_file.read_text())
+    echo(f"{'torchserve':<10} ready on {ts['inference_url']} (management {ts['management_url']}, pid {proc.pid})")
+    return process, {
+        "MEDSYNTH_TORCHSERVE_INFERENCE_URL": ts["inference_url"],
+        "MEDSYNTH_TORCHSERVE_MANAGEMENT_URL": ts["management_url"],
+        "MEDSYNTH_TORCHSERVE_MODEL_STORE": ts["model_store"],
+    }
 
 
 def _service_env(settings: Settings, bootstrap: str) -> dict[str, str]:
@@ -181,7 +214,7 @@ def down(settings: Settings, *, grace: float = 15.0, echo=print) -> None:
     if state is None:
         echo("no stack is running")
         return
-    for group in (state.services, [state.broker] if state.broker else []):
+    for group in (state.services, [state.torchserve] if state.torchserve else [], [state.broker] if state.broker else []):
         for p in group:
             _signal(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -195,7 +228,7 @@ def down(settings: Settings, *, grace: float = 15.0, echo=print) -> None:
 
 
 def _all(state: StackState) -> list[Process]:
-    return ([state.broker] if state.broker else []) + state.services
+    return [p for p in (state.broker, state.torchserve) if p] + state.services
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 JOBS = Counter("medsynth_jobs_total", "Commands handled by workers, by kind and outcome.", ["kind", "outcome"])
 JOB_SECONDS = Histogram(
@@ -16,3 +16,7 @@ RECONCILER_REPUBLISHED = Counter("medsynth_reconciler_republished_total", "Queue
 RECONCILER_ERRORS = Counter("medsynth_reconciler_errors_total", "Reconciler passes that raised.")
 INGESTED = Counter("medsynth_ingest_scans_total", "Scan uploads by outcome.", ["outcome"])
 INGESTED_BYTES = Counter("medsynth_ingest_bytes_total", "Bytes of accepted scan uploads.")
+TRAIN_STEPS_PER_S = Gauge("medsynth_trainer_steps_per_second", "Generator training speed of the current job.")
+TRAIN_LOSS = Gauge("medsynth_trainer_loss", "Latest logged generator-training loss.", ["network"])
+TRAIN_STEP = Gauge("medsynth_trainer_step", "Step of the current generator-training job.")
+COHORT_SAMPLES = Counter("medsynth_sampler_samples_total", "Synthetic samples written.", ["backend"])

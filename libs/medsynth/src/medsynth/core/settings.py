@@ -21,6 +21,11 @@ class StoreBackend(str, Enum):
     s3 = "s3"
 
 
+class SamplerBackend(str, Enum):
+    torchserve = "torchserve"
+    inprocess = "inprocess"
+
+
 class Settings(BaseSettings):
     """Every knob of every service; each is read from ``MEDSYNTH_<NAME>`` in the environment."""
 
@@ -61,6 +66,20 @@ class Settings(BaseSettings):
     # jobs
     reconcile_after_s: float = Field(60.0, gt=0, description="Republish commands of jobs queued longer.")
     reconcile_every_s: float = Field(15.0, gt=0)
+
+    # sampling
+    sampler_backend: SamplerBackend = Field(
+        SamplerBackend.torchserve, description="torchserve (default) or inprocess (same handler code, no server)."
+    )
+    torchserve_inference_url: str = "http://127.0.0.1:8080"
+    torchserve_management_url: str = "http://127.0.0.1:8081"
+    torchserve_model_store: Path | None = Field(None, description="Folder TorchServe loads .mar archives from.")
+    sampler_wait_s: float = Field(60.0, ge=0, description="How long a cohort job waits for TorchServe before failing.")
+
+    # evaluation
+    inception_weights: Path | None = Field(
+        None, description="Local inception-2015-12-05.pt for ImageNet FID/KID; never downloaded."
+    )
 
     # ingestion limits
     max_upload_bytes: int = Field(256 * 1024**2, gt=0)

@@ -10,15 +10,21 @@ from medsynth.messages import JobKind
 
 def handlers_for(worker: str) -> Mapping[JobKind, Handler]:
     """The handlers one worker service runs. Imports lazily: a worker loads only its own stack."""
-    from medsynth.handlers.not_available import not_available
-    from medsynth.handlers.prepare import prepare_dataset
+    if worker == "trainer":
+        from medsynth.handlers.generator import train_generator
+        from medsynth.handlers.prepare import prepare_dataset
 
-    table: dict[str, dict[JobKind, Handler]] = {
-        "trainer": {JobKind.prepare_dataset: prepare_dataset, JobKind.train_generator: not_available},
-        "sampler": {JobKind.sample_cohort: not_available},
-        "segmenter": {JobKind.train_segmenter: not_available},
-        "evaluator": {JobKind.evaluate: not_available},
-    }
-    if worker not in table:
-        raise KeyError(f"unknown worker {worker!r}; known: {sorted(table)}")
-    return table[worker]
+        return {JobKind.prepare_dataset: prepare_dataset, JobKind.train_generator: train_generator}
+    if worker == "sampler":
+        from medsynth.handlers.sample import sample_cohort
+
+        return {JobKind.sample_cohort: sample_cohort}
+    if worker == "segmenter":
+        from medsynth.handlers.segment import train_segmentation
+
+        return {JobKind.train_segmenter: train_segmentation}
+    if worker == "evaluator":
+        from medsynth.handlers.evaluate import evaluate_cohort
+
+        return {JobKind.evaluate: evaluate_cohort}
+    raise KeyError(f"unknown worker {worker!r}; known: trainer, sampler, segmenter, evaluator")

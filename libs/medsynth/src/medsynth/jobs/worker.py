@@ -63,6 +63,10 @@ class JobContext:
         if self._worker.records.cancel_requested(self.job_id):
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
+    def emit(self, event) -> None:
+        """Publish an event (e.g. cohort-ready) on the events topic."""
+        self._worker.bus.emit(event)
+
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1); also the point where cancellation and shutdown are honoured."""
         self.check_cancelled()

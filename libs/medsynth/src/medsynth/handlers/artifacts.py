@@ -1,0 +1,48 @@
+"""Reading what earlier jobs produced, for the handlers of later ones."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medsynth.core.errors import InvalidInput
+from medsynth.datasets.views import load_view_split, view_key
+from medsynth.jobs.lookup import finished
+from medsynth.jobs.records import JobRecords, JobRecord
+from medsynth.messages import JobKind
+from medsynth.store import ObjectStore
+
+
+def view_splits(store: ObjectStore, dataset: str, view_id: str, splits=("train", "val", "test")) -> tuple[dict, dict[str, dict]]:
+    key = view_key(dataset, view_id)
+    return store.get_json(key), {s: load_view_split(store, key, s) for s in splits}
+
+
+def generator_of(records: JobRecords, generator_id: str) -> JobRecord:
+    return finished(records, generator_id, JobKind.train_generator)
+
+
+def cohort_arrays(store: ObjectStore, records: JobRecords, cohort_id: str, limit: int | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """A finished cohort's manifest, images (N, 1, S, S) float32 and masks (N, S, S) uint8."""
+    record = finished(records, cohort_id, JobKind.sample_cohort)
+    manifest = store.get_json(record.result_keys["manifest"])
+    samples = manifest["samples"][:limit]
+    if not samples or "image" not in samples[0]:
+        raise InvalidInput(f"cohort {cohort_id} has no NIfTI samples to read (formats {manifest['formats']})")
+    images = np.stack([_nifti(store, s["image"]["key"]) for s in samples]).astype(np.float32)[:, None]
+    masks = np.stack([_nifti(store, s["label"]["key"]) for s in samples]).astype(np.uint8)
+    return manifest, images, masks
+
+
+def _nifti(store: ObjectStore, key: str) -> np.ndarray:
+    return np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(key))).dataobj)
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()

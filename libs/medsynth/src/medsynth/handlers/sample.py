@@ -1,0 +1,90 @@
+"""sample-cohort: draw a synthetic cohort from a registered generator — through TorchServe by
+default, or in-process (same generation code) when ``MEDSYNTH_SAMPLER_BACKEND=inprocess``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medsynth.core.settings import SamplerBackend, Settings
+from medsynth.handlers.artifacts import generator_of
+from medsynth.jobs.records import JobRecords
+from medsynth.jobs.worker import JobContext
+from medsynth.messages import make_event
+from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
+from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
+from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
+from medsynth.store import ObjectStore
+from medsynth.telemetry import COHORT_SAMPLES
+from medsynth.training.checkpoint import load_checkpoint, load_generator
+from medsynth.v1 import events_pb2, jobs_pb2
+
+
+def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, str]:
+    generator = generator_of(JobRecords(ctx.store), spec.generator_id)
+    registry = ctx.store.get_json(generator.result_keys["generator"])
+    prefix = f"cohorts/{ctx.job_id}/"
+    manifest_key = prefix + MANIFEST_NAME
+    if not ctx.store.exists(manifest_key):  # else: written by an attempt that died before recording it
+        discard_incomplete(ctx.store, prefix)  # what a killed attempt left behind
+        sampler = _sampler(ctx, registry)
+        provenance = {
+            "cohort_id": ctx.job_id,
+            "generator_id": spec.generator_id,
+            "checkpoint_key": registry["checkpoint_key"],
+            "checkpoint_sha256": ctx.store.stat(registry["checkpoint_key"]).sha256,
+            "archive_key": registry["archive_key"],
+            "dataset": registry["dataset"],
+            "dataset_version": registry["dataset_version"],
+            "view_id": registry["view_id"],
+        }
+        write_cohort(
+            ctx.store, prefix, sampler,
+            count=spec.count, seed=spec.seed, batch_size=spec.batch_size or 64,
+            formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
+            progress=lambda done, total: ctx.progress(done / total, f"{done}/{total} samples"),
+        )  # fmt: skip
+        COHORT_SAMPLES.labels(ctx.settings.sampler_backend.value).inc(spec.count)
+    ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
+    ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))
+    return {"manifest": manifest_key}
+
+
+def _sampler(ctx: JobContext, registry: dict[str, Any]) -> Sampler:
+    if ctx.settings.sampler_backend is SamplerBackend.inprocess:
+        checkpoint = load_checkpoint(ctx.store.get_bytes(registry["checkpoint_key"]))
+        return InProcessSampler(load_generator(checkpoint, ema=True))
+    client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url)
+    _wait_for(client, ctx)
+    if not client.is_registered(registry["model_name"]):
+        client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"])
+    return TorchServeSampler(client, registry["model_name"])
+
+
+def _wait_for(client: TorchServeClient, ctx: JobContext) -> None:
+    """Wait up to ``sampler_wait_s`` for TorchServe (cancellation honoured); the worker then retries
+    the job ``max_attempts`` times before failing it with this error."""
+    deadline = time.monotonic() + ctx.settings.sampler_wait_s
+    while not client.ping():
+        if time.monotonic() > deadline:
+            raise SamplerUnavailable(
+                f"TorchServe at {client.inference_url} did not answer /ping for {ctx.settings.sampler_wait_s:.0f}s"
+            )
+        ctx.progress(0.0, f"waiting for TorchServe at {client.inference_url}")
+        time.sleep(1.0)
+
+
+def _publish_archive(store: ObjectStore, settings: Settings, archive_key: str) -> str:
+    """Put the .mar where TorchServe can load it: into its model store when it shares our disk
+    (returns the bare file name), else into a local file (returns its path)."""
+    name = Path(archive_key).name
+    target_dir = settings.torchserve_model_store or Path(tempfile.mkdtemp(prefix="medsynth-mar-"))
+    target_dir.mkdir(parents=True, exist_ok=True)
+    partial = target_dir / f".{name}.partial"
+    store.download(archive_key, partial)
+    shutil.move(partial, target_dir / name)
+    return name if settings.torchserve_model_store else str(target_dir / name)

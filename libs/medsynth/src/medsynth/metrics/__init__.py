@@ -1,0 +1,46 @@
+"""How faithful, useful and safe a synthetic cohort is.
+
+- ``fidelity``: FID, KID and Inception Score from the features of a pluggable extractor
+  (ImageNet Inception-v3 from clean-fid's TorchScript file, or an in-domain encoder).
+- ``segmentation``: per-case Dice and HD95 of a segmentation model, bootstrap summaries.
+- ``memorization``: nearest-neighbour audit of synthetic images against the training set.
+
+Pure functions do the arithmetic and can be checked by hand on tiny arrays; every score dictionary
+they return names its extractor, preprocessing mode and sample counts.
+"""
+
+from __future__ import annotations
+
+from medsynth.metrics.fidelity import (
+    EncoderExtractor,
+    FeatureExtractor,
+    InceptionExtractor,
+    extract_features,
+    feature_statistics,
+    fidelity_scores,
+    frechet_distance,
+    frechet_distance_from_features,
+    inception_score,
+    kernel_inception_distance,
+)
+from medsynth.metrics.memorization import AuditResult, memorization_audit
+from medsynth.metrics.segmentation import dice_per_class, hd95, per_case_metrics, summarise
+
+__all__ = [
+    "AuditResult",
+    "EncoderExtractor",
+    "FeatureExtractor",
+    "InceptionExtractor",
+    "dice_per_class",
+    "extract_features",
+    "feature_statistics",
+    "fidelity_scores",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "hd95",
+    "inception_score",
+    "kernel_inception_distance",
+    "memorization_audit",
+    "per_case_metrics",
+    "summarise",
+]

@@ -1,0 +1,263 @@
+"""Memorisation audit: is any synthetic image a near-copy of a training image?
+
+Rule (pixel space; feature space is analogous):
+
+1. Each image is flattened, centred and scaled to unit L2 norm, so the distance between two images
+   is ``sqrt(2 - 2 r)`` with ``r`` their Pearson correlation (0 = identical up to brightness and
+   contrast, 2 = inverted). A constant image becomes the zero vector, at distance 1 from any other
+   image and 0 from another constant one: drop blank slices before auditing.
+2. Each synthetic image's nearest training image is searched among the training images and their
+   horizontal, vertical and double (180° rotation) flips.
+3. The reference is the training set's own nearest-neighbour distances (each training image
+   against every *other* training image and their flips): how close two genuinely different real
+   images get.
+4. A synthetic image is flagged as a near-copy when its distance is at most
+   ``threshold = threshold_ratio × quantile(train NN distances, threshold_quantile)``
+   (defaults 0.5 × the 1% quantile): at most half as far from a training image as the closest 1% of
+   real pairs. This is a distance-ratio test in the spirit of the "memorisation ratio" of
+   Carlini et al. 2023 and Meehan et al. 2020, anchored to the data instead of a fixed constant.
+
+With features (e.g. from ``medsynth.metrics.fidelity``), the same rule runs on raw L2 feature
+distances without flips (pass features of flipped training images as extra rows if wanted), and an
+image is flagged if either space flags it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsynth.core.errors import InvalidInput
+
+TRANSFORMS = ("identity", "hflip", "vflip", "hvflip")
+_FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))  # on (N, H, W)
+PIXEL_SPACE = "pixel: per-image zero-mean unit-L2, min over identity/hflip/vflip/hvflip of train"
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Outcome of ``memorization_audit``; arrays are indexed by synthetic sample (train for ``train_*``).
+
+    ``nn_transform`` indexes ``TRANSFORMS``: the flip of the training image that matched.
+    ``feature_*`` fields are None when no features were given.
+    """
+
+    nn_index: np.ndarray
+    nn_distance: np.ndarray
+    nn_transform: np.ndarray
+    train_nn_distance: np.ndarray
+    threshold: float
+    flagged_pixel: np.ndarray
+    flagged: np.ndarray
+    rule: str
+    feature_nn_index: np.ndarray | None = None
+    feature_nn_distance: np.ndarray | None = None
+    train_feature_nn_distance: np.ndarray | None = None
+    feature_threshold: float | None = None
+    flagged_feature: np.ndarray | None = None
+
+    @property
+    def n_synthetic(self) -> int:
+        return int(self.nn_index.shape[0])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_nn_distance.shape[0])
+
+    @property
+    def fraction_flagged(self) -> float:
+        return float(self.flagged.mean()) if self.flagged.size else 0.0
+
+    def worst_pairs(self, k: int = 10, *, space: str = "pixel") -> list[tuple[int, int, float]]:
+        """The ``k`` closest (synthetic index, train index, distance) pairs, closest first."""
+        if space == "pixel":
+            index, dist = self.nn_index, self.nn_distance
+        elif space == "feature" and self.feature_nn_index is not None:
+            index, dist = self.feature_nn_index, self.feature_nn_distance
+        else:
+            raise InvalidInput(f"space must be 'pixel' or, when features were given, 'feature'; got {space!r}.")
+        order = np.argsort(dist, kind="stable")[: max(int(k), 0)]
+        return [(int(i), int(index[i]), float(dist[i])) for i in order]
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar outcome, with what produced it (for storing next to the cohort)."""
+        out: dict[str, Any] = {
+            "fraction_flagged": self.fraction_flagged,
+            "n_flagged": int(self.flagged.sum()),
+            "n_synthetic": self.n_synthetic,
+            "n_train": self.n_train,
+            "threshold": self.threshold,
+            "median_nn_distance": float(np.median(self.nn_distance)),
+            "median_train_nn_distance": float(np.median(self.train_nn_distance)),
+            "space": PIXEL_SPACE,
+            "rule": self.rule,
+        }
+        if self.feature_threshold is not None:
+            out["feature_threshold"] = self.feature_threshold
+            out["n_flagged_feature"] = int(self.flagged_feature.sum())
+        return out
+
+
+def memorization_audit(
+    synthetic: np.ndarray,
+    train: np.ndarray,
+    *,
+    features_synth: np.ndarray | None = None,
+    features_train: np.ndarray | None = None,
+    threshold_quantile: float = 0.01,
+    threshold_ratio: float = 0.5,
+    chunk_size: int = 512,
+) -> AuditResult:
+    """Nearest training neighbour of every synthetic image, and which ones are near-copies.
+
+    Args:
+        synthetic, train: images (N, 1, H, W) or (N, H, W) of one H, W; at least 2 training images.
+        features_synth, features_train: optional (N, D) / (M, D) features of the same images.
+        threshold_quantile: quantile of the train-to-train NN distances anchoring the threshold.
+        threshold_ratio: factor applied to that quantile (see the module docstring for the rule).
+        chunk_size: synthetic rows per distance block (memory ≈ chunk_size × M × 4 bytes).
+
+    Returns:
+        An ``AuditResult``.
+    """
+    if not 0.0 <= threshold_quantile <= 1.0:
+        raise InvalidInput(f"threshold_quantile must lie in [0, 1], got {threshold_quantile}.")
+    if not threshold_ratio > 0:
+        raise InvalidInput(f"threshold_ratio must be positive, got {threshold_ratio}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidInput(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    syn, tr = _as_images(synthetic, "synthetic"), _as_images(train, "train")
+    if syn.shape[1:] != tr.shape[1:]:
+        raise InvalidInput(f"synthetic and train images differ in size: {syn.shape[1:]} vs {tr.shape[1:]}.")
+    if tr.shape[0] < 2:
+        raise InvalidInput(f"the audit needs at least 2 training images (for train-to-train distances), got {tr.shape[0]}.")
+    rule = (
+        f"flag if NN distance <= {threshold_ratio:g} x quantile(train-to-train NN distance, "
+        f"{threshold_quantile:g})"
+    )
+
+    syn_n, tr_n = _normalise(syn), _normalise(tr)
+    nn_index, nn_transform, nn_distance = _nearest_flipped(syn_n, tr_n, chunk_size, exclude_self=False)
+    _, _, train_nn = _nearest_flipped(tr_n, tr_n, chunk_size, exclude_self=True)
+    threshold = float(threshold_ratio * np.quantile(train_nn, threshold_quantile))
+    flagged_pixel = nn_distance <= threshold
+    result: dict[str, Any] = {}
+    flagged = flagged_pixel
+    if features_synth is not None or features_train is not None:
+        if features_synth is None or features_train is None:
+            raise InvalidInput("give both features_synth and features_train, or neither.")
+        fs = _as_features(features_synth, "features_synth", syn.shape[0])
+        ft = _as_features(features_train, "features_train", tr.shape[0])
+        if fs.shape[1] != ft.shape[1]:
+            raise InvalidInput(f"feature dimensions differ: synthetic {fs.shape[1]}, train {ft.shape[1]}.")
+        f_index, f_dist = _nearest(fs, ft, chunk_size, exclude_self=False)
+        _, train_f_nn = _nearest(ft, ft, chunk_size, exclude_self=True)
+        f_threshold = float(threshold_ratio * np.quantile(train_f_nn, threshold_quantile))
+        flagged_feature = f_dist <= f_threshold
+        flagged = flagged_pixel | flagged_feature
+        result = {
+            "feature_nn_index": f_index,
+            "feature_nn_distance": f_dist,
+            "train_feature_nn_distance": train_f_nn,
+            "feature_threshold": f_threshold,
+            "flagged_feature": flagged_feature,
+        }
+    return AuditResult(
+        nn_index=nn_index,
+        nn_distance=nn_distance,
+        nn_transform=nn_transform,
+        train_nn_distance=train_nn,
+        threshold=threshold,
+        flagged_pixel=flagged_pixel,
+        flagged=flagged,
+        rule=rule,
+        **result,
+    )
+
+
+def _as_images(x: Any, name: str) -> torch.Tensor:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 3 or a.shape[0] == 0:
+        raise InvalidInput(f"{name} must be a non-empty (N, 1, H, W) or (N, H, W) array, got shape {a.shape}.")
+    if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+        raise InvalidInput(f"{name} must be finite numbers, got dtype {a.dtype}.")
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _as_features(x: Any, name: str, n: int) -> torch.Tensor:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0:
+        raise InvalidInput(f"{name} must have shape ({n}, D) to match its images, got {a.shape}.")
+    if not np.isfinite(a).all():
+        raise InvalidInput(f"{name} contains NaN or infinite values.")
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) → centred, unit-L2 images of the same shape (constant images → zeros)."""
+    flat = images.reshape(images.shape[0], -1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    norm = flat.norm(dim=1, keepdim=True)
+    return (flat / torch.where(norm > 0, norm, torch.ones_like(norm))).reshape(images.shape)
+
+
+def _nearest(
+    queries: torch.Tensor, keys: torch.Tensor, chunk: int, *, exclude_self: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index and exact (float64) L2 distance of each query's nearest key; rows (N, D)."""
+    _, best_idx = _nearest_sq(queries, keys, chunk, exclude_self)
+    return best_idx.numpy(), _exact(queries, keys, best_idx)
+
+
+def _nearest_flipped(
+    queries: torch.Tensor, keys: torch.Tensor, chunk: int, *, exclude_self: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest key of each query (N, H, W) over the keys' flips: (index, transform, distance).
+
+    ``d(q, flip(k)) = d(flip(q), k)``, so the queries are flipped instead of the keys.
+    """
+    keys_flat = keys.reshape(len(keys), -1)
+    best_d2 = torch.full((len(queries),), float("inf"))
+    best_idx = torch.zeros(len(queries), dtype=torch.long)
+    best_t = torch.zeros(len(queries), dtype=torch.long)
+    for t, dims in enumerate(_FLIP_DIMS):
+        q = torch.flip(queries, dims) if dims else queries
+        d2, idx = _nearest_sq(q.reshape(len(q), -1), keys_flat, chunk, exclude_self)
+        better = d2 < best_d2
+        best_d2 = torch.where(better, d2, best_d2)
+        best_idx = torch.where(better, idx, best_idx)
+        best_t = torch.where(better, torch.full_like(best_t, t), best_t)
+    dist = np.empty(len(queries))
+    for t, dims in enumerate(_FLIP_DIMS):
+        rows = (best_t == t).nonzero().flatten()
+        if len(rows):
+            q = torch.flip(queries[rows], dims) if dims else queries[rows]
+            dist[rows.numpy()] = _exact(q, keys, best_idx[rows])
+    return best_idx.numpy(), best_t.numpy(), dist
+
+
+def _nearest_sq(q: torch.Tensor, k: torch.Tensor, chunk: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest squared distance (float32, via |q|²+|k|²-2q·k) and its key index, chunked over queries."""
+    k_sq = (k * k).sum(dim=1)
+    d2_out = torch.empty(len(q))
+    idx_out = torch.empty(len(q), dtype=torch.long)
+    for start in range(0, len(q), chunk):
+        block = q[start : start + chunk]
+        d2 = (block * block).sum(dim=1, keepdim=True) + k_sq[None, :] - 2.0 * (block @ k.T)
+        if exclude_self:
+            rows = torch.arange(len(block))
+            d2[rows, start + rows] = float("inf")
+        d2_out[start : start + len(block)], idx_out[start : start + len(block)] = d2.min(dim=1)
+    return d2_out.clamp_min(0.0), idx_out
+
+
+def _exact(q: torch.Tensor, keys: torch.Tensor, idx: torch.Tensor) -> np.ndarray:
+    """Float64 distances between each query row and its chosen key (exact copies give exactly 0)."""
+    a = q.reshape(len(q), -1).double()
+    b = keys[idx].reshape(len(idx), -1).double()
+    return (a - b).norm(dim=1).numpy()

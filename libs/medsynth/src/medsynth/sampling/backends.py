@@ -1,0 +1,116 @@
+"""One sampling interface, two backends: TorchServe, or the generator in this process.
+
+Both compute pixels with :func:`medsynth.sampling.generate.generate`, so for the same weights, seed,
+indices (drawn as one batch), device type and software versions they give identical bits.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsynth.models.gan import Generator
+from medsynth.sampling.archive import weights_fingerprint
+from medsynth.sampling.generate import LATENT_SCHEME, check_indices, check_seed, generate, runtime_info
+from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InProcessSampler", "Sampler", "SamplerUnavailable", "TorchServeSampler"]
+
+
+class Sampler(ABC):
+    """Draws samples of a cohort seed. Implementations must be deterministic: the same
+    ``(seed, indices)`` gives the same bits every time."""
+
+    @abstractmethod
+    def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Samples ``indices`` of ``seed`` in one generator pass: images ``(N, 1, S, S)`` float32 in
+        [0, 1] and masks ``(N, S, S)`` uint8, row ``k`` for ``indices[k]``."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Provenance of the samples: ``backend``, ``generator`` (config), ``weights_fingerprint``,
+        ``latent_scheme`` and ``software`` (versions and device of whatever computes the pixels)."""
+
+
+class InProcessSampler(Sampler):
+    """Runs ``generator`` here (put in eval mode; moved to ``device`` if given)."""
+
+    def __init__(self, generator: Generator, *, device: torch.device | str | None = None) -> None:
+        if device is not None:
+            generator = generator.to(device)
+        self.generator = generator.eval()
+        self.device = next(generator.parameters()).device
+        self._fingerprint = weights_fingerprint(generator.state_dict())
+
+    def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        return generate(self.generator, seed, indices)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "in-process",
+            "generator": self.generator.config.to_dict(),
+            "weights_fingerprint": self._fingerprint,
+            "latent_scheme": LATENT_SCHEME,
+            "software": runtime_info(self.device),
+        }
+
+
+class TorchServeSampler(Sampler):
+    """Asks the medsynth handler of model ``model_name`` on a TorchServe server. Unreachable or
+    failing servers raise :class:`SamplerUnavailable`."""
+
+    def __init__(self, client: TorchServeClient, model_name: str) -> None:
+        self.client = client
+        self.model_name = model_name
+        self._description: dict[str, Any] | None = None
+
+    def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        idx = check_indices(indices)
+        images, masks = self.client.infer(self.model_name, _payload(check_seed(seed), idx))
+        _check_shapes(images, masks, len(idx), self.client.inference_url)
+        return images, masks
+
+    def describe(self) -> dict[str, Any]:
+        if self._description is None:
+            answer = self.client.describe(self.model_name)
+            self._description = {
+                "backend": "torchserve",
+                "model_name": self.model_name,
+                "model_version": answer.get("version"),
+                "inference_url": self.client.inference_url,
+                "generator": answer.get("generator"),
+                "weights_fingerprint": answer.get("weights_fingerprint"),
+                "weights_sha256": answer.get("weights_sha256"),
+                "latent_scheme": answer.get("latent_scheme"),
+                "software": answer.get("software"),
+            }
+        return dict(self._description)
+
+
+def _payload(seed: int, idx: list[int]) -> dict[str, Any]:
+    """A contiguous run is sent as start/count, anything else as an explicit index list."""
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return {"seed": seed, "start": idx[0], "count": len(idx)}
+    return {"seed": seed, "indices": idx}
+
+
+def _check_shapes(images: np.ndarray, masks: np.ndarray, n: int, url: str) -> None:
+    ok = (
+        images.dtype == np.float32
+        and masks.dtype == np.uint8
+        and images.ndim == 4
+        and images.shape[:2] == (n, 1)
+        and masks.shape == (n, *images.shape[2:])
+    )
+    if not ok:
+        raise SamplerUnavailable(
+            f"TorchServe at {url} returned images {images.dtype}{images.shape} and masks {masks.dtype}{masks.shape}; "
+            f"expected float32 ({n}, 1, S, S) and uint8 ({n}, S, S)."
+        )

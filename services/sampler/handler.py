@@ -1,0 +1,148 @@
+"""TorchServe handler of the medsynth sampler: draws (image, mask) samples from an exported generator.
+
+Packaged into the ``.mar`` by :func:`medsynth.sampling.archive.build_model_archive` (as
+``medsynth_sampler_handler.py``). It holds no model code: :func:`medsynth.sampling.archive.load_exported`
+rebuilds the network from ``generator.json`` + ``weights.pt``, and every sample is computed by
+:func:`medsynth.sampling.generate.generate` — the same function the in-process path calls.
+
+Request body (JSON), one of::
+
+    {"seed": 7, "start": 0, "count": 16}       samples 0..15 of seed 7, in one generator pass
+    {"seed": 7, "indices": [3, 9]}             those samples, in one generator pass
+    {"describe": true}                         the generator config and the worker's software
+
+Sampling answers ``application/x-npz``: an uncompressed ``.npz`` with ``images`` (N, 1, S, S)
+float32 in [0, 1], ``masks`` (N, S, S) uint8, ``indices`` (N,) int64 and ``seed`` () int64 — exact
+bits, no text round trip. ``describe`` answers JSON. A bad request answers 400 with
+``{"error": message}``; anything else that fails becomes TorchServe's 503.
+
+TorchServe loads the one class defined in this module, so helpers here are functions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsynth.core.errors import InvalidInput
+from medsynth.sampling.archive import load_exported, weights_fingerprint
+from medsynth.sampling.generate import (
+    LATENT_SCHEME,
+    MAX_BATCH,
+    check_indices,
+    check_seed,
+    configure_determinism,
+    generate,
+    runtime_info,
+)
+
+log = logging.getLogger(__name__)
+
+NPZ_CONTENT_TYPE = "application/x-npz"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class SamplerHandler:
+    """``initialize(context)`` once per worker, then ``handle(batch, context)`` per request batch."""
+
+    def __init__(self) -> None:
+        self.generator = None
+        self.meta: dict[str, Any] = {}
+        self.fingerprint = ""
+        self.device = torch.device("cpu")
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        configure_determinism()
+        props = context.system_properties
+        self.device = _pick_device(props.get("gpu_id"))
+        self.generator, self.meta = load_exported(props["model_dir"], self.device)
+        self.fingerprint = weights_fingerprint(self.generator.state_dict())
+        self.initialized = True
+        log.info(
+            "medsynth sampler loaded %s (config %s) on %s",
+            props["model_dir"], self.meta["config"], self.device,
+        )  # fmt: skip
+
+    def handle(self, batch: list[dict[str, Any]], context: Any) -> list[Any]:
+        return [self._one(row, idx, context) for idx, row in enumerate(batch)]
+
+    def _one(self, row: dict[str, Any], idx: int, context: Any) -> Any:
+        try:
+            request = _parse(row)
+            if request.get("describe") is True:
+                context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+                return self._describe()
+            seed, indices = _sample_request(request)
+            images, masks = generate(self.generator, seed, indices)
+        except InvalidInput as exc:
+            log.warning("bad sampler request: %s", exc)
+            context.set_response_status(400, "Bad Request", idx)
+            context.set_response_content_type(idx, JSON_CONTENT_TYPE)
+            return json.dumps({"error": str(exc)})
+        context.set_response_content_type(idx, NPZ_CONTENT_TYPE)
+        return _npz(images, masks, indices, seed)
+
+    def _describe(self) -> str:
+        return json.dumps(
+            {
+                "generator": self.meta["config"],
+                "weights_sha256": self.meta["weights_sha256"],
+                "weights_fingerprint": self.fingerprint,
+                "model_name": self.meta.get("model_name"),
+                "version": self.meta.get("version"),
+                "latent_scheme": LATENT_SCHEME,
+                "software": runtime_info(self.device),
+            }
+        )
+
+
+def _pick_device(gpu_id: Any) -> torch.device:
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(gpu_id)}")
+    return torch.device("cpu")
+
+
+def _parse(row: dict[str, Any]) -> dict[str, Any]:
+    """The request body as a dict: TorchServe hands it over already JSON-decoded (content type
+    application/json), as text, or as raw bytes, under ``data`` or ``body``."""
+    body = row.get("data") if row.get("data") is not None else row.get("body")
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"request body must be JSON, got {body[:80]!r} ({exc}).") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"request body must be a JSON object, got {type(body).__name__}.")
+    return body
+
+
+def _sample_request(request: dict[str, Any]) -> tuple[int, list[int]]:
+    if "seed" not in request:
+        raise InvalidInput(f"request must name a 'seed', got keys {sorted(request)}.")
+    seed = check_seed(request["seed"])
+    if "indices" in request:
+        return seed, check_indices(request["indices"])
+    start, count = request.get("start"), request.get("count")
+    if not _is_int(start) or not _is_int(count) or start < 0 or not 1 <= count <= MAX_BATCH:
+        raise InvalidInput(
+            f"request needs 'indices', or 'start' >= 0 and 'count' in 1..{MAX_BATCH}; got start={start!r} count={count!r}."
+        )
+    return seed, check_indices(range(start, start + count))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _npz(images: np.ndarray, masks: np.ndarray, indices: list[int], seed: int) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, images=images, masks=masks, indices=np.asarray(indices, dtype=np.int64), seed=np.int64(seed))
+    return buf.getvalue()

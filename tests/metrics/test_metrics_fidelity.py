@@ -1,0 +1,403 @@
+"""FID / KID / IS arithmetic against clean-fid, MONAI and closed forms; extractors; fidelity_scores."""
+
+from __future__ import annotations
+
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cleanfid import fid as cleanfid_fid
+from cleanfid.inception_torchscript import InceptionV3W
+from cleanfid.resize import build_resizer, make_resizer
+from monai.metrics import FIDMetric
+
+from medsynth.core.errors import InvalidInput
+from medsynth.metrics.fidelity import (
+    INCEPTION_FILENAME,
+    INCEPTION_URL,
+    EncoderExtractor,
+    FeatureExtractor,
+    InceptionExtractor,
+    clean_resize,
+    extract_features,
+    feature_statistics,
+    fidelity_scores,
+    frechet_distance,
+    frechet_distance_from_features,
+    inception_score,
+    kernel_inception_distance,
+)
+
+# Warnings raised inside the reference implementations (clean-fid, MONAI) and TorchScript itself.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered in scalar divide:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning"),
+]
+
+
+def _features(rng: np.random.Generator, n: int, d: int, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    mix = np.random.default_rng(d).normal(size=(d, d)) / np.sqrt(d)  # one shared mixing per d
+    return (rng.normal(size=(n, d)) @ mix) * scale + shift
+
+
+# --- Fréchet distance ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n1", "n2", "d"), [(300, 200, 8), (40, 30, 64)])  # the second is rank-deficient
+def test_frechet_distance_matches_cleanfid(n1: int, n2: int, d: int) -> None:
+    rng = np.random.default_rng(0)
+    f1, f2 = _features(rng, n1, d), _features(rng, n2, d, shift=0.3, scale=1.5)
+    ours = frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    reference = cleanfid_fid.fid_from_feats(f1, f2)
+    assert ours == pytest.approx(reference, rel=1e-8)
+    assert ours > 0.5
+
+
+@pytest.mark.parametrize(("n1", "n2", "d"), [(300, 200, 8), (40, 30, 64), (20, 90, 64)])
+def test_frechet_distance_from_features_matches_cleanfid(n1: int, n2: int, d: int) -> None:
+    # n < d takes the nuclear-norm route (no D x D sqrtm); n >= d the covariance route.
+    rng = np.random.default_rng(7)
+    f1, f2 = _features(rng, n1, d), _features(rng, n2, d, shift=0.1, scale=0.7)
+    # For n < d clean-fid's sqrtm of the singular product is ~3e-8 (relative) off: the square roots
+    # of its rounding-noise eigenvalues add up, and its eps fallback adds 1e-6 to the diagonals.
+    rel = 1e-10 if min(n1, n2) >= d else 1e-6
+    assert frechet_distance_from_features(f1, f2) == pytest.approx(cleanfid_fid.fid_from_feats(f1, f2), rel=rel)
+
+
+def test_frechet_distance_from_features_is_exact_against_50_digit_arithmetic() -> None:
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    rng = np.random.default_rng(1)
+    f1, f2 = rng.normal(size=(6, 10)), rng.normal(size=(5, 10)) + 0.3
+
+    def stats(f: np.ndarray) -> tuple[list, object]:
+        n, d = f.shape
+        mu = [mp.fsum(mp.mpf(f[i, j]) for i in range(n)) / n for j in range(d)]
+        cov = mp.matrix(d, d)
+        for a in range(d):
+            for b in range(d):
+                cov[a, b] = mp.fsum((mp.mpf(f[i, a]) - mu[a]) * (mp.mpf(f[i, b]) - mu[b]) for i in range(n)) / (n - 1)
+        return mu, cov
+
+    (mu1, s1), (mu2, s2) = stats(f1), stats(f2)
+    eigenvalues = mp.eig(s1 * s2, left=False, right=False)
+    tr_covmean = mp.fsum(mp.sqrt(mp.re(e)) for e in eigenvalues if mp.re(e) > 0)
+    exact = (
+        mp.fsum((a - b) ** 2 for a, b in zip(mu1, mu2))
+        + mp.fsum(s1[i, i] + s2[i, i] for i in range(10))
+        - 2 * tr_covmean
+    )
+    assert frechet_distance_from_features(f1, f2) == pytest.approx(float(exact), rel=1e-12)
+    assert frechet_distance(*feature_statistics(f1), *feature_statistics(f2)) == pytest.approx(float(exact), rel=1e-6)
+
+
+def test_frechet_distance_from_features_is_fast_for_small_sets_of_2048_d_features() -> None:
+    rng = np.random.default_rng(8)
+    f1, f2 = rng.normal(size=(30, 2048)), rng.normal(size=(20, 2048)) + 0.01
+    # Same expectation by construction: |mu1 - mu2|^2 is ~2048 * (0.01^2 + 1/30 + 1/20).
+    value = frechet_distance_from_features(f1, f2)
+    a1, a2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    gram_roots = np.sqrt(np.clip(np.linalg.eigvalsh((a1 @ a2.T) @ (a2 @ a1.T)), 0, None)).sum()
+    by_hand = (
+        np.sum((f1.mean(0) - f2.mean(0)) ** 2)
+        + np.sum(a1**2) / 29
+        + np.sum(a2**2) / 19
+        - 2 * gram_roots / np.sqrt(29 * 19)
+    )
+    assert value == pytest.approx(by_hand, rel=1e-8)
+
+
+def test_frechet_distance_of_diagonal_gaussians_in_closed_form() -> None:
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    v1, v2 = rng.uniform(0.1, 3.0, size=5), rng.uniform(0.1, 3.0, size=5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(v1 + v2 - 2 * np.sqrt(v1 * v2))
+    assert frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-10)
+    # One dimension by hand: means 0 and 3, variances 1 and 4 → 9 + (1 + 4 - 2*2) = 10.
+    assert frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)
+
+
+def test_frechet_distance_reproduces_monai_example() -> None:
+    # MONAI's FIDMetric test: these two 3x2 feature sets give 0.4444 (= 1/9 + 1/3 by hand).
+    x = np.array([[1, 2], [1, 2], [1, 2]], dtype=np.float64)
+    y = np.array([[2, 2], [1, 2], [1, 2]], dtype=np.float64)
+    ours = frechet_distance(*feature_statistics(x), *feature_statistics(y))
+    assert ours == pytest.approx(4 / 9, abs=1e-6)
+    assert ours == pytest.approx(float(FIDMetric()(torch.tensor(x), torch.tensor(y))), abs=1e-6)
+    assert frechet_distance_from_features(x, y) == pytest.approx(4 / 9, abs=1e-12)
+
+
+def test_frechet_distance_is_symmetric_and_zero_on_identical_sets() -> None:
+    rng = np.random.default_rng(2)
+    s1, s2 = feature_statistics(_features(rng, 100, 6)), feature_statistics(_features(rng, 80, 6, shift=1.0))
+    assert frechet_distance(*s1, *s1) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(*s1, *s2) == pytest.approx(frechet_distance(*s2, *s1), rel=1e-8)
+
+
+def test_frechet_distance_rejects_mismatched_shapes() -> None:
+    with pytest.raises(InvalidInput, match=r"\(3,\) and \(4,\)"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(InvalidInput, match=r"\(3, 3\)"):
+        frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(InvalidInput, match="at least 2 samples, got 1"):
+        feature_statistics(np.ones((1, 4)))
+
+
+# --- KID --------------------------------------------------------------------------------------
+
+
+def test_kid_matches_cleanfid_when_the_subset_is_the_whole_set() -> None:
+    rng = np.random.default_rng(3)
+    f1, f2 = _features(rng, 60, 16), _features(rng, 60, 16, shift=0.2)
+    ours = kernel_inception_distance(f1, f2, num_subsets=1, max_subset_size=1000)
+    reference = cleanfid_fid.kernel_distance(f1, f2, num_subsets=1, max_subset_size=1000)
+    assert ours == pytest.approx(reference, rel=1e-9)
+    assert ours > 0
+
+
+def test_kid_is_the_unbiased_mmd_with_cubic_kernel_by_hand() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3)) + 0.5
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return (a @ b / 3 + 1) ** 3
+
+    m = 5
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2
+    assert kernel_inception_distance(x, y, num_subsets=3) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+
+
+def test_kid_separates_distributions_and_is_seeded() -> None:
+    rng = np.random.default_rng(5)
+    a, b, shifted = _features(rng, 400, 8), _features(rng, 400, 8), _features(rng, 400, 8, shift=0.5)
+    same = kernel_inception_distance(a, b, num_subsets=20, max_subset_size=100, seed=1)
+    different = kernel_inception_distance(a, shifted, num_subsets=20, max_subset_size=100, seed=1)
+    assert abs(same) < different / 20
+    assert same == kernel_inception_distance(a, b, num_subsets=20, max_subset_size=100, seed=1)
+    assert same != kernel_inception_distance(a, b, num_subsets=20, max_subset_size=100, seed=2)
+
+
+def test_kid_rejects_tiny_or_mismatched_sets() -> None:
+    with pytest.raises(InvalidInput, match="n1=1, n2=5"):
+        kernel_inception_distance(np.ones((1, 3)), np.ones((5, 3)))
+    with pytest.raises(InvalidInput, match="feats1 has 3, feats2 has 4"):
+        kernel_inception_distance(np.ones((5, 3)), np.ones((5, 4)))
+
+
+# --- Inception Score --------------------------------------------------------------------------
+
+
+def test_inception_score_extremes_by_hand() -> None:
+    confident_and_diverse = np.tile(np.eye(4), (5, 1))  # 20 one-hot rows, 4 classes equally often
+    assert inception_score(confident_and_diverse, splits=1) == pytest.approx((4.0, 0.0))
+    assert inception_score(confident_and_diverse, splits=5)[0] == pytest.approx(4.0)
+    assert inception_score(np.full((10, 7), 1 / 7), splits=2) == pytest.approx((1.0, 0.0))
+
+
+def test_inception_score_matches_the_definition() -> None:
+    rng = np.random.default_rng(6)
+    p = rng.dirichlet(np.full(5, 0.3), size=30)
+    scores = []
+    for part in (p[:15], p[15:]):
+        marginal = part.mean(axis=0)
+        scores.append(np.exp(np.mean([np.sum(row * np.log(row / marginal)) for row in part])))
+    assert inception_score(p, splits=2) == pytest.approx((np.mean(scores), np.std(scores)), rel=1e-10)
+
+
+def test_inception_score_rejects_non_probabilities() -> None:
+    with pytest.raises(InvalidInput, match="row 1 sums to 2"):
+        inception_score(np.array([[0.5, 0.5], [1.0, 1.0]]), splits=1)
+    with pytest.raises(InvalidInput, match="splits"):
+        inception_score(np.full((3, 2), 0.5), splits=4)
+
+
+# --- Inception extractor (local TorchScript file only) -----------------------------------------
+
+
+class _FakeInceptionLayers(torch.nn.Module):
+    """Stands in for the real trunk: (N, 3, 299, 299) in [-1, 1] → (N, 2048, 1, 1), nonlinear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=5, stride=4)
+        self.proj = torch.nn.Conv2d(8, 2048, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[2] == 299 and x.shape[3] == 299
+        return torch.nn.functional.adaptive_avg_pool2d(self.proj(torch.relu(self.conv(x))), 1)
+
+
+class _FakeInception(torch.nn.Module):
+    """Same call convention as clean-fid's file: ``.layers`` plus ``forward(x, return_features)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = _FakeInceptionLayers()
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return self.layers(x)
+
+
+@pytest.fixture(scope="module")
+def fake_inception_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inception")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; the real file is TorchScript
+        torch.jit.save(torch.jit.script(_FakeInception().eval()), str(folder / INCEPTION_FILENAME))
+    return folder
+
+
+def _smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, 1, 4, 4), generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def test_inception_extractor_refuses_a_missing_file_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("attempted a download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    missing = tmp_path / "weights" / INCEPTION_FILENAME
+    with pytest.raises(InvalidInput) as info:
+        InceptionExtractor(missing)
+    assert str(missing) in str(info.value) and INCEPTION_URL in str(info.value)
+    assert not missing.exists()
+
+
+def test_inception_extractor_refuses_a_corrupt_file(tmp_path: Path) -> None:
+    bad = tmp_path / INCEPTION_FILENAME
+    bad.write_bytes(b"not a torchscript archive")
+    with pytest.raises(InvalidInput, match="could not load"):
+        InceptionExtractor(bad)
+
+
+def test_clean_resize_equals_cleanfid_pil_resizer() -> None:
+    images = _smooth_images(2, 37, seed=0)
+    ours = clean_resize(images)
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+    for i in range(2):
+        rgb = np.repeat(images[i, 0].numpy()[:, :, None] * 255, 3, axis=2).astype(np.float32)
+        reference = resize(rgb)  # (299, 299, 3)
+        np.testing.assert_array_equal(ours[i, 0].numpy(), reference[:, :, 0])
+
+
+def test_inception_extractor_matches_cleanfid_wrapper_on_the_same_file(fake_inception_dir: Path) -> None:
+    extractor = InceptionExtractor(fake_inception_dir)  # a folder holding the file is accepted
+    assert isinstance(extractor, FeatureExtractor)
+    assert extractor.dim == 2048 and "clean" in extractor.preprocessing
+    images = _smooth_images(3, 48, seed=1)
+    ours = extractor(images)
+    assert ours.shape == (3, 2048) and np.isfinite(ours).all()
+
+    # clean-fid itself: its "clean" resizer on [0, 255] RGB arrays, then its InceptionV3W wrapper.
+    wrapper = InceptionV3W(str(fake_inception_dir), download=False)
+    resize = build_resizer("clean")
+    batch = torch.stack(
+        [
+            torch.from_numpy(resize(np.repeat(img[0].numpy()[:, :, None] * 255, 3, axis=2).astype(np.float32)).transpose(2, 0, 1))
+            for img in images
+        ]
+    )
+    with torch.no_grad():
+        reference = wrapper(batch).numpy()
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ours[0], ours[1])  # the features do depend on the image
+
+    same = InceptionExtractor(fake_inception_dir / INCEPTION_FILENAME)(images)
+    np.testing.assert_array_equal(ours, same)
+
+
+def test_inception_extractor_rejects_bad_images(fake_inception_dir: Path) -> None:
+    extractor = InceptionExtractor(fake_inception_dir)
+    with pytest.raises(InvalidInput, match=r"\(N, 1, H, W\), got \(2, 3, 8, 8\)"):
+        extractor(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(InvalidInput, match=r"\[0, 1\], got values in \[0, 2\]"):
+        extractor(torch.full((1, 1, 8, 8), 2.0).index_fill_(2, torch.tensor([0]), 0.0))
+
+
+# --- encoder extractor and fidelity_scores ------------------------------------------------------
+
+
+def _encoder() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, stride=2, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 3, stride=2, padding=1),
+    )
+
+
+def test_encoder_extractor_pools_feature_maps_and_restores_mode() -> None:
+    encoder = _encoder().train()
+    extractor = EncoderExtractor(encoder, "toy-unet-down")
+    assert isinstance(extractor, FeatureExtractor)
+    assert extractor.dim == 6 and extractor.preprocessing.startswith("none")
+    images = _smooth_images(4, 32, seed=2)
+    feats = extractor(images)
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder(images).mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(feats, expected, rtol=1e-6, atol=1e-6)
+    encoder.train()
+    extractor(images)
+    assert encoder.training is True  # features ran in eval mode (BatchNorm running stats), mode restored
+
+
+class _Skips(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, x.flatten(1)[:, :5] * 2]
+
+
+def test_encoder_extractor_takes_vectors_and_the_deepest_of_a_list() -> None:
+    extractor = EncoderExtractor(_Skips(), "skips", probe_size=(4, 4))
+    assert extractor.dim == 5
+    images = torch.rand(3, 1, 4, 4)
+    np.testing.assert_allclose(extractor(images), images.flatten(1)[:, :5].numpy() * 2, rtol=1e-6)
+
+
+def test_fidelity_scores_record_their_provenance_and_agree_with_cleanfid() -> None:
+    extractor = EncoderExtractor(_encoder(), "toy-unet-down")
+    real = _smooth_images(40, 32, seed=3)
+    fake_good = _smooth_images(40, 32, seed=4)
+    fake_bad = (fake_good * 0.3).clamp(0, 1)
+    good = fidelity_scores(real, fake_good, extractor, batch_size=16, kid_subset_size=30, kid_subsets=10)
+    bad = fidelity_scores(real, fake_bad, extractor, batch_size=16, kid_subset_size=30, kid_subsets=10)
+    assert good["extractor"] == "toy-unet-down" and good["preprocessing"] == extractor.preprocessing
+    assert (good["n_real"], good["n_fake"], good["feature_dim"]) == (40, 40, 6)
+    assert good["kid_subset_size"] == 30 and good["kid_subsets"] == 10
+    assert bad["fid"] > 3 * good["fid"] and bad["kid"] > good["kid"]
+    # "Through clean-fid": the same features give clean-fid's FID.
+    f_real, f_fake = extract_features(real, extractor, batch_size=7), extract_features(fake_good, extractor)
+    assert good["fid"] == pytest.approx(cleanfid_fid.fid_from_feats(f_real, f_fake), rel=1e-6)
+    same = fidelity_scores(real, real, extractor)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["kid_subset_size"] == 40
+
+
+def test_fidelity_scores_with_the_torchscript_inception_path(fake_inception_dir: Path) -> None:
+    extractor = InceptionExtractor(fake_inception_dir)
+    scores = fidelity_scores(_smooth_images(4, 24, 5), _smooth_images(3, 24, 6), extractor, batch_size=2)
+    assert scores["extractor"] == extractor.name and scores["feature_dim"] == 2048
+    assert (scores["n_real"], scores["n_fake"], scores["kid_subset_size"]) == (4, 3, 3)
+    assert np.isfinite(scores["fid"]) and np.isfinite(scores["kid"])
+
+
+def test_fidelity_scores_name_too_small_sets() -> None:
+    extractor = EncoderExtractor(_encoder(), "toy")
+    with pytest.raises(InvalidInput, match="n_real=0, n_fake=5"):
+        fidelity_scores(torch.zeros(0, 1, 16, 16), torch.zeros(5, 1, 16, 16), extractor)
+    with pytest.raises(InvalidInput, match="n_real=5, n_fake=1"):
+        fidelity_scores(torch.zeros(5, 1, 16, 16), torch.zeros(1, 1, 16, 16), extractor)
+    with pytest.raises(InvalidInput, match="fake must be floating point"):
+        fidelity_scores(torch.zeros(5, 1, 16, 16), torch.zeros(5, 1, 16, 16, dtype=torch.uint8), extractor)

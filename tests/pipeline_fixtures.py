@@ -1,0 +1,31 @@
+"""Small real inputs for the machine-learning path: phantoms ingested into a dataset and a 32×32 view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medsynth.datasets.ingest import Upload, ingest_scan
+from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.views import build_views
+from medsynth.io.nifti import load_nifti
+from medsynth.phantoms import write_phantom_dataset
+from medsynth.store import ObjectStore
+
+
+def phantom_view(store: ObjectStore, tmp_path: Path, *, dataset: str = "ph", n: int = 8, size: int = 32) -> str:
+    """Ingest ``n`` phantom patients and prepare a ``size``² slice view; returns the view id."""
+    names = write_phantom_dataset(tmp_path / "msd", n=n, seed=11, shape=(32, 32, 8))
+    for name in names:
+        image = Upload(f"{name}.nii.gz", (tmp_path / "msd" / "imagesTr" / f"{name}.nii.gz").read_bytes())
+        label = Upload(f"{name}.nii.gz", (tmp_path / "msd" / "labelsTr" / f"{name}.nii.gz").read_bytes())
+        ingest_scan(store, dataset, name, image, label, max_voxels=10**6)
+
+    def load(scan):
+        arrays = [np.asanyarray(load_nifti(store.get_bytes(k), what=k, max_voxels=10**6).dataobj) for k in (scan.image_key, scan.label_key)]
+        return arrays[0], arrays[1]
+
+    key = build_views(store, load_manifest(store, dataset), mode="slices2d", size=size, axis=2, val_fraction=0.25,
+                      test_fraction=0.25, seed=0, keep_empty=False, load_scan=load)
+    return key.split("/")[-2]

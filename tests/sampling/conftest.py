@@ -1,0 +1,71 @@
+"""Fixtures for the sampling tests: a small random generator, a local store, and one real TorchServe
+server per test session (it takes a few seconds to start, its first worker a few more)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from medsynth.models.gan import Generator
+from medsynth.sampling.archive import build_model_archive
+from medsynth.sampling.backends import InProcessSampler
+from medsynth.sampling.torchserve import TorchServeProcess
+from medsynth.store.local import LocalStore
+from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, small_generator
+
+
+@pytest.fixture(scope="session")
+def generator() -> Generator:
+    return small_generator()
+
+
+@pytest.fixture
+def in_process(generator: Generator) -> InProcessSampler:
+    return InProcessSampler(generator)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def handler_module() -> ModuleType:
+    """services/sampler/handler.py imported as a module (it is not a package)."""
+    spec = importlib.util.spec_from_file_location("medsynth_sampler_handler_under_test", HANDLER_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory, generator: Generator) -> Path:
+    store = tmp_path_factory.mktemp("model-store")
+    build_model_archive(
+        generator.state_dict(), generator.config.to_dict(), model_name=MODEL_NAME, version=MODEL_VERSION, out_dir=store
+    )
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[TorchServeProcess]:
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17 on PATH (openjdk-17-jre-headless)")
+    pytest.importorskip("ts", reason="TorchServe (the torchserve package) is not installed")
+    import psutil
+
+    server = TorchServeProcess(model_store, tmp_path_factory.mktemp("torchserve"))
+    with server:
+        yield server
+        # The CLI wrapper, the Java frontend and the Python workers: stop() must end them all.
+        processes = [psutil.Process(pid) for pid in server.pids()]
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, f"TorchServe processes survived stop(): {alive}"

@@ -1,0 +1,106 @@
+"""Cohort sampling through a real TorchServe 0.12 server (one per session, see conftest.py): the
+pixels must equal the in-process path bit for bit. Also: TorchServe down -> SamplerUnavailable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsynth.core.errors import InvalidInput
+from medsynth.models.gan import Generator
+from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
+from medsynth.sampling.cohort import read_manifest, regenerate, write_cohort
+from medsynth.sampling.generate import generate
+from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient, TorchServeProcess, free_ports
+from medsynth.store.local import LocalStore
+from sampling_helpers import MODEL_NAME, PROVENANCE
+
+PREFIX = "cohorts/ts/"
+
+
+@pytest.fixture(scope="module")
+def client(torchserve: TorchServeProcess) -> Iterator[TorchServeClient]:
+    with torchserve.client() as c:
+        c.register(f"{MODEL_NAME}.mar", MODEL_NAME, initial_workers=1)
+        yield c
+
+
+@pytest.fixture
+def served(client: TorchServeClient) -> TorchServeSampler:
+    return TorchServeSampler(client, MODEL_NAME)
+
+
+def test_register_is_idempotent(client: TorchServeClient, torchserve: TorchServeProcess) -> None:
+    assert client.ping()
+    assert client.is_registered(MODEL_NAME)
+    assert client.register(f"{MODEL_NAME}.mar", MODEL_NAME) is False
+    assert not client.is_registered("no-such-model")
+    assert torchserve.startup_s is not None and torchserve.startup_s < 120
+
+
+def test_cohort_through_torchserve_equals_in_process(
+    tmp_path: Path, served: TorchServeSampler, in_process: InProcessSampler
+) -> None:
+    via_ts, local = LocalStore(tmp_path / "ts"), LocalStore(tmp_path / "local")
+    write_cohort(via_ts, PREFIX, served, count=20, seed=42, batch_size=8, provenance=PROVENANCE)
+    write_cohort(local, PREFIX, in_process, count=20, seed=42, batch_size=8, provenance=PROVENANCE)
+    ts_manifest, local_manifest = read_manifest(via_ts, PREFIX), read_manifest(local, PREFIX)
+
+    assert ts_manifest["sampler"]["backend"] == "torchserve"
+    assert ts_manifest["sampler"]["model_name"] == MODEL_NAME
+    for field in ("generator", "weights_fingerprint", "latent_scheme"):
+        assert ts_manifest["sampler"][field] == local_manifest["sampler"][field]
+    # Same pixel digests and the same NIfTI/PNG bytes, object for object.
+    assert ts_manifest["samples"] == local_manifest["samples"]
+    assert ts_manifest["contact_sheet"] == local_manifest["contact_sheet"]
+    keys = list(via_ts.list(PREFIX))
+    assert keys == list(local.list(PREFIX)) and len(keys) == 2 * 20 + 2
+    for key in keys:
+        if not key.endswith("manifest.json"):
+            assert via_ts.get_bytes(key) == local.get_bytes(key), key
+
+    # A sample of the TorchServe cohort regenerated in this process, and the other way round.
+    images, masks = regenerate(ts_manifest, in_process, [13], verify=True)
+    again, again_masks = regenerate(local_manifest, served, [13, 2], verify=True)
+    assert images[0].tobytes() == again[0].tobytes() and np.array_equal(masks[0], again_masks[0])
+
+
+def test_draw_any_indices(served: TorchServeSampler, generator: Generator) -> None:
+    for indices in ([5, 1, 3], range(30, 34)):
+        images, masks = served.draw(7, indices)
+        expected, expected_masks = generate(generator, 7, indices)
+        assert images.tobytes() == expected.tobytes() and masks.tobytes() == expected_masks.tobytes()
+
+
+def test_bad_request_names_the_problem(client: TorchServeClient) -> None:
+    with pytest.raises(InvalidInput, match="seed must be between 0 and"):
+        client.infer(MODEL_NAME, {"seed": -1, "start": 0, "count": 1})
+    with pytest.raises(InvalidInput, match="'count' in 1..4096"):
+        client.infer(MODEL_NAME, {"seed": 1, "start": 0, "count": 100_000})
+
+
+def test_unknown_model_is_unavailable(client: TorchServeClient) -> None:
+    with pytest.raises(SamplerUnavailable, match=r"/predictions/no-such-model failed .* HTTP 404"):
+        TorchServeSampler(client, "no-such-model").draw(1, [0])
+
+
+def test_torchserve_down_is_sampler_unavailable(store: LocalStore) -> None:
+    inference, management = (f"http://127.0.0.1:{port}" for port in free_ports(2))
+    with TorchServeClient(inference, management, timeout_s=5) as client:
+        assert client.ping() is False
+        sampler = TorchServeSampler(client, MODEL_NAME)
+        with pytest.raises(SamplerUnavailable, match=rf"TorchServe at {inference}/predictions/{MODEL_NAME} is unreachable"):
+            sampler.draw(1, [0])
+        with pytest.raises(SamplerUnavailable, match=rf"TorchServe at {management}/models is unreachable"):
+            client.register(f"{MODEL_NAME}.mar", MODEL_NAME)
+        with pytest.raises(SamplerUnavailable, match=r"unreachable .*; is it running\?"):
+            write_cohort(store, PREFIX, sampler, count=4, seed=1, batch_size=2, provenance=PROVENANCE)
+    assert list(store.list(PREFIX)) == []
+
+
+def test_process_refuses_a_missing_model_store(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="missing"):
+        TorchServeProcess(tmp_path / "missing", tmp_path / "work").start()
