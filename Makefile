@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest tests
 
 demo: install
-	$(VENV)/bin/medsynth demo $(if $(DATA),--data $(DATA))
+	$(VENV)/bin/medsynth demo $(if $(DATA),--data $(DATA)) $(ARGS)
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto

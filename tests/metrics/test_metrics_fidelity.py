@@ -70,7 +70,7 @@ def test_frechet_distance_from_features_matches_cleanfid(n1: int, n2: int, d: in
 
 
 def test_frechet_distance_from_features_is_exact_against_50_digit_arithmetic() -> None:
-    mp = pytest.importorskip("mpmath")
+    import mpmath as mp
     mp.mp.dps = 50
     rng = np.random.default_rng(1)
     f1, f2 = rng.normal(size=(6, 10)), rng.normal(size=(5, 10)) + 0.3
@@ -282,6 +282,20 @@ def test_inception_extractor_refuses_a_corrupt_file(tmp_path: Path) -> None:
         InceptionExtractor(bad)
 
 
+class _NoLayers(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_inception_extractor_refuses_a_torchscript_file_without_layers(tmp_path: Path) -> None:
+    path = tmp_path / INCEPTION_FILENAME
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_NoLayers()), str(path))
+    with pytest.raises(InvalidInput, match="has no `layers` submodule"):
+        InceptionExtractor(path)
+
+
 def test_clean_resize_equals_cleanfid_pil_resizer() -> None:
     images = _smooth_images(2, 37, seed=0)
     ours = clean_resize(images)
@@ -303,12 +317,8 @@ def test_inception_extractor_matches_cleanfid_wrapper_on_the_same_file(fake_ince
     # clean-fid itself: its "clean" resizer on [0, 255] RGB arrays, then its InceptionV3W wrapper.
     wrapper = InceptionV3W(str(fake_inception_dir), download=False)
     resize = build_resizer("clean")
-    batch = torch.stack(
-        [
-            torch.from_numpy(resize(np.repeat(img[0].numpy()[:, :, None] * 255, 3, axis=2).astype(np.float32)).transpose(2, 0, 1))
-            for img in images
-        ]
-    )
+    rgb = [np.repeat(img[0].numpy()[:, :, None] * 255, 3, axis=2).astype(np.float32) for img in images]
+    batch = torch.stack([torch.from_numpy(resize(x).transpose(2, 0, 1)) for x in rgb])
     with torch.no_grad():
         reference = wrapper(batch).numpy()
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,11 @@ from scipy import ndimage
 from medsynth.core.errors import InvalidInput
 from medsynth.metrics.segmentation import dice_per_class, hd95, per_case_metrics, summarise
 
-pytestmark = pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class:UserWarning")
+# MONAI's own warnings: empty masks, and a deprecated argument it passes to itself.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:the (ground truth|prediction) of class:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning"),
+]
 
 
 # --- Dice -------------------------------------------------------------------------------------
@@ -88,15 +92,16 @@ def test_hd95_of_single_voxels_by_hand(a: tuple, b: tuple, spacing: tuple, expec
 
 
 def test_hd95_of_nested_squares_by_hand() -> None:
-    # Concentric squares 2x2 inside 6x6: every outer surface voxel is far from the inner one, so
-    # the outer→inner direction dominates; spacing doubles all distances along axis 0.
+    # Surfaces: the 20-voxel ring of a 6x6 square and a 2x2 square in its middle.
+    # Ring → inner: 8 side voxels at 2, 8 at sqrt(5), 4 corners at sqrt(8); inner → ring: all 2.
     outer = np.zeros((10, 10), bool)
     outer[2:8, 2:8] = True
     inner = np.zeros((10, 10), bool)
     inner[4:6, 4:6] = True
-    iso = hd95(outer, inner, (1.0, 1.0))
-    assert iso == pytest.approx(math.hypot(2, 2))  # corners (2,2) → (4,4)
-    assert hd95(outer, inner, (1.0, 1.0), percentile=0) == pytest.approx(1.0)  # inner is 1 voxel from ring... no:
+    assert hd95(outer, inner, (1.0, 1.0)) == pytest.approx(math.sqrt(8))  # P95 of the ring's 20 values
+    assert hd95(inner, outer, (1.0, 1.0)) == pytest.approx(math.sqrt(8))  # symmetric
+    assert hd95(outer, inner, (1.0, 1.0), percentile=50) == pytest.approx(math.sqrt(5))
+    assert hd95(outer, inner, (1.0, 1.0), percentile=0) == pytest.approx(2.0)
     assert hd95(outer, outer, (3.0, 0.5)) == 0.0
 
 

@@ -57,9 +57,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, generator: Generator) 
 
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Iterator[TorchServeProcess]:
-    if shutil.which("java") is None:
-        pytest.skip("TorchServe needs Java 17 on PATH (openjdk-17-jre-headless)")
-    pytest.importorskip("ts", reason="TorchServe (the torchserve package) is not installed")
+    assert shutil.which("java"), "TorchServe needs Java 17 on PATH (openjdk-17-jre-headless); `make install` checks it"
     import psutil
 
     server = TorchServeProcess(model_store, tmp_path_factory.mktemp("torchserve"))

@@ -131,7 +131,6 @@ def test_unet_encoder_is_the_down_path_and_shares_weights(trained):
 
 
 def test_swin_unetr_builds_and_has_an_encoder():
-    pytest.importorskip("einops", reason="MONAI's SwinUNETR needs einops")
     spec = SegmentationSpec(model="swin-unetr", swin_feature_size=12, num_classes=3)
     model = build_model(spec).eval()
     x = torch.rand(1, 1, 64, 64)

@@ -71,6 +71,7 @@ def run_pipeline(api: httpx.Client, dataset: str, knobs: DemoSettings, timings: 
     gen = _submit(api, "/v1/generators", {
         "dataset": dataset, "view_id": view_id, "steps": knobs.gan_steps, "base_channels": knobs.gan_base_channels,
         "batch_size": knobs.gan_batch_size, "checkpoint_every": max(1, knobs.gan_steps // 4),
+        "loss": "bce",  # of the three, the one that pairs images and masks soonest in short runs
     }, "train generator", timings, echo)
     cohort = _submit(api, "/v1/cohorts", {"generator_id": gen["job_id"], "count": knobs.cohort_size, "seed": 1},
                      "sample cohort", timings, echo)

@@ -91,7 +91,7 @@ class GeneratorCreate(BaseModel):
 
     dataset: str
     view_id: str
-    loss: GanLossName = GanLossName.lsgan
+    loss: GanLossName = GanLossName.hinge
     steps: int = Field(1500, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=2, le=1024)
     base_channels: int = Field(32, ge=4, le=512)

@@ -98,6 +98,8 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     cores: with ``Σi = Ai Aiᵀ`` and ``Ai = (Fi - mean_i)ᵀ / √(Ni-1)``, the non-zero eigenvalues of
     ``Σ1 Σ2`` are the squared singular values of ``A1ᵀ A2``, so ``Tr((Σ1 Σ2)^½) = ‖A1ᵀ A2‖_*``, the
     nuclear norm of an N1×N2 matrix (exact, and free of the imaginary parts sqrtm can produce).
+    clean-fid's sqrtm route differs by ~1e-8 relative there: the square roots of its rounding-noise
+    eigenvalues add up (the tests check this route against 50-digit arithmetic).
     """
     f1, f2 = _check_features(feats1, "feats1"), _check_features(feats2, "feats2")
     if f1.shape[1] != f2.shape[1]:

@@ -131,9 +131,13 @@ def memorization_audit(
         raise InvalidInput(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     syn, tr = _as_images(synthetic, "synthetic"), _as_images(train, "train")
     if syn.shape[1:] != tr.shape[1:]:
-        raise InvalidInput(f"synthetic and train images differ in size: {syn.shape[1:]} vs {tr.shape[1:]}.")
+        raise InvalidInput(
+            f"synthetic and train images differ in size: {tuple(syn.shape[1:])} vs {tuple(tr.shape[1:])}."
+        )
     if tr.shape[0] < 2:
-        raise InvalidInput(f"the audit needs at least 2 training images (for train-to-train distances), got {tr.shape[0]}.")
+        raise InvalidInput(
+            f"the audit needs at least 2 training images (for train-to-train distances), got {tr.shape[0]}."
+        )
     rule = (
         f"flag if NN distance <= {threshold_ratio:g} x quantile(train-to-train NN distance, "
         f"{threshold_quantile:g})"

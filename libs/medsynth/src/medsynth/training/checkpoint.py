@@ -98,7 +98,9 @@ def load_checkpoint(data: bytes) -> Checkpoint:
     return loader(raw)
 
 
-def load_generator(checkpoint: Checkpoint | bytes, *, ema: bool = True, device: str | torch.device = "cpu") -> Generator:
+def load_generator(
+    checkpoint: Checkpoint | bytes, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> Generator:
     """The generator of a checkpoint, in eval mode.
 
     Args:

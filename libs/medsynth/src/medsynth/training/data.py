@@ -94,4 +94,6 @@ def _check_masks(masks: np.ndarray, size: int, num_classes: int) -> None:
         raise InvalidInput(f"masks must hold integer class labels, got dtype {masks.dtype}.")
     low, high = int(masks.min()), int(masks.max())
     if low < 0 or high >= num_classes:
-        raise InvalidInput(f"mask labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), got [{low}, {high}].")
+        raise InvalidInput(
+            f"mask labels must lie in [0, {num_classes - 1}] (num_classes={num_classes}), got [{low}, {high}]."
+        )

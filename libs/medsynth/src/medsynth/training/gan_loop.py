@@ -15,8 +15,10 @@ Determinism: initial weights come from ``config.seed`` (drawn inside :func:`torc
 so the caller's global generator is left alone) and every step's batch, latents and augmentation
 from :func:`~medsynth.training.data.step_generator` ``(seed, step)``. Checkpoints hold weights,
 BatchNorm statistics, Adam state, the EMA copy and the partial loss window, so a run resumed from
-step ``k`` ends with exactly the weights of an uninterrupted run (same device, same torch build,
-same thread count).
+step ``k`` ends with exactly the weights of an uninterrupted run, provided it runs on the same kind
+of device with the same torch build and, on the CPU, the same number of intra-op threads (convolution
+reductions are split by thread; checkpoints record this ``environment`` and a resume elsewhere logs a
+warning). ``torch.use_deterministic_algorithms`` is switched on for the duration of the run.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def train_gan(
     data = prepare_data(images, masks, config.generator, device)
     with deterministic_algorithms():
         resumed = find_resume_checkpoint(store, prefix, config)
+        if resumed is not None:
+            _warn_if_environment_changed(resumed, device)
         nets, curves = restore_state(config, resumed, device)
         start = resumed.step if resumed else 0
         logger.info("training %s from step %d to %d on %s", prefix, start, config.steps, device)
@@ -138,7 +142,9 @@ class _Sink:
     on_progress: ProgressCallback | None
 
 
-def _train_steps(nets: Nets, curves: LossCurves, config: TrainConfig, data: TrainingData, start: int, sink: _Sink) -> None:
+def _train_steps(
+    nets: Nets, curves: LossCurves, config: TrainConfig, data: TrainingData, start: int, sink: _Sink
+) -> None:
     timer = _Throughput(start)
     for step in range(start, config.steps):
         loss_d, loss_g = train_step(nets, config, data, step)
@@ -153,7 +159,10 @@ def _train_steps(nets: Nets, curves: LossCurves, config: TrainConfig, data: Trai
 
 
 def _report(step: int, metrics: dict[str, float], on_progress: ProgressCallback | None) -> None:
-    logger.info("step %d: loss_d %.4f, loss_g %.4f, %.2f steps/s", step, metrics["loss_d"], metrics["loss_g"], metrics["steps_per_s"])
+    logger.info(
+        "step %d: loss_d %.4f, loss_g %.4f, %.2f steps/s",
+        step, metrics["loss_d"], metrics["loss_g"], metrics["steps_per_s"],
+    )
     if on_progress is not None:
         try:
             on_progress(step, metrics)
@@ -257,8 +266,17 @@ def snapshot(nets: Nets, config: TrainConfig, step: int, curves: LossCurves) -> 
         opt_g=copy.deepcopy(nets.opt_g.state_dict()),
         opt_d=copy.deepcopy(nets.opt_d.state_dict()),
         rng={"scheme": RNG_SCHEME, "seed": config.seed},
-        metrics=curves.to_metrics(),
+        metrics={**curves.to_metrics(), "environment": environment(_device_of(nets.generator))},
     )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What bit-exact resumption depends on besides the checkpoint: torch build, device, CPU threads."""
+    return {"torch": str(torch.__version__), "device": str(device), "threads": torch.get_num_threads()}
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -363,6 +381,15 @@ def find_resume_checkpoint(store: ObjectStore, prefix: str, config: TrainConfig)
     _check_same_run(checkpoint, config, pointer["key"])
     logger.info("resuming %s from %s (step %d)", prefix, pointer["key"], checkpoint.step)
     return checkpoint
+
+
+def _warn_if_environment_changed(checkpoint: Checkpoint, device: torch.device) -> None:
+    before, now = checkpoint.metrics.get("environment"), environment(device)
+    if isinstance(before, dict) and before != now:
+        logger.warning(
+            "resuming step %d in a different environment (%s, was %s): the run continues correctly but "
+            "will not match an uninterrupted run bit for bit", checkpoint.step, now, before,
+        )
 
 
 def _check_same_run(checkpoint: Checkpoint, config: TrainConfig, key: str) -> None:

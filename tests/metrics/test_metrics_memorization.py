@@ -1,0 +1,135 @@
+"""Memorisation audit: planted copies are flagged, fresh phantoms are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsynth.core.errors import InvalidInput
+from medsynth.metrics.memorization import TRANSFORMS, memorization_audit
+from medsynth.phantoms import make_phantom
+
+
+def _phantoms(seeds: range) -> np.ndarray:
+    images = [make_phantom(s, shape=(64, 64), spacing=(1.0, 1.0))[0] for s in seeds]
+    return np.clip(np.stack(images) / 1000.0, 0.0, 1.0)[:, None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def train() -> np.ndarray:
+    return _phantoms(range(60))
+
+
+@pytest.fixture(scope="module")
+def fresh() -> np.ndarray:
+    return _phantoms(range(1000, 1040))  # same distribution, not in the training set
+
+
+def _planted(train: np.ndarray) -> tuple[np.ndarray, list[int], list[str]]:
+    rng = np.random.default_rng(0)
+    noisy = np.clip(train[[17, 19]] + rng.normal(0.0, 0.02, size=(2, 1, 64, 64)), 0, 1).astype(np.float32)
+    copies = np.concatenate(
+        [
+            train[[3, 7]],  # exact
+            train[[11]][..., ::-1],  # horizontal flip
+            train[[13]][..., ::-1, :],  # vertical flip
+            train[[5]][..., ::-1, ::-1],  # both (180° rotation)
+            noisy,  # small Gaussian noise, σ = 0.02 (~9% of the image's standard deviation)
+        ]
+    )
+    transforms = ["identity", "identity", "hflip", "vflip", "hvflip", "identity", "identity"]
+    return copies, [3, 7, 11, 13, 5, 17, 19], transforms
+
+
+def test_planted_copies_are_flagged_and_fresh_samples_are_not(train: np.ndarray, fresh: np.ndarray) -> None:
+    copies, sources, transforms = _planted(train)
+    synthetic = np.concatenate([fresh[:20], copies, fresh[20:]])
+    planted_at = np.arange(20, 20 + len(copies))
+    result = memorization_audit(synthetic, train)
+
+    assert result.flagged[planted_at].all()
+    assert result.nn_index[planted_at].tolist() == sources
+    assert [TRANSFORMS[t] for t in result.nn_transform[planted_at]] == transforms
+    assert not np.delete(result.flagged, planted_at).any()
+    assert result.fraction_flagged == pytest.approx(7 / 47)
+    assert result.summary()["n_flagged"] == 7 and result.summary()["n_train"] == 60
+    # Exact copies sit at distance 0; flips at rounding level; noisy copies well inside the threshold.
+    assert result.nn_distance[20] == 0.0 and result.nn_distance[21] == 0.0
+    assert result.nn_distance[22:25].max() < 1e-5
+    assert 0.01 < result.nn_distance[25:27].max() < result.threshold
+    # Fresh samples are as far from the training set as training images are from each other.
+    fresh_d = np.delete(result.nn_distance, planted_at)
+    assert fresh_d.min() > 2 * result.threshold
+    assert np.median(fresh_d) == pytest.approx(np.median(result.train_nn_distance), rel=0.25)
+
+
+def test_threshold_follows_the_documented_rule(train: np.ndarray, fresh: np.ndarray) -> None:
+    result = memorization_audit(fresh, train, threshold_quantile=0.1, threshold_ratio=0.8)
+    assert result.threshold == pytest.approx(0.8 * np.quantile(result.train_nn_distance, 0.1))
+    assert (result.flagged == (result.nn_distance <= result.threshold)).all()
+    assert "0.8 x quantile" in result.rule and "0.1" in result.rule
+    # Train-to-train excludes the image itself (and its flips): distances are positive.
+    assert result.train_nn_distance.min() > 0.1
+    # A ratio large enough flags everything; the fraction follows.
+    loose = memorization_audit(fresh, train, threshold_quantile=1.0, threshold_ratio=10.0)
+    assert loose.fraction_flagged == 1.0
+
+
+def test_worst_pairs_are_the_closest_pairs_in_order(train: np.ndarray, fresh: np.ndarray) -> None:
+    copies, sources, _ = _planted(train)
+    synthetic = np.concatenate([fresh[:10], copies])
+    worst = memorization_audit(synthetic, train).worst_pairs(3)
+    assert worst[:2] == [(10, 3, 0.0), (11, 7, 0.0)]  # the exact copies, ties in index order
+    assert (worst[2][0], worst[2][1]) in {(12, 11), (13, 13), (14, 5)}  # then a flipped copy
+    pairs = memorization_audit(synthetic, train).worst_pairs(100)
+    assert len(pairs) == len(synthetic)
+    assert {s for s, _, _ in pairs[:7]} == set(range(10, 17))
+
+
+def test_feature_space_flags_what_pixels_miss(train: np.ndarray, fresh: np.ndarray) -> None:
+    def pooled(images: np.ndarray) -> np.ndarray:  # 8x8 average pooling: a crude noise-robust feature
+        return images.reshape(len(images), 8, 8, 8, 8).mean(axis=(2, 4)).reshape(len(images), -1)
+
+    rng = np.random.default_rng(1)
+    # σ = 0.07 (not clipped, so the noise stays zero-mean): pixel distance ~0.29, ~2x the pixel
+    # threshold; pooling averages the noise away, leaving ~half the feature threshold.
+    very_noisy = (train[[23]] + rng.normal(0.0, 0.07, size=(1, 1, 64, 64))).astype(np.float32)
+    synthetic = np.concatenate([fresh[:10], very_noisy])
+    result = memorization_audit(synthetic, train, features_synth=pooled(synthetic), features_train=pooled(train))
+    assert not result.flagged_pixel[10]  # the noise hides it in pixel space
+    assert result.flagged_feature[10] and result.feature_nn_index[10] == 23
+    assert result.flagged.tolist() == [False] * 10 + [True]
+    assert result.worst_pairs(1, space="feature")[0][:2] == (10, 23)
+    assert result.summary()["n_flagged_feature"] == 1
+
+
+def test_chunking_does_not_change_the_result(train: np.ndarray, fresh: np.ndarray) -> None:
+    copies, _, _ = _planted(train)
+    synthetic = np.concatenate([fresh[:15], copies])
+    a = memorization_audit(synthetic, train, chunk_size=512)
+    b = memorization_audit(synthetic[:, 0], train[:, 0], chunk_size=7)  # (N, H, W) input too
+    assert (a.nn_index == b.nn_index).all() and (a.flagged == b.flagged).all()
+    np.testing.assert_allclose(a.nn_distance, b.nn_distance, atol=1e-12)
+    np.testing.assert_allclose(a.train_nn_distance, b.train_nn_distance, atol=1e-12)
+
+
+def test_duplicated_training_images_are_each_others_neighbours(train: np.ndarray) -> None:
+    with_duplicate = np.concatenate([train[:10], train[[4]]])
+    result = memorization_audit(train[:2], with_duplicate)
+    assert result.train_nn_distance[4] == 0.0 and result.train_nn_distance[10] == 0.0
+    assert result.train_nn_distance[:4].min() > 0
+
+
+def test_bad_inputs_are_named(train: np.ndarray) -> None:
+    with pytest.raises(InvalidInput, match=r"differ in size: \(32, 32\) vs \(64, 64\)"):
+        memorization_audit(np.zeros((2, 1, 32, 32)), train)
+    with pytest.raises(InvalidInput, match=r"at least 2 training images \(for train-to-train distances\), got 1"):
+        memorization_audit(train[:3], train[:1])
+    with pytest.raises(InvalidInput, match="both features_synth and features_train"):
+        memorization_audit(train[:3], train, features_synth=np.zeros((3, 4)))
+    with pytest.raises(InvalidInput, match=r"features_train must have shape \(60, D\)"):
+        memorization_audit(train[:3], train, features_synth=np.zeros((3, 4)), features_train=np.zeros((5, 4)))
+    with pytest.raises(InvalidInput, match="threshold_quantile"):
+        memorization_audit(train[:3], train, threshold_quantile=5)
+    with pytest.raises(InvalidInput, match="finite"):
+        memorization_audit(np.full((2, 64, 64), np.nan), train)
