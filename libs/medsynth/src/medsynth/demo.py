@@ -45,11 +45,11 @@ class DemoSettings:
 
     phantoms: int = 16
     size: int = 64
-    gan_steps: int = 600
+    gan_steps: int = 2000
     gan_base_channels: int = 16
     gan_batch_size: int = 32
-    cohort_size: int = 256
-    seg_steps: int = 300
+    cohort_size: int = 512
+    seg_steps: int = 800
     seg_batch_size: int = 16
 
 
