@@ -98,3 +98,42 @@ def test_trainer_killed_mid_run_resumes_to_the_same_generator(platform_settings,
         x, y = getattr(a, name), getattr(b, name)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
     assert a.metrics["curves"] == b.metrics["curves"]
+
+
+def test_cohort_regenerates_bit_for_bit_and_corrupt_checkpoint_fails(platform_settings, store, jobs, workers, tmp_path: Path) -> None:
+    view_id = phantom_view(store, tmp_path)
+    inprocess = platform_settings.model_copy(update={"sampler_backend": SamplerBackend.inprocess})
+    workers("trainer")
+    workers("sampler", inprocess)
+    gen = wait_for_state(jobs.records, train_job(jobs, view_id, GAN | {"steps": 8}), JobState.succeeded, timeout=120)
+    spec = jobs_pb2.SampleCohort(generator_id=gen.job_id, count=10, seed=5, formats=["nifti", "png"], batch_size=4)
+    cohort = wait_for_state(jobs.records, jobs.submit(JobKind.sample_cohort, spec).job_id, JobState.succeeded)
+    manifest, images, masks = cohort_arrays(store, jobs.records, cohort.job_id)
+    assert images.shape == (10, 1, 32, 32) and masks.max() < 3
+    generator = load_generator(load_checkpoint(store.get_bytes(gen.result_keys["checkpoint"])), ema=True)
+    again, again_masks = regenerate(manifest, InProcessSampler(generator), [7, 2])
+    assert [sample_digests(again[i], again_masks[i]) for i in range(2)] == [
+        {k: manifest["samples"][j][k] for k in ("pixels_sha256", "mask_sha256")} for j in (7, 2)
+    ]
+    np.testing.assert_array_equal(again[0], images[7])
+
+    store.put_bytes(gen.result_keys["checkpoint"], b"this is not a checkpoint")
+    bad = wait_for_state(jobs.records, jobs.submit(JobKind.sample_cohort, spec).job_id, JobState.failed)
+    assert "corrupt checkpoint" in bad.error and bad.attempts == 1
+    assert list(store.list(f"cohorts/{bad.job_id}/")) == []
+
+
+def test_cohort_with_torchserve_down_waits_retries_then_fails_cleanly(platform_settings, store, jobs, workers, tmp_path: Path) -> None:
+    view_id = phantom_view(store, tmp_path)
+    down = platform_settings.model_copy(update={
+        "torchserve_inference_url": "http://127.0.0.1:9", "torchserve_management_url": "http://127.0.0.1:9",
+        "sampler_wait_s": 1.0, "max_attempts": 2,
+    })  # fmt: skip
+    workers("trainer")
+    workers("sampler", down)
+    gen = wait_for_state(jobs.records, train_job(jobs, view_id, GAN | {"steps": 4}), JobState.succeeded, timeout=120)
+    spec = jobs_pb2.SampleCohort(generator_id=gen.job_id, count=4, seed=0, formats=["nifti"], batch_size=4)
+    failed = wait_for_state(jobs.records, jobs.submit(JobKind.sample_cohort, spec).job_id, JobState.failed, timeout=60)
+    assert failed.attempts == 2 and failed.dead_lettered
+    assert "TorchServe at http://127.0.0.1:9 did not answer" in failed.error
+    assert list(store.list(f"cohorts/{failed.job_id}/")) == []

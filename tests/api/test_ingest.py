@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import io
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -46,6 +47,14 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, record: JobRecord) -> JobPublic:
         return cls.model_validate(record.model_dump(mode="json"))
+
+
+def job_with_result(record: JobRecord, field: str, result_key: str, load: Callable[[str], Any]) -> dict[str, Any]:
+    """``{"job": ...}``, plus ``field``: the job's result ``result_key``, loaded, once it succeeded."""
+    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
+    if record.state.value == "succeeded":
+        out[field] = load(record.result_keys[result_key])
+    return out
 
 
 class JobsPublic(BaseModel):

@@ -8,7 +8,7 @@ one-hot (real) or softmax probabilities (fake).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import torch

@@ -11,9 +11,8 @@ from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import CohortCreate, JobPublic
+from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
 from medsynth.jobs.lookup import finished
-from medsynth.jobs.records import JobState
 from medsynth.messages import JobKind
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
@@ -39,11 +38,7 @@ def create_cohort(body: CohortCreate, jobs: JobsDep) -> JobPublic:
 @router.get("/{cohort_id}")
 def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
     """Status and progress; once done, the cohort manifest."""
-    record = jobs.records.get(cohort_id)
-    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
-    if record.state is JobState.succeeded:
-        out["manifest"] = store.get_json(record.result_keys["manifest"])
-    return out
+    return job_with_result(jobs.records.get(cohort_id), "manifest", "manifest", store.get_json)
 
 
 @router.get("/{cohort_id}/download")

@@ -8,11 +8,10 @@ from fastapi import APIRouter, status
 from fastapi.responses import HTMLResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import EvaluationCreate, JobPublic
+from medsynth.api.schemas import EvaluationCreate, JobPublic, job_with_result
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.views import view_key
 from medsynth.jobs.lookup import finished
-from medsynth.jobs.records import JobState
 from medsynth.messages import JobKind
 from medsynth.v1 import jobs_pb2
 
@@ -40,11 +39,7 @@ def create_evaluation(body: EvaluationCreate, store: StoreDep, jobs: JobsDep) ->
 
 @router.get("/{evaluation_id}")
 def get_evaluation(evaluation_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
-    record = jobs.records.get(evaluation_id)
-    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
-    if record.state is JobState.succeeded:
-        out["report"] = store.get_json(record.result_keys["report_json"])
-    return out
+    return job_with_result(jobs.records.get(evaluation_id), "report", "report_json", store.get_json)
 
 
 @router.get("/{evaluation_id}/report", response_class=HTMLResponse)

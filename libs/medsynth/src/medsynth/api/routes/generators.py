@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import GeneratorCreate, JobPublic, JobsPublic
+from medsynth.api.schemas import GeneratorCreate, JobPublic, JobsPublic, job_with_result
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import view_key
@@ -53,8 +53,4 @@ def list_generators(jobs: JobsDep, state: JobState | None = None) -> JobsPublic:
 @router.get("/{generator_id}")
 def get_generator(generator_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
     """The training job, and once it succeeded the registered generator (config, metrics, archive)."""
-    record = jobs.records.get(generator_id)
-    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
-    if record.state is JobState.succeeded:
-        out["generator"] = store.get_json(record.result_keys["generator"])
-    return out
+    return job_with_result(jobs.records.get(generator_id), "generator", "generator", store.get_json)

@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import JobPublic, SegmentationCreate
+from medsynth.api.schemas import JobPublic, SegmentationCreate, job_with_result
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.views import view_key
 from medsynth.jobs.lookup import finished
-from medsynth.jobs.records import JobState
 from medsynth.messages import JobKind
 from medsynth.v1 import jobs_pb2
 
@@ -43,8 +42,4 @@ def create_segmentation(body: SegmentationCreate, store: StoreDep, jobs: JobsDep
 
 @router.get("/{run_id}")
 def get_segmentation(run_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
-    record = jobs.records.get(run_id)
-    out: dict[str, Any] = {"job": JobPublic.of(record).model_dump(mode="json")}
-    if record.state is JobState.succeeded:
-        out["metrics"] = store.get_json(record.result_keys["metrics"])
-    return out
+    return job_with_result(jobs.records.get(run_id), "metrics", "metrics", store.get_json)
