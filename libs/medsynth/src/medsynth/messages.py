@@ -43,10 +43,6 @@ class JobKind(str, Enum):
     def spec_type(self) -> type[Message]:
         return type(getattr(Command(), self.field))
 
-    @classmethod
-    def from_proto(cls, value: int) -> JobKind:
-        return cls[jobs_pb2.JobKind.Name(value).lower()]
-
 
 def make_command(job_id: str, kind: JobKind, spec: Message) -> Command:
     cmd = Command(schema_version=SCHEMA_VERSION, job_id=job_id, kind=kind.proto)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 from typing import Any
 
 import nibabel as nib
@@ -12,7 +11,7 @@ import numpy as np
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.views import load_view_split, view_key
 from medsynth.jobs.lookup import finished
-from medsynth.jobs.records import JobRecords, JobRecord
+from medsynth.jobs.records import JobRecord, JobRecords
 from medsynth.messages import JobKind
 from medsynth.store import ObjectStore
 
@@ -40,9 +39,3 @@ def cohort_arrays(store: ObjectStore, records: JobRecords, cohort_id: str, limit
 
 def _nifti(store: ObjectStore, key: str) -> np.ndarray:
     return np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(key))).dataobj)
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()

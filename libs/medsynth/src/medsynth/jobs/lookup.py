@@ -3,12 +3,9 @@ is identified by the id of the job that made it, and its artifacts by that job's
 
 from __future__ import annotations
 
-from typing import Any
-
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.messages import JobKind
-from medsynth.store import ObjectStore
 
 NOUNS = {
     JobKind.train_generator: "generator",
@@ -37,7 +34,3 @@ def finished(records: JobRecords, job_id: str, kind: JobKind) -> JobRecord:
         detail = f": {record.error}" if record.error else ""
         raise Conflict(f"{noun} {job_id} is {record.state.value}, not ready{detail}")
     return record
-
-
-def result_json(store: ObjectStore, record: JobRecord, name: str) -> Any:
-    return store.get_json(record.result_keys[name])

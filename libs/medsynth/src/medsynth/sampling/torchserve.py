@@ -397,15 +397,6 @@ class TorchServeClient:
         _raise_for_status(response, url, f"describing model {model_name!r}")
         return True
 
-    def unregister(self, model_name: str) -> bool:
-        """Unregister every version of ``model_name``; ``False`` if it was not registered."""
-        url = f"{self.management_url}/models/{check_model_name(model_name)}"
-        response = self._request("DELETE", url)
-        if response.status_code == 404:
-            return False
-        _raise_for_status(response, url, f"unregistering model {model_name!r}")
-        return True
-
     def infer(self, model_name: str, payload: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """POST ``payload`` (the sampler handler's JSON request) and decode its ``.npz`` answer
         into ``(images, masks)``."""
