@@ -12,21 +12,9 @@ from typing import Any
 
 import numpy as np
 
-MASK_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 160, 230], [240, 200, 40], [120, 220, 120]], np.uint8)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.35) -> np.ndarray:
-    """A grey image in [0, 1] (H, W) with its mask classes tinted: (H, W, 3) uint8."""
-    rgb = np.repeat((np.clip(image, 0, 1) * 255).astype(np.float32)[..., None], 3, axis=-1)
-    if mask is not None:
-        colours = MASK_COLOURS[np.clip(mask, 0, len(MASK_COLOURS) - 1)].astype(np.float32)
-        fg = (mask > 0)[..., None]
-        rgb = np.where(fg, (1 - alpha) * rgb + alpha * colours, rgb)
-    return rgb.astype(np.uint8)
-
-
-def grid_png(images: np.ndarray, masks: np.ndarray | None = None, *, columns: int = 8, scale: int = 2) -> bytes:
-    """PNG of a grid of (N, 1, H, W) images in [0, 1], masks (N, H, W) tinted on top."""
+def grid_png(images: np.ndarray, *, columns: int = 8, scale: int = 2) -> bytes:
+    """PNG of a grid of grey (N, 1, H, W) images in [0, 1], ``columns`` wide (pairs stay side by side
+    with an even count). Sample grids with masks use :func:`medsynth.sampling.cohort.contact_sheet`."""
     from PIL import Image
 
     n, _, h, w = images.shape
@@ -34,7 +22,7 @@ def grid_png(images: np.ndarray, masks: np.ndarray | None = None, *, columns: in
     sheet = np.zeros((rows * (h + 2), columns * (w + 2), 3), np.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
-        tile = overlay(images[i, 0], None if masks is None else masks[i])
+        tile = np.repeat((np.clip(images[i, 0], 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
         sheet[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = tile
     img = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()

@@ -20,6 +20,7 @@ from medsynth.messages import JobKind
 from medsynth.metrics.fidelity import EncoderExtractor, FeatureExtractor, InceptionExtractor, extract_features, fidelity_scores
 from medsynth.metrics.memorization import memorization_audit
 from medsynth.report import grid_png, render_html
+from medsynth.sampling.cohort import contact_sheet
 from medsynth.segmentation.io import load_segmenter
 from medsynth.segmentation.models import encoder
 from medsynth.v1 import jobs_pb2
@@ -66,8 +67,8 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     ctx.progress(0.9, "report")
     curves = ctx.store.get_json(generator["curves_key"])
     figures = {
-        "synthetic": grid_png(fake[:32], fake_masks[:32]),
-        "real": grid_png(real[:32], real_masks[:32]),
+        "synthetic": contact_sheet(fake[:32], fake_masks[:32]),
+        "real": contact_sheet(real[:32], real_masks[:32]),
         "memorization": grid_png(np.stack([x for s, t, _ in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
     }
     html = render_html(results, {k: v for k, v in figures.items() if v},
