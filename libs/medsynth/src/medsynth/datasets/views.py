@@ -117,7 +117,9 @@ def build_views(
     assignment = split_patients(manifest.patients, val_fraction, test_fraction, seed)
 
     items: dict[str, list] = defaultdict(list)
-    for n, scan in enumerate(manifest.scans):
+    # canonical order, not upload order: concurrent uploads land in any order, views must not differ
+    scans = sorted(manifest.scans, key=lambda s: (s.patient_id, s.scan_id))
+    for n, scan in enumerate(scans):
         image, mask = load_scan(scan)
         labelled = mask is not None
         image = normalise(image)
@@ -125,7 +127,7 @@ def build_views(
         views = patches_3d(image, mask, size, keep_empty or not labelled) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep_empty or not labelled)
         for index, img, msk in views:
             items[assignment[scan.patient_id]].append((scan.patient_id, scan.scan_id, index, img, msk))
-        progress((n + 1) / len(manifest.scans), f"{n + 1}/{len(manifest.scans)} scans")
+        progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
 
     shards = {split: _write_shards(store, f"{root}{split}/", items[split]) for split in SPLITS}
     view = {
