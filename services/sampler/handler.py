@@ -1,15 +1,21 @@
-"""TorchServe handler of the medsynth sampler: draws (image, mask) samples from an exported generator.
+"""TorchServe handler of the medsynth sampler: draws (image, mask) samples from an exported generator
+of any family.
 
 Packaged into the ``.mar`` by :func:`medsynth.sampling.archive.build_model_archive` (as
 ``medsynth_sampler_handler.py``). It holds no model code: :func:`medsynth.sampling.archive.load_exported`
-rebuilds the network from ``generator.json`` + ``weights.pt``, and every sample is computed by
+rebuilds the networks from ``generator.json`` + ``weights.pt`` through the family registry, the
+family builds the sampling net of the requested mode, and every sample is computed by
 :func:`medsynth.sampling.generate.generate` — the same function the in-process path calls.
 
 Request body (JSON), one of::
 
     {"seed": 7, "start": 0, "count": 16}       samples 0..15 of seed 7, in one generator pass
     {"seed": 7, "indices": [3, 9]}             those samples, in one generator pass
-    {"describe": true}                         the generator config and the worker's software
+    {"describe": true}                         the generator spec, the mode and the worker's software
+
+Every request may add the sampling mode: ``"mask_source"`` (``generated`` by default, or
+``real-deformed`` for families that have it) and ``"condition"`` (a class label, for class-conditioned
+generators). A mode the generator cannot serve answers 400 naming why.
 
 Sampling answers ``application/x-npz``: an uncompressed ``.npz`` with ``images`` (N, 1, S, S)
 float32 in [0, 1], ``masks`` (N, S, S) uint8, ``indices`` (N,) int64 and ``seed`` () int64 — exact
@@ -30,7 +36,8 @@ import numpy as np
 import torch
 
 from medsynth.core.errors import InvalidInput
-from medsynth.sampling.archive import load_exported, weights_fingerprint
+from medsynth.generators.base import MaskSource, SampleMode, SamplingNet
+from medsynth.sampling.archive import load_exported, net_weights, weights_fingerprint
 from medsynth.sampling.generate import (
     LATENT_SCHEME,
     MAX_BATCH,
@@ -51,7 +58,9 @@ class SamplerHandler:
     """``initialize(context)`` once per worker, then ``handle(batch, context)`` per request batch."""
 
     def __init__(self) -> None:
-        self.generator = None
+        self.spec = None
+        self.nets: dict[str, Any] = {}
+        self.samplers: dict[SampleMode, SamplingNet] = {}
         self.meta: dict[str, Any] = {}
         self.fingerprint = ""
         self.device = torch.device("cpu")
@@ -61,13 +70,10 @@ class SamplerHandler:
         configure_determinism()
         props = context.system_properties
         self.device = _pick_device(props.get("gpu_id"))
-        self.generator, self.meta = load_exported(props["model_dir"], self.device)
-        self.fingerprint = weights_fingerprint(self.generator.state_dict())
+        self.spec, self.nets, self.meta = load_exported(props["model_dir"], self.device)
+        self.fingerprint = weights_fingerprint(net_weights(self.nets))
         self.initialized = True
-        log.info(
-            "medsynth sampler loaded %s (config %s) on %s",
-            props["model_dir"], self.meta["config"], self.device,
-        )  # fmt: skip
+        log.info("medsynth sampler loaded %s (%s) on %s", props["model_dir"], self.spec.options.family, self.device)
 
     def handle(self, batch: list[dict[str, Any]], context: Any) -> list[Any]:
         return [self._one(row, idx, context) for idx, row in enumerate(batch)]
@@ -75,11 +81,13 @@ class SamplerHandler:
     def _one(self, row: dict[str, Any], idx: int, context: Any) -> Any:
         try:
             request = _parse(row)
+            mode = _mode(request)
+            net = self._sampler(mode)
             if request.get("describe") is True:
                 context.set_response_content_type(idx, JSON_CONTENT_TYPE)
-                return self._describe()
+                return self._describe(mode, net)
             seed, indices = _sample_request(request)
-            images, masks = generate(self.generator, seed, indices)
+            images, masks = generate(net, seed, indices, mode.condition)
         except InvalidInput as exc:
             log.warning("bad sampler request: %s", exc)
             context.set_response_status(400, "Bad Request", idx)
@@ -88,10 +96,17 @@ class SamplerHandler:
         context.set_response_content_type(idx, NPZ_CONTENT_TYPE)
         return _npz(images, masks, indices, seed)
 
-    def _describe(self) -> str:
+    def _sampler(self, mode: SampleMode) -> SamplingNet:
+        if mode not in self.samplers:
+            self.samplers[mode] = self.spec.family.sampling_net(self.spec.options, self.spec.data, self.nets, mode).eval()
+        return self.samplers[mode]
+
+    def _describe(self, mode: SampleMode, net: SamplingNet) -> str:
         return json.dumps(
             {
-                "generator": self.meta["config"],
+                "generator": self.spec.to_dict(),
+                "mode": mode.to_dict(),
+                "noise_shapes": [list(s) for s in net.noise_shapes],
                 "weights_sha256": self.meta["weights_sha256"],
                 "weights_fingerprint": self.fingerprint,
                 "model_name": self.meta.get("model_name"),
@@ -122,6 +137,17 @@ def _parse(row: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput(f"request body must be a JSON object, got {type(body).__name__}.")
     return body
+
+
+def _mode(request: dict[str, Any]) -> SampleMode:
+    source, condition = request.get("mask_source", MaskSource.generated.value), request.get("condition")
+    try:
+        mask_source = MaskSource(source)
+    except ValueError:
+        raise InvalidInput(f"mask_source must be one of {[s.value for s in MaskSource]}, got {source!r}.") from None
+    if condition is not None and not _is_int(condition):
+        raise InvalidInput(f"condition must be an integer class label or null, got {condition!r}.")
+    return SampleMode(mask_source=mask_source, condition=condition)
 
 
 def _sample_request(request: dict[str, Any]) -> tuple[int, list[int]]:

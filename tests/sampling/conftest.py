@@ -12,22 +12,21 @@ from types import ModuleType
 
 import pytest
 
-from medsynth.models.gan import Generator
 from medsynth.sampling.archive import build_model_archive
 from medsynth.sampling.backends import InProcessSampler
 from medsynth.sampling.torchserve import TorchServeProcess
 from medsynth.store.local import LocalStore
-from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, small_generator
+from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, SmallGenerator, family_names, small_generator
 
 
 @pytest.fixture(scope="session")
-def generator() -> Generator:
+def generator() -> SmallGenerator:
     return small_generator()
 
 
 @pytest.fixture
-def in_process(generator: Generator) -> InProcessSampler:
-    return InProcessSampler(generator)
+def in_process(generator: SmallGenerator) -> InProcessSampler:
+    return InProcessSampler(generator.spec, generator.nets)
 
 
 @pytest.fixture
@@ -47,11 +46,13 @@ def handler_module() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def model_store(tmp_path_factory: pytest.TempPathFactory, generator: Generator) -> Path:
+def model_store(tmp_path_factory: pytest.TempPathFactory, generator: SmallGenerator) -> Path:
+    """The archive of ``generator`` as MODEL_NAME, and one small generator of every family as ``fam-<family>``."""
     store = tmp_path_factory.mktemp("model-store")
-    build_model_archive(
-        generator.state_dict(), generator.config.to_dict(), model_name=MODEL_NAME, version=MODEL_VERSION, out_dir=store
-    )
+    build_model_archive(generator.spec, generator.weights, model_name=MODEL_NAME, version=MODEL_VERSION, out_dir=store)
+    for family in family_names():
+        small = small_generator(family=family)
+        build_model_archive(small.spec, small.weights, model_name=f"fam-{family}", version=MODEL_VERSION, out_dir=store)
     return store
 
 

@@ -17,8 +17,9 @@ from PIL import Image
 
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
 from medsynth.io.nifti import load_nifti
-from medsynth.models.gan import Generator, latents
-from medsynth.sampling.archive import build_model_archive, load_exported, weights_fingerprint
+from medsynth.generators.base import SampleMode
+from medsynth.generators.registry import GeneratorSpec, parse_options
+from medsynth.sampling.archive import build_model_archive, load_exported, net_weights, weights_fingerprint
 from medsynth.sampling.backends import InProcessSampler, Sampler
 from medsynth.sampling.cohort import (
     discard_incomplete,
@@ -28,9 +29,9 @@ from medsynth.sampling.cohort import (
     sheet_layout,
     write_cohort,
 )
-from medsynth.sampling.generate import generate, latent_seed, sample_latents
+from medsynth.sampling.generate import generate, latent_seed, sample_noise
 from medsynth.store.local import LocalStore
-from sampling_helpers import PROVENANCE, small_generator
+from sampling_helpers import PROVENANCE, SmallGenerator, small_generator
 
 PREFIX = "cohorts/c1/"
 
@@ -38,11 +39,20 @@ PREFIX = "cohorts/c1/"
 # --- latents and generate ------------------------------------------------------------------------------
 
 
+def sample_latents(seed: int, indices, dim: int) -> torch.Tensor:
+    (latent,) = sample_noise(seed, indices, [(dim,)])
+    return latent
+
+
 def test_latents_are_per_sample_and_batch_independent() -> None:
     whole = sample_latents(7, range(10), 16)
     part = sample_latents(7, [3, 4, 9], 16)
     assert torch.equal(part, whole[[3, 4, 9]])
     assert not torch.equal(sample_latents(8, [3], 16), whole[3:4])
+    shapes = [(16,), (1, 4, 4)]
+    several, some = sample_noise(7, range(10), shapes), sample_noise(7, [3, 9], shapes)
+    assert all(torch.equal(a[[3, 9]], b) for a, b in zip(several, some))
+    assert torch.equal(several[0], whole)  # the first draw is the single-latent scheme
     assert latent_seed(7, 3) == latent_seed(7, 3) != latent_seed(7, 4)
     assert 0 <= latent_seed(2**63 - 1, 2**40) < 2**63
 
@@ -56,39 +66,34 @@ def test_latents_are_pinned() -> None:
 
 
 @pytest.mark.parametrize("bad", [-1, 2**63, 1.5, True, "3"])
-def test_bad_seed_is_named(generator: Generator, bad: Any) -> None:
+def test_bad_seed_is_named(generator: SmallGenerator, bad: Any) -> None:
     with pytest.raises(InvalidInput, match="seed"):
-        generate(generator, bad, [0])
+        generate(generator.net, bad, [0])
 
 
-def test_bad_indices_are_named(generator: Generator) -> None:
+def test_bad_indices_are_named(generator: SmallGenerator) -> None:
     with pytest.raises(InvalidInput, match="-2"):
-        generate(generator, 1, [0, -2])
+        generate(generator.net, 1, [0, -2])
     with pytest.raises(InvalidInput, match="empty"):
-        generate(generator, 1, [])
+        generate(generator.net, 1, [])
 
 
-def test_generate_is_deterministic_and_well_typed(generator: Generator) -> None:
-    images, masks = generate(generator, 3, range(6))
-    again_images, again_masks = generate(generator, 3, range(6))
+def test_generate_is_deterministic_and_well_typed(generator: SmallGenerator) -> None:
+    images, masks = generate(generator.net, 3, range(6))
+    again_images, again_masks = generate(generator.net, 3, range(6))
     assert images.dtype == np.float32 and images.shape == (6, 1, 32, 32)
     assert masks.dtype == np.uint8 and masks.shape == (6, 32, 32)
     assert 0.0 <= images.min() and images.max() <= 1.0
     assert set(np.unique(masks)) <= {0, 1, 2}
     assert images.tobytes() == again_images.tobytes() and masks.tobytes() == again_masks.tobytes()
-    other, _ = generate(generator, 4, range(6))
+    other, _ = generate(generator.net, 4, range(6))
     assert not np.array_equal(images, other)
 
 
 def test_generate_refuses_train_mode() -> None:
-    generator = small_generator().train()
+    net = small_generator().net.train()
     with pytest.raises(InvalidInput, match="eval"):
-        generate(generator, 1, [0])
-
-
-def test_medsynth_latents_helper_is_unchanged() -> None:
-    """gan.latents (sequential draws) still works; sampling uses the per-sample scheme instead."""
-    assert latents(1, 4, 8).shape == (4, 8)
+        generate(net, 1, [0])
 
 
 # --- cohort writing ------------------------------------------------------------------------------------
@@ -112,8 +117,10 @@ def test_cohort_layout_and_manifest(store: LocalStore, in_process: InProcessSamp
     assert manifest["batches"] == [[0, 3], [3, 6], [6, 7]]
     assert manifest["provenance"] == PROVENANCE
     assert manifest["sampler"]["backend"] == "in-process"
-    assert manifest["sampler"]["generator"] == in_process.generator.config.to_dict()
-    assert manifest["latent"]["latent_dim"] == 128
+    assert manifest["sampler"]["generator"] == in_process.spec.to_dict()
+    assert manifest["family"] == "joint-gan" and manifest["mode"] == {"mask_source": "generated", "condition": None}
+    assert manifest["masks"]["derived_from_training_patients"] is False
+    assert manifest["latent"]["noise_shapes"] == [[128]]
     assert {"torch", "numpy", "python", "medsynth", "nibabel"} <= set(manifest["software"])
     for entry in manifest["samples"]:
         assert entry["latent_seed"] == latent_seed(11, entry["index"])
@@ -121,9 +128,9 @@ def test_cohort_layout_and_manifest(store: LocalStore, in_process: InProcessSamp
             assert store.stat(entry[part]["key"]).sha256 == entry[part]["sha256"]
 
 
-def test_samples_are_the_generated_pixels(store: LocalStore, in_process: InProcessSampler, generator: Generator) -> None:
+def test_samples_are_the_generated_pixels(store: LocalStore, in_process: InProcessSampler, generator: SmallGenerator) -> None:
     write_cohort(store, PREFIX, in_process, count=4, seed=5, batch_size=4, provenance=PROVENANCE)
-    images, masks = generate(generator, 5, range(4))
+    images, masks = generate(generator.net, 5, range(4))
     for i in range(4):
         image = load_nifti(store.get_bytes(f"{PREFIX}samples/{i:05d}/image.nii.gz"), what="image", max_voxels=10**6)
         label = load_nifti(store.get_bytes(f"{PREFIX}samples/{i:05d}/label.nii.gz"), what="label", max_voxels=10**6)
@@ -145,7 +152,8 @@ def test_regenerate_one_sample_bit_for_bit(store: LocalStore, in_process: InProc
     write_cohort(store, PREFIX, in_process, count=10, seed=21, batch_size=4, provenance=PROVENANCE)
     manifest = read_manifest(store, PREFIX)
     # A fresh generator object with the same weights, as a later process would have.
-    fresh = InProcessSampler(small_generator())
+    fresh_generator = small_generator()
+    fresh = InProcessSampler(fresh_generator.spec, fresh_generator.nets)
     for index in (6, 0, 9):
         images, masks = regenerate(manifest, fresh, [index], verify=True)
         image_bytes, label_bytes = sample_nifti_bytes(images[0], masks[0])
@@ -159,7 +167,8 @@ def test_regenerate_refuses_other_weights_and_bad_indices(store: LocalStore, in_
     write_cohort(store, PREFIX, in_process, count=3, seed=1, batch_size=2, provenance=PROVENANCE)
     manifest = read_manifest(store, PREFIX)
     with pytest.raises(InvalidInput, match="weights_fingerprint"):
-        regenerate(manifest, InProcessSampler(small_generator(seed=99)), [0])
+        other = small_generator(seed=99)
+        regenerate(manifest, InProcessSampler(other.spec, other.nets), [0])
     with pytest.raises(InvalidInput, match=r"below the cohort's count 3, got \[3\]"):
         regenerate(manifest, in_process, [3])
 
@@ -266,8 +275,8 @@ def test_bad_prefix_is_named(store: LocalStore, in_process: InProcessSampler, pr
 # --- archive and handler (no server) -----------------------------------------------------------------
 
 
-def test_archive_contents_and_round_trip(tmp_path: Path, generator: Generator) -> None:
-    mar = build_model_archive(generator.state_dict(), generator.config.to_dict(), model_name="g", version="2.0", out_dir=tmp_path)
+def test_archive_contents_and_round_trip(tmp_path: Path, generator: SmallGenerator) -> None:
+    mar = build_model_archive(generator.spec, generator.weights, model_name="g", version="2.0", out_dir=tmp_path)
     assert mar == tmp_path / "g.mar"
     with zipfile.ZipFile(mar) as zf:
         names = set(zf.namelist())
@@ -276,24 +285,31 @@ def test_archive_contents_and_round_trip(tmp_path: Path, generator: Generator) -
         zf.extractall(tmp_path / "unpacked")
     assert manifest["model"]["handler"] == "medsynth_sampler_handler.py"
     assert manifest["model"]["serializedFile"] == "weights.pt"
-    assert mar.stat().st_size < 2_000_000
-    loaded, meta = load_exported(tmp_path / "unpacked")
-    assert meta["config"] == generator.config.to_dict()
-    assert weights_fingerprint(loaded.state_dict()) == weights_fingerprint(generator.state_dict()) == meta["weights_fingerprint"]
-    assert np.array_equal(generate(loaded, 4, range(3))[0], generate(generator, 4, range(3))[0])
+    assert "sampler-generated.torchscript.pt" in names
+    assert mar.stat().st_size < 4_000_000
+    spec, nets, meta = load_exported(tmp_path / "unpacked")
+    assert spec == generator.spec and meta["spec"] == generator.spec.to_dict()
+    assert weights_fingerprint(net_weights(nets)) == weights_fingerprint(generator.weights) == meta["weights_fingerprint"]
+    loaded = spec.family.sampling_net(spec.options, spec.data, nets, SampleMode())
+    assert np.array_equal(generate(loaded, 4, range(3))[0], generate(generator.net, 4, range(3))[0])
+    traced = torch.jit.load(str(tmp_path / "unpacked" / meta["torchscript"]["generated"]))
+    noise = sample_noise(4, range(3), generator.net.noise_shapes)
+    with torch.no_grad():
+        assert torch.allclose(traced(noise, torch.zeros(3, dtype=torch.int64)), generator.net(noise, torch.zeros(3, dtype=torch.int64)), atol=1e-6)
     with pytest.raises(Conflict, match="already exists"):
-        build_model_archive(generator.state_dict(), generator.config.to_dict(), model_name="g", version="2.0", out_dir=tmp_path)
+        build_model_archive(generator.spec, generator.weights, model_name="g", version="2.0", out_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.mar", "unpacked"]  # no staging leftovers
 
 
-def test_archive_refuses_mismatched_weights_and_names(tmp_path: Path, generator: Generator) -> None:
-    config = {**generator.config.to_dict(), "base_channels": 16}
-    with pytest.raises(InvalidInput, match="state_dict does not fit"):
-        build_model_archive(generator.state_dict(), config, model_name="g", version="1", out_dir=tmp_path)
-    with pytest.raises(InvalidInput, match="colour"):
-        build_model_archive(generator.state_dict(), {**config, "colour": 1}, model_name="g", version="1", out_dir=tmp_path)
+def test_archive_refuses_mismatched_weights_and_names(tmp_path: Path, generator: SmallGenerator) -> None:
+    wider = small_generator(family="joint-gan")
+    wider_spec = GeneratorSpec(parse_options({"family": "joint-gan", "base_channels": 16}), wider.spec.training, wider.spec.data)
+    with pytest.raises(InvalidInput, match="generator weights do not fit"):
+        build_model_archive(wider_spec, generator.weights, model_name="g", version="1", out_dir=tmp_path)
+    with pytest.raises(InvalidInput, match="no weights for"):
+        build_model_archive(generator.spec, {}, model_name="g", version="1", out_dir=tmp_path)
     with pytest.raises(InvalidInput, match="model name"):
-        build_model_archive(generator.state_dict(), generator.config.to_dict(), model_name="a b", version="1", out_dir=tmp_path)
+        build_model_archive(generator.spec, generator.weights, model_name="a b", version="1", out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -324,8 +340,8 @@ def restore_determinism() -> Any:
 
 
 @pytest.mark.usefixtures("restore_determinism")
-def test_handler_in_process(tmp_path: Path, generator: Generator, handler_module: ModuleType) -> None:
-    mar = build_model_archive(generator.state_dict(), generator.config.to_dict(), model_name="g", version="1", out_dir=tmp_path)
+def test_handler_in_process(tmp_path: Path, generator: SmallGenerator, handler_module: ModuleType) -> None:
+    mar = build_model_archive(generator.spec, generator.weights, model_name="g", version="1", out_dir=tmp_path)
     with zipfile.ZipFile(mar) as zf:
         zf.extractall(tmp_path / "model")
     context = FakeContext(tmp_path / "model")
@@ -339,7 +355,7 @@ def test_handler_in_process(tmp_path: Path, generator: Generator, handler_module
         {"data": {"describe": True}},
     ]
     out = handler.handle(batch, context)
-    expected, expected_masks = generate(generator, 3, range(2, 5))
+    expected, expected_masks = generate(generator.net, 3, range(2, 5))
     with np.load(io.BytesIO(out[0])) as npz:
         assert np.array_equal(npz["images"], expected) and np.array_equal(npz["masks"], expected_masks)
         assert npz["indices"].tolist() == [2, 3, 4] and int(npz["seed"]) == 3
@@ -349,6 +365,7 @@ def test_handler_in_process(tmp_path: Path, generator: Generator, handler_module
     assert "must be JSON" in json.loads(out[2])["error"]
     assert "'count' in 1..4096" in json.loads(out[3])["error"]
     described = json.loads(out[4])
-    assert described["generator"] == generator.config.to_dict()
-    assert described["weights_fingerprint"] == weights_fingerprint(generator.state_dict())
+    assert described["generator"] == generator.spec.to_dict()
+    assert described["mode"] == {"mask_source": "generated", "condition": None}
+    assert described["weights_fingerprint"] == weights_fingerprint(generator.weights)
     assert context.headers[0]["content-type"] == "application/x-npz"

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from medsynth.core.errors import InvalidInput
-from medsynth.models.gan import Generator
+from medsynth.generators.base import MaskSource, SampleMode
 from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
 from medsynth.sampling.cohort import read_manifest, regenerate, write_cohort
 from medsynth.sampling.generate import generate
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient, TorchServeProcess, free_ports
 from medsynth.store.local import LocalStore
-from sampling_helpers import MODEL_NAME, PROVENANCE
+from sampling_helpers import MODEL_NAME, PROVENANCE, SmallGenerator, family_names, small_generator
 
 PREFIX = "cohorts/ts/"
 
@@ -68,10 +68,10 @@ def test_cohort_through_torchserve_equals_in_process(
     assert images[0].tobytes() == again[0].tobytes() and np.array_equal(masks[0], again_masks[0])
 
 
-def test_draw_any_indices(served: TorchServeSampler, generator: Generator) -> None:
+def test_draw_any_indices(served: TorchServeSampler, generator: SmallGenerator) -> None:
     for indices in ([5, 1, 3], range(30, 34)):
         images, masks = served.draw(7, indices)
-        expected, expected_masks = generate(generator, 7, indices)
+        expected, expected_masks = generate(generator.net, 7, indices)
         assert images.tobytes() == expected.tobytes() and masks.tobytes() == expected_masks.tobytes()
 
 
@@ -104,3 +104,43 @@ def test_torchserve_down_is_sampler_unavailable(store: LocalStore) -> None:
 def test_process_refuses_a_missing_model_store(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="missing"):
         TorchServeProcess(tmp_path / "missing", tmp_path / "work").start()
+
+
+# --- every family: exported → TorchServe → the same pixels as in-process, and regenerated -------------
+
+
+def _family_modes() -> list[tuple[str, MaskSource]]:
+    from medsynth.generators.registry import FAMILIES
+
+    return [(name, source) for name in family_names() for source in FAMILIES[name].mask_sources]
+
+
+@pytest.mark.parametrize(("family", "source"), _family_modes())
+def test_every_family_through_torchserve_equals_in_process(
+    family: str, source: MaskSource, client: TorchServeClient, tmp_path: Path
+) -> None:
+    name = f"fam-{family}"
+    client.register(f"{name}.mar", name, initial_workers=1)
+    small = small_generator(family=family)  # the same weights the archive was built from (conftest)
+    mode = SampleMode(mask_source=source)
+    served, local = TorchServeSampler(client, name, mode), InProcessSampler(small.spec, small.nets, mode)
+    via_ts, here = LocalStore(tmp_path / "ts"), LocalStore(tmp_path / "local")
+    write_cohort(via_ts, PREFIX, served, count=6, seed=5, batch_size=4, provenance=PROVENANCE)
+    write_cohort(here, PREFIX, local, count=6, seed=5, batch_size=4, provenance=PROVENANCE)
+    ts_manifest, local_manifest = read_manifest(via_ts, PREFIX), read_manifest(here, PREFIX)
+    assert ts_manifest["family"] == family and ts_manifest["mode"]["mask_source"] == source.value
+    assert ts_manifest["masks"]["derived_from_training_patients"] is (source is MaskSource.real_deformed)
+    for field in ("generator", "mode", "noise_shapes", "weights_fingerprint"):
+        assert ts_manifest["sampler"][field] == local_manifest["sampler"][field], field
+    assert ts_manifest["samples"] == local_manifest["samples"]
+    regenerate(ts_manifest, local, [5, 0], verify=True)
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_a_mode_the_generator_lacks_is_refused(family: str, client: TorchServeClient) -> None:
+    name = f"fam-{family}"
+    client.register(f"{name}.mar", name, initial_workers=1)
+    with pytest.raises(InvalidInput, match="trained without class conditioning"):
+        client.infer(name, {"seed": 1, "start": 0, "count": 1, "condition": 1})
+    with pytest.raises(InvalidInput, match="mask_source must be one of"):
+        client.infer(name, {"seed": 1, "start": 0, "count": 1, "mask_source": "drawn-by-hand"})

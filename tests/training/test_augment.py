@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medsynth.training.augment import _color, _cutout, _translation, diff_augment
+from medsynth.generators.augment import _color, _cutout, _translation, diff_augment
 
 
 def _joint(n: int = 4, size: int = 16, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,29 +1,43 @@
-"""The checkpoint format: round trip, weights_only loading, corrupt and unknown-version errors."""
+"""The checkpoint format: round trip, weights_only loading, format-1 checkpoints of the first joint
+GAN, family checks, corrupt and unknown-version errors."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from medsynth.core.errors import InvalidInput
-from medsynth.models.gan import Generator
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_generator, save_checkpoint
-from medsynth.training.gan_loop import LossCurves, init_nets, snapshot
+from medsynth.generators.base import SampleMode, prepare_data
+from medsynth.sampling.generate import generate
+from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets, save_checkpoint
+from medsynth.training.loop import LossCurves, init_state, snapshot
 
-from training_data import tiny_config
+from training_data import family_names, squares, tiny_spec
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="module")
-def checkpoint() -> Checkpoint:
-    config = tiny_config(seed=3)
-    nets = init_nets(config, torch.device("cpu"))
-    with torch.no_grad():  # make the EMA copy distinguishable from the raw generator
-        for p in nets.generator_ema.parameters():
-            p.add_(1.0)
-    curves = LossCurves(device=torch.device("cpu"), points={"step": [1], "loss_d": [0.5], "loss_g": [0.25]})
-    return snapshot(nets, config, 7, curves)
+def _checkpoint(family: str) -> Checkpoint:
+    spec = tiny_spec(family, training={"seed": 3})
+    images, masks = squares(8)
+    state = init_state(spec, prepare_data(images, masks, spec.data, torch.device("cpu")))
+    with torch.no_grad():  # make the EMA copies distinguishable from the raw networks
+        for ema in state.ema.values():
+            for p in ema.parameters():
+                p.add_(1.0)
+    state.extra = {"p": torch.tensor(0.25), "note": "kept"}
+    points = {"step": [1], **{name: [0.5] for name in spec.family.loss_names}}
+    curves = LossCurves(spec.family.loss_names, device=torch.device("cpu"), points=points)
+    return snapshot(state, spec, 7, curves)
+
+
+@pytest.fixture(scope="module", params=family_names())
+def checkpoint(request: pytest.FixtureRequest) -> Checkpoint:
+    return _checkpoint(request.param)
 
 
 def _raw(data: bytes) -> dict:
@@ -33,28 +47,48 @@ def _raw(data: bytes) -> dict:
 def test_round_trip(checkpoint: Checkpoint) -> None:
     data = save_checkpoint(checkpoint)
     raw = _raw(data)  # the whole file loads with weights_only=True
-    assert raw["format_version"] == 1 and raw["kind"] == "joint-gan"
-    assert raw["config"] == checkpoint.config.to_dict()
+    assert raw["format_version"] == 2 and raw["family"] == checkpoint.spec.options.family
+    assert raw["spec"] == checkpoint.spec.to_dict()
 
-    loaded = load_checkpoint(data)
-    assert loaded.config == checkpoint.config and loaded.step == 7
-    assert loaded.metrics["curves"] == {"step": [1], "loss_d": [0.5], "loss_g": [0.25]}
+    loaded = load_checkpoint(data, family=checkpoint.spec.options.family)
+    assert loaded.spec == checkpoint.spec and loaded.step == 7
     assert loaded.rng == {"scheme": "per-step-seed", "seed": 3}
-    for name in ("generator", "generator_ema", "discriminator"):
-        before, after = getattr(checkpoint, name), getattr(loaded, name)
+    assert loaded.extra["note"] == "kept" and torch.equal(loaded.extra["p"], torch.tensor(0.25))
+    for group in ("nets", "ema"):
+        before, after = getattr(checkpoint, group), getattr(loaded, group)
         assert before.keys() == after.keys()
-        assert all(torch.equal(before[k], after[k]) for k in before)
-    assert loaded.opt_g["param_groups"][0]["lr"] == checkpoint.config.lr_g
+        assert all(torch.equal(before[n][k], after[n][k]) for n in before for k in before[n])
+    first = next(iter(loaded.optimizers.values()))
+    assert first["param_groups"][0]["lr"] == pytest.approx(checkpoint.spec.training.lr_g)
 
 
-def test_load_generator_picks_weights_and_is_in_eval_mode(checkpoint: Checkpoint) -> None:
-    data = save_checkpoint(checkpoint)
-    ema, raw = load_generator(data), load_generator(load_checkpoint(data), ema=False)
-    assert isinstance(ema, Generator) and not ema.training and not raw.training
-    for name, tensor in ema.state_dict().items():
-        assert torch.equal(tensor, checkpoint.generator_ema[name])
-    for name, tensor in raw.state_dict().items():
-        assert torch.equal(tensor, checkpoint.generator[name])
+def test_sampling_nets_take_the_ema_weights_and_are_in_eval_mode(checkpoint: Checkpoint) -> None:
+    nets = load_sampling_nets(save_checkpoint(checkpoint))
+    assert nets and all(not net.training for net in nets.values())
+    for name, net in nets.items():
+        source = checkpoint.ema.get(name, checkpoint.nets[name])
+        assert all(torch.equal(t, source[k]) for k, t in net.state_dict().items()), name
+    assert any(name in checkpoint.ema for name in nets)
+
+
+def test_a_checkpoint_of_another_family_is_refused() -> None:
+    data = save_checkpoint(_checkpoint("joint-gan"))
+    with pytest.raises(InvalidInput, match="this is a 'joint-gan' checkpoint, not a 'spade' one"):
+        load_checkpoint(data, family="spade")
+
+
+def test_format_1_checkpoint_of_the_first_joint_gan_still_loads_and_samples_the_same_pixels() -> None:
+    """tests/training/fixtures/joint-gan-v1.pt was written by medsynth before generator families
+    (lsgan, 3 steps); the samples beside it were drawn from it by that version's sampler."""
+    loaded = load_checkpoint((FIXTURES / "joint-gan-v1.pt").read_bytes(), family="joint-gan")
+    assert loaded.step == 3 and loaded.spec.options.loss.value == "lsgan"
+    assert loaded.spec.options.fake_masks.value == "softmax" and loaded.spec.options.critic_norm.value == "batch"
+    assert set(loaded.nets) == {"generator", "discriminator"} and set(loaded.ema) == {"generator"}
+    spec = loaded.spec
+    net = spec.family.sampling_net(spec.options, spec.data, load_sampling_nets(loaded), SampleMode())
+    images, masks = generate(net, 5, range(4))
+    with np.load(FIXTURES / "joint-gan-v1-samples.npz") as old:
+        assert images.tobytes() == old["images"].tobytes() and np.array_equal(masks, old["masks"])
 
 
 @pytest.mark.parametrize("data", [b"", b"not a checkpoint", b"PK\x03\x04" + b"\x00" * 64])
@@ -77,40 +111,46 @@ def _resave(checkpoint: Checkpoint, **changes: object) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "2", None])
 def test_unknown_format_version(checkpoint: Checkpoint, version: object) -> None:
     with pytest.raises(InvalidInput, match=f"unsupported checkpoint format_version {version!r}"):
         load_checkpoint(_resave(checkpoint, format_version=version))
 
 
-def test_wrong_kind(checkpoint: Checkpoint) -> None:
-    with pytest.raises(InvalidInput, match="'image-only'"):
-        load_checkpoint(_resave(checkpoint, kind="image-only"))
+def test_unknown_family_and_state_version(checkpoint: Checkpoint) -> None:
+    spec = checkpoint.spec.to_dict()
+    with pytest.raises(InvalidInput, match="unknown generator family 'image-only'"):
+        load_checkpoint(_resave(checkpoint, family="image-only", spec={**spec, "family": "image-only",
+                                                                       "options": {**spec["options"], "family": "image-only"}}))
+    with pytest.raises(InvalidInput, match="state_version 99"):
+        load_checkpoint(_resave(checkpoint, state_version=99))
 
 
-def test_invalid_config_inside(checkpoint: Checkpoint) -> None:
-    config = checkpoint.config.to_dict() | {"batch_size": 0}
-    with pytest.raises(InvalidInput, match="corrupt checkpoint: its config is invalid: batch_size"):
-        load_checkpoint(_resave(checkpoint, config=config))
+def test_invalid_spec_inside(checkpoint: Checkpoint) -> None:
+    spec = checkpoint.spec.to_dict()
+    spec["training"]["batch_size"] = 0
+    with pytest.raises(InvalidInput, match="corrupt checkpoint: its spec is invalid: .*batch_size"):
+        load_checkpoint(_resave(checkpoint, spec=spec))
 
 
 def test_missing_key(checkpoint: Checkpoint) -> None:
     raw = _raw(save_checkpoint(checkpoint))
-    del raw["generator_ema"]
+    del raw["ema"]
     buffer = io.BytesIO()
     torch.save(raw, buffer)
-    with pytest.raises(InvalidInput, match="missing \\['generator_ema'\\]"):
+    with pytest.raises(InvalidInput, match="missing \\['ema'\\]"):
         load_checkpoint(buffer.getvalue())
 
 
 def test_mismatched_weights(checkpoint: Checkpoint) -> None:
-    wrong = {k: v[..., :1] if v.ndim else v for k, v in checkpoint.generator_ema.items()}
+    name = next(iter(checkpoint.ema))
+    wrong = {**checkpoint.ema, name: {k: v[..., :1] if v.ndim else v for k, v in checkpoint.ema[name].items()}}
     with pytest.raises(InvalidInput, match="do not fit"):
-        load_generator(_resave(checkpoint, generator_ema=wrong))
+        load_sampling_nets(_resave(checkpoint, ema=wrong))
 
 
 def test_non_pickle_object_is_refused() -> None:
     buffer = io.BytesIO()
-    torch.save({"format_version": 1, "evil": object()}, buffer)  # not loadable with weights_only
+    torch.save({"format_version": 2, "evil": object()}, buffer)  # not loadable with weights_only
     with pytest.raises(InvalidInput, match="^corrupt checkpoint: "):
         load_checkpoint(buffer.getvalue())

@@ -1,14 +1,24 @@
 """Helpers shared by the training tests: tiny synthetic data (bright squares with square masks) and
-tiny configs. (A uniquely named module, not ``conftest``, so that tests can import it.)"""
+tiny specs of every family. (A uniquely named module, not ``conftest``, so that tests can import it.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from medsynth.models.gan import GeneratorConfig
-from medsynth.training.config import TrainConfig
+from medsynth.generators.base import DataSpec
+from medsynth.generators.registry import FAMILIES, GeneratorSpec, parse_options, parse_training
 
 SIZE = 32
+
+# Narrow networks of every family: a few steps run in about a second on one thread.
+TINY_OPTIONS: dict[str, dict[str, Any]] = {
+    "joint-gan": {"latent_dim": 16, "base_channels": 8},
+    "spade": {"latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8, "num_scales": 1,
+              "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 8},
+    "stylegan2": {"latent_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16},
+}
 
 
 def squares(count: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -24,14 +34,15 @@ def squares(count: int, seed: int = 0, size: int = SIZE) -> tuple[np.ndarray, np
     return images, masks
 
 
-def tiny_config(**overrides: object) -> TrainConfig:
-    """image_size=32, base_channels=8, batch 4: a few steps run in well under a second."""
-    values: dict = {
-        "generator": GeneratorConfig(image_size=SIZE, num_classes=2, latent_dim=16, base_channels=8),
-        "steps": 4,
-        "batch_size": 4,
-        "checkpoint_every": 2,
-        "log_every": 1,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+def tiny_spec(family: str = "joint-gan", *, num_conditions: int = 0, training: dict | None = None, **options: Any) -> GeneratorSpec:
+    """image_size=32, two classes, batch 4, 4 steps, checkpoint every 2: fast for any family."""
+    values = {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 1, **(training or {})}
+    return GeneratorSpec(
+        options=parse_options({"family": family, **TINY_OPTIONS[family], **options}),
+        training=parse_training(values),
+        data=DataSpec(SIZE, 2, num_conditions),
+    )
+
+
+def family_names() -> list[str]:
+    return sorted(FAMILIES)

@@ -73,3 +73,4 @@ def make_event(job_id: str = "", kind: JobKind | None = None, **body: Message) -
         event.kind = kind.proto
     getattr(event, name).CopyFrom(value)
     return event
+

@@ -17,6 +17,6 @@ RECONCILER_ERRORS = Counter("medsynth_reconciler_errors_total", "Reconciler pass
 INGESTED = Counter("medsynth_ingest_scans_total", "Scan uploads by outcome.", ["outcome"])
 INGESTED_BYTES = Counter("medsynth_ingest_bytes_total", "Bytes of accepted scan uploads.")
 TRAIN_STEPS_PER_S = Gauge("medsynth_trainer_steps_per_second", "Generator training speed of the current job.")
-TRAIN_LOSS = Gauge("medsynth_trainer_loss", "Latest logged generator-training loss.", ["network"])
+TRAIN_LOSS = Gauge("medsynth_trainer_loss", "Latest logged generator-training loss, by family and loss name.", ["family", "loss"])
 TRAIN_STEP = Gauge("medsynth_trainer_step", "Step of the current generator-training job.")
 COHORT_SAMPLES = Counter("medsynth_sampler_samples_total", "Synthetic samples written.", ["backend"])

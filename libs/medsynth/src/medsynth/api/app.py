@@ -77,6 +77,7 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
     app = _base_app("medsynth api", settings, lifespan)
     for module in (datasets, jobs, generators, cohorts, segmentations, evaluations):
         app.include_router(module.router)
+    app.include_router(generators.families_router)
     return app
 
 

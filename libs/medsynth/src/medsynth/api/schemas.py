@@ -7,7 +7,11 @@ from enum import Enum
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from medsynth.generators.base import MaskSource, TrainingOptions
+from medsynth.generators.joint import JointGanOptions
+from medsynth.generators.registry import AnyFamilyOptions
 
 from medsynth.jobs.records import JobRecord
 
@@ -89,26 +93,38 @@ class DatasetsPublic(BaseModel):
     datasets: list[DatasetPublic]
 
 
-class GanLossName(str, Enum):
-    bce = "bce"
-    lsgan = "lsgan"
-    hinge = "hinge"
+class ConditionOn(str, Enum):
+    none = "none"
+    slice_position = "slice-position"  # thirds of each scan's slices: 0 inferior, 1 middle, 2 superior
 
 
 class GeneratorCreate(BaseModel):
-    """Train a joint image + mask GAN on a prepared view's training split."""
+    """Train a generator of any family on a prepared view's training split."""
+
+    model_config = ConfigDict(extra="forbid")
 
     dataset: str
     view_id: str
-    loss: GanLossName = GanLossName.hinge
-    steps: int = Field(1500, ge=1, le=1_000_000)
-    batch_size: int = Field(32, ge=2, le=1024)
-    base_channels: int = Field(32, ge=4, le=512)
-    latent_dim: int = Field(128, ge=8, le=1024)
-    ema_decay: float = Field(0.999, ge=0, lt=1)
-    diff_augment: bool = False
-    checkpoint_every: int = Field(250, ge=1)
-    seed: int = Field(0, ge=0)
+    generator: AnyFamilyOptions = Field(
+        default_factory=lambda: JointGanOptions(),
+        description="The family (`family`) and its options; `GET /v1/generator-families` lists both.",
+    )
+    training: TrainingOptions = Field(default_factory=lambda: TrainingOptions(), description="Options of the training loop.")
+    condition_on: ConditionOn = Field(ConditionOn.none, description="Class labels for class-conditioned families.")
+
+
+class GeneratorFamilyPublic(BaseModel):
+    family: str
+    title: str
+    description: str
+    image_sizes: list[int]
+    mask_sources: list[str]
+    losses: list[str]
+    options: dict[str, Any]
+
+
+class GeneratorFamiliesPublic(BaseModel):
+    families: list[GeneratorFamilyPublic]
 
 
 class OutputFormat(str, Enum):
@@ -122,6 +138,12 @@ class CohortCreate(BaseModel):
     seed: int = Field(0, ge=0)
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.nifti, OutputFormat.png])
     batch_size: int = Field(64, ge=1, le=4096)
+    mask_source: MaskSource = Field(
+        MaskSource.generated,
+        description="generated: masks drawn by the generator; real-deformed (families that have it): training "
+        "patients' masks under random deformation — the manifest then says the masks derive from training patients.",
+    )
+    condition: int | None = Field(None, ge=0, description="Class label, for generators trained with condition_on.")
 
 
 class SegmentationSource(str, Enum):

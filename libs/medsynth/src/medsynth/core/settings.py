@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     reconcile_after_s: float = Field(60.0, gt=0, description="Republish commands of jobs queued longer.")
     reconcile_every_s: float = Field(15.0, gt=0)
 
+    # compute
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where the trainer and the in-process sampler run: auto (CUDA when present), cpu, cuda, cuda:N.",
+    )
+
     # sampling
     sampler_backend: SamplerBackend = Field(
         SamplerBackend.torchserve, description="torchserve (default) or inprocess (same handler code, no server)."

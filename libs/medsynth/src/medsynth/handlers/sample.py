@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medsynth.core.devices import pick_device
+from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
+from medsynth.generators.base import MaskSource, SampleMode
+from medsynth.generators.registry import GeneratorSpec
 from medsynth.handlers.artifacts import generator_of
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
@@ -20,7 +24,7 @@ from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_co
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.telemetry import COHORT_SAMPLES
-from medsynth.training.checkpoint import load_checkpoint, load_generator
+from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets, spec_from_v1_config
 from medsynth.v1 import events_pb2, jobs_pb2
 
 
@@ -31,10 +35,12 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     manifest_key = prefix + MANIFEST_NAME
     if not ctx.store.exists(manifest_key):  # else: written by an attempt that died before recording it
         discard_incomplete(ctx.store, prefix)  # what a killed attempt left behind
-        sampler = _sampler(ctx, registry)
+        mode = sample_mode(registry, spec.mask_source, spec.condition if spec.HasField("condition") else None)
+        sampler = _sampler(ctx, registry, mode)
         provenance = {
             "cohort_id": ctx.job_id,
             "generator_id": spec.generator_id,
+            "family": registry.get("family", "joint-gan"),
             "checkpoint_key": registry["checkpoint_key"],
             "checkpoint_sha256": ctx.store.stat(registry["checkpoint_key"]).sha256,
             "archive_key": registry["archive_key"],
@@ -54,15 +60,42 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     return {"manifest": manifest_key}
 
 
-def _sampler(ctx: JobContext, registry: dict[str, Any]) -> Sampler:
+def sample_mode(registry: Mapping[str, Any], mask_source: str, condition: int | None) -> SampleMode:
+    """The cohort's sampling mode, checked against what the registered generator can do
+    (:class:`InvalidInput` naming the problem: the job fails at once, nothing is written)."""
+    try:
+        source = MaskSource(mask_source or MaskSource.generated.value)
+    except ValueError:
+        raise InvalidInput(f"mask_source must be one of {[s.value for s in MaskSource]}, got {mask_source!r}.") from None
+    mode = SampleMode(mask_source=source, condition=condition)
+    spec = generator_spec(registry)
+    spec.family.check_mode(spec.options, spec.data, mode)
+    return mode
+
+
+def generator_spec(registry: Mapping[str, Any]) -> GeneratorSpec:
+    """The spec of a registered generator (entries written before generator families hold the
+    first joint GAN's config: read it from the checkpoint then)."""
+    if "spec" in registry:
+        return GeneratorSpec.from_dict(registry["spec"])
+    return spec_from_v1_config(registry["config"])
+
+
+def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sampler:
     if ctx.settings.sampler_backend is SamplerBackend.inprocess:
-        checkpoint = load_checkpoint(ctx.store.get_bytes(registry["checkpoint_key"]))
-        return InProcessSampler(load_generator(checkpoint, ema=True))
+        checkpoint = load_checkpoint(ctx.store.get_bytes(registry["checkpoint_key"]), family=registry["family"])
+        device = pick_device(ctx.settings.device)
+        return InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)
+    if "spec" not in registry:
+        raise InvalidInput(
+            f"generator {registry['generator_id']} was registered before generator families: its TorchServe archive "
+            "holds the old handler. Sample it with MEDSYNTH_SAMPLER_BACKEND=inprocess, or retrain it."
+        )
     client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url)
     _wait_for(client, ctx)
     if not client.is_registered(registry["model_name"]):
         client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"])
-    return TorchServeSampler(client, registry["model_name"])
+    return TorchServeSampler(client, registry["model_name"], mode)
 
 
 def _wait_for(client: TorchServeClient, ctx: JobContext) -> None:

@@ -1,67 +1,52 @@
-"""Joint image + mask GAN at 64×64 (seed 000's recipe): the mask classes ride along as extra one-hot
-channels, so one generator draws an image and its segmentation together.
+"""DCGAN-style networks of the joint image + mask generator (seed 000's architecture): the mask
+classes ride along as extra one-hot channels, so one generator draws an image and its segmentation.
 
 Generator output: ``(N, 1 + C, S, S)`` — channel 0 the image in [-1, 1] (tanh), channels 1..C the
-mask as class logits (C includes background). The discriminator sees the image and the mask as
-one-hot (real) or softmax probabilities (fake).
+mask as class logits (C includes background). The discriminator (critic) sees image + mask channels.
+
+With ``norm="batch"`` and no spectral norm the layer layout (and so the state_dict keys) is that of
+medsynth's first joint GAN, whose format-1 checkpoints therefore keep loading.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from enum import Enum
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from medsynth.core.errors import InvalidInput
 
-
-class GanLoss(str, Enum):
-    bce = "bce"        # DCGAN
-    lsgan = "lsgan"    # least squares
-    hinge = "hinge"
+SIZES = {32: 3, 64: 4, 128: 5}  # image size → number of stride-2 blocks
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
-    image_size: int = 64
-    num_classes: int = 3          # mask classes including background
-    latent_dim: int = 128
-    base_channels: int = 64       # width of the last generator block; doubles per upsampling step up
-
-    def __post_init__(self) -> None:
-        if self.image_size not in (32, 64, 128):
-            raise InvalidInput(f"image_size must be 32, 64 or 128, got {self.image_size}.")
-        if not 2 <= self.num_classes <= 16:
-            raise InvalidInput(f"num_classes must be between 2 and 16 (background included), got {self.num_classes}.")
-
-    @property
-    def channels(self) -> int:
-        return 1 + self.num_classes
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class CriticNorm(str, Enum):
+    batch = "batch"
+    layer = "layer"  # GroupNorm(1, C): per-sample, as WGAN-GP's critic needs
+    none = "none"
 
 
 def _blocks(size: int) -> int:
-    return {32: 3, 64: 4, 128: 5}[size]
+    if size not in SIZES:
+        raise InvalidInput(f"image_size must be one of {sorted(SIZES)}, got {size}.")
+    return SIZES[size]
 
 
 class Generator(nn.Module):
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, image_size: int, channels: int, latent_dim: int, base_channels: int) -> None:
         super().__init__()
-        self.config = config
-        n = _blocks(config.image_size)
-        widths = [config.base_channels * 2 ** (n - 1 - i) for i in range(n)]
+        n = _blocks(image_size)
+        self.latent_dim = latent_dim
+        widths = [base_channels * 2 ** (n - 1 - i) for i in range(n)]
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(config.latent_dim, widths[0], 4, 1, 0, bias=False),
+            nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
         for w_in, w_out in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
-        layers.append(nn.ConvTranspose2d(widths[-1], config.channels, 4, 2, 1))
+        layers.append(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -70,14 +55,28 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        base_channels: int,
+        *,
+        norm: CriticNorm = CriticNorm.batch,
+        spectral_norm: bool = False,
+    ) -> None:
         super().__init__()
-        n = _blocks(config.image_size)
-        widths = [config.base_channels * 2**i for i in range(n)]
-        layers: list[nn.Module] = [nn.Conv2d(config.channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        n = _blocks(image_size)
+        widths = [base_channels * 2**i for i in range(n)]
+        sn = _spectral_norm if spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = [sn(nn.Conv2d(channels, widths[0], 4, 2, 1)), nn.LeakyReLU(0.2, True)]
         for w_in, w_out in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0))
+            layers.append(sn(nn.Conv2d(w_in, w_out, 4, 2, 1, bias=norm is CriticNorm.none)))
+            if norm is CriticNorm.batch:
+                layers.append(nn.BatchNorm2d(w_out))
+            elif norm is CriticNorm.layer:
+                layers.append(nn.GroupNorm(1, w_out))
+            layers.append(nn.LeakyReLU(0.2, True))
+        layers.append(sn(nn.Conv2d(widths[-1], 1, 4, 1, 0)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,23 +84,12 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) normalisation scales."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
+        weight = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
+        nn.init.normal_(weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
-
-
-def to_pair(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generator output → (image in [0, 1] as (N, 1, S, S), integer mask (N, S, S))."""
-    return (output[:, :1] + 1) / 2, output[:, 1:].argmax(dim=1)
-
-
-def latents(seed: int, count: int, latent_dim: int) -> torch.Tensor:
-    """The latent vectors of samples ``0..count-1`` for ``seed``, identical on every machine
-    (drawn on the CPU with an explicitly seeded generator)."""
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(count, latent_dim, generator=g)

@@ -1,15 +1,21 @@
-"""Export a generator as a TorchServe model archive (``.mar``), and load it back.
+"""Export a generator (any family) as a TorchServe model archive (``.mar``), and load it back.
 
-The archive is portable and small: it holds no pickled code and no TorchScript, only
+The archive is portable: it holds no pickled code, only
 
-* ``weights.pt`` — the generator's ``state_dict`` (``torch.save``; loaded with ``weights_only=True``),
-* ``generator.json`` — ``{"format", "config": GeneratorConfig fields, "weights_sha256" (of the file),
-  "weights_fingerprint" (of the tensors, see :func:`weights_fingerprint`), ...}``,
+* ``weights.pt`` — ``{net name: state_dict}`` of the family's sampling networks (EMA weights;
+  ``torch.save``, loaded with ``weights_only=True``),
+* ``generator.json`` — ``{"format", "spec": GeneratorSpec (family, options, training, data),
+  "weights_sha256" (of the file), "weights_fingerprint" (of the tensors, see
+  :func:`weights_fingerprint`), "torchscript": {mask source: file}, ...}``,
+* ``sampler-<mask source>.torchscript.pt`` — each sampling mode traced with :func:`torch.jit.trace`:
+  ``(noise tensors, condition) → (N, 1 + C, S, S)``, loadable by any TorchScript runtime without
+  medsynth (the noise rule is in the cohort manifest),
 * the handler ``services/sampler/handler.py`` (archived as :data:`HANDLER_MODULE` ``.py``), which
-  rebuilds the network from medsynth code. medsynth must therefore be installed in the Python
-  environment TorchServe's workers run in (TorchServe uses the interpreter that started it).
+  rebuilds the networks from medsynth code through the family registry. medsynth must therefore be
+  installed in the Python environment TorchServe's workers run in.
 
-:func:`load_exported` is the inverse the handler calls on the unpacked archive directory.
+:func:`load_exported` is the inverse the handler calls on the unpacked archive directory; it also
+reads format-1 exports (medsynth's first joint GAN: one generator ``state_dict`` + its config).
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ from typing import Any
 import torch
 
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
-from medsynth.models.gan import Generator, GeneratorConfig
+from medsynth.generators.base import DataSpec, SampleMode, SamplingNet
+from medsynth.generators.registry import GeneratorSpec, parse_options, parse_training
+from medsynth.training.checkpoint import StateDict, build_sampling_nets
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "generator.json"
-EXPORT_FORMAT = "medsynth/generator-export/v1"
+EXPORT_FORMAT = "medsynth/generator-export/v2"
+EXPORT_FORMAT_V1 = "medsynth/generator-export/v1"
 # The handler's module name inside the archive: unique, so no installed module can shadow it.
 HANDLER_MODULE = "medsynth_sampler_handler"
 # TorchServe's own rule for model names (model-archiver rejects anything else); versions likewise.
@@ -51,8 +60,8 @@ def default_handler_path() -> Path:
 
 
 def build_model_archive(
-    state_dict: Mapping[str, torch.Tensor],
-    config: Mapping[str, Any],
+    spec: GeneratorSpec,
+    weights: Mapping[str, StateDict],
     *,
     model_name: str,
     version: str,
@@ -62,14 +71,14 @@ def build_model_archive(
 ) -> Path:
     """Write ``<out_dir>/<model_name>.mar`` and return its path.
 
-    ``config`` holds :class:`~medsynth.models.gan.GeneratorConfig` fields; ``state_dict`` must load
-    into that generator strictly (checked here, so a broken archive is never written). The archive
-    appears atomically (built aside, then renamed). Raises :class:`InvalidInput` for a bad name,
-    version, config or state_dict, :class:`Conflict` if the archive exists and not ``overwrite``.
+    ``weights`` are the sampling networks' state dicts by name (:meth:`Checkpoint.sampling_weights`);
+    they must load into ``spec``'s networks strictly (checked here, so a broken archive is never
+    written). The archive appears atomically (built aside, then renamed). Raises :class:`InvalidInput`
+    for a bad name, version or weights, :class:`Conflict` if the archive exists and not ``overwrite``.
     """
     check_model_name(model_name)
     check_model_name(version, "model version")
-    generator = rebuild_generator(config, state_dict)
+    nets = build_sampling_nets(spec, weights)
     handler_path = Path(handler) if handler is not None else default_handler_path()
     if not handler_path.is_file():
         raise NotFound(f"sampler handler not found at {str(handler_path)!r} (pass handler=...).")
@@ -81,7 +90,7 @@ def build_model_archive(
 
     with tempfile.TemporaryDirectory(prefix="medsynth-mar-") as tmp:
         work = Path(tmp)
-        inputs = _write_inputs(work / "in", generator, model_name=model_name, version=version, handler=handler_path)
+        inputs = _write_inputs(work / "in", spec, nets, model_name=model_name, version=version, handler=handler_path)
         staged = Path(tempfile.mkdtemp(prefix=".mar-", dir=out_dir))
         try:
             _run_archiver(inputs, model_name=model_name, version=version, export_dir=staged, tmpdir=work / "tmp")
@@ -92,37 +101,34 @@ def build_model_archive(
     return target
 
 
-def rebuild_generator(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> Generator:
-    """A CPU :class:`Generator` in eval mode built from ``config`` with ``state_dict`` loaded strictly."""
-    if not isinstance(config, Mapping):
-        raise InvalidInput(f"generator config must be a mapping of GeneratorConfig fields, got {type(config).__name__}.")
-    try:
-        cfg = GeneratorConfig(**dict(config))
-    except TypeError as exc:
-        raise InvalidInput(f"generator config {dict(config)!r} does not match GeneratorConfig: {exc}") from exc
-    generator = Generator(cfg)
-    try:
-        generator.load_state_dict(dict(state_dict), strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        reason = " ".join(str(exc).split())
-        raise InvalidInput(f"state_dict does not fit a generator with config {cfg.to_dict()}: {reason}") from exc
-    return generator.eval()
+def trace_sampling_net(net: SamplingNet) -> torch.jit.ScriptModule:
+    """``net`` traced with :func:`torch.jit.trace` on a two-sample example (CPU): a TorchScript module
+    ``(noise list, condition) → (N, 1 + C, S, S)`` that needs no medsynth to run."""
+    example = [torch.zeros(2, *shape) for shape in net.noise_shapes]
+    with torch.no_grad():
+        return torch.jit.trace(net, (example, torch.zeros(2, dtype=torch.int64)), check_trace=False)
 
 
-def weights_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over a state_dict's content (sorted names, dtypes, shapes, raw bytes), independent of
-    how it was serialised: the same weights give the same fingerprint in every process."""
+def weights_fingerprint(weights: Mapping[str, StateDict]) -> str:
+    """SHA-256 over the sampling weights' content (sorted net and tensor names, dtypes, shapes, raw
+    bytes), independent of how they were serialised: the same weights give the same fingerprint in
+    every process."""
     digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for net in sorted(weights):
+        for name in sorted(weights[net]):
+            tensor = weights[net][name].detach().cpu().contiguous()
+            digest.update(f"{net}/{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def load_exported(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """The generator of an unpacked archive directory (eval mode, on ``device``) and its
-    ``generator.json`` record. Checks the format and the weights' SHA-256."""
+def net_weights(nets: Mapping[str, torch.nn.Module]) -> dict[str, StateDict]:
+    return {name: net.state_dict() for name, net in nets.items()}
+
+
+def load_exported(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[GeneratorSpec, dict[str, torch.nn.Module], dict[str, Any]]:
+    """The spec, the sampling networks (eval mode, on ``device``) and the ``generator.json`` record of
+    an unpacked archive directory. Checks the format and the weights' SHA-256."""
     model_dir = Path(model_dir)
     meta = _read_meta(model_dir / CONFIG_FILE)
     raw = _read_file(model_dir / WEIGHTS_FILE)
@@ -131,9 +137,20 @@ def load_exported(model_dir: str | Path, device: torch.device | str = "cpu") -> 
         raise InvalidInput(
             f"{model_dir / WEIGHTS_FILE} has SHA-256 {digest}, but {CONFIG_FILE} records {meta['weights_sha256']}."
         )
-    state_dict = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    generator = rebuild_generator(meta["config"], state_dict)
-    return generator.to(device).eval(), meta
+    weights = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    if meta["format"] == EXPORT_FORMAT_V1:
+        spec, weights = _spec_from_v1_export(meta["config"]), {"generator": weights}
+    else:
+        spec = GeneratorSpec.from_dict(meta["spec"])
+    return spec, build_sampling_nets(spec, weights, device=device), meta
+
+
+def _spec_from_v1_export(config: Mapping[str, Any]) -> GeneratorSpec:
+    """A format-1 export's GeneratorConfig fields as a joint-gan spec (training options unknown: minimal)."""
+    options = parse_options({"family": "joint-gan", "latent_dim": config["latent_dim"], "base_channels": config["base_channels"],
+                             "critic_norm": "batch", "fake_masks": "softmax"})
+    return GeneratorSpec(options=options, training=parse_training({"steps": 1}),
+                         data=DataSpec(config["image_size"], config["num_classes"]))
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -146,17 +163,28 @@ def check_model_name(value: object, what: str = "model name") -> str:
     return value
 
 
-def _write_inputs(directory: Path, generator: Generator, *, model_name: str, version: str, handler: Path) -> dict[str, Path]:
+def _write_inputs(directory: Path, spec: GeneratorSpec, nets: Mapping[str, torch.nn.Module], *, model_name: str, version: str, handler: Path) -> dict[str, Path]:
     directory.mkdir(parents=True)
+    weights = {name: {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()} for name, net in nets.items()}
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}, buf)
-    weights = buf.getvalue()
+    torch.save(weights, buf)
+    weights_bytes = buf.getvalue()
+    family = spec.family
+    traced: dict[str, str] = {}
+    extra: list[Path] = []
+    for source in family.mask_sources:
+        name = f"sampler-{source.value}.torchscript.pt"
+        net = family.sampling_net(spec.options, spec.data, nets, SampleMode(mask_source=source))
+        trace_sampling_net(net).save(str(directory / name))
+        traced[source.value] = name
+        extra.append(directory / name)
     meta = {
         "format": EXPORT_FORMAT,
-        "config": generator.config.to_dict(),
+        "spec": spec.to_dict(),
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-        "weights_fingerprint": weights_fingerprint(generator.state_dict()),
+        "weights_sha256": hashlib.sha256(weights_bytes).hexdigest(),
+        "weights_fingerprint": weights_fingerprint(weights),
+        "torchscript": traced,
         "model_name": model_name,
         "version": version,
         "torch": torch.__version__,
@@ -165,14 +193,15 @@ def _write_inputs(directory: Path, generator: Generator, *, model_name: str, ver
         "weights": directory / WEIGHTS_FILE,
         "config": directory / CONFIG_FILE,
         "handler": directory / f"{HANDLER_MODULE}.py",
+        "extra": extra,
     }
-    paths["weights"].write_bytes(weights)
+    paths["weights"].write_bytes(weights_bytes)
     paths["config"].write_text(json.dumps(meta, indent=2, sort_keys=True))
     shutil.copyfile(handler, paths["handler"])
     return paths
 
 
-def _run_archiver(inputs: dict[str, Path], *, model_name: str, version: str, export_dir: Path, tmpdir: Path) -> None:
+def _run_archiver(inputs: dict[str, Any], *, model_name: str, version: str, export_dir: Path, tmpdir: Path) -> None:
     """Run torch-model-archiver in a child process. Its own TMPDIR matters: the archiver stages files
     in ``$TMPDIR/<model_name>`` and deletes that directory first, so two concurrent builds of one
     model name sharing /tmp would clobber each other."""
@@ -183,7 +212,7 @@ def _run_archiver(inputs: dict[str, Path], *, model_name: str, version: str, exp
         "--version", version,
         "--handler", str(inputs["handler"]),
         "--serialized-file", str(inputs["weights"]),
-        "--extra-files", str(inputs["config"]),
+        "--extra-files", ",".join(str(p) for p in [inputs["config"], *inputs["extra"]]),
         "--export-path", str(export_dir),
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmpdir)}
@@ -208,9 +237,10 @@ def _read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(_read_file(path))
     except ValueError as exc:
         raise InvalidInput(f"{str(path)!r} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (EXPORT_FORMAT, EXPORT_FORMAT_V1):
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise InvalidInput(f"{str(path)!r} is not a {EXPORT_FORMAT!r} record (format {found!r}).")
-    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("weights_sha256"), str):
-        raise InvalidInput(f"{str(path)!r} lacks 'config' or 'weights_sha256'.")
+    spec_field = "config" if meta["format"] == EXPORT_FORMAT_V1 else "spec"
+    if not isinstance(meta.get(spec_field), dict) or not isinstance(meta.get("weights_sha256"), str):
+        raise InvalidInput(f"{str(path)!r} lacks {spec_field!r} or 'weights_sha256'.")
     return meta

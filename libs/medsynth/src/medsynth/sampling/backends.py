@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsynth.models.gan import Generator
-from medsynth.sampling.archive import weights_fingerprint
+from medsynth.generators.base import SampleMode
+from medsynth.generators.registry import GeneratorSpec
+from medsynth.sampling.archive import net_weights, weights_fingerprint
 from medsynth.sampling.generate import LATENT_SCHEME, check_indices, check_seed, generate, runtime_info
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 
@@ -25,8 +26,8 @@ __all__ = ["InProcessSampler", "Sampler", "SamplerUnavailable", "TorchServeSampl
 
 
 class Sampler(ABC):
-    """Draws samples of a cohort seed. Implementations must be deterministic: the same
-    ``(seed, indices)`` gives the same bits every time."""
+    """Draws samples of a cohort seed in one sampling mode. Implementations must be deterministic: the
+    same ``(seed, indices)`` gives the same bits every time."""
 
     @abstractmethod
     def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,57 +36,73 @@ class Sampler(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Provenance of the samples: ``backend``, ``generator`` (config), ``weights_fingerprint``,
-        ``latent_scheme`` and ``software`` (versions and device of whatever computes the pixels)."""
+        """Provenance of the samples: ``backend``, ``generator`` (the spec: family, options, training,
+        data), ``mode``, ``noise_shapes``, ``weights_fingerprint``, ``latent_scheme`` and ``software``
+        (versions and device of whatever computes the pixels)."""
 
 
 class InProcessSampler(Sampler):
-    """Runs ``generator`` here (put in eval mode; moved to ``device`` if given)."""
+    """Runs a family's sampling net here, over ``nets`` (put in eval mode; moved to ``device`` if given)."""
 
-    def __init__(self, generator: Generator, *, device: torch.device | str | None = None) -> None:
+    def __init__(self, spec: GeneratorSpec, nets: dict[str, torch.nn.Module], mode: SampleMode = SampleMode(),
+                 *, device: torch.device | str | None = None) -> None:
         if device is not None:
-            generator = generator.to(device)
-        self.generator = generator.eval()
-        self.device = next(generator.parameters()).device
-        self._fingerprint = weights_fingerprint(generator.state_dict())
+            nets = {name: net.to(device) for name, net in nets.items()}
+        self.spec = spec
+        self.mode = mode
+        self.net = spec.family.sampling_net(spec.options, spec.data, nets, mode).eval()
+        self.device = torch.device(device) if device is not None else _device(nets)
+        self._fingerprint = weights_fingerprint(net_weights(nets))
 
     def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        return generate(self.generator, seed, indices)
+        return generate(self.net, seed, indices, self.mode.condition)
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "in-process",
-            "generator": self.generator.config.to_dict(),
+            "generator": self.spec.to_dict(),
+            "mode": self.mode.to_dict(),
+            "noise_shapes": [list(s) for s in self.net.noise_shapes],
             "weights_fingerprint": self._fingerprint,
             "latent_scheme": LATENT_SCHEME,
             "software": runtime_info(self.device),
         }
 
 
-class TorchServeSampler(Sampler):
-    """Asks the medsynth handler of model ``model_name`` on a TorchServe server. Unreachable or
-    failing servers raise :class:`SamplerUnavailable`."""
+def _device(nets: dict[str, torch.nn.Module]) -> torch.device:
+    for net in nets.values():
+        for tensor in (*net.parameters(), *net.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
-    def __init__(self, client: TorchServeClient, model_name: str) -> None:
+
+class TorchServeSampler(Sampler):
+    """Asks the medsynth handler of model ``model_name`` on a TorchServe server, in sampling ``mode``.
+    Unreachable or failing servers raise :class:`SamplerUnavailable`."""
+
+    def __init__(self, client: TorchServeClient, model_name: str, mode: SampleMode = SampleMode()) -> None:
         self.client = client
         self.model_name = model_name
+        self.mode = mode
         self._description: dict[str, Any] | None = None
 
     def draw(self, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         idx = check_indices(indices)
-        images, masks = self.client.infer(self.model_name, _payload(check_seed(seed), idx))
+        images, masks = self.client.infer(self.model_name, {**_payload(check_seed(seed), idx), **self.mode.to_dict()})
         _check_shapes(images, masks, len(idx), self.client.inference_url)
         return images, masks
 
     def describe(self) -> dict[str, Any]:
         if self._description is None:
-            answer = self.client.describe(self.model_name)
+            answer = self.client.describe(self.model_name, self.mode.to_dict())
             self._description = {
                 "backend": "torchserve",
                 "model_name": self.model_name,
                 "model_version": answer.get("version"),
                 "inference_url": self.client.inference_url,
                 "generator": answer.get("generator"),
+                "mode": answer.get("mode"),
+                "noise_shapes": answer.get("noise_shapes"),
                 "weights_fingerprint": answer.get("weights_fingerprint"),
                 "weights_sha256": answer.get("weights_sha256"),
                 "latent_scheme": answer.get("latent_scheme"),

@@ -50,7 +50,8 @@ from medsynth.store.base import ObjectStore, check_prefix
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "medsynth/cohort/v1"
+MANIFEST_FORMAT = "medsynth/cohort/v2"
+READABLE_FORMATS = ("medsynth/cohort/v1", MANIFEST_FORMAT)  # v1: before generator families
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 CLAIM_NAME = ".writing.json"
@@ -217,11 +218,15 @@ def _manifest(
         "count": count,
         "batch_size": batch_size,
         "batches": [[a, b] for a, b in layout],
+        "family": (sampler.get("generator") or {}).get("family"),
+        "mode": sampler.get("mode"),
+        "masks": _mask_provenance((sampler.get("mode") or {}).get("mask_source")),
         "latent": {
             "scheme": sampler.get("latent_scheme"),
-            "rule": "sample i uses torch.randn(latent_dim) from torch.Generator(cpu).manual_seed(latent_seed), "
-            "latent_seed = first 8 bytes (big-endian) of sha256('<scheme>:<seed>:<i>') with the top bit cleared",
-            "latent_dim": (sampler.get("generator") or {}).get("latent_dim"),
+            "rule": "sample i draws one torch.randn(shape) per entry of noise_shapes, in order, from "
+            "torch.Generator(cpu).manual_seed(latent_seed), latent_seed = first 8 bytes (big-endian) of "
+            "sha256('<scheme>:<seed>:<i>') with the top bit cleared",
+            "noise_shapes": sampler.get("noise_shapes"),
         },
         "image_size": image_size,
         "encoding": {
@@ -237,6 +242,14 @@ def _manifest(
         "samples": samples,
         "contact_sheet": sheet,
     }
+
+
+def _mask_provenance(source: str | None) -> dict[str, Any]:
+    if source == "real-deformed":
+        return {"source": source, "derived_from_training_patients": True,
+                "note": "each mask is a training patient's mask under a random affine + elastic deformation"}
+    return {"source": source, "derived_from_training_patients": False,
+            "note": "masks drawn by the trained generator from noise; no real mask is used at sampling time"}
 
 
 def read_manifest(store: ObjectStore, prefix: str) -> dict[str, Any]:
@@ -291,7 +304,7 @@ def regenerate(
 
 
 def _check_same_generator(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    for field in ("generator", "weights_fingerprint", "latent_scheme"):
+    for field in ("generator", "mode", "weights_fingerprint", "latent_scheme"):
         if recorded.get(field) is not None and recorded.get(field) != current.get(field):
             raise InvalidInput(
                 f"sampler cannot regenerate this cohort: its {field} is {current.get(field)!r}, "
@@ -498,7 +511,7 @@ def _check_batch(images: np.ndarray, masks: np.ndarray, n: int, tile_shape: tupl
 
 
 def _check_manifest(manifest: object) -> None:
-    if not isinstance(manifest, Mapping) or manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, Mapping) or manifest.get("format") not in READABLE_FORMATS:
         found = manifest.get("format") if isinstance(manifest, Mapping) else type(manifest).__name__
         raise InvalidInput(f"not a {MANIFEST_FORMAT!r} cohort manifest (format {found!r}).")
 

@@ -1,10 +1,13 @@
-"""The core of sampling: which latent vector each sample gets, and one generator pass.
+"""The core of sampling: which noise each sample gets, and one pass of a family's sampling net.
 
-Latent scheme (:data:`LATENT_SCHEME`): sample ``i`` of cohort seed ``s`` uses the latent
-``torch.randn(latent_dim)`` drawn on the CPU from a ``torch.Generator`` seeded with
-:func:`latent_seed` ``(s, i)`` — the first 8 bytes (big-endian) of
-``SHA-256("medsynth/latent/v1:<s>:<i>")`` with the top bit cleared. Every sample therefore has its
-own latent, independent of the others, of the batch it was drawn in and of the machine.
+Noise scheme (:data:`LATENT_SCHEME`): sample ``i`` of cohort seed ``s`` gets its noise tensors (the
+shapes its :class:`~medsynth.generators.base.SamplingNet` lists in ``noise_shapes``, in order: a
+latent vector first for every family so far, then e.g. per-layer noise maps) as successive
+``torch.randn(shape)`` draws on the CPU from one ``torch.Generator`` seeded with :func:`latent_seed`
+``(s, i)`` — the first 8 bytes (big-endian) of ``SHA-256("medsynth/latent/v1:<s>:<i>")`` with the
+top bit cleared. Every sample therefore has its own noise, independent of the others, of the batch it
+was drawn in and of the machine. (A generator with one latent draws exactly what medsynth's first
+joint GAN drew, so its cohorts still regenerate.)
 
 Bit-for-bit caveat: the latents are batch-independent, but the network's output is not always.
 CPU convolution kernels may pick a different algorithm for a different batch size, so the pixels of
@@ -12,8 +15,8 @@ sample ``i`` drawn in a batch of 11 can differ in the last bit from the same sam
 of 16. Exact regeneration therefore replays the *batch layout* too (see
 :func:`medsynth.sampling.cohort.regenerate`), on the same device type and software versions.
 
-:func:`generate` is the one function that turns ``(generator, seed, indices)`` into pixels; the
-TorchServe handler and :class:`~medsynth.sampling.backends.InProcessSampler` both call it.
+:func:`generate` is the one function that turns ``(sampling net, seed, indices, condition)`` into
+pixels; the TorchServe handler and :class:`~medsynth.sampling.backends.InProcessSampler` both call it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from medsynth.core.errors import InvalidInput
-from medsynth.models.gan import Generator, to_pair
+from medsynth.generators.base import SamplingNet, split_output
 
 LATENT_SCHEME = "medsynth/latent/v1"
 MAX_SEED = 2**63 - 1
@@ -44,45 +47,62 @@ def latent_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
-def sample_latents(seed: int, indices: Iterable[int], dim: int) -> torch.Tensor:
-    """Latent vectors ``(len(indices), dim)`` float32 on the CPU, row ``k`` for sample ``indices[k]``.
+def sample_noise(seed: int, indices: Iterable[int], shapes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """The noise tensors of samples ``indices``: one float32 CPU tensor ``(len(indices), *shape)`` per
+    shape, row ``k`` for sample ``indices[k]``.
 
-    Each row depends only on ``(seed, indices[k], dim)``: drawing samples 3..5 gives the same rows as
-    drawing 0..9 and keeping 3..5.
+    Each row depends only on ``(seed, indices[k], shapes)``: drawing samples 3..5 gives the same rows
+    as drawing 0..9 and keeping 3..5.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise InvalidInput(f"latent dim must be a positive integer, got {dim!r}.")
+    shapes = [tuple(_check_shape(s)) for s in shapes]
+    if not shapes:
+        raise InvalidInput("a sampling net needs at least one noise tensor.")
     idx = check_indices(indices)
-    out = torch.empty(len(idx), dim, dtype=torch.float32)
+    out = [torch.empty(len(idx), *shape, dtype=torch.float32) for shape in shapes]
     g = torch.Generator(device="cpu")
     for row, i in enumerate(idx):
         g.manual_seed(latent_seed(seed, i))
-        out[row] = torch.randn(dim, generator=g, dtype=torch.float32)
+        for tensor, shape in zip(out, shapes):
+            tensor[row] = torch.randn(shape, generator=g, dtype=torch.float32)
     return out
 
 
-def generate(generator: Generator, seed: int, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Draw samples ``indices`` of cohort ``seed`` in one generator pass.
+def generate(net: SamplingNet, seed: int, indices: Iterable[int], condition: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Draw samples ``indices`` of cohort ``seed`` in one pass of ``net``.
 
     Returns ``(images, masks)``: images ``(N, 1, S, S)`` float32 in [0, 1], masks ``(N, S, S)``
-    uint8 class ids, row ``k`` for ``indices[k]``. The generator must be in eval mode (batch-norm
-    running statistics; in train mode a sample would depend on its batch mates). It runs on the
-    device its parameters are on.
+    uint8 class ids, row ``k`` for ``indices[k]``. The net must be in eval mode (batch-norm running
+    statistics; in train mode a sample would depend on its batch mates). It runs on the device its
+    parameters are on; ``condition`` is the class label of every sample (class-conditioned nets only).
     """
-    if not isinstance(generator, nn.Module) or not hasattr(generator, "config"):
-        raise InvalidInput(f"generate() needs a medsynth Generator, got {type(generator).__name__}.")
-    if generator.training:
-        raise InvalidInput("the generator is in train mode; call generator.eval() before sampling.")
+    if not isinstance(net, SamplingNet):
+        raise InvalidInput(f"generate() needs a SamplingNet, got {type(net).__name__}.")
+    if net.training:
+        raise InvalidInput("the sampling net is in train mode; call .eval() before sampling.")
     idx = check_indices(indices)
     if len(idx) > MAX_BATCH:
         raise InvalidInput(f"at most {MAX_BATCH} samples per generator pass, got {len(idx)}.")
-    device = next(generator.parameters()).device
-    z = sample_latents(seed, idx, generator.config.latent_dim).to(device)
+    device = _device_of(net)
+    noise = [n.to(device) for n in sample_noise(seed, idx, net.noise_shapes)]
+    labels = torch.full((len(idx),), 0 if condition is None else int(condition), dtype=torch.int64, device=device)
     with torch.inference_mode():
-        images, masks = to_pair(generator(z))
-    images_np = np.ascontiguousarray(images.float().cpu().numpy(), dtype=np.float32)
+        images, masks = split_output(net(noise, labels).float())
+    images_np = np.ascontiguousarray(images.cpu().numpy(), dtype=np.float32)
     masks_np = np.ascontiguousarray(masks.to(torch.uint8).cpu().numpy())
     return images_np, masks_np
+
+
+def _device_of(net: torch.nn.Module) -> torch.device:
+    tensor = next(iter(net.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(net.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _check_shape(shape: object) -> Sequence[int]:
+    if not isinstance(shape, (tuple, list)) or not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise InvalidInput(f"a noise shape must be a non-empty tuple of positive integers, got {shape!r}.")
+    return shape
 
 
 def configure_determinism() -> None:

@@ -404,10 +404,11 @@ class TorchServeClient:
         response = self._post_json(url, payload, model_name)
         return _decode_npz(response.content, url)
 
-    def describe(self, model_name: str) -> dict[str, Any]:
-        """The handler's ``describe`` answer: generator config, weights fingerprint, worker software."""
+    def describe(self, model_name: str, mode: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The handler's ``describe`` answer for a sampling ``mode``: generator spec, mode, noise shapes,
+        weights fingerprint, worker software. A mode the generator cannot serve raises :class:`InvalidInput`."""
         url = f"{self.inference_url}/predictions/{check_model_name(model_name)}"
-        response = self._post_json(url, {"describe": True}, model_name)
+        response = self._post_json(url, {"describe": True, **(mode or {})}, model_name)
         try:
             return json.loads(response.content)
         except ValueError as exc:

@@ -1,15 +1,6 @@
-"""Generator training: configuration, the one checkpoint format, and the joint image + mask GAN loop."""
+"""Generator training: the one checkpoint format and the family-agnostic training loop."""
 
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_generator, save_checkpoint
-from medsynth.training.config import TrainConfig
-from medsynth.training.gan_loop import TrainResult, train_gan
+from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets, save_checkpoint
+from medsynth.training.loop import TrainResult, train_generator
 
-__all__ = [
-    "Checkpoint",
-    "TrainConfig",
-    "TrainResult",
-    "load_checkpoint",
-    "load_generator",
-    "save_checkpoint",
-    "train_gan",
-]
+__all__ = ["Checkpoint", "TrainResult", "load_checkpoint", "load_sampling_nets", "save_checkpoint", "train_generator"]

@@ -1,28 +1,29 @@
-"""The one checkpoint format of joint image + mask GAN training, and its versioned loader.
+"""The one checkpoint format of generator training (every family), and its versioned loader.
 
 On disk (``torch.save`` of a plain dict; everything in it loads with ``torch.load(weights_only=True)``:
 tensors, dicts, lists, tuples, numbers, strings, bools, None)::
 
     {
-      "format_version": 1,
-      "kind": "joint-gan",
-      "config": TrainConfig.to_dict(),         # fully resolved options of the run
-      "step": int,                             # optimisation steps completed
-      "generator": state_dict,                 # raw generator (train-time BatchNorm statistics included)
-      "generator_ema": state_dict,             # EMA of the generator's weights; buffers copied
-      "discriminator": state_dict,
-      "opt_g": Adam state_dict, "opt_d": Adam state_dict,
+      "format_version": 2,
+      "family": "joint-gan",                   # registry name of the generator family
+      "state_version": 1,                      # the family's layout of nets/extra
+      "spec": GeneratorSpec.to_dict(),         # family options, resolved training options, data
+      "step": int,                             # training steps completed
+      "nets": {name: state_dict},              # raw networks (train-time BatchNorm statistics included)
+      "ema": {name: state_dict},               # EMA copies of some nets (same names); buffers copied
+      "optimizers": {name: state_dict},
+      "extra": {...},                          # family state carried across steps (e.g. ADA's p)
       "rng": {"scheme": "per-step-seed", "seed": int},
-      "metrics": {"curves": {...}, "window": {...}},
+      "metrics": {"curves": {...}, "window": {...}, "environment": {...}},
     }
 
-``rng``: the training loop draws no number from a global generator. Initial weights come from
-``seed``; every step's randomness (batch indices, latents, augmentation) from a fresh CPU generator
-seeded from ``(seed, step)``. Resuming therefore needs only ``seed`` and ``step``; the record says so
-explicitly instead of carrying global generator states that nothing reads.
+``rng``: the training loop draws no number from a global generator. Initial weights come from the
+seed; every step's randomness from a fresh CPU generator seeded from ``(seed, step)``.
 
-:func:`load_checkpoint` dispatches on ``format_version``; a new format gets a new loader that
-converts it to :class:`Checkpoint`, so old checkpoints keep loading.
+:func:`load_checkpoint` dispatches on ``format_version``, then checks the family is known and its
+``state_version`` readable. Format 1 (medsynth's first joint GAN: ``kind "joint-gan"``, a
+``TrainConfig`` and generator/generator_ema/discriminator/opt_g/opt_d) is converted on load into a
+joint-gan format-2 checkpoint with ``fake_masks: softmax`` — the behaviour it was trained with.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from medsynth.core.errors import InvalidInput
-from medsynth.models.gan import Generator
-from medsynth.training.config import TrainConfig
+from medsynth.generators.base import DataSpec
+from medsynth.generators.registry import GeneratorSpec, parse_options, parse_training
 
-FORMAT_VERSION = 1
-KIND = "joint-gan"
+FORMAT_VERSION = 2
 RNG_SCHEME = "per-step-seed"
 
 StateDict = Mapping[str, torch.Tensor]
@@ -49,29 +50,33 @@ StateDict = Mapping[str, torch.Tensor]
 class Checkpoint:
     """One training state, as read from or written to the checkpoint format (the current version)."""
 
-    config: TrainConfig
+    spec: GeneratorSpec
     step: int
-    generator: StateDict
-    generator_ema: StateDict
-    discriminator: StateDict
-    opt_g: dict[str, Any]
-    opt_d: dict[str, Any]
+    nets: dict[str, StateDict]
+    ema: dict[str, StateDict]
+    optimizers: dict[str, dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def sampling_weights(self) -> dict[str, StateDict]:
+        """The weights sampling uses: each of the family's sampling nets, from its EMA copy where one is kept."""
+        names = self.spec.family.sampling_nets(self.spec.options, self.spec.data)
+        return {name: self.ema.get(name, self.nets[name]) for name in names}
 
 
 def save_checkpoint(checkpoint: Checkpoint) -> bytes:
     """Serialise ``checkpoint`` in the current format (tensors moved to the CPU)."""
     payload = {
         "format_version": FORMAT_VERSION,
-        "kind": KIND,
-        "config": checkpoint.config.to_dict(),
+        "family": checkpoint.spec.options.family,
+        "state_version": checkpoint.spec.family.state_version,
+        "spec": checkpoint.spec.to_dict(),
         "step": int(checkpoint.step),
-        "generator": _cpu(checkpoint.generator),
-        "generator_ema": _cpu(checkpoint.generator_ema),
-        "discriminator": _cpu(checkpoint.discriminator),
-        "opt_g": _cpu(checkpoint.opt_g),
-        "opt_d": _cpu(checkpoint.opt_d),
+        "nets": _cpu(checkpoint.nets),
+        "ema": _cpu(checkpoint.ema),
+        "optimizers": _cpu(checkpoint.optimizers),
+        "extra": _cpu(checkpoint.extra),
         "rng": _cpu(checkpoint.rng),
         "metrics": _cpu(checkpoint.metrics),
     }
@@ -80,43 +85,54 @@ def save_checkpoint(checkpoint: Checkpoint) -> bytes:
     return buffer.getvalue()
 
 
-def load_checkpoint(data: bytes) -> Checkpoint:
+def load_checkpoint(data: bytes, *, family: str | None = None) -> Checkpoint:
     """Read a checkpoint of any supported format version (tensors on the CPU).
 
+    Args:
+        family: if given, the family the caller expects; a checkpoint of another family is refused.
+
     Raises:
-        InvalidInput: ``"corrupt checkpoint: ..."`` for bytes that are not a readable checkpoint,
-            or an unsupported ``format_version`` / ``kind``.
+        InvalidInput: ``"corrupt checkpoint: ..."`` for bytes that are not a readable checkpoint, an
+            unsupported ``format_version``, an unknown family or a family other than ``family``.
     """
     raw = _unpickle(data)
     version = raw.get("format_version")
     loader = _LOADERS.get(version) if isinstance(version, int) and not isinstance(version, bool) else None
     if loader is None:
         raise InvalidInput(
-            f"unsupported checkpoint format_version {version!r}; this version of medsynth reads "
-            f"{sorted(_LOADERS)}."
+            f"unsupported checkpoint format_version {version!r}; this version of medsynth reads {sorted(_LOADERS)}."
         )
-    return loader(raw)
+    checkpoint = loader(raw)
+    if family is not None and checkpoint.spec.options.family != family:
+        raise InvalidInput(f"this is a {checkpoint.spec.options.family!r} checkpoint, not a {family!r} one.")
+    return checkpoint
 
 
-def load_generator(
-    checkpoint: Checkpoint | bytes, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> Generator:
-    """The generator of a checkpoint, in eval mode.
-
-    Args:
-        checkpoint: a loaded :class:`Checkpoint` or checkpoint bytes.
-        ema: take the exponential-moving-average weights (the ones to sample from) rather than the raw ones.
-        device: where to put the network.
-    """
+def load_sampling_nets(checkpoint: Checkpoint | bytes, *, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+    """The networks sampling needs, with their EMA weights, in eval mode on ``device``."""
     if isinstance(checkpoint, (bytes, bytearray, memoryview)):
         checkpoint = load_checkpoint(bytes(checkpoint))
-    generator = Generator(checkpoint.config.generator)
-    state = checkpoint.generator_ema if ema else checkpoint.generator
-    try:
-        generator.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InvalidInput(f"corrupt checkpoint: generator weights do not fit its config: {exc}") from exc
-    return generator.to(device).eval()
+    return build_sampling_nets(checkpoint.spec, checkpoint.sampling_weights(), device=device)
+
+
+def build_sampling_nets(spec: GeneratorSpec, weights: Mapping[str, StateDict], *, device: str | torch.device = "cpu") -> dict[str, nn.Module]:
+    """``spec``'s sampling networks with ``weights`` loaded strictly (eval mode, on ``device``).
+
+    Raises:
+        InvalidInput: a network is missing from ``weights`` or its weights do not fit the spec.
+    """
+    nets = spec.family.sampling_nets(spec.options, spec.data)
+    missing = sorted(set(nets) - set(weights))
+    if missing:
+        raise InvalidInput(f"corrupt checkpoint: no weights for the {spec.options.family} network(s) {missing}.")
+    for name, net in nets.items():
+        try:
+            net.load_state_dict(dict(weights[name]), strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            reason = " ".join(str(exc).split())
+            raise InvalidInput(f"corrupt checkpoint: {name} weights do not fit its {spec.options.family} config: {reason}") from exc
+        net.to(device).eval()
+    return nets
 
 
 # Loading ---------------------------------------------------------------------------------------
@@ -134,44 +150,93 @@ def _unpickle(data: bytes) -> dict[str, Any]:
     return raw
 
 
+_V2_KEYS = frozenset(
+    {"format_version", "family", "state_version", "spec", "step", "nets", "ema", "optimizers", "extra", "rng", "metrics"}
+)
+
+
+def _load_v2(raw: dict[str, Any]) -> Checkpoint:
+    _require(raw, _V2_KEYS, 2)
+    try:
+        spec = GeneratorSpec.from_dict(raw["spec"])
+    except InvalidInput as exc:
+        raise InvalidInput(f"corrupt checkpoint: its spec is invalid: {exc}") from exc
+    if raw["family"] != spec.options.family:
+        raise InvalidInput(f"corrupt checkpoint: family {raw['family']!r} but spec of {spec.options.family!r}.")
+    if raw["state_version"] != spec.family.state_version:
+        raise InvalidInput(
+            f"unsupported {spec.options.family} state_version {raw['state_version']!r}; "
+            f"this version of medsynth reads {spec.family.state_version}."
+        )
+    for group in ("nets", "ema", "optimizers", "extra", "rng", "metrics"):
+        if not isinstance(raw[group], dict):
+            raise InvalidInput(f"corrupt checkpoint: {group} must be a dict, got {type(raw[group]).__name__}.")
+    for group in ("nets", "ema"):
+        for name, state in raw[group].items():
+            _check_state_dict(f"{group}.{name}", state)
+    return Checkpoint(
+        spec=spec, step=_step(raw["step"]), nets=raw["nets"], ema=raw["ema"], optimizers=raw["optimizers"],
+        extra=raw["extra"], rng=raw["rng"], metrics=raw["metrics"],
+    )  # fmt: skip
+
+
 _V1_KEYS = frozenset(
-    {"format_version", "kind", "config", "step", "generator", "generator_ema", "discriminator",
-     "opt_g", "opt_d", "rng", "metrics"}
+    {"format_version", "kind", "config", "step", "generator", "generator_ema", "discriminator", "opt_g", "opt_d", "rng", "metrics"}
 )
 
 
 def _load_v1(raw: dict[str, Any]) -> Checkpoint:
-    missing = sorted(_V1_KEYS - raw.keys())
-    if missing:
-        raise InvalidInput(f"corrupt checkpoint: format 1 checkpoint is missing {missing}.")
-    if raw["kind"] != KIND:
-        raise InvalidInput(f"not a {KIND!r} checkpoint: kind is {raw['kind']!r}.")
-    step = raw["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InvalidInput(f"corrupt checkpoint: step must be a non-negative integer, got {step!r}.")
+    """Format 1: medsynth's first joint GAN, converted to a joint-gan format-2 checkpoint."""
+    _require(raw, _V1_KEYS, 1)
+    if raw["kind"] != "joint-gan":
+        raise InvalidInput(f"not a 'joint-gan' checkpoint: kind is {raw['kind']!r}.")
     try:
-        config = TrainConfig.from_dict(raw["config"])
-    except InvalidInput as exc:
-        raise InvalidInput(f"corrupt checkpoint: its config is invalid: {exc}") from exc
+        spec = spec_from_v1_config(raw["config"])
+    except (InvalidInput, KeyError, TypeError) as exc:
+        raise InvalidInput(f"corrupt checkpoint: its format-1 config is invalid: {exc}") from exc
     for name in ("generator", "generator_ema", "discriminator"):
         _check_state_dict(name, raw[name])
     for name in ("opt_g", "opt_d", "rng", "metrics"):
         if not isinstance(raw[name], dict):
             raise InvalidInput(f"corrupt checkpoint: {name} must be a dict, got {type(raw[name]).__name__}.")
     return Checkpoint(
-        config=config,
-        step=step,
-        generator=raw["generator"],
-        generator_ema=raw["generator_ema"],
-        discriminator=raw["discriminator"],
-        opt_g=raw["opt_g"],
-        opt_d=raw["opt_d"],
+        spec=spec,
+        step=_step(raw["step"]),
+        nets={"generator": raw["generator"], "discriminator": raw["discriminator"]},
+        ema={"generator": raw["generator_ema"]},
+        optimizers={"generator": raw["opt_g"], "discriminator": raw["opt_d"]},
         rng=raw["rng"],
         metrics=raw["metrics"],
     )
 
 
-_LOADERS: dict[int, Callable[[dict[str, Any]], Checkpoint]] = {1: _load_v1}
+def spec_from_v1_config(config: Mapping[str, Any]) -> GeneratorSpec:
+    """A format-1 ``TrainConfig`` dict as a joint-gan :class:`GeneratorSpec`."""
+    gen = config["generator"]
+    options = parse_options({
+        "family": "joint-gan", "loss": config["loss"], "latent_dim": gen["latent_dim"],
+        "base_channels": gen["base_channels"], "critic_norm": "batch", "diff_augment": config["diff_augment"],
+        "fake_masks": "softmax",
+    })  # fmt: skip
+    training = parse_training({
+        k: config[k] for k in ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed")
+    })  # fmt: skip
+    return GeneratorSpec(options=options, training=training, data=DataSpec(gen["image_size"], gen["num_classes"]))
+
+
+_LOADERS: dict[int, Callable[[dict[str, Any]], Checkpoint]] = {1: _load_v1, 2: _load_v2}
+
+
+def _require(raw: dict[str, Any], keys: frozenset[str], version: int) -> None:
+    missing = sorted(keys - raw.keys())
+    if missing:
+        raise InvalidInput(f"corrupt checkpoint: format {version} checkpoint is missing {missing}.")
+
+
+def _step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InvalidInput(f"corrupt checkpoint: step must be a non-negative integer, got {step!r}.")
+    return step
 
 
 def _check_state_dict(name: str, value: Any) -> None:

@@ -53,29 +53,135 @@ class PrepareDataset(_message.Message):
     keep_empty: bool
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ...) -> None: ...
 
+class TrainingOptions(_message.Message):
+    __slots__ = ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed", "precision")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LR_G_FIELD_NUMBER: _ClassVar[int]
+    LR_D_FIELD_NUMBER: _ClassVar[int]
+    BETAS_FIELD_NUMBER: _ClassVar[int]
+    EMA_DECAY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    LOG_EVERY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    batch_size: int
+    lr_g: float
+    lr_d: float
+    betas: _containers.RepeatedScalarFieldContainer[float]
+    ema_decay: float
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    precision: str
+    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr_g: _Optional[float] = ..., lr_d: _Optional[float] = ..., betas: _Optional[_Iterable[float]] = ..., ema_decay: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., log_every: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+
+class GeneratorData(_message.Message):
+    __slots__ = ("image_size", "num_classes", "num_conditions")
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    image_size: int
+    num_classes: int
+    num_conditions: int
+    def __init__(self, image_size: _Optional[int] = ..., num_classes: _Optional[int] = ..., num_conditions: _Optional[int] = ...) -> None: ...
+
+class JointGanOptions(_message.Message):
+    __slots__ = ("loss", "latent_dim", "base_channels", "critic_norm", "spectral_norm", "n_critic", "clip_value", "gp_weight", "diff_augment", "fake_masks")
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    BASE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CRITIC_NORM_FIELD_NUMBER: _ClassVar[int]
+    SPECTRAL_NORM_FIELD_NUMBER: _ClassVar[int]
+    N_CRITIC_FIELD_NUMBER: _ClassVar[int]
+    CLIP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    GP_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DIFF_AUGMENT_FIELD_NUMBER: _ClassVar[int]
+    FAKE_MASKS_FIELD_NUMBER: _ClassVar[int]
+    loss: str
+    latent_dim: int
+    base_channels: int
+    critic_norm: str
+    spectral_norm: bool
+    n_critic: int
+    clip_value: float
+    gp_weight: float
+    diff_augment: bool
+    fake_masks: str
+    def __init__(self, loss: _Optional[str] = ..., latent_dim: _Optional[int] = ..., base_channels: _Optional[int] = ..., critic_norm: _Optional[str] = ..., spectral_norm: _Optional[bool] = ..., n_critic: _Optional[int] = ..., clip_value: _Optional[float] = ..., gp_weight: _Optional[float] = ..., diff_augment: _Optional[bool] = ..., fake_masks: _Optional[str] = ...) -> None: ...
+
+class SpadeOptions(_message.Message):
+    __slots__ = ("latent_dim", "base_channels", "spade_hidden", "disc_channels", "num_scales", "feature_matching", "spectral_norm", "mask_latent_dim", "mask_base_channels", "mask_bank_size", "rotation", "scale", "translation", "elastic", "elastic_grid", "diff_augment")
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    BASE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    SPADE_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    DISC_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SCALES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    SPECTRAL_NORM_FIELD_NUMBER: _ClassVar[int]
+    MASK_LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    MASK_BASE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    MASK_BANK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    TRANSLATION_FIELD_NUMBER: _ClassVar[int]
+    ELASTIC_FIELD_NUMBER: _ClassVar[int]
+    ELASTIC_GRID_FIELD_NUMBER: _ClassVar[int]
+    DIFF_AUGMENT_FIELD_NUMBER: _ClassVar[int]
+    latent_dim: int
+    base_channels: int
+    spade_hidden: int
+    disc_channels: int
+    num_scales: int
+    feature_matching: float
+    spectral_norm: bool
+    mask_latent_dim: int
+    mask_base_channels: int
+    mask_bank_size: int
+    rotation: float
+    scale: float
+    translation: float
+    elastic: float
+    elastic_grid: int
+    diff_augment: bool
+    def __init__(self, latent_dim: _Optional[int] = ..., base_channels: _Optional[int] = ..., spade_hidden: _Optional[int] = ..., disc_channels: _Optional[int] = ..., num_scales: _Optional[int] = ..., feature_matching: _Optional[float] = ..., spectral_norm: _Optional[bool] = ..., mask_latent_dim: _Optional[int] = ..., mask_base_channels: _Optional[int] = ..., mask_bank_size: _Optional[int] = ..., rotation: _Optional[float] = ..., scale: _Optional[float] = ..., translation: _Optional[float] = ..., elastic: _Optional[float] = ..., elastic_grid: _Optional[int] = ..., diff_augment: _Optional[bool] = ...) -> None: ...
+
 class TrainGenerator(_message.Message):
-    __slots__ = ("view_id", "config_json", "dataset")
+    __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_ON_FIELD_NUMBER: _ClassVar[int]
+    JOINT_GAN_FIELD_NUMBER: _ClassVar[int]
+    SPADE_FIELD_NUMBER: _ClassVar[int]
     view_id: str
-    config_json: str
     dataset: str
-    def __init__(self, view_id: _Optional[str] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+    training: TrainingOptions
+    data: GeneratorData
+    condition_on: str
+    joint_gan: JointGanOptions
+    spade: SpadeOptions
+    def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
-    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size")
+    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition")
     GENERATOR_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MASK_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
     generator_id: str
     count: int
     seed: int
     formats: _containers.RepeatedScalarFieldContainer[str]
     batch_size: int
-    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    mask_source: str
+    condition: int
+    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., mask_source: _Optional[str] = ..., condition: _Optional[int] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
     __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json", "dataset")

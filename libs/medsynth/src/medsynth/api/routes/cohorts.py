@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
+from medsynth.handlers.sample import sample_mode
 from medsynth.jobs.lookup import finished
 from medsynth.messages import JobKind
 from medsynth.store import ObjectStore
@@ -22,15 +23,19 @@ CHUNK = 1024 * 1024
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_cohort(body: CohortCreate, jobs: JobsDep) -> JobPublic:
-    """404 for an unknown generator, 409 for one that is still training (or failed)."""
-    finished(jobs.records, body.generator_id, JobKind.train_generator)
+def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
+    """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
+    source or condition the generator cannot serve."""
+    generator = finished(jobs.records, body.generator_id, JobKind.train_generator)
+    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition)
     spec = jobs_pb2.SampleCohort(
         generator_id=body.generator_id,
         count=body.count,
         seed=body.seed,
         formats=[f.value for f in body.formats],
         batch_size=body.batch_size,
+        mask_source=body.mask_source.value,
+        condition=body.condition,
     )
     return JobPublic.of(jobs.submit(JobKind.sample_cohort, spec))
 
