@@ -4,7 +4,6 @@ corrupt checkpoint fails clearly; a cohort regenerates bit for bit from its mani
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -27,16 +26,24 @@ from medsynth.messages import JobKind
 from medsynth.sampling.backends import InProcessSampler
 from medsynth.sampling.cohort import regenerate, sample_digests
 from medsynth.store import ObjectStore
-from medsynth.training.checkpoint import load_checkpoint, load_generator
+from medsynth.generators.base import DataSpec
+from medsynth.generators.proto import to_proto
+from medsynth.generators.registry import GeneratorSpec, parse_options, parse_training
+from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import jobs_pb2
 
 from pipeline_fixtures import phantom_view
 from platform_fixtures import settings_env, wait_for_state
 
 REPO = Path(__file__).resolve().parents[1]
-GAN = {"generator": {"image_size": 32, "num_classes": 3, "latent_dim": 16, "base_channels": 8},
-       "loss": "lsgan", "steps": 24, "batch_size": 8, "ema_decay": 0.9, "diff_augment": False,
-       "checkpoint_every": 4, "seed": 3}  # fmt: skip
+TRAINING = {"steps": 12, "batch_size": 8, "ema_decay": 0.9, "checkpoint_every": 3, "seed": 3}
+# One small generator of each kind: joint, two-stage SPADE, StyleGAN2.
+OPTIONS = {
+    "joint-gan": {"family": "joint-gan", "loss": "lsgan", "latent_dim": 16, "base_channels": 8},
+    "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8,
+              "num_scales": 1, "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
+    "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16, "mbstd_group": 2},
+}
 
 
 @pytest.fixture
@@ -64,17 +71,18 @@ def workers(platform_settings: Settings, store: ObjectStore):
         worker.bus.close()
 
 
-def train_job(jobs: JobService, view_id: str, config: dict = GAN) -> str:
-    spec = jobs_pb2.TrainGenerator(dataset="ph", view_id=view_id, config_json=json.dumps(config))
-    return jobs.submit(JobKind.train_generator, spec).job_id
+def train_job(jobs: JobService, view_id: str, family: str = "joint-gan", **training: int) -> str:
+    spec = GeneratorSpec(parse_options(OPTIONS[family]), parse_training(TRAINING | training), DataSpec(32, 3))
+    return jobs.submit(JobKind.train_generator, to_proto(spec, dataset="ph", view_id=view_id)).job_id
 
 
-def test_trainer_killed_mid_run_resumes_to_the_same_generator(platform_settings, store, jobs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", sorted(OPTIONS))
+def test_trainer_killed_mid_run_resumes_to_the_same_generator(family: str, platform_settings, store, jobs, tmp_path: Path) -> None:
     view_id = phantom_view(store, tmp_path)
     env = settings_env(platform_settings.model_copy(update={"http_port": 0}))
     argv = [sys.executable, str(REPO / "services" / "trainer" / "main.py")]
     first = subprocess.Popen(argv, env=env, stdout=open(tmp_path / "t1.log", "wb"), stderr=subprocess.STDOUT)
-    job_id = train_job(jobs, view_id)
+    job_id = train_job(jobs, view_id, family)
     deadline = time.monotonic() + 120
     while not any(k.endswith(".pt") and "/step-" in k for k in store.list(f"generators/{job_id}/checkpoints/")):
         assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "t1.log").read_text()[-2000:]
@@ -86,17 +94,20 @@ def test_trainer_killed_mid_run_resumes_to_the_same_generator(platform_settings,
     try:
         done = wait_for_state(jobs.records, job_id, JobState.succeeded, timeout=240)
         # the same recipe again, uninterrupted, in the same worker process (same threads, same build)
-        straight = wait_for_state(jobs.records, train_job(jobs, view_id), JobState.succeeded, timeout=240)
+        straight = wait_for_state(jobs.records, train_job(jobs, view_id, family), JobState.succeeded, timeout=240)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
     registry = store.get_json(done.result_keys["generator"])
-    assert registry["resumed_from"] is not None and 0 < registry["resumed_from"] < GAN["steps"]
+    assert registry["family"] == family and registry["spec"]["options"]["family"] == family
+    assert registry["resumed_from"] is not None and 0 < registry["resumed_from"] < TRAINING["steps"]
     assert done.attempts == 2 and store.get_json(straight.result_keys["generator"])["resumed_from"] is None
-    a, b = (load_checkpoint(store.get_bytes(r.result_keys["checkpoint"])) for r in (straight, done))
-    for name in ("generator", "generator_ema", "discriminator"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    a, b = (load_checkpoint(store.get_bytes(r.result_keys["checkpoint"]), family=family) for r in (straight, done))
+    for group in ("nets", "ema"):
+        x, y = getattr(a, group), getattr(b, group)
+        assert x.keys() == y.keys()
+        for name in x:
+            assert all(torch.equal(x[name][k], y[name][k]) for k in x[name]), (group, name)
     assert a.metrics["curves"] == b.metrics["curves"]
 
 
@@ -105,13 +116,13 @@ def test_cohort_regenerates_bit_for_bit_and_corrupt_checkpoint_fails(platform_se
     inprocess = platform_settings.model_copy(update={"sampler_backend": SamplerBackend.inprocess})
     workers("trainer")
     workers("sampler", inprocess)
-    gen = wait_for_state(jobs.records, train_job(jobs, view_id, GAN | {"steps": 8}), JobState.succeeded, timeout=120)
+    gen = wait_for_state(jobs.records, train_job(jobs, view_id, steps=8), JobState.succeeded, timeout=120)
     spec = jobs_pb2.SampleCohort(generator_id=gen.job_id, count=10, seed=5, formats=["nifti", "png"], batch_size=4)
     cohort = wait_for_state(jobs.records, jobs.submit(JobKind.sample_cohort, spec).job_id, JobState.succeeded)
     manifest, images, masks = cohort_arrays(store, jobs.records, cohort.job_id)
     assert images.shape == (10, 1, 32, 32) and masks.max() < 3
-    generator = load_generator(load_checkpoint(store.get_bytes(gen.result_keys["checkpoint"])), ema=True)
-    again, again_masks = regenerate(manifest, InProcessSampler(generator), [7, 2])
+    checkpoint = load_checkpoint(store.get_bytes(gen.result_keys["checkpoint"]))
+    again, again_masks = regenerate(manifest, InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint)), [7, 2])
     assert [sample_digests(again[i], again_masks[i]) for i in range(2)] == [
         {k: manifest["samples"][j][k] for k in ("pixels_sha256", "mask_sha256")} for j in (7, 2)
     ]
@@ -131,7 +142,7 @@ def test_cohort_with_torchserve_down_waits_retries_then_fails_cleanly(platform_s
     })  # fmt: skip
     workers("trainer")
     workers("sampler", down)
-    gen = wait_for_state(jobs.records, train_job(jobs, view_id, GAN | {"steps": 4}), JobState.succeeded, timeout=120)
+    gen = wait_for_state(jobs.records, train_job(jobs, view_id, steps=4), JobState.succeeded, timeout=120)
     spec = jobs_pb2.SampleCohort(generator_id=gen.job_id, count=4, seed=0, formats=["nifti"], batch_size=4)
     failed = wait_for_state(jobs.records, jobs.submit(JobKind.sample_cohort, spec).job_id, JobState.failed, timeout=60)
     assert failed.attempts == 2 and failed.dead_lettered

@@ -245,3 +245,13 @@ def test_conditions_are_checked(tmp_path) -> None:
     images, masks = squares(8)
     with pytest.raises(InvalidInput, match="no conditions were given"):
         train_generator(tiny_spec(num_conditions=3), images, masks, store=LocalStore(tmp_path), prefix="run/")
+
+
+def test_time_budget_stops_at_a_log_step_and_a_redelivery_does_not_train_on(data: Data, tmp_path) -> None:
+    store = LocalStore(tmp_path)
+    spec = tiny_spec(training={"steps": 10_000, "time_budget_s": 1e-3, "log_every": 2, "checkpoint_every": 1000})
+    result = _train(spec, data, store)
+    assert result.step == 2 and result.checkpoint.step == 2 and result.curves["step"] == [2]
+    assert result.checkpoint.metrics["stopped_by_time_budget"] is True
+    again = _train(spec, data, store)
+    assert again.step == 2 and again.resumed_from == 2 and _same(again.checkpoint, result.checkpoint)

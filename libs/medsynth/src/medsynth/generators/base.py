@@ -70,6 +70,11 @@ class TrainingOptions(BaseModel):
     log_every: int = Field(50, ge=1)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the initial weights and every step's randomness.")
     precision: Precision = Field(Precision.fp32, description="bf16: autocast the training step to bfloat16.")
+    time_budget_s: float | None = Field(
+        None, gt=0, le=30 * 24 * 3600,
+        description="Stop at the first log step after this many seconds of training (this attempt's), even "
+        "before `steps`; the generator records the steps it reached. Null: train all `steps`.",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -87,7 +92,7 @@ class TrainingOptions(BaseModel):
 
 
 # Options of the training loop that may change between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every"})
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "log_every", "time_budget_s"})
 
 
 class FamilyOptions(BaseModel):
@@ -373,6 +378,10 @@ class GeneratorFamily(ABC):
         if mode.mask_source not in self.mask_sources:
             allowed = [s.value for s in self.mask_sources]
             raise InvalidInput(f"family {self.name!r} has no mask source {mode.mask_source.value!r}; it has {allowed}.")
+        if mode.condition is None and self.conditional(options):
+            raise InvalidInput(
+                f"this {self.name!r} generator is class-conditioned: pass a condition in [0, {data.num_conditions - 1}]."
+            )
         if mode.condition is not None:
             if not self.conditional(options):
                 raise InvalidInput(f"this {self.name!r} generator was trained without class conditioning; do not pass a condition.")

@@ -19,12 +19,14 @@ from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import DataSpec, FamilyOptions, GeneratorFamily, TrainingOptions
 from medsynth.generators.joint import JointGan
 from medsynth.generators.spade import Spade
+from medsynth.generators.stylegan2 import StyleGan2
 
 FAMILIES: dict[str, GeneratorFamily] = {
     family.name: family
     for family in (
         JointGan(),
         Spade(),
+        StyleGan2(),
     )
 }
 

@@ -60,6 +60,8 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
         "archive_key": archive_key,
         "model_name": _model_name(ctx.job_id),
         "weights_fingerprint": weights_fingerprint(weights),
+        "steps_done": result.step,
+        "stopped_by_time_budget": result.step < steps,
         "resumed_from": result.resumed_from,
         "device": str(device),
         "metrics": {k: v[-1] for k, v in result.curves.items() if v},

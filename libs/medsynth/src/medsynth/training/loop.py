@@ -54,7 +54,7 @@ class TrainResult:
     """What :func:`train_generator` produced.
 
     Attributes:
-        step: steps completed (``spec.training.steps``).
+        step: steps completed (``spec.training.steps``, or fewer when the time budget ran out).
         final_key: store key of the final checkpoint (``{prefix}generator.pt``).
         resumed_from: the step the run resumed from, or None for a fresh run.
         curves: ``{"step": [...], "<loss>": [...]}``, one point per log step, each the mean over the
@@ -107,11 +107,16 @@ def train_generator(
             _warn_if_environment_changed(resumed, device)
         state, curves = restore_state(spec, data, resumed)
         start = resumed.step if resumed else 0
-        logger.info("training %s (%s) from step %d to %d on %s", prefix, spec.options.family, start, spec.training.steps, device)
-        _train_steps(state, curves, spec, data, start, _Sink(store, prefix, on_progress))
-        final = snapshot(state, spec, spec.training.steps, curves)
+        if resumed is not None and resumed.metrics.get("stopped_by_time_budget"):
+            end = start  # a finished, time-budgeted run: a redelivery rewrites its outputs only
+        else:
+            logger.info("training %s (%s) from step %d to %d on %s", prefix, spec.options.family, start, spec.training.steps, device)
+            end = _train_steps(state, curves, spec, data, start, _Sink(store, prefix, on_progress))
+        final = snapshot(state, spec, end, curves)
+        if end < spec.training.steps:
+            final.metrics["stopped_by_time_budget"] = True
         final_key = write_final(store, prefix, final)
-    return TrainResult(spec.training.steps, final_key, start if resumed else None, curves.points(), final)
+    return TrainResult(end, final_key, start if resumed else None, curves.points(), final)
 
 
 @dataclass
@@ -123,10 +128,12 @@ class _Sink:
     on_progress: ProgressCallback | None
 
 
-def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, data: TrainingData, start: int, sink: _Sink) -> None:
+def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, data: TrainingData, start: int, sink: _Sink) -> int:
+    """Steps ``start..steps-1``, or fewer when the time budget runs out; returns the steps completed."""
     timer = _Throughput(start)
     training = spec.training
     family = spec.family
+    deadline = time.monotonic() + training.time_budget_s if training.time_budget_s else None
     for step in range(start, training.steps):
         ctx = StepContext(
             options=spec.options, training=training, data=data, step=step,
@@ -142,6 +149,10 @@ def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, dat
             write_checkpoint(sink.store, sink.prefix, snapshot(state, spec, done, curves))
         if point is not None:
             _report(done, {**point, "steps_per_s": timer.rate(done)}, sink.on_progress)
+            if deadline is not None and time.monotonic() >= deadline and done < training.steps:
+                logger.info("time budget of %.0fs reached after step %d of %d", training.time_budget_s, done, training.steps)
+                return done
+    return training.steps
 
 
 def _autocast(precision: Precision, device: torch.device) -> Callable[[], Any]:
@@ -211,8 +222,19 @@ def restore_state(spec: GeneratorSpec, data: TrainingData, checkpoint: Checkpoin
             optimizer.load_state_dict(checkpoint.optimizers[name])
     except (RuntimeError, KeyError, ValueError, InvalidInput) as exc:
         raise InvalidInput(f"corrupt checkpoint: it does not fit its {spec.options.family} spec: {exc}") from exc
-    state.extra = copy.deepcopy(checkpoint.extra)
+    state.extra = _to_device(copy.deepcopy(checkpoint.extra), data.device)
     return state, LossCurves.from_metrics(names, checkpoint.metrics, device=data.device)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor moved to ``device`` (checkpoints hold CPU tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def snapshot(state: TrainState, spec: GeneratorSpec, step: int, curves: LossCurves) -> Checkpoint:

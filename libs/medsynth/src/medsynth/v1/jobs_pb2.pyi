@@ -147,8 +147,40 @@ class SpadeOptions(_message.Message):
     diff_augment: bool
     def __init__(self, latent_dim: _Optional[int] = ..., base_channels: _Optional[int] = ..., spade_hidden: _Optional[int] = ..., disc_channels: _Optional[int] = ..., num_scales: _Optional[int] = ..., feature_matching: _Optional[float] = ..., spectral_norm: _Optional[bool] = ..., mask_latent_dim: _Optional[int] = ..., mask_base_channels: _Optional[int] = ..., mask_bank_size: _Optional[int] = ..., rotation: _Optional[float] = ..., scale: _Optional[float] = ..., translation: _Optional[float] = ..., elastic: _Optional[float] = ..., elastic_grid: _Optional[int] = ..., diff_augment: _Optional[bool] = ...) -> None: ...
 
+class StyleGan2Options(_message.Message):
+    __slots__ = ("latent_dim", "style_dim", "mapping_layers", "channel_base", "channel_max", "conditional", "style_mixing", "r1_gamma", "r1_every", "mbstd_group", "augment", "ada_target", "ada_interval", "ada_kimg")
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    STYLE_DIM_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_BASE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_MAX_FIELD_NUMBER: _ClassVar[int]
+    CONDITIONAL_FIELD_NUMBER: _ClassVar[int]
+    STYLE_MIXING_FIELD_NUMBER: _ClassVar[int]
+    R1_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    R1_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MBSTD_GROUP_FIELD_NUMBER: _ClassVar[int]
+    AUGMENT_FIELD_NUMBER: _ClassVar[int]
+    ADA_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADA_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    ADA_KIMG_FIELD_NUMBER: _ClassVar[int]
+    latent_dim: int
+    style_dim: int
+    mapping_layers: int
+    channel_base: int
+    channel_max: int
+    conditional: bool
+    style_mixing: float
+    r1_gamma: float
+    r1_every: int
+    mbstd_group: int
+    augment: str
+    ada_target: float
+    ada_interval: int
+    ada_kimg: float
+    def __init__(self, latent_dim: _Optional[int] = ..., style_dim: _Optional[int] = ..., mapping_layers: _Optional[int] = ..., channel_base: _Optional[int] = ..., channel_max: _Optional[int] = ..., conditional: _Optional[bool] = ..., style_mixing: _Optional[float] = ..., r1_gamma: _Optional[float] = ..., r1_every: _Optional[int] = ..., mbstd_group: _Optional[int] = ..., augment: _Optional[str] = ..., ada_target: _Optional[float] = ..., ada_interval: _Optional[int] = ..., ada_kimg: _Optional[float] = ...) -> None: ...
+
 class TrainGenerator(_message.Message):
-    __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade")
+    __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade", "stylegan2")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +188,7 @@ class TrainGenerator(_message.Message):
     CONDITION_ON_FIELD_NUMBER: _ClassVar[int]
     JOINT_GAN_FIELD_NUMBER: _ClassVar[int]
     SPADE_FIELD_NUMBER: _ClassVar[int]
+    STYLEGAN2_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     dataset: str
     training: TrainingOptions
@@ -163,7 +196,8 @@ class TrainGenerator(_message.Message):
     condition_on: str
     joint_gan: JointGanOptions
     spade: SpadeOptions
-    def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ...) -> None: ...
+    stylegan2: StyleGan2Options
+    def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ..., stylegan2: _Optional[_Union[StyleGan2Options, _Mapping]] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
     __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition")
