@@ -24,11 +24,14 @@ from medsynth.metrics.fidelity import (
     clean_resize,
     extract_features,
     feature_statistics,
+    fidelity_from_features,
     fidelity_scores,
     frechet_distance,
     frechet_distance_from_features,
     inception_score,
     kernel_inception_distance,
+    real_baseline,
+    split_halves,
 )
 
 # Warnings raised inside the reference implementations (clean-fid, MONAI) and TorchScript itself.
@@ -411,3 +414,61 @@ def test_fidelity_scores_name_too_small_sets() -> None:
         fidelity_scores(torch.zeros(5, 1, 16, 16), torch.zeros(1, 1, 16, 16), extractor)
     with pytest.raises(InvalidInput, match="fake must be floating point"):
         fidelity_scores(torch.zeros(5, 1, 16, 16), torch.zeros(5, 1, 16, 16, dtype=torch.uint8), extractor)
+
+
+# --- real-versus-real baseline -----------------------------------------------------------------
+
+
+def test_split_halves_by_patient_is_disjoint_balanced_and_seeded() -> None:
+    patients = np.repeat([f"p{i}" for i in range(7)], [5, 3, 4, 6, 2, 5, 3])
+    a, b, how = split_halves(len(patients), patients, seed=3)
+    assert set(patients[a]).isdisjoint(patients[b])  # no patient in both halves
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(len(patients)))  # every item once
+    assert abs(len(a) - len(b)) <= 6 and how == f"by patient ({len(set(patients[a]))} | {len(set(patients[b]))} patients)"
+    again = split_halves(len(patients), patients, seed=3)
+    assert np.array_equal(again[0], a) and np.array_equal(again[1], b)
+    assert any(not np.array_equal(split_halves(len(patients), patients, seed=s)[0], a) for s in range(4, 10))
+
+
+def test_split_halves_falls_back_to_items_when_patients_do_not_allow() -> None:
+    a, b, how = split_halves(9, ["p0"] * 9, seed=0)  # one patient: it cannot be in both halves
+    assert how == "by item" and (len(a), len(b)) == (4, 5) and not set(a) & set(b)
+    a, b, how = split_halves(5, ["p0", "p0", "p0", "p0", "p1"], seed=0)  # a half of 1 item
+    assert how == "by item"
+    assert split_halves(6, None)[2] == "by item"
+    with pytest.raises(InvalidInput, match="at least 4 real images"):
+        split_halves(3)
+    with pytest.raises(InvalidInput, match="one group per item"):
+        split_halves(6, ["a", "b"])
+
+
+def test_real_baseline_scores_the_halves_like_cleanfid() -> None:
+    rng = np.random.default_rng(11)
+    f_real, f_fake = _features(rng, 48, 8), _features(rng, 30, 8, shift=2.0)
+    patients = np.repeat([f"p{i}" for i in range(8)], 6)  # equal patients: halves of 24 and 24
+    base = real_baseline(f_real, f_fake, groups=patients, seed=2, kid_subsets=1)
+    a, b, how = split_halves(48, patients, seed=2)
+    assert base["split"] == how and (base["n_a"], base["n_b"]) == (24, 24)
+    rr, sr = base["real_vs_real"], base["synthetic_vs_real"]
+    assert rr["fid"] == pytest.approx(cleanfid_fid.fid_from_feats(f_real[a], f_real[b]), rel=1e-8)
+    # With one subset covering both sets the KID estimate is the full unbiased MMD (order-free).
+    assert rr["kid"] == pytest.approx(cleanfid_fid.kernel_distance(f_real[a], f_real[b], num_subsets=1, max_subset_size=1000), rel=1e-9)
+    assert (rr["n_real"], rr["n_fake"], sr["n_real"], sr["n_fake"]) == (24, 24, 24, 24)  # the synthetic score at the same counts
+    # Shifted fakes are far from real; two real halves are close.
+    assert sr["fid"] > 3 * rr["fid"] and sr["kid"] > 3 * rr["kid"]
+    assert base == real_baseline(f_real, f_fake, groups=patients, seed=2, kid_subsets=1)
+
+
+def test_real_baseline_with_fewer_fakes_than_half_b_uses_them_all() -> None:
+    rng = np.random.default_rng(12)
+    base = real_baseline(_features(rng, 20, 4), _features(rng, 3, 4), seed=0, kid_subsets=2)
+    assert base["split"] == "by item" and base["synthetic_vs_real"]["n_fake"] == 3
+    assert base["synthetic_vs_real"]["kid_subset_size"] == 3
+
+
+def test_fidelity_from_features_equals_fidelity_scores() -> None:
+    extractor = EncoderExtractor(_encoder(), "toy")
+    real, fake = _smooth_images(12, 16, seed=20), _smooth_images(10, 16, seed=21)
+    scores = fidelity_scores(real, fake, extractor, kid_subsets=5)
+    direct = fidelity_from_features(extract_features(real, extractor), extract_features(fake, extractor), kid_subsets=5)
+    assert {k: scores[k] for k in direct} == direct

@@ -56,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
     from medsynth.demo import run_demo
 
     knobs = DemoSettings(**{k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__ and v is not None})
-    run_demo(load_settings(), Path(args.data) if args.data else None, knobs=knobs)
+    run_demo(load_settings(), Path(args.data) if args.data else None, dataset=args.dataset, knobs=knobs)
     return 0
 
 
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job end to end on the local stack")
     p.add_argument("--data", help="a Decathlon-layout folder to use instead of phantoms")
+    p.add_argument("--dataset", help="dataset name to ingest into (default: the --data folder's name made valid, "
+                   "or 'phantoms' for the generated phantom scans)")
     for knob, default in vars(DemoSettings()).items():
         p.add_argument(f"--{knob.replace('_', '-')}", dest=knob, type=type(default), help=f"default {default}")
     p.set_defaults(run=_demo)

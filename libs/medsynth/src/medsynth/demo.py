@@ -8,35 +8,99 @@ mixed data → evaluate. Prints the report path and the headline numbers, and st
 
 from __future__ import annotations
 
+import re
+import sys
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from medsynth.core.errors import MedsynthError
+from medsynth.core.names import check_name
 from medsynth.core.settings import Settings
 
 
-def wait_for_job(client: httpx.Client, job_id: str, *, timeout: float = 1800, echo=print) -> dict:
-    """Poll a job until it is terminal, echoing progress; raise if it did not succeed."""
-    from tqdm import tqdm
+def wait_for_job(
+    client: httpx.Client,
+    job_id: str,
+    *,
+    timeout: float = 1800,
+    echo=print,
+    tty: bool | None = None,
+    poll_s: float = 0.5,
+) -> dict:
+    """Poll a job until it is terminal, showing its progress; raise if it did not succeed.
 
+    On a terminal (``tty``, default: whether stdout is one) a tqdm bar is redrawn in place. Otherwise
+    (a log file, CI, a pipe) ``echo`` gets one line per change of state or stage (the job's message
+    with its numbers ignored, e.g. "fidelity" → "memorization audit") and per 10 % of progress, so
+    a long job writes a few dozen lines, not one per poll.
+    """
+    if tty is None:
+        tty = sys.stdout.isatty()
     deadline = time.monotonic() + timeout
-    with tqdm(total=100, unit="%", desc=job_id, bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}") as bar:
+    show = _BarProgress(job_id) if tty else _LineProgress(job_id, echo)
+    try:
         while True:
             job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-            bar.n = round(job["progress"] * 100)
-            bar.set_postfix_str(f"{job['state']} {job['message']}")
+            show(job)
             if job["state"] in ("succeeded", "failed", "cancelled"):
                 break
             if time.monotonic() > deadline:
                 raise MedsynthError(f"job {job_id} still {job['state']} after {timeout:.0f}s")
-            time.sleep(0.5)
+            time.sleep(poll_s)
+    finally:
+        show.close()
     if job["state"] != "succeeded":
         raise MedsynthError(f"job {job_id} {job['state']}: {job['error']}")
     return job
+
+
+class _BarProgress:
+    """A tqdm bar redrawn in place (terminals)."""
+
+    def __init__(self, job_id: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, unit="%", desc=job_id, bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}")
+
+    def __call__(self, job: dict) -> None:
+        self.bar.n = round(job["progress"] * 100)
+        self.bar.set_postfix_str(f"{job['state']} {job['message']}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _LineProgress:
+    """One line per change of state, of stage, or of a 10 % step of progress (logs and pipes)."""
+
+    def __init__(self, job_id: str, echo) -> None:
+        self.job_id, self.echo = job_id, echo
+        self.started = time.monotonic()
+        self.last: tuple[str, str, int] | None = None
+
+    def __call__(self, job: dict) -> None:
+        progress = float(job.get("progress") or 0.0)
+        message = job.get("message") or ""
+        key = (job["state"], _stage(message), min(int(progress * 10 + 1e-9), 10))
+        if key != self.last:
+            self.last = key
+            elapsed = time.monotonic() - self.started
+            text = f" {message}" if message else ""
+            self.echo(f"  {self.job_id}: {job['state']} {progress:.0%}{text} [{elapsed:.0f}s]")
+
+    def close(self) -> None:
+        pass
+
+
+def _stage(message: str) -> str:
+    """A job message without its numbers: "step 40/800: val Dice 0.61" and "step 80/800: val Dice
+    0.66" are one stage, "testing on held-out real patients" another."""
+    return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?%?", "#", message)
 
 
 @dataclass(frozen=True)
@@ -87,11 +151,37 @@ def run_pipeline(api: httpx.Client, dataset: str, knobs: DemoSettings, timings: 
     return api.get(f"/v1/evaluations/{evaluation['job_id']}").raise_for_status().json()["report"] | {"evaluation_job": evaluation}
 
 
-def run_demo(settings: Settings, data: Path | None, *, dataset: str = "demo", knobs: DemoSettings = DemoSettings(), echo=print) -> dict:
+PHANTOM_DATASET = "phantoms"
+
+
+def dataset_name(data: Path | None, dataset: str | None = None) -> str:
+    """The dataset the demo ingests into: ``dataset`` if given (it must be a valid name, see
+    :func:`medsynth.core.names.check_name`), else the data folder's name made valid by
+    :func:`sanitise_name`, else ``"phantoms"`` for the generated phantom scans."""
+    if dataset is not None:
+        return check_name(dataset, "dataset name")
+    if data is None:
+        return PHANTOM_DATASET
+    return sanitise_name(Path(data).resolve().name)
+
+
+def sanitise_name(raw: str, *, fallback: str = "dataset") -> str:
+    """``raw`` as a valid dataset name: accents dropped (NFKD → ASCII), every run of other characters
+    than letters, digits, ``.``, ``_``, ``-`` replaced by ``-``, dot runs collapsed to one, leading
+    and trailing punctuation stripped, cut to 64 characters; ``fallback`` if nothing is left."""
+    ascii_only = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_only)
+    name = re.sub(r"\.{2,}", ".", name).strip("._-")[:64].rstrip("._-")
+    return check_name(name or fallback, "dataset name")
+
+
+def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = None, knobs: DemoSettings = DemoSettings(), echo=print) -> dict:
+    """Run the demo end to end; ``dataset`` defaults to :func:`dataset_name` of ``data``."""
     from medsynth import stack
     from medsynth.ingest_client import ingest_folder
     from medsynth.phantoms import write_phantom_dataset
 
+    dataset = dataset_name(data, dataset)  # before starting anything: a bad --dataset fails at once
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     echo("== starting the local stack")
@@ -121,12 +211,32 @@ def run_demo(settings: Settings, data: Path | None, *, dataset: str = "demo", kn
 
 
 def headline(report: dict) -> str:
+    """The report's main numbers as a few lines: each fidelity score beside its real-versus-real
+    baseline and the counts, the diversity ratios (and a mode-collapse warning), Dice per source
+    with its CI and per class, HD95 with its unit, relative Dice and the memorization fraction."""
     lines = ["== headline numbers"]
     for row in report.get("fidelity", []):
-        lines.append(f"  {row['metric']:<4} {row['value']:.4g}  ({row['extractor']}, {row['preprocessing']}, n={row['n_real']}/{row['n_fake']})")
+        line = f"  {row['metric']:<4} {row['value']:.4g} (n={row['n_real']} real / {row['n_fake']} synthetic)"
+        if row.get("real_baseline") is not None:
+            line += (f"; real-vs-real baseline {row['real_baseline']:.4g} (n={row['baseline_n_a']}/{row['baseline_n_b']}, "
+                     f"{row['baseline_split']}) vs synthetic {row['value_at_baseline_counts']:.4g} at the same counts")
+        lines.append(f"{line}  [{row['extractor']}; {row['preprocessing']}]")
+    diversity = report.get("diversity") or {}
+    ratios = [f"{space} {d['ratio']:.3g}" for space in ("pixel", "feature") if (d := diversity.get(space))]
+    if ratios:
+        lines.append(f"  diversity (synthetic/real mean pairwise distance): {', '.join(ratios)}; collapse below {diversity['threshold']:g}")
+    if diversity.get("warning"):
+        lines.append(f"  WARNING: {diversity['warning']}")
     for row in report.get("utility", []):
-        lines.append(f"  Dice {row['source']:<9} {row['mean_dice']:.3f} [{row['dice_ci_low']:.3f}, {row['dice_ci_high']:.3f}]  HD95 {row['mean_hd95']:.2f}")
-    lines.append(f"  relative Dice (synthetic/real) {report.get('relative_dice', float('nan')):.3f}")
+        unit = row.get("hd95_unit", "px")
+        per_class = ", ".join(f"{c}: {_num(s.get('mean'), '.3f')}" for c, s in (row.get("dice_per_class") or {}).items())
+        lines.append(f"  Dice {row['source']:<9} {_num(row['mean_dice'], '.3f')} [{_num(row['dice_ci_low'], '.3f')}, "
+                     f"{_num(row['dice_ci_high'], '.3f')}]  per class {per_class or '-'}  HD95 {_num(row['mean_hd95'], '.2f')} {unit}")
+    lines.append(f"  relative Dice (synthetic/real) {_num(report.get('relative_dice'), '.3f')}")
     mem = report.get("memorization", {})
     lines.append(f"  memorization: {mem.get('fraction_flagged', float('nan')):.3%} of samples flagged as near-copies")
     return "\n".join(lines)
+
+
+def _num(value, spec: str) -> str:
+    return "nan" if value is None else format(float(value), spec)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+
 def grid_png(images: np.ndarray, *, columns: int = 8, scale: int = 2) -> bytes:
     """PNG of a grid of grey (N, 1, H, W) images in [0, 1], ``columns`` wide (pairs stay side by side
     with an even count). Sample grids with masks use :func:`medsynth.sampling.cohort.contact_sheet`."""
@@ -30,24 +31,47 @@ def grid_png(images: np.ndarray, *, columns: int = 8, scale: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def curve_svg(series: Mapping[str, Sequence[tuple[float, float]]], *, width: int = 560, height: int = 200) -> str:
-    """An inline SVG line chart of named (x, y) series (training curves)."""
-    points = [p for s in series.values() for p in s]
+def curve_svg(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    width: int = 560,
+    height: int = 200,
+    y_range: tuple[float, float] | None = None,
+    x_label: str = "",
+    y_label: str = "",
+    markers: bool = False,
+) -> str:
+    """An inline SVG line chart of named (x, y) series (training and validation curves).
+
+    ``y_range`` fixes the vertical axis (e.g. ``(0, 1)`` for Dice), else it spans the data;
+    ``markers`` draws a dot at every point (for curves of a few validation steps). Non-finite
+    points are skipped.
+    """
+    clean = {name: [(float(x), float(y)) for x, y in pts if y is not None and np.isfinite(float(y))] for name, pts in series.items()}
+    points = [p for s in clean.values() for p in s]
     if not points:
         return "<p>(no curve recorded)</p>"
     xs, ys = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-    x0, x1, y0, y1 = xs.min(), max(xs.max(), xs.min() + 1e-9), ys.min(), max(ys.max(), ys.min() + 1e-9)
+    y0, y1 = y_range if y_range is not None else (ys.min(), ys.max())
+    x0, x1, y1 = xs.min(), max(xs.max(), xs.min() + 1e-9), max(y1, y0 + 1e-9)
     colours = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad"]
     lines, legend = [], []
-    for k, (name, pts) in enumerate(series.items()):
-        coords = " ".join(
-            f"{40 + (x - x0) / (x1 - x0) * (width - 50):.1f},{height - 20 - (y - y0) / (y1 - y0) * (height - 30):.1f}" for x, y in pts
-        )
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return 40 + (x - x0) / (x1 - x0) * (width - 50), height - 20 - (y - y0) / (y1 - y0) * (height - 30)
+
+    for k, (name, pts) in enumerate(clean.items()):
         colour = colours[k % len(colours)]
-        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+        xy = [at(x, y) for x, y in pts]
+        coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in xy)
+        lines.append(f'<polyline data-series="{html.escape(name)}" fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}"/>')
+        if markers:
+            lines += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}"/>' for px, py in xy]
         legend.append(f'<text x="{50 + 120 * k}" y="12" fill="{colour}" font-size="11">{html.escape(name)}</text>')
     axes = (f'<text x="2" y="{height - 20}" font-size="10">{y0:.3g}</text><text x="2" y="24" font-size="10">{y1:.3g}</text>'
-            f'<text x="40" y="{height - 4}" font-size="10">{x0:.0f}</text><text x="{width - 40}" y="{height - 4}" font-size="10">{x1:.0f}</text>')
+            f'<text x="40" y="{height - 4}" font-size="10">{x0:.0f}</text><text x="{width - 40}" y="{height - 4}" font-size="10">{x1:.0f}</text>'
+            f'<text x="{width // 2 - 30}" y="{height - 4}" font-size="10">{html.escape(x_label)}</text>'
+            f'<text x="2" y="{height // 2}" font-size="10">{html.escape(y_label)}</text>')
     return f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(lines)}{"".join(legend)}{axes}</svg>'
 
 
@@ -56,26 +80,115 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "–" if np.isnan(value) else f"{value:.4g}"
     return html.escape(str(value))
 
 
-def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] | None = None) -> str:
+    """A table of ``rows``; ``cols`` (default: the first row's keys) name the columns."""
     if not rows:
         return "<p>(none)</p>"
-    cols = list(rows[0])
+    cols = list(cols or rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _ci(summary: Mapping[str, Any] | None) -> str:
+    """``mean [ci_low, ci_high] (n=…)`` of a bootstrap summary."""
+    if not summary or summary.get("mean") is None:
+        return "–"
+    return f"{_fmt(summary['mean'])} [{_fmt(summary.get('ci_low'))}, {_fmt(summary.get('ci_high'))}] (n={_fmt(summary.get('n'))})"
+
+
+def _fidelity_section(rows: Sequence[Mapping[str, Any]]) -> str:
+    table = _table([{
+        "metric": r["metric"].upper(), "extractor": r["extractor"],
+        "synthetic vs real": r["value"], "n real / synthetic": f"{r['n_real']} / {r['n_fake']}",
+        "real vs real (baseline)": r.get("real_baseline"),
+        "baseline n A / B": f"{r['baseline_n_a']} / {r['baseline_n_b']} ({r['baseline_split']})" if "baseline_n_a" in r else r.get("baseline_split", "–"),
+        "synthetic vs real A, baseline counts": r.get("value_at_baseline_counts"),
+        "n A / synthetic": f"{r['baseline_n_a']} / {r['n_fake_at_baseline_counts']}" if "baseline_n_a" in r else "–",
+    } for r in rows])  # fmt: skip
+    preprocessing = sorted({(r["extractor"], r["preprocessing"]) for r in rows})
+    notes = "".join(f"<li>{html.escape(e)}: preprocessing {html.escape(p)}</li>" for e, p in preprocessing)
+    return (
+        f"{table}<p>The baseline scores two disjoint halves A and B of the real training images (by patient where "
+        "known) through the same extractor: the score of a perfect generator given this much data. FID and KID depend "
+        "on the sample counts, so compare the baseline with the synthetic score at the same counts (half A against as "
+        "many synthetic images as half B), not with the score on all images.</p>"
+        f"<ul>{notes}</ul>"
+    )
+
+
+def _samples_used(samples: Mapping[str, Any] | None) -> str:
+    if not samples:
+        return ""
+    return (f"<p>Images used: real {_fmt(samples['real_used'])} of {_fmt(samples['real_available'])} (training split), "
+            f"synthetic {_fmt(samples['synthetic_used'])} of {_fmt(samples['synthetic_available'])} "
+            f"({_fmt(samples.get('selection', ''))}).</p>")
+
+
+def _diversity_section(div: Mapping[str, Any] | None) -> str:
+    if not div:
+        return "<p>(not computed)</p>"
+    rows = []
+    for space in ("pixel", "feature"):
+        d = div.get(space)
+        if d:
+            rows.append({"space": space, "distance": d["distance"] + (f" ({d['extractor']})" if d.get("extractor") else ""),
+                         "synthetic": d["synthetic"], "real": d["real"], "ratio synthetic / real": d["ratio"],
+                         "real half A / half B": d.get("real_baseline_ratio"),
+                         "n synthetic / real": f"{d['n_synthetic']} / {d['n_real']}"})  # fmt: skip
+    warning = f"<p class='warn'>{html.escape(div['warning'])}</p>" if div.get("warning") else "<p>no mode-collapse warning.</p>"
+    return (f"{warning}{_table(rows)}<p>Mean distance over all pairs of images within each set. Rule: "
+            f"{html.escape(str(div.get('rule', '')))} (a collapsed cohort's images are far more alike than real images; "
+            "two halves of the real data score about 1).</p>")
+
+
+def _utility_section(rows: Sequence[Mapping[str, Any]], relative: Any) -> str:
+    classes = sorted({c for r in rows for c in r.get("dice_per_class", {})}, key=int)
+    units = sorted({r.get("hd95_unit", "px") for r in rows})
+    unit = units[0] if len(units) == 1 else "/".join(units)
+    table = _table([{
+        "source": r["source"], "mean Dice [95% CI]": f"{_fmt(r['mean_dice'])} [{_fmt(r['dice_ci_low'])}, {_fmt(r['dice_ci_high'])}]",
+        **{f"Dice class {c}": (r.get("dice_per_class", {}).get(c) or {}).get("mean") for c in classes},
+        f"mean HD95 ({unit})": r["mean_hd95"],
+        **{f"HD95 class {c} ({unit})": (r.get("hd95_per_class", {}).get(c) or {}).get("mean") for c in classes},
+        "n cases": r["n_cases"],
+        "best val Dice (step)": f"{_fmt(r.get('best_val_dice'))} ({_fmt(r.get('best_step'))})",
+    } for r in rows])  # fmt: skip
+    per_class = _table([{
+        "source": r["source"], "class": c, "Dice mean [95% CI]": _ci(r["dice_per_class"][c]),
+        f"HD95 mean [95% CI] ({r.get('hd95_unit', 'px')})": _ci(r.get("hd95_per_class", {}).get(c)),
+    } for r in rows for c in sorted(r.get("dice_per_class", {}), key=int)])  # fmt: skip
+    note = ("HD95 in view pixels (px): the physical spacing of these test images was not known."
+            if "px" in units else "HD95 in millimetres, from each test slice's source-scan spacing scaled by the view's resize.")
+    return (f"{table}<p>relative Dice (synthetic-only / real-only): <b>{_fmt(relative)}</b>. {html.escape(note)}</p>"
+            f"<h3>Dice and HD95 per class</h3>{per_class}")
+
+
+def _validation_curves(curves: Mapping[str, Mapping[str, Any]] | None) -> str:
+    if not curves:
+        return "<p>(no segmentation runs)</p>"
+    series = {source: list(zip(c.get("val_step", []), c.get("val_dice", []))) for source, c in curves.items()}
+    best = ", ".join(f"{html.escape(s)}: best {_fmt(c.get('best_val_dice'))} at step {_fmt(c.get('best_step'))}" for s, c in curves.items())
+    return (curve_svg(series, y_range=(0.0, 1.0), markers=True, x_label="step", y_label="val Dice")
+            + f"<p>Pooled mean foreground Dice on the real validation patients during training; the weights of the best "
+            f"step are kept ({best}).</p>")
+
+
 def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves: Mapping[str, Sequence[tuple[float, float]]]) -> str:
     """The report page. ``results`` is the JSON report; ``figures`` PNGs by name (``synthetic``,
-    ``real``, ``memorization``); ``curves`` named (step, value) series."""
+    ``real``, ``memorization``); ``curves`` the generator's named (step, value) series."""
     title = f"medsynth evaluation {results.get('evaluation_id', '')}"
+    diversity = results.get("diversity") or {}
     sections = [
         f"<h1>{html.escape(title)}</h1>",
+        f"<p class='warn'>{html.escape(diversity['warning'])}</p>" if diversity.get("warning") else "",
         f"<p>cohort <b>{_fmt(results.get('cohort_id'))}</b> from generator <b>{_fmt(results.get('generator_id'))}</b>, "
         f"dataset <b>{_fmt(results.get('dataset'))}</b> v{_fmt(results.get('dataset_version'))}</p>",
         "<h2>Samples</h2><div class='pair'>",
@@ -83,10 +196,14 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         f"<figure>{_img(figures['real'], 'real samples')}<figcaption>real (training split)</figcaption></figure>" if "real" in figures else "",
         "</div>",
         "<h2>Fidelity</h2>",
-        _table(results.get("fidelity", [])),
+        _samples_used(results.get("samples")),
+        _fidelity_section(results.get("fidelity", [])),
+        "<h2>Diversity</h2>",
+        _diversity_section(diversity),
         "<h2>Utility (segmentation on held-out real patients)</h2>",
-        _table(results.get("utility", [])),
-        f"<p>relative Dice (synthetic-only / real-only): <b>{_fmt(results.get('relative_dice', float('nan')))}</b></p>",
+        _utility_section(results.get("utility", []), results.get("relative_dice", float("nan"))),
+        "<h2>Segmenter validation curves</h2>",
+        _validation_curves(results.get("segmentation_curves")),
         "<h2>Memorization audit</h2>",
         _table([{k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}]),
         f"<figure>{_img(figures['memorization'], 'closest pairs')}<figcaption>closest synthetic (left) / training (right) pairs</figcaption></figure>"
@@ -98,5 +215,6 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
     ]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.pair{display:flex;gap:1em}"
+             ".warn{background:#fdecea;border:1px solid #c0392b;padding:.5em 1em;font-weight:bold}"
              "pre{font-size:11px;background:#f6f6f6;padding:1em;overflow:auto}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"

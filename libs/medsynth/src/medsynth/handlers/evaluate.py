@@ -1,11 +1,17 @@
-"""evaluate: how faithful (FID/KID with named extractors), useful (segmentation utility) and safe
-(memorization audit) a cohort is, as an HTML report and the same numbers as JSON."""
+"""evaluate: how faithful (FID/KID with named extractors, each beside a real-versus-real baseline),
+diverse (a mode-collapse check), useful (segmentation utility, Dice per class, HD95 with its unit,
+validation curves) and safe (memorization audit) a cohort is, as an HTML report and the same
+numbers as JSON.
+
+``evaluate_cohort`` reads the inputs from the store; :func:`evaluation_results` computes every
+number from arrays and segmentation-run metrics, with no store access.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,13 +23,23 @@ from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.messages import JobKind
-from medsynth.metrics.fidelity import EncoderExtractor, FeatureExtractor, InceptionExtractor, extract_features, fidelity_scores
+from medsynth.metrics.diversity import diversity_check
+from medsynth.metrics.fidelity import (
+    EncoderExtractor,
+    FeatureExtractor,
+    InceptionExtractor,
+    extract_features,
+    fidelity_from_features,
+    real_baseline,
+    split_halves,
+)
 from medsynth.metrics.memorization import memorization_audit
 from medsynth.report import grid_png, render_html
-from medsynth.sampling.cohort import contact_sheet
 from medsynth.segmentation.io import load_segmenter
 from medsynth.segmentation.models import encoder
 from medsynth.v1 import jobs_pb2
+
+FIDELITY_METRICS = ("fid", "kid")
 
 
 def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, str]:
@@ -31,45 +47,36 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     records = JobRecords(ctx.store)
     manifest, fake, fake_masks = cohort_arrays(ctx.store, records, spec.cohort_id, limit=options.get("max_samples"))
     view, splits = view_splits(ctx.store, spec.dataset, spec.view_id, splits=("train",))
-    real, real_masks = _subsample(splits["train"]["images"], splits["train"]["masks"], options.get("max_samples", 2000))
+    train = splits["train"]
+    if not train:
+        raise InvalidInput(f"reference view {spec.view_id} has no training images; need at least 2")
+    limit = options.get("max_samples", 2000)
+    real, real_masks, real_patients = _subsample(train["images"], train["masks"], train.get("patients"), limit)
     if len(real) < 2:
         raise InvalidInput(f"reference view {spec.view_id} has {len(real)} training images; need at least 2")
     runs = [ctx.store.get_json(finished(records, r, JobKind.train_segmenter).result_keys["metrics"]) for r in spec.segmentation_run_ids]
     ctx.progress(0.1, "fidelity")
-
     extractors = _extractors(ctx, records, runs)
-    fidelity = []
-    for extractor in extractors:
-        scores = fidelity_scores(torch.from_numpy(real), torch.from_numpy(fake), extractor)
-        fidelity += [{"metric": m, "value": scores[m], "extractor": scores["extractor"], "preprocessing": scores["preprocessing"],
-                      "n_real": scores["n_real"], "n_fake": scores["n_fake"]} for m in ("fid", "kid")]  # fmt: skip
-    ctx.progress(0.5, "memorization audit")
-    in_domain = extractors[0] if extractors and isinstance(extractors[0], EncoderExtractor) else None
-    feats = {}
-    if in_domain is not None:
-        feats = {"features_synth": extract_features(torch.from_numpy(fake), in_domain),
-                 "features_train": extract_features(torch.from_numpy(real), in_domain)}  # fmt: skip
-    audit = memorization_audit(fake, real, **feats)
-    worst = audit.worst_pairs(8)
-    memorization = audit.summary() | {"feature_extractor": in_domain.name if in_domain else None,
-                                      "worst_pairs": [{"synthetic": s, "train": t, "distance": d} for s, t, d in worst]}  # fmt: skip
-
-    utility = [_utility_row(run) for run in runs]
-    by_source = {row["source"]: row["mean_dice"] for row in utility}
-    relative = by_source["synthetic"] / by_source["real"] if {"real", "synthetic"} <= by_source.keys() and by_source["real"] else math.nan
+    numbers = evaluation_results(real, fake, runs, extractors, real_patients=real_patients, progress=ctx.progress)
     generator = ctx.store.get_json(generator_of(records, manifest["provenance"]["generator_id"]).result_keys["generator"])
     results: dict[str, Any] = {
         "evaluation_id": ctx.job_id, "cohort_id": spec.cohort_id, "generator_id": generator["generator_id"],
         "dataset": spec.dataset, "dataset_version": view["dataset_version"], "view_id": spec.view_id,
-        "fidelity": fidelity, "utility": utility, "relative_dice": relative, "memorization": memorization,
-        "generator": {"config": generator["config"], "metrics": generator["metrics"]},
+        "samples": {"real_available": int(len(train["images"])), "real_used": int(len(real)),
+                    "synthetic_available": int(manifest.get("count", len(manifest["samples"]))), "synthetic_used": int(len(fake)),
+                    "selection": f"real: a seeded random subset of at most {limit} training images; synthetic: the first "
+                                 f"{options.get('max_samples') or 'all'} samples"},
+        **numbers, "generator": {"config": generator["config"], "metrics": generator["metrics"]},
     }  # fmt: skip
     ctx.progress(0.9, "report")
+    from medsynth.sampling.cohort import contact_sheet  # the report's sample grids are the cohort's own
+
     curves = ctx.store.get_json(generator["curves_key"])
+    worst = [(p["synthetic"], p["train"]) for p in numbers["memorization"]["worst_pairs"]]
     figures = {
         "synthetic": contact_sheet(fake[:32], fake_masks[:32]),
         "real": contact_sheet(real[:32], real_masks[:32]),
-        "memorization": grid_png(np.stack([x for s, t, _ in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
+        "memorization": grid_png(np.stack([x for s, t in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
     }
     html = render_html(results, {k: v for k, v in figures.items() if v},
                        {name: list(zip(curves["step"], curves[name])) for name in ("loss_d", "loss_g") if name in curves})  # fmt: skip
@@ -79,11 +86,103 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     return {"report_json": f"{prefix}report.json", "report_html": f"{prefix}report.html"}
 
 
-def _subsample(images: np.ndarray, masks: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def evaluation_results(
+    real: np.ndarray,
+    fake: np.ndarray,
+    runs: Sequence[Mapping[str, Any]],
+    extractors: Sequence[FeatureExtractor],
+    *,
+    real_patients: Sequence[str] | np.ndarray | None = None,
+    seed: int = 0,
+    progress: Callable[[float, str], None] = lambda f, m: None,
+) -> dict[str, Any]:
+    """Every number of the report from the arrays: ``fidelity``, ``diversity``, ``memorization``,
+    ``utility``, ``relative_dice`` and ``segmentation_curves``.
+
+    Args:
+        real: the real reference images (N, 1, S, S) in [0, 1] (the view's training split).
+        fake: the synthetic images, same size.
+        runs: the segmentation runs' ``metrics.json`` contents.
+        extractors: feature extractors for FID/KID; the first in-domain encoder also gives the
+            feature space of the memorization audit and the diversity check.
+        real_patients: patient id of each real image: the real-versus-real baseline then splits
+            by patient.
+    """
+    real_t, fake_t = torch.from_numpy(np.ascontiguousarray(real)), torch.from_numpy(np.ascontiguousarray(fake))
+    halves = _halves(len(real), real_patients, seed)
+    fidelity, features = [], {}
+    for extractor in extractors:
+        f_real, f_fake = extract_features(real_t, extractor), extract_features(fake_t, extractor)
+        features[extractor.name] = (f_real, f_fake)
+        fidelity += _fidelity_rows(extractor, f_real, f_fake, real_patients, seed)
+    progress(0.4, "diversity")
+    in_domain = next((e for e in extractors if isinstance(e, EncoderExtractor)), None)
+    f_real, f_fake = features[in_domain.name] if in_domain is not None else (None, None)
+    diversity = diversity_check(fake, real, features_synth=f_fake, features_real=f_real,
+                                halves=halves[:2] if halves else None, feature_extractor=in_domain.name if in_domain else None, seed=seed)  # fmt: skip
+    if halves:
+        diversity["real_baseline_split"] = halves[2]
+    progress(0.5, "memorization audit")
+    feats = {"features_synth": f_fake, "features_train": f_real} if in_domain is not None else {}
+    audit = memorization_audit(fake, real, **feats)
+    memorization = audit.summary() | {
+        "feature_extractor": in_domain.name if in_domain else None,
+        "worst_pairs": [{"synthetic": s, "train": t, "distance": d} for s, t, d in audit.worst_pairs(8)],
+    }
+    utility = [utility_row(run) for run in runs]
+    by_source = {row["source"]: row["mean_dice"] for row in utility}
+    real_dice, syn_dice = by_source.get("real"), by_source.get("synthetic")
+    relative = syn_dice / real_dice if real_dice and syn_dice is not None else math.nan
+    return {
+        "fidelity": fidelity,
+        "diversity": diversity,
+        "utility": utility,
+        "relative_dice": relative,
+        "memorization": memorization,
+        "segmentation_curves": {run["source"]: _curve(run) for run in runs},
+    }
+
+
+def _halves(n: int, patients: Any, seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    try:
+        return split_halves(n, patients, seed=seed)
+    except InvalidInput:  # fewer than 4 real images: no baseline
+        return None
+
+
+def _fidelity_rows(extractor: FeatureExtractor, f_real: np.ndarray, f_fake: np.ndarray, patients: Any, seed: int) -> list[dict[str, Any]]:
+    """One row per metric: the score on all images, the real-versus-real baseline (half A vs half B)
+    and the synthetic score at the baseline's counts (half A vs as many synthetic as half B)."""
+    scores = fidelity_from_features(f_real, f_fake, seed=seed)
+    base = real_baseline(f_real, f_fake, groups=patients, seed=seed) if len(f_real) >= 4 else None
+    rows = []
+    for metric in FIDELITY_METRICS:
+        row = {"metric": metric, "value": scores[metric], "extractor": extractor.name, "preprocessing": extractor.preprocessing,
+               "n_real": scores["n_real"], "n_fake": scores["n_fake"]}  # fmt: skip
+        if base is None:
+            row |= {"real_baseline": None, "baseline_split": "none: fewer than 4 real images"}
+        else:
+            row |= {
+                "real_baseline": base["real_vs_real"][metric], "baseline_split": base["split"],
+                "baseline_n_a": base["n_a"], "baseline_n_b": base["n_b"],
+                "value_at_baseline_counts": base["synthetic_vs_real"][metric],
+                "n_fake_at_baseline_counts": base["synthetic_vs_real"]["n_fake"],
+            }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _curve(run: Mapping[str, Any]) -> dict[str, Any]:
+    curves = run.get("curves") or {}
+    return {"run_id": run.get("run_id"), "val_step": list(curves.get("val_step", [])), "val_dice": list(curves.get("val_dice", [])),
+            "best_step": run.get("best_step"), "best_val_dice": run.get("best_val_dice")}  # fmt: skip
+
+
+def _subsample(images: np.ndarray, masks: np.ndarray, patients: np.ndarray | None, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if len(images) <= limit:
-        return images, masks
+        return images, masks, patients
     keep = np.sort(np.random.default_rng(0).choice(len(images), limit, replace=False))
-    return images[keep], masks[keep]
+    return images[keep], masks[keep], (patients[keep] if patients is not None else None)
 
 
 def _extractors(ctx: JobContext, records: JobRecords, runs: list[dict]) -> list[FeatureExtractor]:
@@ -103,11 +202,18 @@ def _extractors(ctx: JobContext, records: JobRecords, runs: list[dict]) -> list[
     return out
 
 
-def _utility_row(run: dict) -> dict[str, Any]:
+def utility_row(run: Mapping[str, Any]) -> dict[str, Any]:
+    """One segmentation run as a row of the utility table: mean Dice with its CI, Dice and HD95 per
+    class (summaries with CIs), HD95 with its unit (``"px"`` for runs recorded before units were)."""
     test = run["test"]
-    hd95 = [v["mean"] for v in test["hd95"].values() if v.get("mean") is not None]
+    classes = sorted(test["dice"], key=int)
+    hd95 = [test["hd95"][c]["mean"] for c in classes if test["hd95"][c].get("mean") is not None]
     return {
         "source": run["source"], "run_id": run["run_id"], "mean_dice": test["mean_dice"]["mean"],
         "dice_ci_low": test["mean_dice"]["ci_low"], "dice_ci_high": test["mean_dice"]["ci_high"],
-        "mean_hd95": float(np.mean(hd95)) if hd95 else math.nan, "n_cases": test["n_cases"],
+        "dice_per_class": {c: test["dice"][c] for c in classes},
+        "mean_hd95": float(np.mean(hd95)) if hd95 else math.nan,
+        "hd95_per_class": {c: test["hd95"][c] for c in classes},
+        "hd95_unit": test.get("hd95_unit", "px"),
+        "n_cases": test["n_cases"], "best_step": run.get("best_step"), "best_val_dice": run.get("best_val_dice"),
     }  # fmt: skip

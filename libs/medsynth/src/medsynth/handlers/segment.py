@@ -1,5 +1,11 @@
 """train-segmenter: a 2D segmenter trained on real, synthetic or mixed data, selected on the real
-validation patients and tested on the held-out real test patients."""
+validation patients and tested on the held-out real test patients.
+
+``metrics.json`` holds the test metrics (Dice and HD95 per case and per class, bootstrap CIs), the
+validation curve used for model selection (``curves.val_step`` / ``curves.val_dice``: pooled Dice
+on the real validation patients) and the HD95 unit: ``"mm"`` from the pixel spacing of each test
+item (the source scan's voxel spacing in the dataset manifest, scaled by the view's resize — see
+:mod:`medsynth.segmentation.spacing`), or ``"px"`` (view pixels) where that spacing is unknown."""
 
 from __future__ import annotations
 
@@ -8,19 +14,23 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from medsynth.core.errors import InvalidInput, NotFound
+from medsynth.datasets.manifest import load_manifest
 from medsynth.handlers.artifacts import cohort_arrays, view_splits
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.segmentation.config import SegmentationSpec
 from medsynth.segmentation.evaluate import evaluate_segmenter
 from medsynth.segmentation.io import save_segmenter
+from medsynth.segmentation.spacing import MM_SOURCE, MM_UNIT, PIXEL_SOURCE, PIXEL_UNIT, view_pixel_spacing
 from medsynth.segmentation.train import train_segmenter
+from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 
 
 def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mapping[str, str]:
     options = json.loads(spec.config_json)
-    _, splits = view_splits(ctx.store, spec.dataset, spec.view_id)
+    view, splits = view_splits(ctx.store, spec.dataset, spec.view_id)
     num_classes = int(max(s["masks"].max() for s in splits.values() if len(s)) + 1)
     seg_spec = SegmentationSpec.from_dict(
         {**options, "num_classes": max(num_classes, 2), "val_every": max(1, options["steps"] // 10)}
@@ -31,7 +41,9 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
         synthetic = (images, np.minimum(masks, seg_spec.num_classes - 1))
     result = train_segmenter(seg_spec, splits["train"], splits["val"], synthetic, on_progress=lambda f, m: ctx.progress(0.95 * f, m))
     ctx.progress(0.95, "testing on held-out real patients")
-    metrics = evaluate_segmenter(result.model, splits["test"], seg_spec.num_classes)
+    spacing, unit, spacing_source = hd95_spacing(ctx.store, view, splits["test"])
+    metrics = evaluate_segmenter(result.model, splits["test"], seg_spec.num_classes, spacing, spacing_unit=unit)
+    metrics["hd95_spacing_source"] = spacing_source
     prefix = f"segmentations/{ctx.job_id}/"
     model_key, metrics_key = f"{prefix}model.pt", f"{prefix}metrics.json"
     ctx.store.put_bytes(model_key, save_segmenter(result))
@@ -40,5 +52,21 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
         "dataset": spec.dataset, "view_id": spec.view_id, "spec": seg_spec.to_dict(),
         "best_step": result.best_step, "best_val_dice": result.best_val_dice, "seconds": result.seconds,
         "test": metrics, "curves": {k: v for k, v in result.curves.items() if k != "train_loss"},
+        "curves_note": "val_dice: pooled mean foreground Dice on the real validation patients at each val_step",
     })  # fmt: skip
     return {"model": model_key, "metrics": metrics_key}
+
+
+def hd95_spacing(store: ObjectStore, view: dict, test: Mapping[str, np.ndarray]) -> tuple[np.ndarray | tuple[float, float], str, str]:
+    """``(spacing, unit, how)`` for HD95 on the test split: per-item mm from the manifest version the
+    view was built from, else ``(1, 1)`` view pixels (an old or 3D-patch view, a missing manifest)."""
+    if "scans" in test and "dataset_version" in view:
+        try:
+            manifest = load_manifest(store, view["dataset"], view["dataset_version"])
+        except (NotFound, InvalidInput):
+            manifest = None
+        if manifest is not None:
+            spacing = view_pixel_spacing(view, {s.scan_id: s for s in manifest.scans}, test["scans"])
+            if spacing is not None:
+                return spacing, MM_UNIT, MM_SOURCE
+    return (1.0, 1.0), PIXEL_UNIT, PIXEL_SOURCE

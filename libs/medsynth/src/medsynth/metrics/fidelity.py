@@ -10,13 +10,17 @@ clean-fid gives the same numbers from the same features. Features come from a ``
   on the real data), at native size, with no preprocessing.
 
 Scores from different extractors or preprocessing modes are not comparable, which is why
-``fidelity_scores`` records both next to the sample counts.
+``fidelity_scores`` records both next to the sample counts. A score alone does not say whether it is
+good: ``real_baseline`` scores two disjoint halves of the real data (by patient, via
+``split_halves``) against each other through the same features, and the synthetic data at the same
+counts, since FID and KID are biased by sample count.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -379,6 +383,35 @@ def extract_features(images: torch.Tensor, extractor: FeatureExtractor, *, batch
     return np.concatenate(parts) if parts else np.empty((0, extractor.dim))
 
 
+def fidelity_from_features(
+    f_real: np.ndarray,
+    f_fake: np.ndarray,
+    *,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FID and KID between two feature sets (N, D), with the counts that produced them.
+
+    Returns:
+        ``{"fid", "kid", "kid_subset_size", "kid_subsets", "n_real", "n_fake"}``; the KID subset
+        used is ``min(kid_subset_size, n_real, n_fake)``.
+    """
+    f_real, f_fake = _check_features(f_real, "f_real"), _check_features(f_fake, "f_fake")
+    n_real, n_fake = int(f_real.shape[0]), int(f_fake.shape[0])
+    if n_real < 2 or n_fake < 2:
+        raise InvalidInput(f"fidelity needs at least 2 real and 2 fake images, got n_real={n_real}, n_fake={n_fake}.")
+    subset = min(kid_subset_size, n_real, n_fake)
+    return {
+        "fid": frechet_distance_from_features(f_real, f_fake),
+        "kid": kernel_inception_distance(f_real, f_fake, num_subsets=kid_subsets, max_subset_size=subset, seed=seed),
+        "kid_subset_size": subset,
+        "kid_subsets": kid_subsets,
+        "n_real": n_real,
+        "n_fake": n_fake,
+    }
+
+
 def fidelity_scores(
     real: torch.Tensor,
     fake: torch.Tensor,
@@ -393,7 +426,8 @@ def fidelity_scores(
 
     Args:
         real, fake: (N, 1, H, W) float in [0, 1]; at least 2 images each (FID with fewer images
-            than feature dimensions is computed but strongly biased: compare only equal counts).
+            than feature dimensions is computed but strongly biased: compare only equal counts,
+            e.g. against :func:`real_baseline`).
         extractor: a ``FeatureExtractor``.
         kid_subset_size: the largest KID subset; the one used is ``min(it, n_real, n_fake)``.
 
@@ -407,17 +441,83 @@ def fidelity_scores(
         raise InvalidInput(f"fidelity needs at least 2 real and 2 fake images, got n_real={n_real}, n_fake={n_fake}.")
     f_real = extract_features(real, extractor, batch_size=batch_size)
     f_fake = extract_features(fake, extractor, batch_size=batch_size)
-    subset = min(kid_subset_size, n_real, n_fake)
+    scores = fidelity_from_features(f_real, f_fake, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, seed=seed)
+    return scores | {"extractor": extractor.name, "preprocessing": extractor.preprocessing, "feature_dim": extractor.dim}
+
+
+# --- real-versus-real baseline -------------------------------------------------------------------
+
+
+def split_halves(n: int, groups: Sequence[Any] | np.ndarray | None = None, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Two disjoint, seeded halves of ``n`` items: ``(indices A, indices B, how)``.
+
+    By group (patient) when ``groups`` is given and holds at least 2 groups: the groups, in an order
+    shuffled by ``seed``, go one at a time to the half with fewer items so far, so no patient is in
+    both halves and the halves are about equally large. If that leaves a half with fewer than 2
+    items (or no groups were given), items are split instead: a seeded permutation, A = the first
+    ``n // 2``. ``how`` says which was done, e.g. ``"by patient (3 | 2 patients)"`` or ``"by item"``.
+
+    Raises:
+        InvalidInput: fewer than 4 items (each half needs 2), or ``groups`` of the wrong length.
+    """
+    if n < 4:
+        raise InvalidInput(f"a real-versus-real baseline needs at least 4 real images (2 per half), got {n}.")
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        g = np.asarray(groups).astype(str)
+        if g.shape != (n,):
+            raise InvalidInput(f"groups must give one group per item ({n}), got shape {g.shape}.")
+        ids = np.unique(g)
+        if len(ids) >= 2:
+            halves: tuple[list[str], list[str]] = ([], [])
+            counts = [0, 0]
+            sizes = {gid: int(c) for gid, c in zip(*np.unique(g, return_counts=True))}
+            for gid in ids[rng.permutation(len(ids))]:
+                k = 0 if counts[0] <= counts[1] else 1
+                halves[k].append(gid)
+                counts[k] += sizes[gid]
+            if min(counts) >= 2:
+                a, b = (np.flatnonzero(np.isin(g, h)) for h in halves)
+                return a, b, f"by patient ({len(halves[0])} | {len(halves[1])} patients)"
+    order = rng.permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2 :]), "by item"
+
+
+def real_baseline(
+    f_real: np.ndarray,
+    f_fake: np.ndarray,
+    *,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    seed: int = 0,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+) -> dict[str, Any]:
+    """What FID / KID look like between two halves of the REAL data, and the synthetic score at the
+    same counts, so that a score can be read against real-data variability.
+
+    The real features are split by :func:`split_halves` (by patient when ``groups`` are given) into
+    A and B; then
+
+    - ``real_vs_real``: A versus B — the score of a perfect generator, given this much real data;
+    - ``synthetic_vs_real``: A versus ``len(B)`` synthetic samples drawn without replacement
+      (seeded; all of them if there are fewer) — the synthetic score at the baseline's counts, as
+      FID is biased by sample count and only scores at equal counts compare.
+
+    Both use the same features (so the same extractor and preprocessing) as the main score.
+
+    Returns:
+        ``{"split", "n_a", "n_b", "real_vs_real": {...}, "synthetic_vs_real": {...}}``, the inner
+        dicts as :func:`fidelity_from_features` returns them.
+    """
+    f_real, f_fake = _check_features(f_real, "f_real"), _check_features(f_fake, "f_fake")
+    a, b, how = split_halves(len(f_real), groups, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    take = np.sort(rng.choice(len(f_fake), min(len(f_fake), len(b)), replace=False))
+    kwargs = {"kid_subset_size": kid_subset_size, "kid_subsets": kid_subsets, "seed": seed}
     return {
-        "fid": frechet_distance_from_features(f_real, f_fake),
-        "kid": kernel_inception_distance(
-            f_real, f_fake, num_subsets=kid_subsets, max_subset_size=subset, seed=seed
-        ),
-        "kid_subset_size": subset,
-        "kid_subsets": kid_subsets,
-        "extractor": extractor.name,
-        "preprocessing": extractor.preprocessing,
-        "feature_dim": extractor.dim,
-        "n_real": n_real,
-        "n_fake": n_fake,
+        "split": how,
+        "n_a": int(len(a)),
+        "n_b": int(len(b)),
+        "real_vs_real": fidelity_from_features(f_real[a], f_real[b], **kwargs),
+        "synthetic_vs_real": fidelity_from_features(f_real[a], f_fake[take], **kwargs),
     }

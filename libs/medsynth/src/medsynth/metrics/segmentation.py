@@ -51,7 +51,8 @@ def hd95(
     *,
     percentile: float = 95.0,
 ) -> float:
-    """Symmetric 95th-percentile Hausdorff distance (mm) between the surfaces of two binary masks.
+    """Symmetric 95th-percentile Hausdorff distance between the surfaces of two binary masks, in the
+    unit of ``spacing`` (mm for physical voxel sizes; for a 2D view, see ``segmentation.spacing``).
 
     Defined as MONAI's ``compute_hausdorff_distance(percentile=95, spacing=...)``:
 
@@ -70,7 +71,7 @@ def hd95(
         percentile: in [0, 100]; 100 gives the classic Hausdorff distance.
 
     Returns:
-        The distance in mm; NaN if either mask is empty.
+        The distance in the unit of ``spacing``; NaN if either mask is empty.
     """
     p, t = np.asarray(pred_mask), np.asarray(target_mask)
     if p.shape != t.shape:

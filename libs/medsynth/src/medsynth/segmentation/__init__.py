@@ -3,7 +3,8 @@ trained on it and tested on real held-out patients.
 
 Modules: ``config`` (SegmentationSpec), ``train`` (train_segmenter, SegmentationResult),
 ``evaluate`` (evaluate_segmenter, per-case metrics), ``models`` (build_model, encoder),
-``data`` (batch sampling), ``augment`` (image+mask augmentation), ``io`` (save/load).
+``data`` (batch sampling), ``augment`` (image+mask augmentation), ``io`` (save/load),
+``spacing`` (the physical pixel spacing of view items, for HD95 in mm).
 """
 
 from __future__ import annotations

@@ -7,14 +7,19 @@ Metrics are per CASE, a case being one patient: the patient's slices are stacked
   volumetric Dice over the patient's slices (NaN where the class is absent from both);
 * HD95 per foreground class is computed in one of two ways, chosen by ``slice_spacing``:
 
-  - ``None`` (default): per SLICE, in-plane, with ``spacing`` = (row, col) in the view's pixel
-    units, then averaged over the patient's slices where it is defined (``hd95`` gives NaN when a
-    slice's prediction or target of that class is empty; a case with no defined slice gets NaN).
+  - ``None`` (default): per SLICE, in-plane, with that slice's (row, col) pixel spacing, then
+    averaged over the patient's slices where it is defined (``hd95`` gives NaN when a slice's
+    prediction or target of that class is empty; a case with no defined slice gets NaN).
     This makes no assumption about the geometry between slices, which a view does not preserve:
     views drop slices without foreground by default, resize each slice on its own, and a patient
     may have several scans.
   - a number: on the stacked 3D arrays with spacing ``(slice_spacing, row, col)``, for views whose
-    slices are known to be contiguous (one scan per patient, empty slices kept).
+    slices are known to be contiguous (one scan per patient, empty slices kept); a case's slices
+    must then share one in-plane spacing.
+
+The unit of HD95 is the unit of ``spacing``, recorded as ``hd95_unit``: ``"mm"`` when the caller
+passes the physical pixel spacing of each item (:mod:`medsynth.segmentation.spacing` derives it
+from the view and the dataset manifest), ``"px"`` (view pixels) by default.
 
 Summaries (mean and percentile-bootstrap CI) come from ``metrics.segmentation.summarise`` over the
 cases where a value is defined (it drops NaN; ``n`` says how many). In the returned dict NaN becomes ``None``, so
@@ -88,8 +93,9 @@ def evaluate_segmenter(
     model: nn.Module,
     real_test: Mapping[str, np.ndarray],
     num_classes: int,
-    spacing: tuple[float, float] = (1.0, 1.0),
+    spacing: Sequence[float] | np.ndarray = (1.0, 1.0),
     *,
+    spacing_unit: str = "px",
     slice_spacing: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -101,27 +107,32 @@ def evaluate_segmenter(
         real_test: a view split with ``images``, ``masks``, ``patients`` (``scans``, ``index``
             optional, used to order a patient's slices).
         num_classes: mask classes including background.
-        spacing: in-plane (row, col) pixel spacing for HD95.
+        spacing: in-plane (row, col) pixel spacing for HD95: one pair for all items, or an
+            ``(N, 2)`` array with one pair per item of ``real_test``.
+        spacing_unit: the unit of ``spacing`` (``"mm"`` or ``"px"``), recorded as ``hd95_unit``.
         slice_spacing: ``None`` for per-slice HD95, or the spacing between stacked slices for 3D HD95.
         n_boot: bootstrap resamples for the confidence intervals.
         seed: bootstrap seed.
 
     Returns:
-        ``{"per_case": [{"patient", "n_slices", "dice": {cls: v}, "hd95": {cls: v}, "mean_dice"}],
-        "dice": {cls: summary}, "hd95": {cls: summary}, "mean_dice": summary, "n_cases",
-        "hd95_mode"}`` where ``cls`` is the class label as a string and a summary is
-        ``{"mean", "ci_low", "ci_high", "n", "ci_level", "n_boot"}`` (from ``summarise``); ``mean_dice`` summarises each case's mean
-        foreground Dice.
+        ``{"per_case": [{"patient", "n_slices", "pixel_spacing", "dice": {cls: v}, "hd95": {cls: v},
+        "mean_dice"}], "dice": {cls: summary}, "hd95": {cls: summary}, "mean_dice": summary,
+        "n_cases", "hd95_mode", "hd95_unit"}`` where ``cls`` is the class label as a string and a summary is
+        ``{"mean", "ci_low", "ci_high", "n", "ci_level", "n_boot"}`` (from ``summarise``);
+        ``mean_dice`` summarises each case's mean foreground Dice; ``pixel_spacing`` lists the
+        distinct (row, col) spacings of the case's slices.
     """
     from medsynth.metrics.segmentation import summarise
 
-    spacing = _check_spacing(spacing, slice_spacing)
     pairs = as_pairs(real_test, "real_test", num_classes)
+    item_spacing = _check_spacing(spacing, slice_spacing, len(pairs))
+    if spacing_unit not in ("mm", "px"):
+        raise InvalidInput(f"spacing_unit must be 'mm' or 'px', got {spacing_unit!r}.")
     if "patients" not in real_test:
         raise InvalidInput("real_test needs 'patients' to group slices into cases.")
     cases = group_cases(real_test["patients"], real_test.get("scans"), real_test.get("index"))
     pred, target = predict(model, pairs.images).numpy(), pairs.masks.numpy()
-    per_case = [_case_metrics(pid, pred[idx], target[idx], num_classes, spacing, slice_spacing) for pid, idx in cases.items()]
+    per_case = [_case_metrics(pid, pred[idx], target[idx], num_classes, item_spacing[idx], slice_spacing) for pid, idx in cases.items()]
     classes = [str(c) for c in range(1, num_classes)]
 
     def summary(values: list[float | None]) -> dict[str, Any]:
@@ -135,40 +146,53 @@ def evaluate_segmenter(
         "mean_dice": summary([case["mean_dice"] for case in per_case]),
         "n_cases": len(per_case),
         "hd95_mode": "per-slice" if slice_spacing is None else "3d-stack",
+        "hd95_unit": spacing_unit,
     }
     log.info("evaluated %d cases: mean foreground Dice %s", len(per_case), result["mean_dice"]["mean"])
     return result
 
 
-def _case_metrics(patient: str, pred: np.ndarray, target: np.ndarray, num_classes: int, spacing: tuple[float, ...], slice_spacing: float | None) -> dict[str, Any]:
+def _case_metrics(patient: str, pred: np.ndarray, target: np.ndarray, num_classes: int, spacing: np.ndarray, slice_spacing: float | None) -> dict[str, Any]:
     from medsynth.metrics.segmentation import dice_per_class
 
     dice = np.asarray(dice_per_class(pred, target, num_classes), dtype=np.float64)
+    distinct = np.unique(spacing, axis=0)
+    if slice_spacing is not None and len(distinct) > 1:
+        raise InvalidInput(f"3D HD95 needs one in-plane spacing per case; patient {patient} has {distinct.tolist()}.")
     hd = [_case_hd95(pred == c, target == c, spacing, slice_spacing) for c in range(1, num_classes)]
     mean = float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
     return {
         "patient": patient,
         "n_slices": int(len(pred)),
+        "pixel_spacing": distinct.tolist(),
         "dice": {str(c): _finite_or_none(v) for c, v in zip(range(1, num_classes), dice)},
         "hd95": {str(c): _finite_or_none(v) for c, v in zip(range(1, num_classes), hd)},
         "mean_dice": _finite_or_none(mean),
     }
 
 
-def _case_hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...], slice_spacing: float | None) -> float:
+def _case_hd95(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray, slice_spacing: float | None) -> float:
+    """``spacing`` is (n_slices, 2): the (row, col) spacing of each slice."""
     from medsynth.metrics.segmentation import hd95
 
     if slice_spacing is not None:
-        return float(hd95(pred, target, (slice_spacing, *spacing)))
-    values = [float(hd95(p, t, spacing)) for p, t in zip(pred, target) if p.any() or t.any()]
+        return float(hd95(pred, target, (slice_spacing, *spacing[0])))
+    values = [float(hd95(p, t, sp)) for p, t, sp in zip(pred, target, spacing) if p.any() or t.any()]
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
 
-def _check_spacing(spacing: Sequence[float], slice_spacing: float | None) -> tuple[float, float]:
-    values = tuple(float(s) for s in spacing)
-    if len(values) != 2 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise InvalidInput(f"spacing must be two positive in-plane values (row, col), got {tuple(spacing)!r}.")
+def _check_spacing(spacing: Any, slice_spacing: float | None, n: int) -> np.ndarray:
+    """One (row, col) spacing per item: ``(n, 2)`` float64."""
+    try:
+        values = np.asarray(spacing, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"spacing must be two positive in-plane values (row, col) or one such pair per item, got {spacing!r}.") from exc
+    if values.shape == (2,):
+        values = np.broadcast_to(values, (n, 2))
+    if values.shape != (n, 2) or not (np.isfinite(values).all() and (values > 0).all()):
+        shown = tuple(values.ravel()) if values.size <= 4 else f"an array of shape {values.shape}"
+        raise InvalidInput(f"spacing must be two positive in-plane values (row, col) or an ({n}, 2) array of them, got {shown!r}.")
     if slice_spacing is not None and not (math.isfinite(slice_spacing) and slice_spacing > 0):
         raise InvalidInput(f"slice_spacing must be positive or None, got {slice_spacing!r}.")
     return values

@@ -1,0 +1,223 @@
+"""The train-segmenter and evaluate handlers on a real local store: phantom scans ingested with an
+anisotropic voxel size, a 32² view, real / synthetic / mixed segmentation runs, then the report.
+
+Upstream artifacts that belong to the generator side (a generator registry entry, a cohort of
+NIfTI samples) are written into the store in the layout their handlers write; the segmentation runs
+are produced by the real handler. Handlers get a minimal job context (store, settings, job id,
+progress), the interface they use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+
+from medsynth.core.settings import Settings
+from medsynth.datasets.ingest import Upload, ingest_scan
+from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.views import build_views, normalise, resize_square
+from medsynth.handlers.artifacts import view_splits
+from medsynth.handlers.segment import hd95_spacing, train_segmentation
+from medsynth.io.nifti import load_nifti, to_nifti_bytes
+from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
+from medsynth.messages import JobKind
+from medsynth.phantoms import make_phantom, write_phantom_dataset
+from medsynth.segmentation.spacing import MM_UNIT
+from medsynth.store import ObjectStore
+from medsynth.store.local import LocalStore
+from medsynth.v1 import jobs_pb2
+
+SHAPE, SPACING, SIZE = (40, 32, 8), (0.7, 1.1, 2.5), 32
+VIEW_PIXEL_MM = (0.7 * 40 / 32, 1.1 * 40 / 32)  # side max(40, 32) = 40 resized to 32
+SEG = {"steps": 12, "batch_size": 8, "lr": 1e-2, "channels": [8, 16, 32], "augment": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@dataclass
+class Ctx:
+    """What a handler uses of its job context."""
+
+    store: ObjectStore
+    job_id: str
+    settings: Settings = field(default_factory=lambda: Settings(inception_weights=None))
+    seen: list = field(default_factory=list)
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.seen.append((fraction, message))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("eval")
+    store = LocalStore(root / "store")
+    names = write_phantom_dataset(root / "msd", n=8, seed=11, shape=SHAPE, spacing=SPACING)
+    for name in names:
+        image = Upload(f"{name}.nii.gz", (root / "msd" / "imagesTr" / f"{name}.nii.gz").read_bytes())
+        label = Upload(f"{name}.nii.gz", (root / "msd" / "labelsTr" / f"{name}.nii.gz").read_bytes())
+        ingest_scan(store, "ph", name, image, label, max_voxels=10**6)
+
+    def load(scan):
+        return tuple(np.asanyarray(load_nifti(store.get_bytes(k), what=k, max_voxels=10**6).dataobj) for k in (scan.image_key, scan.label_key))
+
+    key = build_views(store, load_manifest(store, "ph"), mode="slices2d", size=SIZE, axis=2, val_fraction=0.25,
+                      test_fraction=0.25, seed=0, keep_empty=False, load_scan=load)  # fmt: skip
+    view_id = key.split("/")[-2]
+    generator_id = _generator(store)
+    healthy_images, healthy_masks = _unseen_phantom_slices(range(500, 506))
+    healthy = _cohort(store, generator_id, healthy_images, healthy_masks)
+    rng = np.random.default_rng(0)
+    board = np.kron(rng.uniform(0, 1, (4, 4)), np.ones((8, 8)))
+    checker = np.clip(board + rng.normal(0, 0.01, (24, 32, 32)), 0, 1)[:, None].astype(np.float32)
+    checker_masks = np.zeros((24, 32, 32), np.uint8)
+    checker_masks[:, 8:24, 8:24] = 1
+    collapsed = _cohort(store, generator_id, checker, checker_masks)
+    runs = {source: _segment(store, view_id, source, healthy) for source in ("real", "synthetic", "mixed")}
+    return {"store": store, "view_id": view_id, "healthy": healthy, "n_healthy": len(healthy_images), "collapsed": collapsed, "runs": runs}
+
+
+def _succeeded(store: ObjectStore, kind: JobKind, result_keys: dict[str, str], job_id: str | None = None) -> str:
+    record = JobRecord(job_id=job_id or new_job_id(kind), kind=kind, spec={}, state=JobState.succeeded, result_keys=result_keys)
+    JobRecords(store).put(record)
+    return record.job_id
+
+
+def _generator(store: ObjectStore) -> str:
+    """A generator registry entry as handlers/generator.py writes it (only what evaluate reads)."""
+    job_id = new_job_id(JobKind.train_generator)
+    prefix = f"generators/{job_id}/"
+    store.put_json(f"{prefix}curves.json", {"step": [1, 2, 3], "loss_d": [1.4, 1.2, 1.1], "loss_g": [0.7, 0.9, 1.0]})
+    store.put_json(f"{prefix}generator.json", {"generator_id": job_id, "config": {"family": "stand-in"}, "metrics": {"loss_d": 1.1},
+                                                "curves_key": f"{prefix}curves.json"})  # fmt: skip
+    return _succeeded(store, JobKind.train_generator, {"generator": f"{prefix}generator.json"}, job_id)
+
+
+def _unseen_phantom_slices(seeds: range) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of phantoms not in the dataset, prepared as the view prepares them: a plausible cohort."""
+    images, masks = [], []
+    for seed in seeds:
+        image, label, _ = make_phantom(seed, SHAPE, SPACING)
+        image = normalise(image)
+        for k in range(SHAPE[2]):
+            if label[..., k].any():
+                img, msk = resize_square(image[..., k], label[..., k].astype(np.uint8), SIZE)
+                images.append(img)
+                masks.append(msk)
+    return np.stack(images)[:, None].astype(np.float32), np.stack(masks)
+
+
+def _cohort(store: ObjectStore, generator_id: str, images: np.ndarray, masks: np.ndarray) -> str:
+    """A cohort manifest with NIfTI samples, in the layout sampling/cohort.py writes."""
+    job_id = new_job_id(JobKind.sample_cohort)
+    prefix = f"cohorts/{job_id}/"
+    samples = []
+    for i, (img, msk) in enumerate(zip(images, masks)):
+        keys = {"image": f"{prefix}samples/{i:05d}/image.nii.gz", "label": f"{prefix}samples/{i:05d}/label.nii.gz"}
+        store.put_bytes(keys["image"], to_nifti_bytes(img[0], np.eye(4)))
+        store.put_bytes(keys["label"], to_nifti_bytes(msk, np.eye(4)))
+        samples.append({"index": i, "image": {"key": keys["image"]}, "label": {"key": keys["label"]}})
+    store.put_json(f"{prefix}manifest.json", {"formats": ["nifti"], "count": len(samples), "samples": samples,
+                                              "provenance": {"generator_id": generator_id}})  # fmt: skip
+    return _succeeded(store, JobKind.sample_cohort, {"manifest": f"{prefix}manifest.json"}, job_id)
+
+
+def _segment(store: ObjectStore, view_id: str, source: str, cohort_id: str) -> str:
+    ctx = Ctx(store, new_job_id(JobKind.train_segmenter))
+    spec = jobs_pb2.TrainSegmenter(dataset="ph", view_id=view_id, cohort_id=cohort_id if source != "real" else "",
+                                   config_json=json.dumps({**SEG, "source": source}))  # fmt: skip
+    return _succeeded(store, JobKind.train_segmenter, dict(train_segmentation(spec, ctx)), ctx.job_id)
+
+
+def _metrics(world: dict, source: str) -> dict:
+    record = JobRecords(world["store"]).get(world["runs"][source])
+    return world["store"].get_json(record.result_keys["metrics"])
+
+
+# --- train-segmenter ------------------------------------------------------------------------------
+
+
+def test_segmenter_metrics_have_hd95_in_mm_from_the_manifest_spacing(world: dict) -> None:
+    metrics = _metrics(world, "real")
+    test = metrics["test"]
+    assert test["hd95_unit"] == MM_UNIT and "manifest voxel spacing" in test["hd95_spacing_source"]
+    for case in test["per_case"]:
+        np.testing.assert_allclose(case["pixel_spacing"], [VIEW_PIXEL_MM])  # hand-computed above
+    assert set(test["dice"]) == {"1", "2"} and all("mean" in s for s in test["dice"].values())
+    view, splits = view_splits(world["store"], "ph", world["view_id"], splits=("test",))
+    spacing, unit, _ = hd95_spacing(world["store"], view, splits["test"])
+    assert unit == "mm" and spacing.shape == (len(splits["test"]["images"]), 2)
+
+
+def test_segmenter_metrics_record_the_validation_dice_curve(world: dict) -> None:
+    metrics = _metrics(world, "mixed")
+    curves = metrics["curves"]
+    val_every = max(1, SEG["steps"] // 10)  # as the handler sets it
+    assert curves["val_step"] == list(range(val_every, SEG["steps"] + 1, val_every))
+    assert len(curves["val_dice"]) == len(curves["val_step"]) and all(0.0 <= d <= 1.0 for d in curves["val_dice"])
+    assert metrics["best_val_dice"] == max(curves["val_dice"])
+    assert metrics["best_step"] == curves["val_step"][int(np.argmax(curves["val_dice"]))]
+    assert "train_loss" not in curves
+
+
+def test_old_views_fall_back_to_labelled_pixels(world: dict) -> None:
+    view, splits = view_splits(world["store"], "ph", world["view_id"], splits=("test",))
+    old = {k: v for k, v in view.items() if k != "spec"}
+    spacing, unit, source = hd95_spacing(world["store"], old, splits["test"])
+    assert (tuple(spacing), unit) == ((1.0, 1.0), "px") and "view pixels" in source
+    gone = {**view, "dataset_version": 99}  # the manifest version is missing
+    assert hd95_spacing(world["store"], gone, splits["test"])[1] == "px"
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+def _evaluate(world: dict, cohort: str) -> tuple[dict, str]:
+    from medsynth.handlers.evaluate import evaluate_cohort
+
+    ctx = Ctx(world["store"], new_job_id(JobKind.evaluate))
+    spec = jobs_pb2.Evaluate(cohort_id=world[cohort], dataset="ph", view_id=world["view_id"],
+                             segmentation_run_ids=list(world["runs"].values()))  # fmt: skip
+    keys = evaluate_cohort(spec, ctx)
+    return world["store"].get_json(keys["report_json"]), world["store"].get_bytes(keys["report_html"]).decode()
+
+
+def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world: dict) -> None:
+    report, html = _evaluate(world, "healthy")
+    assert [r["metric"] for r in report["fidelity"]] == ["fid", "kid"]
+    view = world["store"].get_json(f"datasets/ph/views/{world['view_id']}/view.json")
+    for row in report["fidelity"]:
+        assert (row["n_real"], row["n_fake"]) == (view["counts"]["train"], world["n_healthy"])
+        assert row["baseline_split"].startswith("by patient") and row["baseline_n_a"] + row["baseline_n_b"] == row["n_real"]
+        assert row["real_baseline"] is not None and row["value_at_baseline_counts"] is not None
+        assert row["n_fake_at_baseline_counts"] == min(row["n_fake"], row["baseline_n_b"])
+    assert report["samples"] | {"selection": None} == {"real_available": view["counts"]["train"], "real_used": view["counts"]["train"],
+                                                       "synthetic_available": world["n_healthy"], "synthetic_used": world["n_healthy"],
+                                                       "selection": None}  # fmt: skip
+    utility = {r["source"]: r for r in report["utility"]}
+    assert set(utility) == {"real", "synthetic", "mixed"}
+    real = utility["real"]
+    assert real["hd95_unit"] == "mm" and set(real["dice_per_class"]) == {"1", "2"}
+    assert real["dice_per_class"]["1"] == _metrics(world, "real")["test"]["dice"]["1"]
+    assert set(report["segmentation_curves"]) == {"real", "synthetic", "mixed"}
+    assert report["diversity"]["mode_collapse"] is False and report["diversity"]["pixel"]["n_synthetic"] == world["n_healthy"]
+    for text in ("real vs real (baseline)", f"Images used: real {view['counts']['train']} of {view['counts']['train']}", "Dice class 1", "Dice class 2", "mean HD95 (mm)", "Segmenter validation curves",
+                 'data-series="real"', 'data-series="mixed"', "Diversity", "no mode-collapse warning", "Training curves"):
+        assert text in html, text
+
+
+def test_evaluation_of_a_collapsed_cohort_warns_in_json_and_html(world: dict) -> None:
+    report, html = _evaluate(world, "collapsed")
+    assert report["memorization"]["fraction_flagged"] == 0.0  # the audit passes it...
+    diversity = report["diversity"]
+    assert diversity["mode_collapse"] is True and diversity["pixel"]["ratio"] < 0.5  # ...the diversity check does not
+    assert "possible mode collapse" in html and "class='warn'" in html

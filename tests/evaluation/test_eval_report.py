@@ -1,0 +1,95 @@
+"""The report page: validation-Dice curves as inline SVG at the right coordinates, per-class Dice
+and HD95 with their unit, the fidelity baseline columns and the mode-collapse banner."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from medsynth.handlers.evaluate import utility_row
+from medsynth.report import curve_svg, render_html
+
+
+def _summary(mean, n=3):
+    return {"mean": mean, "ci_low": None if mean is None else mean - 0.1, "ci_high": None if mean is None else mean + 0.1,
+            "n": n, "ci_level": 0.95, "n_boot": 100}  # fmt: skip
+
+
+def _run(source: str, unit: str | None = "mm") -> dict:
+    test = {"mean_dice": _summary(0.6), "dice": {"1": _summary(0.8), "2": _summary(0.4)},
+            "hd95": {"1": _summary(3.5), "2": _summary(None, 0)}, "n_cases": 3}  # fmt: skip
+    if unit is not None:
+        test["hd95_unit"] = unit
+    return {"source": source, "run_id": f"seg-{source}", "test": test, "best_step": 20, "best_val_dice": 0.7,
+            "curves": {"val_step": [10, 20, 30], "val_dice": [0.2, 0.7, 0.5]}}  # fmt: skip
+
+
+def _results(diversity_warning: str | None = None, unit: str | None = "mm") -> dict:
+    runs = [_run("real", unit), _run("synthetic", unit)]
+    fidelity = [{"metric": "fid", "value": 0.17, "extractor": "enc", "preprocessing": "none", "n_real": 40, "n_fake": 64,
+                 "real_baseline": 0.05, "baseline_split": "by patient (3 | 3 patients)", "baseline_n_a": 20, "baseline_n_b": 20,
+                 "value_at_baseline_counts": 0.31, "n_fake_at_baseline_counts": 20}]  # fmt: skip
+    space = {"distance": "pixel: RMS", "synthetic": 0.05, "real": 0.2, "ratio": 0.25, "n_synthetic": 64, "n_real": 40,
+             "real_baseline_ratio": 1.01, "duplicate_fraction": 0.0}  # fmt: skip
+    return {
+        "evaluation_id": "evaluate-x", "fidelity": fidelity, "utility": [utility_row(r) for r in runs],
+        "diversity": {"pixel": space, "feature": None, "threshold": 0.5, "mode_collapse": diversity_warning is not None,
+                      "warning": diversity_warning, "rule": "warn if ratio < 0.5"},
+        "segmentation_curves": {r["source"]: {"val_step": r["curves"]["val_step"], "val_dice": r["curves"]["val_dice"],
+                                              "best_step": 20, "best_val_dice": 0.7} for r in runs},
+        "relative_dice": 1.0, "memorization": {"fraction_flagged": 0.0},
+    }  # fmt: skip
+
+
+def test_curve_svg_places_points_on_the_axes() -> None:
+    svg = curve_svg({"real": [(10, 0.0), (20, 0.5), (30, 1.0)], "gone": [(10, float("nan"))]}, width=250, height=130, y_range=(0.0, 1.0), markers=True)
+    root = ET.fromstring(svg)  # well-formed XML
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    lines = root.findall("s:polyline", ns)
+    assert [p.get("data-series") for p in lines] == ["real", "gone"]
+    points = [tuple(map(float, xy.split(","))) for xy in lines[0].get("points").split()]
+    # x: 40 + (x - 10) / 20 * (250 - 50); y: 130 - 20 - y * (130 - 30)
+    assert points == [(40.0, 110.0), (140.0, 60.0), (240.0, 10.0)]
+    assert lines[1].get("points") == ""  # NaN points are dropped
+    assert len(root.findall("s:circle", ns)) == 3
+
+
+def test_report_plots_validation_dice_of_every_segmenter() -> None:
+    page = render_html(_results(), {}, {})
+    section = page.split("<h2>Segmenter validation curves</h2>")[1].split("<h2>")[0]
+    root = ET.fromstring(section[section.index("<svg"): section.index("</svg>") + 6])
+    series = {p.get("data-series"): p.get("points") for p in root.iter("{http://www.w3.org/2000/svg}polyline")}
+    assert set(series) == {"real", "synthetic"} and len(series["real"].split()) == 3
+    assert "real: best 0.7 at step 20" in section
+
+
+def test_report_shows_dice_per_class_and_hd95_with_its_unit() -> None:
+    page = render_html(_results(), {}, {})
+    for text in ("Dice class 1", "Dice class 2", "mean HD95 (mm)", "HD95 class 1 (mm)", "HD95 in millimetres",
+                 "0.8 [0.7, 0.9] (n=3)", "0.4 [0.3, 0.5] (n=3)"):
+        assert text in page, text
+    old = render_html(_results(unit=None), {}, {})  # metrics.json written before units were recorded
+    assert "mean HD95 (px)" in old and "HD95 in view pixels (px)" in old and "(mm)" not in old
+
+
+def test_report_puts_the_real_baseline_and_counts_beside_each_score() -> None:
+    page = render_html(_results(), {}, {})
+    table = page.split("<h2>Fidelity</h2>")[1].split("</table>")[0]
+    cells = re.findall(r"<td>(.*?)</td>", table)
+    assert cells == ["FID", "enc", "0.17", "40 / 64", "0.05", "20 / 20 (by patient (3 | 3 patients))", "0.31", "20 / 20"]
+
+
+def test_mode_collapse_warning_is_a_banner_and_absent_otherwise() -> None:
+    warned = render_html(_results("possible mode collapse: pixel ratio 0.25 < 0.5"), {}, {})
+    assert warned.count("class='warn'>possible mode collapse") == 2  # top of the page and the Diversity section
+    assert "class='warn'" not in render_html(_results(), {}, {}).split("</style>")[1]
+
+
+def test_utility_row_keeps_per_class_summaries() -> None:
+    row = utility_row(_run("real"))
+    assert row["dice_per_class"]["2"]["mean"] == 0.4 and row["hd95_per_class"]["2"]["mean"] is None
+    assert row["mean_hd95"] == pytest.approx(3.5)  # classes without a defined HD95 are left out
+    assert (row["hd95_unit"], row["best_step"], row["best_val_dice"]) == ("mm", 20, 0.7)
+    assert utility_row(_run("real", unit=None))["hd95_unit"] == "px"
