@@ -37,3 +37,23 @@ def test_unknown_fields_are_tolerated() -> None:
     tag = bytes([(99 << 3 | 2) & 0x7F | 0x80, (99 << 3 | 2) >> 7])
     command, kind, spec = decode_command(data + tag + bytes([len(extra)]) + extra)
     assert (command.job_id, kind, spec.dataset, spec.size) == ("job-1", JobKind.prepare_dataset, "d", 64)
+
+
+def test_every_family_and_training_option_has_a_typed_proto_field() -> None:
+    """A GeneratorSpec survives the TrainGenerator command exactly, for every registered family, with
+    every training option set (so an option added to a model without its proto field fails here)."""
+    from medsynth.generators.base import DataSpec, TrainingOptions
+    from medsynth.generators.proto import from_proto, to_proto
+    from medsynth.generators.registry import FAMILIES, GeneratorSpec, parse_options
+    from medsynth.v1 import jobs_pb2
+
+    training = TrainingOptions(steps=7, batch_size=4, lr_g=1e-3, lr_d=2e-3, betas=(0.1, 0.9), ema_decay=0.5,
+                               checkpoint_every=3, log_every=2, seed=2**62, precision="bf16", time_budget_s=12.5)
+    assert set(TrainingOptions.model_fields) == set(jobs_pb2.TrainingOptions.DESCRIPTOR.fields_by_name)
+    for name, family in FAMILIES.items():
+        fields = set(family.options_type.model_fields) - {"family"}
+        message = jobs_pb2.TrainGenerator.DESCRIPTOR.fields_by_name[name.replace("-", "_")].message_type
+        assert fields == set(message.fields_by_name), name
+        spec = GeneratorSpec(parse_options({"family": name}), training, DataSpec(64, 3))
+        wire = jobs_pb2.TrainGenerator.FromString(to_proto(spec, dataset="d", view_id="v").SerializeToString())
+        assert from_proto(wire) == spec, name

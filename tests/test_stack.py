@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medsynth.demo import DemoSettings, run_pipeline
+from medsynth.demo import DemoSettings, run_pipeline, wait_for_job
 
 from medsynth.phantoms import write_phantom_dataset
 
@@ -81,7 +81,14 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
 
 
 
-TINY = DemoSettings(size=32, gan_steps=12, gan_base_channels=8, gan_batch_size=8, cohort_size=24, seg_steps=6, seg_batch_size=8)
+TINY = DemoSettings(size=32, family="joint-gan", gen_steps=12, cohort_size=24, seg_steps=6, seg_batch_size=8)
+# Small SPADE and StyleGAN2 generators for the other two kinds' run through the stack.
+SMALL = {
+    "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8,
+              "num_scales": 1, "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
+    "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256,
+                  "channel_max": 16, "mbstd_group": 2, "conditional": True},
+}
 
 
 def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp_path: Path) -> None:
@@ -106,6 +113,57 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
         assert f"{cohort_id}/manifest.json" in names and f"{cohort_id}/samples/00023/label.nii.gz" in names
         metrics = httpx.get("http://127.0.0.1:18711/metrics").text
         assert "medsynth_trainer_steps_per_second" in metrics
+        assert 'medsynth_trainer_loss{family="joint-gan",loss="loss_d"}' in metrics
+        assert report["generator"]["family"] == "joint-gan" and report["generator"]["options"]["loss"] == "hinge"
+        assert "<h2>Generator</h2>" in html
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_spade_and_stylegan2_through_the_stack(family: str, stack_env: dict) -> None:
+    """Train through REST/Kafka, sample every mask source through TorchServe, train a U-Net on the cohort."""
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+        view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
+        body = {"dataset": "demo", "view_id": view_id, "generator": SMALL[family], "training": {"steps": 6, "batch_size": 8},
+                "condition_on": "slice-position" if SMALL[family].get("conditional") else "none"}
+        gen = wait_for_job(api, api.post("/v1/generators", json=body).raise_for_status().json()["job_id"], echo=lambda *_: None)
+        registry = api.get(f"/v1/generators/{gen['job_id']}").json()["generator"]
+        assert registry["family"] == family and registry["steps_done"] == 6
+        condition = 2 if SMALL[family].get("conditional") else None
+        for source in registry["mask_sources"]:
+            job = api.post("/v1/cohorts", json={"generator_id": gen["job_id"], "count": 8, "mask_source": source,
+                                                "condition": condition}).raise_for_status().json()
+            cohort = wait_for_job(api, job["job_id"], echo=lambda *_: None)
+            manifest = api.get(f"/v1/cohorts/{cohort['job_id']}").json()["manifest"]
+            assert manifest["family"] == family and manifest["sampler"]["backend"] == "torchserve"
+            assert manifest["mode"] == {"mask_source": source, "condition": condition}
+            assert manifest["masks"]["derived_from_training_patients"] is (source == "real-deformed")
+        seg = {"dataset": "demo", "view_id": view_id, "source": "synthetic", "cohort_id": cohort["job_id"], "steps": 4, "batch_size": 8}
+        run = wait_for_job(api, api.post("/v1/segmentations", json=seg).raise_for_status().json()["job_id"], echo=lambda *_: None)
+        assert run["state"] == "succeeded"
+
+
+def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+        families = {f["family"]: f for f in api.get("/v1/generator-families").json()["families"]}
+        assert set(families) == {"joint-gan", "spade", "stylegan2"}
+        assert families["spade"]["mask_sources"] == ["generated", "real-deformed"]
+        assert "loss" in families["joint-gan"]["options"] and "r1_gamma" in families["stylegan2"]["options"]
+        view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
+        base = {"dataset": "demo", "view_id": view_id}
+        cases = [
+            ({"generator": {"family": "vae"}}, "family"),
+            ({"generator": {"family": "joint-gan", "mask_bank_size": 4}}, "mask_bank_size"),
+            ({"generator": {"family": "joint-gan", "loss": "wgan-gp", "critic_norm": "batch"}}, "batch norm"),
+            ({"generator": {"family": "stylegan2"}, "condition_on": "slice-position"}, "class-conditioned"),
+            ({"generator": {"family": "stylegan2", "conditional": True}}, "conditional"),
+        ]
+        for extra, named in cases:
+            r = api.post("/v1/generators", json=base | extra)
+            assert r.status_code == 422 and named in r.text, (extra, r.status_code, r.text)
+        joint = next(j for j in api.get("/v1/generators").json()["jobs"] if j["state"] == "succeeded")
+        for cohort, named in (({"mask_source": "real-deformed"}, "has no mask source"), ({"condition": 1}, "without class conditioning")):
+            r = api.post("/v1/cohorts", json={"generator_id": joint["job_id"], "count": 4} | cohort)
+            assert r.status_code == 422 and named in r.json()["detail"], r.text
 
 
 def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
@@ -116,7 +174,7 @@ def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
             assert api.post("/v1/cohorts", json={"generator_id": "x", "count": count}).status_code == 422
         generators = api.get("/v1/generators").json()["jobs"]
         view_id = generators[0]["spec"]["view_id"]
-        slow = api.post("/v1/generators", json={"dataset": "demo", "view_id": view_id, "steps": 100000, "base_channels": 8}).json()
+        slow = api.post("/v1/generators", json={"dataset": "demo", "view_id": view_id, "training": {"steps": 100000}}).json()
         r = api.post("/v1/cohorts", json={"generator_id": slow["job_id"], "count": 4})
         assert r.status_code == 409 and "not ready" in r.json()["detail"]
         assert api.post(f"/v1/jobs/{slow['job_id']}/cancel").status_code == 200

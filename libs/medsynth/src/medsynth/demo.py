@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from medsynth.core.errors import MedsynthError
+from medsynth.generators.presets import preset
 from medsynth.core.names import check_name
 from medsynth.core.settings import Settings
 
@@ -103,15 +104,18 @@ def _stage(message: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?%?", "#", message)
 
 
+DEFAULT_FAMILY = "joint-gan"
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """The demo's knobs. Defaults fit 15 minutes on 2 CPU cores; scale them up on a GPU (see README)."""
 
     phantoms: int = 16
     size: int = 64
-    gan_steps: int = 2000
-    gan_base_channels: int = 16
-    gan_batch_size: int = 32
+    family: str = DEFAULT_FAMILY  # options: medsynth.generators.presets
+    gen_minutes: float = 5.0      # the generator's training time budget
+    gen_steps: int = 100_000      # ... and its step limit, whichever comes first
     cohort_size: int = 512
     seg_steps: int = 800
     seg_batch_size: int = 16
@@ -132,11 +136,11 @@ def run_pipeline(api: httpx.Client, dataset: str, knobs: DemoSettings, timings: 
     """prepare → train generator → cohort → segment ×3 → evaluate, all through the REST api."""
     job = _submit(api, f"/v1/datasets/{dataset}/views", {"size": knobs.size}, "prepare views", timings, echo)
     view_id = job["result_keys"]["view"].split("/")[-2]
-    gen = _submit(api, "/v1/generators", {
-        "dataset": dataset, "view_id": view_id, "steps": knobs.gan_steps, "base_channels": knobs.gan_base_channels,
-        "batch_size": knobs.gan_batch_size, "checkpoint_every": max(1, knobs.gan_steps // 4),
-        "loss": "bce",  # of the three, the one that pairs images and masks soonest in short runs
-    }, "train generator", timings, echo)
+    chosen = preset(knobs.family)
+    training = {**chosen["training"], "steps": knobs.gen_steps, "time_budget_s": knobs.gen_minutes * 60,
+                "checkpoint_every": 250, "log_every": max(1, min(25, knobs.gen_steps // 10))}
+    gen = _submit(api, "/v1/generators", {"dataset": dataset, "view_id": view_id, "generator": chosen["generator"],
+                                          "training": training}, f"train generator ({knobs.family})", timings, echo)
     cohort = _submit(api, "/v1/cohorts", {"generator_id": gen["job_id"], "count": knobs.cohort_size, "seed": 1},
                      "sample cohort", timings, echo)
     runs = {}

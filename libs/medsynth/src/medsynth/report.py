@@ -31,6 +31,18 @@ def grid_png(images: np.ndarray, *, columns: int = 8, scale: int = 2) -> bytes:
     return buf.getvalue()
 
 
+def _generator_section(generator: Mapping[str, Any]) -> str:
+    """The family, its options and the training options, as two small tables."""
+    if not generator:
+        return "<p>(no generator record)</p>"
+    budget = " (stopped by its time budget)" if generator.get("stopped_by_time_budget") else ""
+    head = (f"<p>family <b>{_fmt(generator.get('family'))}</b>, {_fmt(generator.get('steps_done'))} training steps"
+            f"{budget} on {_fmt(generator.get('device'))}</p>")
+    options = {k: v for k, v in (generator.get("options") or {}).items() if k != "family"}
+    training = generator.get("training") or {}
+    return head + "<h3>Options</h3>" + _table([options]) + ("<h3>Training</h3>" + _table([training]) if training else "")
+
+
 def curve_svg(
     series: Mapping[str, Sequence[tuple[float, float]]],
     *,
@@ -191,6 +203,8 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         f"<p class='warn'>{html.escape(diversity['warning'])}</p>" if diversity.get("warning") else "",
         f"<p>cohort <b>{_fmt(results.get('cohort_id'))}</b> from generator <b>{_fmt(results.get('generator_id'))}</b>, "
         f"dataset <b>{_fmt(results.get('dataset'))}</b> v{_fmt(results.get('dataset_version'))}</p>",
+        "<h2>Generator</h2>",
+        _generator_section(results.get("generator") or {}),
         "<h2>Samples</h2><div class='pair'>",
         f"<figure>{_img(figures['synthetic'], 'synthetic samples')}<figcaption>synthetic</figcaption></figure>" if "synthetic" in figures else "",
         f"<figure>{_img(figures['real'], 'real samples')}<figcaption>real (training split)</figcaption></figure>" if "real" in figures else "",

@@ -66,7 +66,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
                     "synthetic_available": int(manifest.get("count", len(manifest["samples"]))), "synthetic_used": int(len(fake)),
                     "selection": f"real: a seeded random subset of at most {limit} training images; synthetic: the first "
                                  f"{options.get('max_samples') or 'all'} samples"},
-        **numbers, "generator": {"config": generator["config"], "metrics": generator["metrics"]},
+        **numbers, "generator": _generator_summary(generator),
     }  # fmt: skip
     ctx.progress(0.9, "report")
     from medsynth.sampling.cohort import contact_sheet  # the report's sample grids are the cohort's own
@@ -79,11 +79,25 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
         "memorization": grid_png(np.stack([x for s, t in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
     }
     html = render_html(results, {k: v for k, v in figures.items() if v},
-                       {name: list(zip(curves["step"], curves[name])) for name in ("loss_d", "loss_g") if name in curves})  # fmt: skip
+                       {name: list(zip(curves["step"], values)) for name, values in curves.items() if name != "step"})  # fmt: skip
     prefix = f"evaluations/{ctx.job_id}/"
     ctx.store.put_json(f"{prefix}report.json", results)
     ctx.store.put_bytes(f"{prefix}report.html", html.encode(), content_type="text/html")
     return {"report_json": f"{prefix}report.json", "report_html": f"{prefix}report.html"}
+
+
+def _generator_summary(registry: dict[str, Any]) -> dict[str, Any]:
+    """What the report says about the generator: family, options, training options, steps reached."""
+    spec = registry.get("spec") or {}
+    return {
+        "family": registry.get("family", "joint-gan"),
+        "options": spec.get("options", registry.get("config")),
+        "training": spec.get("training"),
+        "steps_done": registry.get("steps_done"),
+        "stopped_by_time_budget": registry.get("stopped_by_time_budget", False),
+        "device": registry.get("device"),
+        "metrics": registry.get("metrics"),
+    }
 
 
 def evaluation_results(

@@ -54,7 +54,7 @@ class PrepareDataset(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ...) -> None: ...
 
 class TrainingOptions(_message.Message):
-    __slots__ = ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed", "precision")
+    __slots__ = ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed", "precision", "time_budget_s")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LR_G_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class TrainingOptions(_message.Message):
     LOG_EVERY_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
     steps: int
     batch_size: int
     lr_g: float
@@ -75,7 +76,8 @@ class TrainingOptions(_message.Message):
     log_every: int
     seed: int
     precision: str
-    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr_g: _Optional[float] = ..., lr_d: _Optional[float] = ..., betas: _Optional[_Iterable[float]] = ..., ema_decay: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., log_every: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    time_budget_s: float
+    def __init__(self, steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr_g: _Optional[float] = ..., lr_d: _Optional[float] = ..., betas: _Optional[_Iterable[float]] = ..., ema_decay: _Optional[float] = ..., checkpoint_every: _Optional[int] = ..., log_every: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., time_budget_s: _Optional[float] = ...) -> None: ...
 
 class GeneratorData(_message.Message):
     __slots__ = ("image_size", "num_classes", "num_conditions")

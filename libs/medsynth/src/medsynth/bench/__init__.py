@@ -1,0 +1,1 @@
+"""Benchmarks: measured speed and quality on real or phantom data (`make bench-*`), never part of `make test`."""

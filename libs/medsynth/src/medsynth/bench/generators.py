@@ -1,0 +1,288 @@
+"""``make bench-generators``: every generator family trained under the same wall-clock budget on one
+dataset, then judged the same way — all through the running stack (REST → Kafka → workers →
+TorchServe), as a user would.
+
+Per family (and per mask source, for families with several): train with ``time_budget_s`` → a cohort
+through TorchServe → a synthetic-only and a mixed U-Net → an evaluation (FID/KID with the extractor
+named, memorization audit) against one real-only U-Net trained once. Sampling speed is measured
+beside it, through TorchServe and in this process, on the same generator. Writes ``results.json``
+and ``results.md`` (one table) under ``--out``.
+
+Run it alone: it is meant to measure, and anything heavy beside it on the machine changes the steps
+each family reaches in its budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from medsynth.core.errors import MedsynthError
+
+# Options of each family for the benchmark: sized for a 2-core CPU at 64×64 (the families' own
+# defaults aim at the same scale; these are stated here so that the table says what was run).
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
+    "joint-gan": {"family": "joint-gan", "loss": "hinge", "base_channels": 32, "diff_augment": True},
+    "spade": {"family": "spade"},
+    "stylegan2": {"family": "stylegan2", "augment": "ada"},
+}
+FAMILY_TRAINING: dict[str, dict[str, Any]] = {
+    "joint-gan": {"batch_size": 32},
+    "spade": {"batch_size": 16},
+    "stylegan2": {"batch_size": 16},
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    data: Path | None = None          # Decathlon-layout folder; None: phantoms written by the bench
+    dataset: str = "bench"
+    families: tuple[str, ...] = ("joint-gan", "spade", "stylegan2")
+    budget_min: float = 8.0           # training wall clock per family
+    size: int = 64
+    phantoms: int = 24
+    cohort_size: int = 1000
+    seg_steps: int = 800
+    seg_batch_size: int = 16
+    augment: bool = True              # classical augmentation, the same for every segmentation arm
+    synthetic_ratio: float = 0.5
+    sampling_probe: int = 256         # samples drawn to time sampling (TorchServe and in-process)
+    seed: int = 0
+    out: Path = Path("bench-results/generators")
+
+
+@dataclass
+class Row:
+    family: str
+    mask_source: str
+    options: dict[str, Any]
+    steps_done: int = 0
+    steps_per_s: float = float("nan")
+    train_s: float = float("nan")
+    fid: float = float("nan")
+    kid: float = float("nan")
+    fid_real_baseline: float | None = None
+    extractor: str = ""
+    n_real: int = 0
+    n_fake: int = 0
+    dice_synthetic: float = float("nan")
+    dice_synthetic_ci: tuple[float, float] = (float("nan"), float("nan"))
+    dice_mixed: float = float("nan")
+    dice_mixed_ci: tuple[float, float] = (float("nan"), float("nan"))
+    relative_dice: float = float("nan")
+    memorized_fraction: float = float("nan")
+    torchserve_images_per_s: float = float("nan")
+    inprocess_images_per_s: float = float("nan")
+    real_masks_at_sampling: bool = False
+    error: str | None = None
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+def run(settings: BenchSettings, echo=print) -> dict[str, Any]:
+    from medsynth import stack
+    from medsynth.core.settings import load_settings
+    from medsynth.ingest_client import ingest_folder
+    from medsynth.phantoms import write_phantom_dataset
+
+    app = load_settings()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    echo(f"== bench-generators: families {list(settings.families)}, {settings.budget_min:g} min each, data {settings.data or 'phantoms'}")
+    stack.up(app, echo=echo)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = settings.data
+            if data is None:
+                data = Path(tmp) / "phantoms"
+                write_phantom_dataset(data, n=settings.phantoms, seed=settings.seed)
+            summary = ingest_folder(Path(data), settings.dataset, f"http://127.0.0.1:{app.stack_base_port + 1}")
+            echo("\n".join(summary.lines()))
+        with httpx.Client(base_url=f"http://127.0.0.1:{app.stack_base_port}", timeout=120) as api:
+            result = _bench(api, app, settings, echo)
+    finally:
+        stack.down(app, echo=echo)
+    _write(settings.out, result)
+    echo(markdown(result))
+    echo(f"results: {settings.out.resolve() / 'results.md'} and results.json")
+    return result
+
+
+def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, Any]:
+    from medsynth.demo import wait_for_job
+
+    def submit(path: str, body: dict, label: str) -> dict:
+        echo(f"== {label}")
+        response = api.post(path, json=body)
+        if response.status_code >= 400:
+            raise MedsynthError(f"{label}: HTTP {response.status_code}: {response.text}")
+        return wait_for_job(api, response.json()["job_id"], timeout=6 * 3600, echo=echo)
+
+    view = submit(f"/v1/datasets/{settings.dataset}/views", {"size": settings.size, "seed": settings.seed}, "prepare views")
+    view_id = view["result_keys"]["view"].split("/")[-2]
+    seg = {"dataset": settings.dataset, "view_id": view_id, "steps": settings.seg_steps, "batch_size": settings.seg_batch_size,
+           "augment": settings.augment, "seed": settings.seed}
+    real = submit("/v1/segmentations", {**seg, "source": "real"}, "segment (real)")
+    rows: list[Row] = []
+    for family in settings.families:
+        options = FAMILY_OPTIONS[family]
+        training = {"steps": 1_000_000, "time_budget_s": settings.budget_min * 60, "seed": settings.seed,
+                    "checkpoint_every": 500, "log_every": 25, **FAMILY_TRAINING.get(family, {})}
+        try:
+            t = time.monotonic()
+            gen = submit("/v1/generators", {"dataset": settings.dataset, "view_id": view_id, "generator": options, "training": training},
+                         f"train {family} ({settings.budget_min:g} min)")
+            train_s = time.monotonic() - t
+            registry = api.get(f"/v1/generators/{gen['job_id']}").raise_for_status().json()["generator"]
+        except MedsynthError as exc:
+            rows.append(Row(family, "-", options, error=str(exc)))
+            continue
+        for source in registry["mask_sources"]:
+            row = Row(family, source, options, steps_done=registry["steps_done"], train_s=train_s,
+                      steps_per_s=registry["steps_done"] / max(train_s, 1e-9), real_masks_at_sampling=source != "generated")
+            row.ids["generator"] = gen["job_id"]
+            try:
+                _judge(api, app, settings, submit, seg, real["job_id"], registry, source, row)
+            except MedsynthError as exc:
+                row.error = str(exc)
+            rows.append(row)
+    return {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+            "view_id": view_id, "real_run": real["job_id"], "rows": [asdict(r) for r in rows]}
+
+
+def _judge(api, app, settings: BenchSettings, submit, seg: dict, real_run: str, registry: dict, source: str, row: Row) -> None:
+    cohort = submit("/v1/cohorts", {"generator_id": registry["generator_id"], "count": settings.cohort_size,
+                                    "seed": settings.seed + 1, "mask_source": source, "formats": ["nifti"]},
+                    f"cohort {row.family}/{source}")
+    row.ids["cohort"] = cohort["job_id"]
+    row.torchserve_images_per_s, row.inprocess_images_per_s = _sampling_speed(app, settings, registry, source)
+    runs = [real_run]
+    for arm in ("synthetic", "mixed"):
+        body = {**seg, "source": arm, "cohort_id": cohort["job_id"], "synthetic_ratio": settings.synthetic_ratio}
+        runs.append(submit("/v1/segmentations", body, f"segment {row.family}/{source} ({arm})")["job_id"])
+    evaluation = submit("/v1/evaluations", {"cohort_id": cohort["job_id"], "segmentation_run_ids": runs}, f"evaluate {row.family}/{source}")
+    report = api.get(f"/v1/evaluations/{evaluation['job_id']}").raise_for_status().json()["report"]
+    row.ids["evaluation"] = evaluation["job_id"]
+    _read_report(report, row)
+
+
+def _read_report(report: dict, row: Row) -> None:
+    for score in report.get("fidelity", []):
+        if score["metric"] in ("fid", "kid") and score["extractor"].startswith("in-domain"):
+            setattr(row, score["metric"], float(score["value"]))
+            row.extractor, row.n_real, row.n_fake = score["extractor"], int(score["n_real"]), int(score["n_fake"])
+            if score["metric"] == "fid":
+                baseline = score.get("real_baseline")
+                row.fid_real_baseline = float(baseline["value"]) if isinstance(baseline, dict) else baseline
+    for utility in report.get("utility", []):
+        ci = (float(utility["dice_ci_low"]), float(utility["dice_ci_high"]))
+        if utility["source"] == "synthetic":
+            row.dice_synthetic, row.dice_synthetic_ci = float(utility["mean_dice"]), ci
+        elif utility["source"] == "mixed":
+            row.dice_mixed, row.dice_mixed_ci = float(utility["mean_dice"]), ci
+    row.relative_dice = float(report.get("relative_dice", float("nan")))
+    row.memorized_fraction = float(report.get("memorization", {}).get("fraction_flagged", float("nan")))
+
+
+def _sampling_speed(app, settings: BenchSettings, registry: dict, source: str) -> tuple[float, float]:
+    """Images per second drawing ``sampling_probe`` samples in batches of 64: through the stack's
+    TorchServe (the cohort job registered the model) and in this process from the checkpoint."""
+    from medsynth.core.devices import pick_device
+    from medsynth.generators.base import MaskSource, SampleMode
+    from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
+    from medsynth.sampling.torchserve import TorchServeClient
+    from medsynth.store import open_store
+    from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
+
+    mode = SampleMode(mask_source=MaskSource(source))
+    urls = json.loads((app.home.resolve() / "torchserve" / "state.json").read_text())
+    with TorchServeClient(urls["inference_url"], urls["management_url"]) as client:
+        served = _rate(TorchServeSampler(client, registry["model_name"], mode), settings.sampling_probe)
+    checkpoint = load_checkpoint(open_store(app).get_bytes(registry["checkpoint_key"]))
+    device = pick_device(app.device)
+    local = _rate(InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device),
+                  settings.sampling_probe)
+    return served, local
+
+
+def _rate(sampler, count: int, batch: int = 64) -> float:
+    sampler.draw(0, range(batch))  # warm-up: first request loads the worker / allocates
+    t = time.perf_counter()
+    for start in range(0, count, batch):
+        sampler.draw(1, range(start, min(start + batch, count)))
+    return count / (time.perf_counter() - t)
+
+
+# Output ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [
+        f"# bench-generators — {s['data'] or 'phantoms'}, {s['budget_min']} min per family, {s['size']}², "
+        f"cohort {s['cohort_size']}, U-Net {s['seg_steps']} steps (augment {s['augment']})",
+        "",
+        "| family | masks at sampling | steps | steps/s | FID | KID | FID real-vs-real | Dice synthetic [95% CI] "
+        "| Dice mixed [95% CI] | relative Dice | memorized | img/s TorchServe | img/s in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["error"]:
+            lines.append(f"| {r['family']} | {r['mask_source']} | failed: {r['error'][:120]} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {r['family']} | {r['mask_source']}{' (real)' if r['real_masks_at_sampling'] else ''} | {r['steps_done']} "
+            f"| {_fmt(r['steps_per_s'], 2)} | {_fmt(r['fid'])} | {_fmt(r['kid'], 4)} | {_fmt(r['fid_real_baseline'])} "
+            f"| {_fmt(r['dice_synthetic'])} [{_fmt(r['dice_synthetic_ci'][0])}, {_fmt(r['dice_synthetic_ci'][1])}] "
+            f"| {_fmt(r['dice_mixed'])} [{_fmt(r['dice_mixed_ci'][0])}, {_fmt(r['dice_mixed_ci'][1])}] "
+            f"| {_fmt(r['relative_dice'])} | {_fmt(r['memorized_fraction'] * 100, 1)} % "
+            f"| {_fmt(r['torchserve_images_per_s'], 1)} | {_fmt(r['inprocess_images_per_s'], 1)} |"
+        )
+    extractors = sorted({r["extractor"] for r in result["rows"] if r["extractor"]})
+    counts = sorted({(r["n_real"], r["n_fake"]) for r in result["rows"] if r["n_real"]})
+    lines += ["", f"FID/KID extractor: {', '.join(extractors) or '–'}; samples (real, fake): {counts}.",
+              "relative Dice = synthetic-only Dice / real-only Dice, both on the view's real test patients."]
+    return "\n".join(lines)
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.md").write_text(markdown(result) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = BenchSettings()
+    parser = argparse.ArgumentParser(prog="medsynth-bench-generators", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="Decathlon-layout folder (imagesTr/ + labelsTr/); default: phantoms")
+    parser.add_argument("--families", nargs="+", default=list(defaults.families), choices=sorted(FAMILY_OPTIONS))
+    for name in ("budget_min", "size", "phantoms", "cohort_size", "seg_steps", "seg_batch_size", "sampling_probe", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="segmenters without classical augmentation")
+    parser.add_argument("--out", type=Path, default=defaults.out)
+    args = parser.parse_args(argv)
+    dataset = (args.data.name if args.data else "phantoms").lower().replace("_", "-")[:40] or "bench"
+    settings = BenchSettings(**{k: v for k, v in vars(args).items() if k != "families"}, families=tuple(args.families),
+                             dataset="".join(c for c in dataset if c.isalnum() or c == "-").strip("-") or "bench")
+    try:
+        run(settings)
+    except MedsynthError as exc:
+        print(f"bench-generators: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
