@@ -183,9 +183,10 @@ time.sleep(120)
 
 
 def _accepts(address: tuple[str, int]) -> bool:
+    """Whether a broker accepts connections at ``address`` (a reset is a broker going down mid-accept)."""
     try:
         socket.create_connection(address, timeout=2).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return False
     return True
 

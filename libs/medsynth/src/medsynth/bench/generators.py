@@ -27,25 +27,12 @@ from typing import Any
 import httpx
 
 from medsynth.core.errors import MedsynthError
-
-# Options of each family for the benchmark: sized for a 2-core CPU at 64×64 (the families' own
-# defaults aim at the same scale; these are stated here so that the table says what was run).
-FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
-    "joint-gan": {"family": "joint-gan", "loss": "hinge", "base_channels": 32, "diff_augment": True},
-    "spade": {"family": "spade"},
-    "stylegan2": {"family": "stylegan2", "augment": "ada"},
-}
-FAMILY_TRAINING: dict[str, dict[str, Any]] = {
-    "joint-gan": {"batch_size": 32},
-    "spade": {"batch_size": 16},
-    "stylegan2": {"batch_size": 16},
-}
-
+from medsynth.generators.presets import PRESETS, preset
 
 @dataclass(frozen=True)
 class BenchSettings:
     data: Path | None = None          # Decathlon-layout folder; None: phantoms written by the bench
-    dataset: str = "bench"
+    dataset: str = "phantoms"
     families: tuple[str, ...] = ("joint-gan", "spade", "stylegan2")
     budget_min: float = 8.0           # training wall clock per family
     size: int = 64
@@ -132,9 +119,10 @@ def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, A
     real = submit("/v1/segmentations", {**seg, "source": "real"}, "segment (real)")
     rows: list[Row] = []
     for family in settings.families:
-        options = FAMILY_OPTIONS[family]
-        training = {"steps": 1_000_000, "time_budget_s": settings.budget_min * 60, "seed": settings.seed,
-                    "checkpoint_every": 500, "log_every": 25, **FAMILY_TRAINING.get(family, {})}
+        chosen = preset(family)
+        options = chosen["generator"]
+        training = {**chosen["training"], "steps": 1_000_000, "time_budget_s": settings.budget_min * 60,
+                    "seed": settings.seed, "checkpoint_every": 500, "log_every": 25}
         try:
             t = time.monotonic()
             gen = submit("/v1/generators", {"dataset": settings.dataset, "view_id": view_id, "generator": options, "training": training},
@@ -267,15 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     defaults = BenchSettings()
     parser = argparse.ArgumentParser(prog="medsynth-bench-generators", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="Decathlon-layout folder (imagesTr/ + labelsTr/); default: phantoms")
-    parser.add_argument("--families", nargs="+", default=list(defaults.families), choices=sorted(FAMILY_OPTIONS))
+    parser.add_argument("--families", nargs="+", default=list(defaults.families), choices=sorted(PRESETS))
     for name in ("budget_min", "size", "phantoms", "cohort_size", "seg_steps", "seg_batch_size", "sampling_probe", "seed"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="segmenters without classical augmentation")
     parser.add_argument("--out", type=Path, default=defaults.out)
     args = parser.parse_args(argv)
-    dataset = (args.data.name if args.data else "phantoms").lower().replace("_", "-")[:40] or "bench"
+    from medsynth.demo import dataset_name
+
     settings = BenchSettings(**{k: v for k, v in vars(args).items() if k != "families"}, families=tuple(args.families),
-                             dataset="".join(c for c in dataset if c.isalnum() or c == "-").strip("-") or "bench")
+                             dataset=dataset_name(args.data))
     try:
         run(settings)
     except MedsynthError as exc:
