@@ -60,6 +60,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generators(args: argparse.Namespace) -> int:
+    """``list``: the trained generators in the store (no stack needed); ``families``: what can be trained."""
+    import json
+
+    from medsynth.core.settings import load_settings
+    from medsynth.generators.registry import FAMILIES
+
+    if args.action == "families":
+        for family in FAMILIES.values():
+            info = family.describe()
+            print(f"{info['family']:<10} {info['title']}")
+            print(f"{'':<10} sizes {info['image_sizes']}, mask sources {info['mask_sources']}, losses {info['losses']}")
+            if args.verbose:
+                for name, schema in info["options"].items():
+                    print(f"{'':<12}{name}: {schema.get('description', '')} (default {json.dumps(schema.get('default'))})")
+        return 0
+    from medsynth.store import open_store
+
+    store = open_store(load_settings())
+    entries = [store.get_json(k) for k in sorted(store.list("generators/")) if k.endswith("/generator.json")]
+    if not entries:
+        print("no trained generators in the store")
+        return 0
+    print(f"{'generator':<36} {'family':<10} {'dataset':<16} {'steps':>7}  {'mask sources':<26} registered")
+    for e in entries:
+        steps = e.get("steps_done", (e.get("spec") or {}).get("training", {}).get("steps", "?"))
+        sources = ",".join(e.get("mask_sources", ["generated"]))
+        print(f"{e['generator_id']:<36} {e.get('family', 'joint-gan'):<10} {e['dataset']:<16} {steps:>7}  {sources:<26} {e['registered_at'][:19]}")
+    return 0
+
+
 def _broker(args: argparse.Namespace) -> int:
     from medsynth.bus.local_broker import serve
     from medsynth.bus.topics import all_topics
@@ -126,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     for knob, default in vars(DemoSettings()).items():
         p.add_argument(f"--{knob.replace('_', '-')}", dest=knob, type=type(default), help=f"default {default}")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("generators", help="list the trained generators in the store, or the families one can train")
+    p.add_argument("action", choices=["list", "families"])
+    p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
+    p.set_defaults(run=_generators)
 
     p = sub.add_parser("torchserve", help="run TorchServe for the sampler in the foreground (used by `stack up`)")
     p.add_argument("--model-store", required=True)

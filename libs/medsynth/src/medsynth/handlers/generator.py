@@ -4,12 +4,14 @@ TorchServe archive. A redelivered job resumes from its last checkpoint in the st
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from medsynth.core.clock import utcnow
 from medsynth.core.devices import pick_device
-from medsynth.handlers.artifacts import condition_labels, view_splits
+from medsynth.datasets.conditions import condition_labels
+from medsynth.handlers.artifacts import view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.generators.proto import from_proto
 from medsynth.sampling.archive import build_model_archive, weights_fingerprint
@@ -27,6 +29,8 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
     train = splits["train"]
     conditions = condition_labels(train, message.condition_on) if message.condition_on else None
     prefix = f"generators/{ctx.job_id}/"
+    budget = spec.training.time_budget_s
+    started = time.monotonic()
 
     def on_progress(step: int, metrics: dict[str, float]) -> None:
         TRAIN_STEP.set(step)
@@ -35,7 +39,11 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
         for name, value in losses.items():
             TRAIN_LOSS.labels(family, name).set(value)
         shown = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
-        ctx.progress(step / steps, f"step {step}/{steps} {shown} ({metrics.get('steps_per_s', 0.0):.1f} steps/s)")
+        done = step / steps  # with a time budget: whichever ends the run first
+        if budget:
+            done = max(done, (time.monotonic() - started) / budget)
+        limit = f"/{steps}" + (f" or {budget / 60:.1f} min" if budget else "")
+        ctx.progress(min(done, 1.0), f"step {step}{limit} {shown} ({metrics.get('steps_per_s', 0.0):.1f} steps/s)")
 
     device = pick_device(ctx.settings.device)
     result = train_loop(spec, train["images"], train["masks"], conditions=conditions, store=ctx.store,

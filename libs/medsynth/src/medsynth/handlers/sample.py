@@ -13,18 +13,18 @@ from typing import Any
 from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
-from medsynth.generators.base import MaskSource, SampleMode
-from medsynth.generators.registry import GeneratorSpec
+from medsynth.generators.base import SampleMode
 from medsynth.handlers.artifacts import generator_of
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
+from medsynth.sampling.modes import sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.telemetry import COHORT_SAMPLES
-from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets, spec_from_v1_config
+from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import events_pb2, jobs_pb2
 
 
@@ -58,27 +58,6 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
     ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))
     return {"manifest": manifest_key}
-
-
-def sample_mode(registry: Mapping[str, Any], mask_source: str, condition: int | None) -> SampleMode:
-    """The cohort's sampling mode, checked against what the registered generator can do
-    (:class:`InvalidInput` naming the problem: the job fails at once, nothing is written)."""
-    try:
-        source = MaskSource(mask_source or MaskSource.generated.value)
-    except ValueError:
-        raise InvalidInput(f"mask_source must be one of {[s.value for s in MaskSource]}, got {mask_source!r}.") from None
-    mode = SampleMode(mask_source=source, condition=condition)
-    spec = generator_spec(registry)
-    spec.family.check_mode(spec.options, spec.data, mode)
-    return mode
-
-
-def generator_spec(registry: Mapping[str, Any]) -> GeneratorSpec:
-    """The spec of a registered generator (entries written before generator families hold the
-    first joint GAN's config: read it from the checkpoint then)."""
-    if "spec" in registry:
-        return GeneratorSpec.from_dict(registry["spec"])
-    return spec_from_v1_config(registry["config"])
 
 
 def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sampler:

@@ -12,9 +12,9 @@ from fastapi.responses import StreamingResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
-from medsynth.handlers.sample import sample_mode
 from medsynth.jobs.lookup import finished
 from medsynth.messages import JobKind
+from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 

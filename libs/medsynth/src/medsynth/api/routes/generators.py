@@ -18,12 +18,12 @@ from medsynth.api.schemas import (
     job_with_result,
 )
 from medsynth.core.errors import InvalidInput
+from medsynth.datasets.conditions import CONDITION_SOURCES
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import view_key
 from medsynth.generators.base import DataSpec
 from medsynth.generators.proto import to_proto
 from medsynth.generators.registry import FAMILIES, GeneratorSpec
-from medsynth.handlers.artifacts import CONDITION_SOURCES
 from medsynth.jobs.records import JobState
 from medsynth.messages import JobKind
 
