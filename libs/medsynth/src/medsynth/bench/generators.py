@@ -61,12 +61,14 @@ class Row:
     extractor: str = ""
     n_real: int = 0
     n_fake: int = 0
+    dice_real: float = float("nan")
     dice_synthetic: float = float("nan")
     dice_synthetic_ci: tuple[float, float] = (float("nan"), float("nan"))
     dice_mixed: float = float("nan")
     dice_mixed_ci: tuple[float, float] = (float("nan"), float("nan"))
     relative_dice: float = float("nan")
     memorized_fraction: float = float("nan")
+    mode_collapse_warning: str | None = None
     torchserve_images_per_s: float = float("nan")
     inprocess_images_per_s: float = float("nan")
     real_masks_at_sampling: bool = False
@@ -171,12 +173,15 @@ def _read_report(report: dict, row: Row) -> None:
                 row.fid_real_baseline = float(baseline["value"]) if isinstance(baseline, dict) else baseline
     for utility in report.get("utility", []):
         ci = (float(utility["dice_ci_low"]), float(utility["dice_ci_high"]))
-        if utility["source"] == "synthetic":
+        if utility["source"] == "real":
+            row.dice_real = float(utility["mean_dice"])
+        elif utility["source"] == "synthetic":
             row.dice_synthetic, row.dice_synthetic_ci = float(utility["mean_dice"]), ci
         elif utility["source"] == "mixed":
             row.dice_mixed, row.dice_mixed_ci = float(utility["mean_dice"]), ci
     row.relative_dice = float(report.get("relative_dice", float("nan")))
     row.memorized_fraction = float(report.get("memorization", {}).get("fraction_flagged", float("nan")))
+    row.mode_collapse_warning = (report.get("diversity") or {}).get("warning")
 
 
 def _sampling_speed(app, settings: BenchSettings, registry: dict, source: str) -> tuple[float, float]:
@@ -223,13 +228,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"# bench-generators — {s['data'] or 'phantoms'}, {s['budget_min']} min per family, {s['size']}², "
         f"cohort {s['cohort_size']}, U-Net {s['seg_steps']} steps (augment {s['augment']})",
         "",
+        f"Real-only U-Net: mean foreground Dice {_fmt(next((r['dice_real'] for r in result['rows'] if not r['error']), None))} "
+        "on the real test patients (the denominator of relative Dice).",
+        "",
         "| family | masks at sampling | steps | steps/s | FID | KID | FID real-vs-real | Dice synthetic [95% CI] "
-        "| Dice mixed [95% CI] | relative Dice | memorized | img/s TorchServe | img/s in-process |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Dice mixed [95% CI] | relative Dice | memorized | mode collapse | img/s TorchServe | img/s in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         if r["error"]:
-            lines.append(f"| {r['family']} | {r['mask_source']} | failed: {r['error'][:120]} |" + " |" * 10)
+            lines.append(f"| {r['family']} | {r['mask_source']} | failed: {r['error'][:120]} |" + " |" * 11)
             continue
         lines.append(
             f"| {r['family']} | {r['mask_source']}{' (real)' if r['real_masks_at_sampling'] else ''} | {r['steps_done']} "
@@ -237,6 +245,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_fmt(r['dice_synthetic'])} [{_fmt(r['dice_synthetic_ci'][0])}, {_fmt(r['dice_synthetic_ci'][1])}] "
             f"| {_fmt(r['dice_mixed'])} [{_fmt(r['dice_mixed_ci'][0])}, {_fmt(r['dice_mixed_ci'][1])}] "
             f"| {_fmt(r['relative_dice'])} | {_fmt(r['memorized_fraction'] * 100, 1)} % "
+            f"| {'warned' if r.get('mode_collapse_warning') else 'no'} "
             f"| {_fmt(r['torchserve_images_per_s'], 1)} | {_fmt(r['inprocess_images_per_s'], 1)} |"
         )
     extractors = sorted({r["extractor"] for r in result["rows"] if r["extractor"]})
