@@ -289,12 +289,11 @@ class SamplingNet(nn.Module):
     draws them for sample ``i`` from one CPU generator seeded from ``(cohort seed, i)``, so every
     sample is a function of its own index only. ``condition`` is ``(N,)`` int64 (ignored by
     unconditional nets). Being a plain module of tensors, it traces with :func:`torch.jit.trace`.
+
+    Subclasses set ``noise_shapes`` and define ``forward(noise: list[Tensor], condition: Tensor) -> Tensor``.
     """
 
     noise_shapes: tuple[tuple[int, ...], ...]
-
-    def forward(self, noise: list[torch.Tensor], condition: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
 
 
 def critic_input(output: torch.Tensor, straight_through: bool = True) -> torch.Tensor:
