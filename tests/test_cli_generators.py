@@ -18,7 +18,7 @@ def _medsynth(*args: str, home: Path) -> subprocess.CompletedProcess:
 def test_families_lists_every_registered_family_with_its_options(tmp_path: Path) -> None:
     out = _medsynth("generators", "families", "--verbose", home=tmp_path)
     assert out.returncode == 0, out.stderr
-    for family in ("joint-gan", "spade", "stylegan2"):
+    for family in ("diffusion", "joint-gan", "spade", "stylegan2"):
         assert f"\n{family} " in "\n" + out.stdout
     assert "mask sources ['generated', 'real-deformed']" in out.stdout
     assert "gp_weight:" in out.stdout and "(default 10.0)" in out.stdout

@@ -145,7 +145,7 @@ def test_spade_and_stylegan2_through_the_stack(family: str, stack_env: dict) -> 
 def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
     with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
         families = {f["family"]: f for f in api.get("/v1/generator-families").json()["families"]}
-        assert set(families) == {"joint-gan", "spade", "stylegan2"}
+        assert set(families) == {"diffusion", "joint-gan", "spade", "stylegan2"}
         assert families["spade"]["mask_sources"] == ["generated", "real-deformed"]
         assert "loss" in families["joint-gan"]["options"] and "r1_gamma" in families["stylegan2"]["options"]
         view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]

@@ -22,6 +22,7 @@ PROVENANCE = {"generator_id": "gen-test", "checkpoint": {"key": "ckpt/test.pt", 
 SMALL_OPTIONS: dict[str, dict] = {
     "joint-gan": {"base_channels": 8},
     "spade": {"latent_dim": 16, "base_channels": 8, "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 8},
+    "diffusion": {"channels": [8, 16], "num_head_channels": 8, "train_timesteps": 50, "sample_steps": 4},
     "stylegan2": {"latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16, "mbstd_group": 2},
 }
 

@@ -17,6 +17,7 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
     "joint-gan": {"latent_dim": 16, "base_channels": 8},
     "spade": {"latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8, "num_scales": 1,
               "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 8},
+    "diffusion": {"channels": [8, 16], "num_head_channels": 8, "train_timesteps": 50, "sample_steps": 4},
     "stylegan2": {"latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16, "mbstd_group": 2},
 }
 

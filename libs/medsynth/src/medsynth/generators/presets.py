@@ -28,6 +28,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "training": {"batch_size": 16},
         "cohort": {"mask_source": "generated"},
     },
+    "diffusion": {  # not benchmarked yet: `make bench-generators ARGS="--families diffusion"`
+        "generator": {"family": "diffusion"},
+        "training": {"batch_size": 16},
+        "cohort": {"mask_source": "generated"},
+    },
 }
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import DataSpec, FamilyOptions, GeneratorFamily, TrainingOptions
+from medsynth.generators.diffusion import Diffusion
 from medsynth.generators.joint import JointGan
 from medsynth.generators.spade import Spade
 from medsynth.generators.stylegan2 import StyleGan2
@@ -27,6 +28,7 @@ FAMILIES: dict[str, GeneratorFamily] = {
         JointGan(),
         Spade(),
         StyleGan2(),
+        Diffusion(),
     )
 }
 

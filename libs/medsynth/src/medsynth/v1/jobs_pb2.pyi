@@ -181,8 +181,32 @@ class StyleGan2Options(_message.Message):
     ada_kimg: float
     def __init__(self, latent_dim: _Optional[int] = ..., style_dim: _Optional[int] = ..., mapping_layers: _Optional[int] = ..., channel_base: _Optional[int] = ..., channel_max: _Optional[int] = ..., conditional: _Optional[bool] = ..., style_mixing: _Optional[float] = ..., r1_gamma: _Optional[float] = ..., r1_every: _Optional[int] = ..., mbstd_group: _Optional[int] = ..., augment: _Optional[str] = ..., ada_target: _Optional[float] = ..., ada_interval: _Optional[int] = ..., ada_kimg: _Optional[float] = ...) -> None: ...
 
+class DiffusionOptions(_message.Message):
+    __slots__ = ("channels", "num_res_blocks", "attention", "num_head_channels", "prediction", "schedule", "train_timesteps", "sampler", "sample_steps", "eta")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    NUM_RES_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEAD_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedScalarFieldContainer[int]
+    num_res_blocks: int
+    attention: bool
+    num_head_channels: int
+    prediction: str
+    schedule: str
+    train_timesteps: int
+    sampler: str
+    sample_steps: int
+    eta: float
+    def __init__(self, channels: _Optional[_Iterable[int]] = ..., num_res_blocks: _Optional[int] = ..., attention: _Optional[bool] = ..., num_head_channels: _Optional[int] = ..., prediction: _Optional[str] = ..., schedule: _Optional[str] = ..., train_timesteps: _Optional[int] = ..., sampler: _Optional[str] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ...) -> None: ...
+
 class TrainGenerator(_message.Message):
-    __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade", "stylegan2")
+    __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade", "stylegan2", "diffusion")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +215,7 @@ class TrainGenerator(_message.Message):
     JOINT_GAN_FIELD_NUMBER: _ClassVar[int]
     SPADE_FIELD_NUMBER: _ClassVar[int]
     STYLEGAN2_FIELD_NUMBER: _ClassVar[int]
+    DIFFUSION_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     dataset: str
     training: TrainingOptions
@@ -199,7 +224,8 @@ class TrainGenerator(_message.Message):
     joint_gan: JointGanOptions
     spade: SpadeOptions
     stylegan2: StyleGan2Options
-    def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ..., stylegan2: _Optional[_Union[StyleGan2Options, _Mapping]] = ...) -> None: ...
+    diffusion: DiffusionOptions
+    def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ..., stylegan2: _Optional[_Union[StyleGan2Options, _Mapping]] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
     __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition")
