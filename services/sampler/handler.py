@@ -15,7 +15,8 @@ Request body (JSON), one of::
 
 Every request may add the sampling mode: ``"mask_source"`` (``generated`` by default, or
 ``real-deformed`` for families that have it) and ``"condition"`` (a class label, for class-conditioned
-generators). A mode the generator cannot serve answers 400 naming why.
+generators), and for iterative samplers (diffusion) ``"sample_steps"`` and ``"eta"``. A mode the
+generator cannot serve answers 400 naming why.
 
 Sampling answers ``application/x-npz``: an uncompressed ``.npz`` with ``images`` (N, 1, S, S)
 float32 in [0, 1], ``masks`` (N, S, S) uint8, ``indices`` (N,) int64 and ``seed`` () int64 — exact
@@ -147,7 +148,13 @@ def _mode(request: dict[str, Any]) -> SampleMode:
         raise InvalidInput(f"mask_source must be one of {[s.value for s in MaskSource]}, got {source!r}.") from None
     if condition is not None and not _is_int(condition):
         raise InvalidInput(f"condition must be an integer class label or null, got {condition!r}.")
-    return SampleMode(mask_source=mask_source, condition=condition)
+    steps, eta = request.get("sample_steps"), request.get("eta")
+    if steps is not None and not _is_int(steps):
+        raise InvalidInput(f"sample_steps must be an integer or null, got {steps!r}.")
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))):
+        raise InvalidInput(f"eta must be a number or null, got {eta!r}.")
+    return SampleMode(mask_source=mask_source, condition=condition, sample_steps=steps,
+                      eta=None if eta is None else float(eta))
 
 
 def _sample_request(request: dict[str, Any]) -> tuple[int, list[int]]:

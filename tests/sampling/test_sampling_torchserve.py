@@ -144,3 +144,19 @@ def test_a_mode_the_generator_lacks_is_refused(family: str, client: TorchServeCl
         client.infer(name, {"seed": 1, "start": 0, "count": 1, "condition": 1})
     with pytest.raises(InvalidInput, match="mask_source must be one of"):
         client.infer(name, {"seed": 1, "start": 0, "count": 1, "mask_source": "drawn-by-hand"})
+
+
+def test_diffusion_cohort_with_its_own_steps_and_eta_through_torchserve(client: TorchServeClient, tmp_path: Path) -> None:
+    """A cohort's sample_steps / eta reach the TorchServe handler, are recorded, and regenerate in-process."""
+    client.register("fam-diffusion.mar", "fam-diffusion", initial_workers=1)
+    small = small_generator(family="diffusion")
+    mode = SampleMode(sample_steps=2, eta=0.5)
+    served, local = TorchServeSampler(client, "fam-diffusion", mode), InProcessSampler(small.spec, small.nets, mode)
+    store = LocalStore(tmp_path)
+    write_cohort(store, PREFIX, served, count=4, seed=3, batch_size=4, provenance=PROVENANCE)
+    manifest = read_manifest(store, PREFIX)
+    assert manifest["mode"]["sample_steps"] == 2 and manifest["mode"]["eta"] == 0.5
+    assert manifest["latent"]["noise_shapes"] == [[4, 32, 32], [2, 4, 32, 32]]
+    regenerate(manifest, local, [1, 3], verify=True)
+    with pytest.raises(InvalidInput, match="sample_steps must be in"):
+        client.infer("fam-diffusion", {"seed": 1, "start": 0, "count": 1, "sample_steps": 10_000})

@@ -53,5 +53,8 @@ def test_modes_a_generator_lacks_are_refused(family: str) -> None:
     if MaskSource.real_deformed not in spec.family.mask_sources:
         with pytest.raises(InvalidInput, match="has no mask source 'real-deformed'"):
             spec.family.check_mode(spec.options, spec.data, SampleMode(mask_source=MaskSource.real_deformed))
+    if not spec.family.iterative:
+        with pytest.raises(InvalidInput, match="samples in one pass"):
+            spec.family.check_mode(spec.options, spec.data, SampleMode(sample_steps=10))
     with pytest.raises(InvalidInput, match=r"makes images of .* not 48"):
         GeneratorSpec(spec.options, spec.training, DataSpec(48, 2))

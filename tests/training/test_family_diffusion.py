@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medsynth.generators.base import DataSpec
-from medsynth.generators.diffusion import DiffusionOptions, DiffusionSampler, Prediction, Schedule, alphas_cumprod, to_x0
+from medsynth.generators.diffusion import DiffusionOptions, DiffusionSampler, Prediction, Sampler, Schedule, alphas_cumprod, to_x0
 
 
 def test_schedules_match_their_definitions() -> None:
@@ -76,3 +76,22 @@ def test_bad_options_are_refused() -> None:
         DiffusionOptions(channels=(24, 48), num_head_channels=32)
     with pytest.raises(pydantic.ValidationError):
         DiffusionOptions(eta=1.5)
+
+
+def test_a_cohort_may_choose_steps_and_eta_and_bad_choices_are_named() -> None:
+    from medsynth.core.errors import InvalidInput
+    from medsynth.generators.base import SampleMode
+    from medsynth.generators.diffusion import Diffusion
+
+    family, data = Diffusion(), DataSpec(8, 2)
+    options = DiffusionOptions(channels=(8, 16), num_head_channels=8, train_timesteps=50, sample_steps=4)
+    nets = family.sampling_nets(options, data)
+    default = family.sampling_net(options, data, nets, SampleMode())
+    chosen = family.sampling_net(options, data, nets, SampleMode(sample_steps=2, eta=0.3))
+    assert len(default.timesteps) == 4 and default.noise_shapes == ((3, 8, 8),)
+    assert chosen.timesteps == [49, 0] and chosen.noise_shapes == ((3, 8, 8), (2, 3, 8, 8))
+    assert SampleMode(sample_steps=2, eta=0.3).to_dict() == {"mask_source": "generated", "condition": None, "sample_steps": 2, "eta": 0.3}
+    with pytest.raises(InvalidInput, match=r"sample_steps must be in \[1, 50\]"):
+        family.check_mode(options, data, SampleMode(sample_steps=51))
+    with pytest.raises(InvalidInput, match="eta applies to the ddim sampler"):
+        family.check_mode(options.model_copy(update={"sampler": Sampler.ddpm}), data, SampleMode(eta=0.5))

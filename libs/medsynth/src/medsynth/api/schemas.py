@@ -144,6 +144,8 @@ class CohortCreate(BaseModel):
         "patients' masks under random deformation — the manifest then says the masks derive from training patients.",
     )
     condition: int | None = Field(None, ge=0, description="Class label, for generators trained with condition_on.")
+    sample_steps: int | None = Field(None, ge=1, le=4000, description="Diffusion: denoising steps (default: the generator's).")
+    eta: float | None = Field(None, ge=0, le=1, description="Diffusion with DDIM: η (default: the generator's).")
 
 
 class SegmentationSource(str, Enum):

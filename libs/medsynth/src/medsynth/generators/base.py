@@ -314,13 +314,19 @@ def split_output(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class SampleMode:
-    """How a cohort is drawn: the mask source and an optional class condition."""
+    """How a cohort is drawn: the mask source, an optional class condition and, for iterative samplers
+    (diffusion), the number of sampling steps and DDIM's η (None: the generator's own options)."""
 
     mask_source: MaskSource = MaskSource.generated
     condition: int | None = None
+    sample_steps: int | None = None
+    eta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mask_source": self.mask_source.value, "condition": self.condition}
+        """Plain data; ``sample_steps`` and ``eta`` appear only when set."""
+        out: dict[str, Any] = {"mask_source": self.mask_source.value, "condition": self.condition}
+        out.update({k: v for k, v in (("sample_steps", self.sample_steps), ("eta", self.eta)) if v is not None})
+        return out
 
 
 # The family interface -----------------------------------------------------------------------------
@@ -337,6 +343,8 @@ class GeneratorFamily(ABC):
     mask_sources: ClassVar[tuple[MaskSource, ...]] = (MaskSource.generated,)
     # Names of the losses train_step returns, in the order curves and progress show them.
     loss_names: ClassVar[tuple[str, ...]]
+    # Whether sampling iterates (diffusion): only then may a cohort choose sample_steps and eta.
+    iterative: ClassVar[bool] = False
     # Version of this family's networks/state layout inside checkpoint format 2.
     state_version: ClassVar[int] = 1
 
@@ -386,6 +394,8 @@ class GeneratorFamily(ABC):
                 raise InvalidInput(f"this {self.name!r} generator was trained without class conditioning; do not pass a condition.")
             if not 0 <= mode.condition < data.num_conditions:
                 raise InvalidInput(f"condition must be in [0, {data.num_conditions - 1}], got {mode.condition}.")
+        if not self.iterative and (mode.sample_steps is not None or mode.eta is not None):
+            raise InvalidInput(f"family {self.name!r} samples in one pass: sample_steps and eta do not apply.")
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/generator-families`` and ``medsynth generators families`` show."""

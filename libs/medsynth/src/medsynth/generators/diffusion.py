@@ -7,8 +7,8 @@ sample's mask is the argmax of its mask channels.
 
 Sampling is a pure function of per-sample noise, like every family: ``x_T`` and, where the sampler
 is stochastic (DDPM, or DDIM with η > 0), one noise map per sampling step. The number of steps and η
-are options of the generator (recorded in its spec and so in every cohort manifest); choosing them
-per cohort request is the next step of the diffusion issue.
+default to the generator's options; a cohort request may choose others (``sample_steps``, ``eta``),
+recorded in its manifest's ``mode`` so the cohort regenerates bit for bit.
 
 The schedule arithmetic is written out here (a few lines, float64) rather than taken from MONAI's
 schedulers, so that training and the traced sampler share exactly one definition.
@@ -160,6 +160,7 @@ class Diffusion(GeneratorFamily):
     )
     options_type = DiffusionOptions
     loss_names: ClassVar[tuple[str, ...]] = ("loss",)
+    iterative = True
 
     def default_training(self, options: FamilyOptions) -> dict[str, Any]:
         return {"lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.9, 0.999]}  # lr_d unused: no discriminator
@@ -191,9 +192,22 @@ class Diffusion(GeneratorFamily):
     def sampling_nets(self, options: FamilyOptions, data: DataSpec) -> dict[str, nn.Module]:
         return {"model": _unet(_options(options), 1 + data.num_classes)}
 
+    def check_mode(self, options: FamilyOptions, data: DataSpec, mode: SampleMode) -> None:
+        super().check_mode(options, data, mode)
+        opts = _options(options)
+        if mode.sample_steps is not None and not 1 <= mode.sample_steps <= opts.train_timesteps:
+            raise InvalidInput(f"sample_steps must be in [1, {opts.train_timesteps}] (the training timesteps), got {mode.sample_steps}.")
+        if mode.eta is not None:
+            if opts.sampler is Sampler.ddpm:
+                raise InvalidInput("eta applies to the ddim sampler; this generator samples with ddpm.")
+            if not (0 <= mode.eta <= 1):
+                raise InvalidInput(f"eta must be in [0, 1], got {mode.eta}.")
+
     def sampling_net(self, options: FamilyOptions, data: DataSpec, nets: Mapping[str, nn.Module], mode: SampleMode) -> SamplingNet:
+        """The sampler of ``options``, with the cohort's ``sample_steps`` / ``eta`` where it chose them."""
         self.check_mode(options, data, mode)
-        return DiffusionSampler(nets["model"], _options(options), data).eval()
+        chosen = {k: v for k, v in (("sample_steps", mode.sample_steps), ("eta", mode.eta)) if v is not None}
+        return DiffusionSampler(nets["model"], _options(options).model_copy(update=chosen), data).eval()
 
 
 def _options(options: FamilyOptions) -> DiffusionOptions:

@@ -35,7 +35,9 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     manifest_key = prefix + MANIFEST_NAME
     if not ctx.store.exists(manifest_key):  # else: written by an attempt that died before recording it
         discard_incomplete(ctx.store, prefix)  # what a killed attempt left behind
-        mode = sample_mode(registry, spec.mask_source, spec.condition if spec.HasField("condition") else None)
+        mode = sample_mode(
+            registry, spec.mask_source, *(getattr(spec, f) if spec.HasField(f) else None for f in ("condition", "sample_steps", "eta"))
+        )
         sampler = _sampler(ctx, registry, mode)
         provenance = {
             "cohort_id": ctx.job_id,

@@ -11,14 +11,15 @@ from medsynth.generators.registry import GeneratorSpec
 from medsynth.training.checkpoint import spec_from_v1_config
 
 
-def sample_mode(registry: Mapping[str, Any], mask_source: str, condition: int | None) -> SampleMode:
+def sample_mode(registry: Mapping[str, Any], mask_source: str, condition: int | None,
+                sample_steps: int | None = None, eta: float | None = None) -> SampleMode:
     """The cohort's sampling mode, checked against what the registered generator can do
     (:class:`InvalidInput` naming the problem: the job fails at once, nothing is written)."""
     try:
         source = MaskSource(mask_source or MaskSource.generated.value)
     except ValueError:
         raise InvalidInput(f"mask_source must be one of {[s.value for s in MaskSource]}, got {mask_source!r}.") from None
-    mode = SampleMode(mask_source=source, condition=condition)
+    mode = SampleMode(mask_source=source, condition=condition, sample_steps=sample_steps, eta=eta)
     spec = generator_spec(registry)
     spec.family.check_mode(spec.options, spec.data, mode)
     return mode

@@ -228,7 +228,7 @@ class TrainGenerator(_message.Message):
     def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ..., stylegan2: _Optional[_Union[StyleGan2Options, _Mapping]] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
-    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition")
+    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition", "sample_steps", "eta")
     GENERATOR_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,8 @@ class SampleCohort(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MASK_SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONDITION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
     generator_id: str
     count: int
     seed: int
@@ -243,7 +245,9 @@ class SampleCohort(_message.Message):
     batch_size: int
     mask_source: str
     condition: int
-    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., mask_source: _Optional[str] = ..., condition: _Optional[int] = ...) -> None: ...
+    sample_steps: int
+    eta: float
+    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., mask_source: _Optional[str] = ..., condition: _Optional[int] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
     __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json", "dataset")

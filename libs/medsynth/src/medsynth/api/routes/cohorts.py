@@ -27,7 +27,8 @@ def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPubl
     """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
     source or condition the generator cannot serve."""
     generator = finished(jobs.records, body.generator_id, JobKind.train_generator)
-    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition)
+    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition,
+                body.sample_steps, body.eta)
     spec = jobs_pb2.SampleCohort(
         generator_id=body.generator_id,
         count=body.count,
@@ -36,6 +37,8 @@ def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPubl
         batch_size=body.batch_size,
         mask_source=body.mask_source.value,
         condition=body.condition,
+        sample_steps=body.sample_steps,
+        eta=body.eta,
     )
     return JobPublic.of(jobs.submit(JobKind.sample_cohort, spec))
 
