@@ -39,7 +39,6 @@ class Oracle(nn.Module):
         super().__init__()
         self.x0, self.options = x0, options
         self.a = alphas_cumprod(options.schedule, options.train_timesteps).float()
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self.a[t].view(-1, 1, 1, 1)

@@ -10,8 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.generators.base import MaskSource, TrainingOptions
-from medsynth.generators.joint import JointGanOptions
-from medsynth.generators.registry import AnyFamilyOptions
+from medsynth.generators.registry import AnyFamilyOptions, default_options
 
 from medsynth.jobs.records import JobRecord
 
@@ -106,7 +105,7 @@ class GeneratorCreate(BaseModel):
     dataset: str
     view_id: str
     generator: AnyFamilyOptions = Field(
-        default_factory=lambda: JointGanOptions(),
+        default_factory=default_options,
         description="The family (`family`) and its options; `GET /v1/generator-families` lists both.",
     )
     training: TrainingOptions = Field(default_factory=lambda: TrainingOptions(), description="Options of the training loop.")

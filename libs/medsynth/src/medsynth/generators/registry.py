@@ -37,6 +37,11 @@ AnyFamilyOptions = Annotated[Union[tuple(f.options_type for f in FAMILIES.values
 _OPTIONS = TypeAdapter(AnyFamilyOptions)
 
 
+def default_options() -> FamilyOptions:
+    """The options a request that names no family gets: the first registered family's defaults."""
+    return next(iter(FAMILIES.values())).options_type()
+
+
 def get_family(name: str) -> GeneratorFamily:
     """The family registered as ``name``; :class:`InvalidInput` naming the known ones otherwise."""
     family = FAMILIES.get(name) if isinstance(name, str) else None

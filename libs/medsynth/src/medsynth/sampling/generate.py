@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import SamplingNet, split_output
