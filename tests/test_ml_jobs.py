@@ -84,7 +84,8 @@ def test_trainer_killed_mid_run_resumes_to_the_same_generator(family: str, platf
     first = subprocess.Popen(argv, env=env, stdout=open(tmp_path / "t1.log", "wb"), stderr=subprocess.STDOUT)
     job_id = train_job(jobs, view_id, family)
     deadline = time.monotonic() + 120
-    while not any(k.endswith(".pt") and "/step-" in k for k in store.list(f"generators/{job_id}/checkpoints/")):
+    # kill once a resume point exists: latest.json is written after the step checkpoint it names
+    while not store.exists(f"generators/{job_id}/checkpoints/latest.json"):
         assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "t1.log").read_text()[-2000:]
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
