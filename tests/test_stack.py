@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from medsynth.core.errors import MedsynthError
 from medsynth.demo import DemoSettings, run_pipeline, wait_for_job
 
 from medsynth.phantoms import write_phantom_dataset
@@ -111,6 +112,11 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
         (tmp_path / "c.zip").write_bytes(archive.content)
         names = zipfile.ZipFile(tmp_path / "c.zip").namelist()
         assert f"{cohort_id}/manifest.json" in names and f"{cohort_id}/samples/00023/label.nii.gz" in names
+        release = manifest["release"]  # the memorization gate ran with its default policy
+        assert release["policy"] == "filter" and release["released_flagged"] == 0 and release["draws"] >= 24
+        pairs = api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png")
+        assert pairs.status_code == 200 and pairs.content.startswith(b"\x89PNG") and not any("closest" in n for n in names)
+        assert "Release gate" in html and f"{release['thresholds']['pixel']:.4g}" in html
         metrics = httpx.get("http://127.0.0.1:18711/metrics").text
         assert "medsynth_trainer_steps_per_second" in metrics
         assert 'medsynth_trainer_loss{family="joint-gan",loss="loss_d"}' in metrics
@@ -164,6 +170,20 @@ def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
         for cohort, named in (({"mask_source": "real-deformed"}, "has no mask source"), ({"condition": 1}, "without class conditioning")):
             r = api.post("/v1/cohorts", json={"generator_id": joint["job_id"], "count": 4} | cohort)
             assert r.status_code == 422 and named in r.json()["detail"], r.text
+        for release, named in (({"policy": "ship-it"}, "policy"), ({"max_flagged_fraction": 2}, "max_flagged_fraction"), ({"gate": 0}, "gate")):
+            r = api.post("/v1/cohorts", json={"generator_id": joint["job_id"], "count": 4, "release": release})
+            assert r.status_code == 422 and named in r.text, (release, r.text)
+
+
+def test_a_blocked_cohort_fails_with_its_reason_and_is_not_downloadable(stack_env: dict) -> None:
+    """A threshold ten times the default anchors flags ordinary samples: under block the job fails."""
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+        joint = next(j for j in api.get("/v1/generators").json()["jobs"] if j["state"] == "succeeded")
+        body = {"generator_id": joint["job_id"], "count": 8, "release": {"policy": "block", "threshold_ratio": 10}}
+        job_id = api.post("/v1/cohorts", json=body).raise_for_status().json()["job_id"]
+        with pytest.raises(MedsynthError, match=r"failed: ReleaseRefused: memorization gate \(block\): \d+ of \d+ draws"):
+            wait_for_job(api, job_id, echo=lambda *_: None)
+        assert api.get(f"/v1/cohorts/{job_id}/download").status_code == 409
 
 
 def test_bad_requests_get_clear_errors(stack_env: dict) -> None:

@@ -193,9 +193,20 @@ def _validation_curves(curves: Mapping[str, Mapping[str, Any]] | None) -> str:
             f"step are kept ({best}).</p>")
 
 
+def _release_section(release: Mapping[str, Any] | None) -> str:
+    """What the cohort's release gate did: policy, draws, flagged and withheld, thresholds and how set."""
+    if not release:
+        return "<p>This cohort was written before the release gate: it was not audited at sampling.</p>"
+    row = {k: release.get(k) for k in ("policy", "draws", "released", "flagged", "fraction_flagged", "released_flagged")}
+    row |= {"withheld": len(release.get("withheld", [])), "pixel threshold": release["thresholds"]["pixel"],
+            "low-pass threshold": release["thresholds"]["lowpass"]}  # fmt: skip
+    return (_table([row]) + f"<p>Rule: {html.escape(release['rule'])}; thresholds: {html.escape(release['thresholds']['how'])}. "
+            f"Spaces: {html.escape('; '.join(release['spaces'].values()))}.</p>")
+
+
 def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves: Mapping[str, Sequence[tuple[float, float]]]) -> str:
     """The report page. ``results`` is the JSON report; ``figures`` PNGs by name (``synthetic``,
-    ``real``, ``memorization``); ``curves`` the generator's named (step, value) series."""
+    ``real``, ``memorization``, ``release``); ``curves`` the generator's named (step, value) series."""
     title = f"medsynth evaluation {results.get('evaluation_id', '')}"
     diversity = results.get("diversity") or {}
     sections = [
@@ -222,6 +233,11 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         _table([{k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}]),
         f"<figure>{_img(figures['memorization'], 'closest pairs')}<figcaption>closest synthetic (left) / training (right) pairs</figcaption></figure>"
         if "memorization" in figures else "",
+        "<h2>Release gate (memorization audit at sampling)</h2>",
+        _release_section(results.get("release")),
+        f"<figure>{_img(figures['release'], 'closest pairs at release')}<figcaption>the draws closest to a training image: "
+        "synthetic (left) beside its nearest training image, flipped as it matched (right)</figcaption></figure>"
+        if "release" in figures else "",
         "<h2>Training curves</h2>",
         curve_svg(curves),
         "<h2>Raw numbers</h2>",

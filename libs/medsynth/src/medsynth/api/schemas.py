@@ -13,6 +13,7 @@ from medsynth.generators.base import MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
 
 from medsynth.jobs.records import JobRecord
+from medsynth.sampling.gate import GateOptions
 
 
 class ViewMode(str, Enum):
@@ -145,6 +146,10 @@ class CohortCreate(BaseModel):
     condition: int | None = Field(None, ge=0, description="Class label, for generators trained with condition_on.")
     sample_steps: int | None = Field(None, ge=1, le=4000, description="Diffusion: denoising steps (default: the generator's).")
     eta: float | None = Field(None, ge=0, le=1, description="Diffusion with DDIM: η (default: the generator's).")
+    release: GateOptions = Field(
+        default_factory=GateOptions,
+        description="The memorization gate every cohort passes before release: report, filter (default) or block.",
+    )
 
 
 class SegmentationSource(str, Enum):

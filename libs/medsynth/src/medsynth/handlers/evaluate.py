@@ -66,7 +66,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
                     "synthetic_available": int(manifest.get("count", len(manifest["samples"]))), "synthetic_used": int(len(fake)),
                     "selection": f"real: a seeded random subset of at most {limit} training images; synthetic: the first "
                                  f"{options.get('max_samples') or 'all'} samples"},
-        **numbers, "generator": _generator_summary(generator),
+        **numbers, "generator": _generator_summary(generator), "release": manifest.get("release"),
     }  # fmt: skip
     ctx.progress(0.9, "report")
     from medsynth.sampling.cohort import contact_sheet  # the report's sample grids are the cohort's own
@@ -77,6 +77,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
         "synthetic": contact_sheet(fake[:32], fake_masks[:32]),
         "real": contact_sheet(real[:32], real_masks[:32]),
         "memorization": grid_png(np.stack([x for s, t in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
+        "release": ctx.store.get_bytes(results["release"]["closest_pairs"]["key"]) if "closest_pairs" in (results["release"] or {}) else b"",
     }
     html = render_html(results, {k: v for k, v in figures.items() if v},
                        {name: list(zip(curves["step"], values)) for name, values in curves.items() if name != "step"})  # fmt: skip

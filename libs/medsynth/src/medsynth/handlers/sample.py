@@ -14,12 +14,13 @@ from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.generators.base import SampleMode
-from medsynth.handlers.artifacts import generator_of
+from medsynth.handlers.artifacts import generator_of, view_splits
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
+from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, gate_from_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
@@ -33,11 +34,16 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     registry = ctx.store.get_json(generator.result_keys["generator"])
     prefix = f"cohorts/{ctx.job_id}/"
     manifest_key = prefix + MANIFEST_NAME
+    audit_key = f"audits/{ctx.job_id}/closest_pairs.png"  # apart from the cohort: it shows training images
     if not ctx.store.exists(manifest_key):  # else: written by an attempt that died before recording it
         discard_incomplete(ctx.store, prefix)  # what a killed attempt left behind
+        ctx.store.delete(audit_key)
         mode = sample_mode(
             registry, spec.mask_source, *(getattr(spec, f) if spec.HasField(f) else None for f in ("condition", "sample_steps", "eta"))
         )
+        options = gate_from_proto(spec.release)
+        ctx.progress(0.0, f"memorization gate: auditing against the training images of view {registry['view_id']}")
+        gate = _gate(ctx, registry, options)
         sampler = _sampler(ctx, registry, mode)
         provenance = {
             "cohort_id": ctx.job_id,
@@ -54,12 +60,30 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
             ctx.store, prefix, sampler,
             count=spec.count, seed=spec.seed, batch_size=spec.batch_size or 64,
             formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
-            progress=lambda done, total: ctx.progress(done / total, f"{done}/{total} samples"),
+            progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
+            gate=gate, audit_key=audit_key,
         )  # fmt: skip
         COHORT_SAMPLES.labels(ctx.settings.sampler_backend.value).inc(spec.count)
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
     ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))
     return {"manifest": manifest_key}
+
+
+def _gate(ctx: JobContext, registry: dict[str, Any], options: GateOptions) -> ReleaseGate:
+    """The gate over the training split the generator learned from."""
+    _, splits = view_splits(ctx.store, registry["dataset"], registry["view_id"], splits=("train",))
+    train = splits["train"]
+    if not train:
+        raise InvalidInput(f"view {registry['view_id']} has no training images to audit the cohort against.")
+    return ReleaseGate.for_training_images(train["images"], options)
+
+
+def _progress_line(done: int, total: int, gate: ReleaseGate) -> str:
+    line = f"{done}/{total} samples released"
+    if gate.n_flagged:
+        verb = "withheld" if gate.options.policy is ReleasePolicy.filter else "flagged"
+        line += f", {gate.n_flagged} of {len(gate.verdicts)} draws {verb} as near-copies of training images"
+    return line
 
 
 def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sampler:

@@ -123,63 +123,114 @@ def memorization_audit(
     Returns:
         An ``AuditResult``.
     """
-    if not 0.0 <= threshold_quantile <= 1.0:
-        raise InvalidInput(f"threshold_quantile must lie in [0, 1], got {threshold_quantile}.")
-    if not threshold_ratio > 0:
-        raise InvalidInput(f"threshold_ratio must be positive, got {threshold_ratio}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidInput(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    syn, tr = _as_images(synthetic, "synthetic"), _as_images(train, "train")
-    if syn.shape[1:] != tr.shape[1:]:
-        raise InvalidInput(
-            f"synthetic and train images differ in size: {tuple(syn.shape[1:])} vs {tuple(tr.shape[1:])}."
-        )
-    if tr.shape[0] < 2:
-        raise InvalidInput(
-            f"the audit needs at least 2 training images (for train-to-train distances), got {tr.shape[0]}."
-        )
-    rule = (
-        f"flag if NN distance <= {threshold_ratio:g} x quantile(train-to-train NN distance, "
-        f"{threshold_quantile:g})"
-    )
+    if (features_synth is None) != (features_train is None):
+        raise InvalidInput("give both features_synth and features_train, or neither.")
+    reference = AuditReference(
+        train, features=features_train, threshold_quantile=threshold_quantile,
+        threshold_ratio=threshold_ratio, chunk_size=chunk_size,
+    )  # fmt: skip
+    return reference.audit(synthetic, features=features_synth)
 
-    syn_n, tr_n = _normalise(syn), _normalise(tr)
-    nn_index, nn_transform, nn_distance = _nearest_flipped(syn_n, tr_n, chunk_size, exclude_self=False)
-    _, _, train_nn = _nearest_flipped(tr_n, tr_n, chunk_size, exclude_self=True)
-    threshold = float(threshold_ratio * np.quantile(train_nn, threshold_quantile))
-    flagged_pixel = nn_distance <= threshold
-    result: dict[str, Any] = {}
-    flagged = flagged_pixel
-    if features_synth is not None or features_train is not None:
-        if features_synth is None or features_train is None:
-            raise InvalidInput("give both features_synth and features_train, or neither.")
-        fs = _as_features(features_synth, "features_synth", syn.shape[0])
-        ft = _as_features(features_train, "features_train", tr.shape[0])
-        if fs.shape[1] != ft.shape[1]:
-            raise InvalidInput(f"feature dimensions differ: synthetic {fs.shape[1]}, train {ft.shape[1]}.")
-        f_index, f_dist = _nearest(fs, ft, chunk_size, exclude_self=False)
-        _, train_f_nn = _nearest(ft, ft, chunk_size, exclude_self=True)
-        f_threshold = float(threshold_ratio * np.quantile(train_f_nn, threshold_quantile))
-        flagged_feature = f_dist <= f_threshold
-        flagged = flagged_pixel | flagged_feature
-        result = {
-            "feature_nn_index": f_index,
-            "feature_nn_distance": f_dist,
-            "train_feature_nn_distance": train_f_nn,
-            "feature_threshold": f_threshold,
-            "flagged_feature": flagged_feature,
-        }
-    return AuditResult(
-        nn_index=nn_index,
-        nn_distance=nn_distance,
-        nn_transform=nn_transform,
-        train_nn_distance=train_nn,
-        threshold=threshold,
-        flagged_pixel=flagged_pixel,
-        flagged=flagged,
-        rule=rule,
-        **result,
-    )
+
+class AuditReference:
+    """The training side of the audit, computed once: the normalised training images, their own
+    nearest-neighbour distances and the thresholds. :meth:`audit` then checks any number of
+    synthetic batches against it (the cohort gate audits batch by batch as it draws).
+
+    Args:
+        train: training images (M, 1, H, W) or (M, H, W), M ≥ 2.
+        features: optional (M, D) features of the same images (the feature-space half of the rule).
+        threshold_quantile, threshold_ratio, chunk_size: as in :func:`memorization_audit`.
+    """
+
+    def __init__(
+        self,
+        train: np.ndarray,
+        *,
+        features: np.ndarray | None = None,
+        threshold_quantile: float = 0.01,
+        threshold_ratio: float = 0.5,
+        chunk_size: int = 512,
+    ) -> None:
+        if not 0.0 <= threshold_quantile <= 1.0:
+            raise InvalidInput(f"threshold_quantile must lie in [0, 1], got {threshold_quantile}.")
+        if not threshold_ratio > 0:
+            raise InvalidInput(f"threshold_ratio must be positive, got {threshold_ratio}.")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidInput(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+        tr = _as_images(train, "train")
+        if tr.shape[0] < 2:
+            raise InvalidInput(
+                f"the audit needs at least 2 training images (for train-to-train distances), got {tr.shape[0]}."
+            )
+        self.chunk_size = chunk_size
+        self.threshold_quantile = threshold_quantile
+        self.threshold_ratio = threshold_ratio
+        self.rule = (
+            f"flag if NN distance <= {threshold_ratio:g} x quantile(train-to-train NN distance, "
+            f"{threshold_quantile:g})"
+        )
+        self._train = _normalise(tr)
+        _, _, self.train_nn_distance = _nearest_flipped(self._train, self._train, chunk_size, exclude_self=True)
+        self.threshold = self._threshold(self.train_nn_distance)
+        self._features: torch.Tensor | None = None
+        self.train_feature_nn_distance: np.ndarray | None = None
+        self.feature_threshold: float | None = None
+        if features is not None:
+            self._features = _as_features(features, "features_train", tr.shape[0])
+            _, self.train_feature_nn_distance = _nearest(self._features, self._features, chunk_size, exclude_self=True)
+            self.feature_threshold = self._threshold(self.train_feature_nn_distance)
+
+    @property
+    def n_train(self) -> int:
+        return int(self._train.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self._train.shape[1:])
+
+    def _threshold(self, distances: np.ndarray) -> float:
+        return float(self.threshold_ratio * np.quantile(distances, self.threshold_quantile))
+
+    def audit(self, synthetic: np.ndarray, *, features: np.ndarray | None = None) -> AuditResult:
+        """Each synthetic image's nearest training image (over flips; and in feature space when the
+        reference has features, which then must be given) and whether it is flagged."""
+        syn = _as_images(synthetic, "synthetic")
+        if tuple(syn.shape[1:]) != self.image_shape:
+            raise InvalidInput(
+                f"synthetic and train images differ in size: {tuple(syn.shape[1:])} vs {self.image_shape}."
+            )
+        if (features is None) != (self._features is None):
+            raise InvalidInput("give synthetic features exactly when the reference was built with training features.")
+        nn_index, nn_transform, nn_distance = _nearest_flipped(_normalise(syn), self._train, self.chunk_size, exclude_self=False)
+        flagged_pixel = nn_distance <= self.threshold
+        flagged = flagged_pixel
+        result: dict[str, Any] = {}
+        if features is not None:
+            fs = _as_features(features, "features_synth", syn.shape[0])
+            if fs.shape[1] != self._features.shape[1]:
+                raise InvalidInput(f"feature dimensions differ: synthetic {fs.shape[1]}, train {self._features.shape[1]}.")
+            f_index, f_dist = _nearest(fs, self._features, self.chunk_size, exclude_self=False)
+            flagged_feature = f_dist <= self.feature_threshold
+            flagged = flagged_pixel | flagged_feature
+            result = {
+                "feature_nn_index": f_index,
+                "feature_nn_distance": f_dist,
+                "train_feature_nn_distance": self.train_feature_nn_distance,
+                "feature_threshold": self.feature_threshold,
+                "flagged_feature": flagged_feature,
+            }
+        return AuditResult(
+            nn_index=nn_index,
+            nn_distance=nn_distance,
+            nn_transform=nn_transform,
+            train_nn_distance=self.train_nn_distance,
+            threshold=self.threshold,
+            flagged_pixel=flagged_pixel,
+            flagged=flagged,
+            rule=self.rule,
+            **result,
+        )
 
 
 def _as_images(x: Any, name: str) -> torch.Tensor:

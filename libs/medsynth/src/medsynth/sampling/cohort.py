@@ -36,7 +36,7 @@ import math
 import os
 import socket
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,6 +45,7 @@ import numpy as np
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError
 from medsynth.io.nifti import to_nifti_bytes
 from medsynth.sampling.backends import Sampler
+from medsynth.sampling.gate import ReleaseGate
 from medsynth.sampling.generate import MAX_BATCH, MAX_INDEX, check_indices, check_seed, latent_seed, runtime_info
 from medsynth.store.base import ObjectStore, check_prefix
 
@@ -90,9 +91,18 @@ def write_cohort(
     provenance: Mapping[str, Any],
     progress: Progress | None = None,
     sheet_tiles: int = SHEET_MAX_TILES,
+    gate: ReleaseGate | None = None,
+    audit_key: str | None = None,
 ) -> str:
     """Draw samples ``0..count-1`` of ``seed`` in batches of ``batch_size`` and write them under
     ``prefix``; return the manifest key.
+
+    With a ``gate`` (:mod:`medsynth.sampling.gate`; the cohort job always passes one) each batch is
+    audited before anything of it is written, and the gate's policy decides which draws are
+    released: under ``filter`` flagged draws are skipped and later sample indices drawn instead, so
+    the released samples' indices need not be contiguous. The manifest's ``release`` section
+    records the audit; ``audit_key`` (outside ``prefix``: it shows training images) receives the
+    closest-pairs figure.
 
     ``formats``: ``"nifti"`` writes the per-sample image/label files, ``"png"`` the contact sheet of
     the first ``sheet_tiles`` samples. ``provenance`` (generator id, checkpoint key/sha, dataset
@@ -108,17 +118,19 @@ def write_cohort(
     sheet_tiles = _check_positive(sheet_tiles, "sheet_tiles")
     provenance = _check_provenance(provenance)
     description = sampler.describe()  # fails before anything is written if the backend is down
-    layout = batch_layout(count, batch_size)
+    layout: list[tuple[int, int]] = []
+    plan = _planned(batch_layout(count, batch_size)) if gate is None else _gated(gate, count, batch_size)
 
     writes = _Writes(store, prefix)
     writes.claim()
     try:
-        samples, tiles = _write_samples(writes, sampler, seed, layout, fmts, sheet_tiles, progress)
+        samples, tiles = _write_samples(writes, sampler, seed, plan, layout, count, fmts, sheet_tiles, progress, gate)
         sheet = _write_sheet(writes, *tiles) if "png" in fmts else None
+        release = _release(writes, gate, count, audit_key)
         manifest = _manifest(
             seed=seed, count=count, batch_size=batch_size, layout=layout, formats=fmts,
             provenance=provenance, sampler=description, samples=samples, sheet=sheet,
-            image_size=int(tiles[0].shape[-1]),
+            image_size=int(tiles[0].shape[-1]), release=release,
         )  # fmt: skip
         key = writes.put(MANIFEST_NAME, _dump(manifest), "application/json")
     except BaseException as exc:
@@ -135,33 +147,63 @@ def batch_layout(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(a, min(a + batch_size, count)) for a in range(0, count, batch_size)]
 
 
+def _planned(layout: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    yield from layout
+
+
+def _gated(gate: ReleaseGate, count: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """The gate's draws: asked one batch at a time, after the previous one was audited."""
+    while (batch := gate.next_batch(count, batch_size)) is not None:
+        yield batch
+
+
 def _write_samples(
     writes: _Writes,
     sampler: Sampler,
     seed: int,
+    plan: Iterator[tuple[int, int]],
     layout: list[tuple[int, int]],
+    count: int,
     formats: list[str],
     sheet_tiles: int,
     progress: Progress | None,
+    gate: ReleaseGate | None,
 ) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
+    """Draw the planned batches (appending each to ``layout``) and write the released samples."""
     samples: list[dict[str, Any]] = []
     tile_images: list[np.ndarray] = []
     tile_masks: list[np.ndarray] = []
-    count = layout[-1][1]
-    for batch, (start, stop) in enumerate(layout):
+    for batch, (start, stop) in enumerate(plan):
+        layout.append((start, stop))
         images, masks = sampler.draw(seed, range(start, stop))
         _check_batch(images, masks, stop - start, tile_images[0].shape if tile_images else None)
-        for k, index in enumerate(range(start, stop)):
+        released = gate.check(start, batch, images, count) if gate is not None else [True] * (stop - start)
+        kept = [k for k in range(stop - start) if released[k]]
+        for k in kept:
+            index = start + k
             entry = {"index": index, "batch": batch, "latent_seed": latent_seed(seed, index), **sample_digests(images[k], masks[k])}
+            if gate is not None:
+                entry["memorization"] = gate.sample_entry(index)
             if "nifti" in formats:
                 entry.update(_write_nifti_pair(writes, index, images[k], masks[k]))
             samples.append(entry)
-        take = max(0, min(sheet_tiles - len(tile_images), stop - start))
-        tile_images.extend(images[:take].copy())
-        tile_masks.extend(masks[:take].copy())
+        take = kept[: max(0, sheet_tiles - len(tile_images))]
+        tile_images.extend(images[take].copy())
+        tile_masks.extend(masks[take].copy())
         if progress is not None:
-            progress(stop, count)
+            progress(len(samples), count)
     return samples, (np.stack(tile_images), np.stack(tile_masks))
+
+
+def _release(writes: _Writes, gate: ReleaseGate | None, count: int, audit_key: str | None) -> dict[str, Any] | None:
+    """The manifest's ``release`` section, and the closest-pairs figure at ``audit_key``."""
+    if gate is None:
+        return None
+    release = gate.summary(count)
+    if audit_key is not None:
+        release["closest_pairs"] = {"key": writes.put_key(audit_key, gate.closest_pairs_png(), "image/png"),
+                                    "layout": "rows of (synthetic, nearest training image flipped as it matched), two pairs per row"}  # fmt: skip
+    return release
 
 
 def sample_nifti_bytes(image: np.ndarray, mask: np.ndarray) -> tuple[bytes, bytes]:
@@ -210,14 +252,17 @@ def _manifest(
     samples: list[dict[str, Any]],
     sheet: dict[str, Any] | None,
     image_size: int,
+    release: dict[str, Any] | None,
 ) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(),
         "seed": seed,
         "count": count,
+        "draws": layout[-1][1],
         "batch_size": batch_size,
         "batches": [[a, b] for a, b in layout],
+        "release": release,
         "family": (sampler.get("generator") or {}).get("family"),
         "mode": sampler.get("mode"),
         "masks": _mask_provenance((sampler.get("mode") or {}).get("mask_source")),
@@ -287,7 +332,7 @@ def regenerate(
     """
     _check_manifest(manifest)
     _check_same_generator(manifest["sampler"], sampler.describe())
-    wanted = _check_cohort_indices(indices, manifest["count"])
+    wanted = _check_cohort_indices(indices, [s["index"] for s in manifest["samples"]])
     batches = [tuple(b) for b in manifest["batches"]]
     drawn: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for b in sorted({_batch_of(i, batches) for i in wanted}):
@@ -444,7 +489,10 @@ class _Writes:
             )
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        key = self.prefix + name
+        return self.put_key(self.prefix + name, data, content_type)
+
+    def put_key(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Write ``key`` (under the prefix, or an artifact of the cohort kept elsewhere)."""
         self.keys.append(key)  # recorded first: a put that fails after landing is still rolled back
         self.store.put_bytes(key, data, content_type=content_type)
         return key
@@ -516,11 +564,14 @@ def _check_manifest(manifest: object) -> None:
         raise InvalidInput(f"not a {MANIFEST_FORMAT!r} cohort manifest (format {found!r}).")
 
 
-def _check_cohort_indices(indices: Iterable[int], count: int) -> list[int]:
+def _check_cohort_indices(indices: Iterable[int], released: list[int]) -> list[int]:
     wanted = check_indices(indices)
-    outside = [i for i in wanted if i >= count]
+    outside = sorted(set(wanted) - set(released))
     if outside:
-        raise InvalidInput(f"sample indices must be below the cohort's count {count}, got {outside[:5]}.")
+        raise InvalidInput(
+            f"samples {outside[:5]} are not in the cohort (never drawn, or withheld by the memorization gate); "
+            f"it holds {len(released)} samples."
+        )
     return wanted
 
 

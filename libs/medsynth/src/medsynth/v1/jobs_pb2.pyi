@@ -182,7 +182,7 @@ class StyleGan2Options(_message.Message):
     def __init__(self, latent_dim: _Optional[int] = ..., style_dim: _Optional[int] = ..., mapping_layers: _Optional[int] = ..., channel_base: _Optional[int] = ..., channel_max: _Optional[int] = ..., conditional: _Optional[bool] = ..., style_mixing: _Optional[float] = ..., r1_gamma: _Optional[float] = ..., r1_every: _Optional[int] = ..., mbstd_group: _Optional[int] = ..., augment: _Optional[str] = ..., ada_target: _Optional[float] = ..., ada_interval: _Optional[int] = ..., ada_kimg: _Optional[float] = ...) -> None: ...
 
 class DiffusionOptions(_message.Message):
-    __slots__ = ("channels", "num_res_blocks", "attention", "num_head_channels", "prediction", "schedule", "train_timesteps", "sampler", "sample_steps", "eta")
+    __slots__ = ("channels", "num_res_blocks", "attention", "num_head_channels", "prediction", "schedule", "train_timesteps", "sampler", "sample_steps", "eta", "variant", "latent", "autoencoder_steps", "autoencoder_channels", "latent_channels", "kl_weight", "mask_bank_size", "rotation", "scale", "translation", "elastic", "elastic_grid")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     NUM_RES_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,18 @@ class DiffusionOptions(_message.Message):
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    LATENT_FIELD_NUMBER: _ClassVar[int]
+    AUTOENCODER_STEPS_FIELD_NUMBER: _ClassVar[int]
+    AUTOENCODER_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    LATENT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    KL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MASK_BANK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    TRANSLATION_FIELD_NUMBER: _ClassVar[int]
+    ELASTIC_FIELD_NUMBER: _ClassVar[int]
+    ELASTIC_GRID_FIELD_NUMBER: _ClassVar[int]
     channels: _containers.RepeatedScalarFieldContainer[int]
     num_res_blocks: int
     attention: bool
@@ -203,7 +215,19 @@ class DiffusionOptions(_message.Message):
     sampler: str
     sample_steps: int
     eta: float
-    def __init__(self, channels: _Optional[_Iterable[int]] = ..., num_res_blocks: _Optional[int] = ..., attention: _Optional[bool] = ..., num_head_channels: _Optional[int] = ..., prediction: _Optional[str] = ..., schedule: _Optional[str] = ..., train_timesteps: _Optional[int] = ..., sampler: _Optional[str] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ...) -> None: ...
+    variant: str
+    latent: bool
+    autoencoder_steps: int
+    autoencoder_channels: _containers.RepeatedScalarFieldContainer[int]
+    latent_channels: int
+    kl_weight: float
+    mask_bank_size: int
+    rotation: float
+    scale: float
+    translation: float
+    elastic: float
+    elastic_grid: int
+    def __init__(self, channels: _Optional[_Iterable[int]] = ..., num_res_blocks: _Optional[int] = ..., attention: _Optional[bool] = ..., num_head_channels: _Optional[int] = ..., prediction: _Optional[str] = ..., schedule: _Optional[str] = ..., train_timesteps: _Optional[int] = ..., sampler: _Optional[str] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ..., variant: _Optional[str] = ..., latent: _Optional[bool] = ..., autoencoder_steps: _Optional[int] = ..., autoencoder_channels: _Optional[_Iterable[int]] = ..., latent_channels: _Optional[int] = ..., kl_weight: _Optional[float] = ..., mask_bank_size: _Optional[int] = ..., rotation: _Optional[float] = ..., scale: _Optional[float] = ..., translation: _Optional[float] = ..., elastic: _Optional[float] = ..., elastic_grid: _Optional[int] = ...) -> None: ...
 
 class TrainGenerator(_message.Message):
     __slots__ = ("view_id", "dataset", "training", "data", "condition_on", "joint_gan", "spade", "stylegan2", "diffusion")
@@ -228,7 +252,7 @@ class TrainGenerator(_message.Message):
     def __init__(self, view_id: _Optional[str] = ..., dataset: _Optional[str] = ..., training: _Optional[_Union[TrainingOptions, _Mapping]] = ..., data: _Optional[_Union[GeneratorData, _Mapping]] = ..., condition_on: _Optional[str] = ..., joint_gan: _Optional[_Union[JointGanOptions, _Mapping]] = ..., spade: _Optional[_Union[SpadeOptions, _Mapping]] = ..., stylegan2: _Optional[_Union[StyleGan2Options, _Mapping]] = ..., diffusion: _Optional[_Union[DiffusionOptions, _Mapping]] = ...) -> None: ...
 
 class SampleCohort(_message.Message):
-    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition", "sample_steps", "eta")
+    __slots__ = ("generator_id", "count", "seed", "formats", "batch_size", "mask_source", "condition", "sample_steps", "eta", "release")
     GENERATOR_ID_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +262,7 @@ class SampleCohort(_message.Message):
     CONDITION_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     ETA_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     generator_id: str
     count: int
     seed: int
@@ -247,7 +272,22 @@ class SampleCohort(_message.Message):
     condition: int
     sample_steps: int
     eta: float
-    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., mask_source: _Optional[str] = ..., condition: _Optional[int] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ...) -> None: ...
+    release: ReleaseGate
+    def __init__(self, generator_id: _Optional[str] = ..., count: _Optional[int] = ..., seed: _Optional[int] = ..., formats: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., mask_source: _Optional[str] = ..., condition: _Optional[int] = ..., sample_steps: _Optional[int] = ..., eta: _Optional[float] = ..., release: _Optional[_Union[ReleaseGate, _Mapping]] = ...) -> None: ...
+
+class ReleaseGate(_message.Message):
+    __slots__ = ("policy", "max_flagged_fraction", "max_extra_draws", "threshold_ratio", "threshold_quantile")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_FLAGGED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXTRA_DRAWS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_RATIO_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    max_flagged_fraction: float
+    max_extra_draws: float
+    threshold_ratio: float
+    threshold_quantile: float
+    def __init__(self, policy: _Optional[str] = ..., max_flagged_fraction: _Optional[float] = ..., max_extra_draws: _Optional[float] = ..., threshold_ratio: _Optional[float] = ..., threshold_quantile: _Optional[float] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
     __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json", "dataset")

@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
+from medsynth.core.errors import NotFound
 from medsynth.jobs.lookup import finished
 from medsynth.messages import JobKind
+from medsynth.sampling.gate import gate_to_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
@@ -39,14 +41,26 @@ def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPubl
         condition=body.condition,
         sample_steps=body.sample_steps,
         eta=body.eta,
+        release=gate_to_proto(body.release),
     )
     return JobPublic.of(jobs.submit(JobKind.sample_cohort, spec))
 
 
 @router.get("/{cohort_id}")
 def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
-    """Status and progress; once done, the cohort manifest."""
+    """Status and progress; once done, the cohort manifest (its ``release`` section is the
+    memorization audit: policy, thresholds and how they were set, draws flagged, the closest pairs)."""
     return job_with_result(jobs.records.get(cohort_id), "manifest", "manifest", store.get_json)
+
+
+@router.get("/{cohort_id}/closest-pairs.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def cohort_closest_pairs(cohort_id: str, store: StoreDep, jobs: JobsDep) -> Response:
+    """The memorization audit's figure: the draws closest to a training image, each beside it."""
+    record = finished(jobs.records, cohort_id, JobKind.sample_cohort)
+    release = store.get_json(record.result_keys["manifest"]).get("release") or {}
+    if "closest_pairs" not in release:
+        raise NotFound(f"cohort {cohort_id} was written before the memorization gate; it has no audit figure.")
+    return Response(store.get_bytes(release["closest_pairs"]["key"]), media_type="image/png")
 
 
 @router.get("/{cohort_id}/download")
