@@ -29,6 +29,8 @@ import httpx
 from medsynth.core.errors import MedsynthError
 from medsynth.generators.presets import PRESETS, preset
 
+SPEED_STEPS = (10, 50, 250)  # denoising steps at which iterative samplers are timed
+
 @dataclass(frozen=True)
 class BenchSettings:
     data: Path | None = None          # Decathlon-layout folder; None: phantoms written by the bench
@@ -43,6 +45,7 @@ class BenchSettings:
     augment: bool = True              # classical augmentation, the same for every segmentation arm
     synthetic_ratio: float = 0.5
     sampling_probe: int = 256         # samples drawn to time sampling (TorchServe and in-process)
+    iterative_probe: int = 16         # iterative samplers: samples drawn per step count in SPEED_STEPS
     seed: int = 0
     out: Path = Path("bench-results/generators")
 
@@ -71,12 +74,15 @@ class Row:
     mode_collapse_warning: str | None = None
     torchserve_images_per_s: float = float("nan")
     inprocess_images_per_s: float = float("nan")
+    seconds_per_sample: dict[str, dict[str, float]] = field(default_factory=dict)  # iterative: steps → backend → s
+    gate_draws: int = 0
+    gate_flagged: int = 0
     real_masks_at_sampling: bool = False
     error: str | None = None
     ids: dict[str, str] = field(default_factory=dict)
 
 
-def run(settings: BenchSettings, echo=print) -> dict[str, Any]:
+def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = None) -> dict[str, Any]:
     from medsynth import stack
     from medsynth.core.settings import load_settings
     from medsynth.ingest_client import ingest_folder
@@ -98,6 +104,8 @@ def run(settings: BenchSettings, echo=print) -> dict[str, Any]:
             result = _bench(api, app, settings, echo)
     finally:
         stack.down(app, echo=echo)
+    if included:
+        result["included"] = included
     _write(settings.out, result)
     echo(markdown(result))
     echo(f"results: {settings.out.resolve() / 'results.md'} and results.json")
@@ -152,7 +160,11 @@ def _judge(api, app, settings: BenchSettings, submit, seg: dict, real_run: str, 
                                     "seed": settings.seed + 1, "mask_source": source, "formats": ["nifti"]},
                     f"cohort {row.family}/{source}")
     row.ids["cohort"] = cohort["job_id"]
+    release = api.get(f"/v1/cohorts/{cohort['job_id']}").raise_for_status().json()["manifest"]["release"]
+    row.gate_draws, row.gate_flagged = int(release["draws"]), int(release["flagged"])
     row.torchserve_images_per_s, row.inprocess_images_per_s = _sampling_speed(app, settings, registry, source)
+    if _iterative(registry):
+        row.seconds_per_sample = _iterative_speed(app, settings, registry, source)
     runs = [real_run]
     for arm in ("synthetic", "mixed"):
         body = {**seg, "source": arm, "cohort_id": cohort["job_id"], "synthetic_ratio": settings.synthetic_ratio}
@@ -185,8 +197,31 @@ def _read_report(report: dict, row: Row) -> None:
 
 
 def _sampling_speed(app, settings: BenchSettings, registry: dict, source: str) -> tuple[float, float]:
-    """Images per second drawing ``sampling_probe`` samples in batches of 64: through the stack's
-    TorchServe (the cohort job registered the model) and in this process from the checkpoint."""
+    """Images per second drawing ``sampling_probe`` samples (``iterative_probe`` for iterative
+    samplers) in batches of 64 at the generator's own settings: through the stack's TorchServe (the
+    cohort job registered the model) and in this process from the checkpoint."""
+    count = settings.iterative_probe if _iterative(registry) else settings.sampling_probe
+    served, local = _samplers(app, registry, source)
+    return _rate(served, count), _rate(local, count)
+
+
+def _iterative(registry: dict) -> bool:
+    from medsynth.generators.registry import get_family
+
+    return get_family(registry["family"]).iterative
+
+
+def _iterative_speed(app, settings: BenchSettings, registry: dict, source: str) -> dict[str, dict[str, float]]:
+    """Seconds per sample at each of SPEED_STEPS denoising steps, through TorchServe and in-process."""
+    out: dict[str, dict[str, float]] = {}
+    for steps in SPEED_STEPS:
+        served, local = _samplers(app, registry, source, sample_steps=steps)
+        n = settings.iterative_probe
+        out[str(steps)] = {"torchserve": 1 / _rate(served, n, batch=n), "in-process": 1 / _rate(local, n, batch=n)}
+    return out
+
+
+def _samplers(app, registry: dict, source: str, sample_steps: int | None = None):
     from medsynth.core.devices import pick_device
     from medsynth.generators.base import MaskSource, SampleMode
     from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
@@ -194,18 +229,18 @@ def _sampling_speed(app, settings: BenchSettings, registry: dict, source: str) -
     from medsynth.store import open_store
     from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 
-    mode = SampleMode(mask_source=MaskSource(source))
+    mode = SampleMode(mask_source=MaskSource(source), sample_steps=sample_steps)
     urls = json.loads((app.home.resolve() / "torchserve" / "state.json").read_text())
-    with TorchServeClient(urls["inference_url"], urls["management_url"]) as client:
-        served = _rate(TorchServeSampler(client, registry["model_name"], mode), settings.sampling_probe)
+    client = TorchServeClient(urls["inference_url"], urls["management_url"], timeout_s=app.sampler_request_s)
     checkpoint = load_checkpoint(open_store(app).get_bytes(registry["checkpoint_key"]))
     device = pick_device(app.device)
-    local = _rate(InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device),
-                  settings.sampling_probe)
-    return served, local
+    local = InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)
+    return TorchServeSampler(client, registry["model_name"], mode), local
 
 
 def _rate(sampler, count: int, batch: int = 64) -> float:
+    """Samples per second over ``count`` samples in batches of ``batch``, after one warm-up batch."""
+    batch = min(batch, count)
     sampler.draw(0, range(batch))  # warm-up: first request loads the worker / allocates
     t = time.perf_counter()
     for start in range(0, count, batch):
@@ -232,27 +267,56 @@ def markdown(result: dict[str, Any]) -> str:
         "on the real test patients (the denominator of relative Dice).",
         "",
         "| family | masks at sampling | steps | steps/s | FID | KID | FID real-vs-real | Dice synthetic [95% CI] "
-        "| Dice mixed [95% CI] | relative Dice | memorized | mode collapse | img/s TorchServe | img/s in-process |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Dice mixed [95% CI] | relative Dice | gate: flagged / draws | memorized after gate | mode collapse "
+        "| img/s TorchServe | img/s in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    included = result.get("included") or {}
+    for r in [*result["rows"], *({**row, "family": row["family"] + " *"} for row in included.get("rows", []))]:
         if r["error"]:
-            lines.append(f"| {r['family']} | {r['mask_source']} | failed: {r['error'][:120]} |" + " |" * 11)
+            lines.append(f"| {r['family']} | {r['mask_source']} | failed: {r['error'][:120]} |" + " |" * 12)
             continue
         lines.append(
             f"| {r['family']} | {r['mask_source']}{' (real)' if r['real_masks_at_sampling'] else ''} | {r['steps_done']} "
             f"| {_fmt(r['steps_per_s'], 2)} | {_fmt(r['fid'])} | {_fmt(r['kid'], 4)} | {_fmt(r['fid_real_baseline'])} "
             f"| {_fmt(r['dice_synthetic'])} [{_fmt(r['dice_synthetic_ci'][0])}, {_fmt(r['dice_synthetic_ci'][1])}] "
             f"| {_fmt(r['dice_mixed'])} [{_fmt(r['dice_mixed_ci'][0])}, {_fmt(r['dice_mixed_ci'][1])}] "
-            f"| {_fmt(r['relative_dice'])} | {_fmt(r['memorized_fraction'] * 100, 1)} % "
+            f"| {_fmt(r['relative_dice'])} | {r.get('gate_flagged', '–')} / {r.get('gate_draws', '–')} "
+            f"| {_fmt(r['memorized_fraction'] * 100, 1)} % "
             f"| {'warned' if r.get('mode_collapse_warning') else 'no'} "
             f"| {_fmt(r['torchserve_images_per_s'], 1)} | {_fmt(r['inprocess_images_per_s'], 1)} |"
         )
     extractors = sorted({r["extractor"] for r in result["rows"] if r["extractor"]})
     counts = sorted({(r["n_real"], r["n_fake"]) for r in result["rows"] if r["n_real"]})
     lines += ["", f"FID/KID extractor: {', '.join(extractors) or '–'}; samples (real, fake): {counts}.",
-              "relative Dice = synthetic-only Dice / real-only Dice, both on the view's real test patients."]
+              "relative Dice = synthetic-only Dice / real-only Dice, both on the view's real test patients.",
+              *([f"* rows from {included['from']} (same data and settings; relative Dice against its own real-only U-Net "
+                 f"{included['real_run']})."] if included else []),
+              "gate: the cohort's release gate (default policy filter) — draws flagged as near-copies of training images "
+              "and withheld; memorized after gate: the evaluation's audit (in-domain features) of the released cohort."]
+    timed = [r for r in result["rows"] if r.get("seconds_per_sample")]
+    if timed:
+        steps = list(timed[0]["seconds_per_sample"])
+        lines += ["", "Seconds per sample of iterative samplers, by denoising steps (batches of "
+                  f"{s.get('iterative_probe', '–')}):", "",
+                  "| family | masks | " + " | ".join(f"{k} steps TorchServe | {k} steps in-process" for k in steps) + " |",
+                  "|---|---|" + "---|---|" * len(steps)]
+        for r in timed:
+            cells = " | ".join(f"{_fmt(r['seconds_per_sample'][k]['torchserve'], 3)} | {_fmt(r['seconds_per_sample'][k]['in-process'], 3)}"
+                               for k in steps)
+            lines.append(f"| {r['family']} | {r['mask_source']} | {cells} |")
     return "\n".join(lines)
+
+
+def _included(path: Path, settings: BenchSettings) -> dict[str, Any]:
+    """The rows of an earlier run, after checking it measured the same thing."""
+    earlier = json.loads(path.read_text())
+    same = ("data", "budget_min", "size", "cohort_size", "seg_steps", "seg_batch_size", "augment", "synthetic_ratio", "seed")
+    now = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+    differ = [k for k in same if earlier["settings"].get(k) != now[k]]
+    if differ:
+        raise MedsynthError(f"--include {path}: measured with other settings ({', '.join(differ)}); rows would not compare.")
+    return {"from": str(path), "real_run": earlier["real_run"], "rows": earlier["rows"]}
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:
@@ -269,13 +333,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="segmenters without classical augmentation")
     parser.add_argument("--out", type=Path, default=defaults.out)
+    parser.add_argument("--include", type=Path, help="results.json of an earlier run with the same data, size and budget: "
+                        "its rows join this table, marked as such")
     args = parser.parse_args(argv)
     from medsynth.demo import dataset_name
 
-    settings = BenchSettings(**{k: v for k, v in vars(args).items() if k != "families"}, families=tuple(args.families),
-                             dataset=dataset_name(args.data))
+    settings = BenchSettings(**{k: v for k, v in vars(args).items() if k not in ("families", "include")},
+                             families=tuple(args.families), dataset=dataset_name(args.data))
     try:
-        run(settings)
+        included = _included(args.include, settings) if args.include else None
+        run(settings, included=included)
     except MedsynthError as exc:
         print(f"bench-generators: error: {exc}", file=sys.stderr)
         return 2

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     torchserve_management_url: str = "http://127.0.0.1:8081"
     torchserve_model_store: Path | None = Field(None, description="Folder TorchServe loads .mar archives from.")
     sampler_wait_s: float = Field(60.0, ge=0, description="How long a cohort job waits for TorchServe before failing.")
+    sampler_request_s: int = Field(
+        600, ge=10, le=86_400,
+        description="How long one TorchServe sampling request may run (the model's response_timeout, and the client's wait).",
+    )
+    sampler_passes_per_request: int = Field(
+        4096, ge=1,
+        description="Iterative samplers (diffusion): a cohort batch is cut so that samples x network passes per sample "
+        "stays within this, e.g. 16 samples at 250 steps; one-pass families keep the requested batch size.",
+    )
 
     # evaluation
     inception_weights: Path | None = Field(

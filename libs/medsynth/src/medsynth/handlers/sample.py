@@ -29,6 +29,9 @@ from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import events_pb2, jobs_pb2
 
 
+REQUEST_MARGIN_S = 30  # the client waits this much longer than TorchServe lets the handler run
+
+
 def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, str]:
     generator = generator_of(JobRecords(ctx.store), spec.generator_id)
     registry = ctx.store.get_json(generator.result_keys["generator"])
@@ -96,10 +99,13 @@ def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sam
             f"generator {registry['generator_id']} was registered before generator families: its TorchServe archive "
             "holds the old handler. Sample it with MEDSYNTH_SAMPLER_BACKEND=inprocess, or retrain it."
         )
-    client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url)
+    request_s = ctx.settings.sampler_request_s
+    client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url,
+                              timeout_s=request_s + REQUEST_MARGIN_S)  # fmt: skip
     _wait_for(client, ctx)
     if not client.is_registered(registry["model_name"]):
-        client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"])
+        client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"],
+                        response_timeout_s=request_s)  # fmt: skip
     return TorchServeSampler(client, registry["model_name"], mode)
 
 
