@@ -118,8 +118,10 @@ def test_headline_shows_baselines_per_class_dice_units_and_warnings() -> None:
         "utility": [{"source": "real", "mean_dice": 0.8, "dice_ci_low": 0.7, "dice_ci_high": 0.9, "mean_hd95": 2.5, "hd95_unit": "mm",
                      "dice_per_class": {"1": {"mean": 0.9}, "2": {"mean": None}}}],
         "relative_dice": 0.5, "memorization": {"fraction_flagged": 0.0},
+        "release": {"policy": "filter", "flagged": 3, "draws": 67, "withheld": [{}, {}, {}], "released_flagged": 0},
     }  # fmt: skip
     text = headline(report)
+    assert "release gate (filter): 3 of 67 draws flagged as near-copies of training images, 3 withheld, 0 released flagged" in text
     assert "real-vs-real baseline 0.05 (n=20/20, by patient (3 | 3 patients)) vs synthetic 0.31 at the same counts" in text
     assert "n=40 real / 64 synthetic" in text and "pixel 0.2, feature 0.3" in text and "WARNING: possible mode collapse" in text
     assert "per class 1: 0.900, 2: nan" in text and "HD95 2.50 mm" in text

@@ -220,7 +220,7 @@ def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = Non
 def headline(report: dict) -> str:
     """The report's main numbers as a few lines: each fidelity score beside its real-versus-real
     baseline and the counts, the diversity ratios (and a mode-collapse warning), Dice per source
-    with its CI and per class, HD95 with its unit, relative Dice and the memorization fraction."""
+    with its CI and per class, HD95 with its unit, relative Dice, the release gate's counts and the memorization fraction."""
     lines = ["== headline numbers"]
     for row in report.get("fidelity", []):
         line = f"  {row['metric']:<4} {row['value']:.4g} (n={row['n_real']} real / {row['n_fake']} synthetic)"
@@ -240,8 +240,12 @@ def headline(report: dict) -> str:
         lines.append(f"  Dice {row['source']:<9} {_num(row['mean_dice'], '.3f')} [{_num(row['dice_ci_low'], '.3f')}, "
                      f"{_num(row['dice_ci_high'], '.3f')}]  per class {per_class or '-'}  HD95 {_num(row['mean_hd95'], '.2f')} {unit}")
     lines.append(f"  relative Dice (synthetic/real) {_num(report.get('relative_dice'), '.3f')}")
+    release = report.get("release")
+    if release:
+        lines.append(f"  release gate ({release['policy']}): {release['flagged']} of {release['draws']} draws flagged as near-copies "
+                     f"of training images, {len(release['withheld'])} withheld, {release['released_flagged']} released flagged")
     mem = report.get("memorization", {})
-    lines.append(f"  memorization: {mem.get('fraction_flagged', float('nan')):.3%} of samples flagged as near-copies")
+    lines.append(f"  memorization audit of the released cohort: {mem.get('fraction_flagged', float('nan')):.3%} of samples flagged as near-copies")
     return "\n".join(lines)
 
 
