@@ -16,7 +16,7 @@ from medsynth.sampling.archive import build_model_archive
 from medsynth.sampling.backends import InProcessSampler
 from medsynth.sampling.torchserve import TorchServeProcess
 from medsynth.store.local import LocalStore
-from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, SmallGenerator, family_names, small_generator
+from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, SmallGenerator, served_generators, small_generator
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +47,13 @@ def handler_module() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory, generator: SmallGenerator) -> Path:
-    """The archive of ``generator`` as MODEL_NAME, and one small generator of every family as ``fam-<family>``."""
+    """The archive of ``generator`` as MODEL_NAME, and one small generator of every family (and variant)
+    as ``fam-<family>`` (``fam-<variant>``)."""
     store = tmp_path_factory.mktemp("model-store")
     build_model_archive(generator.spec, generator.weights, model_name=MODEL_NAME, version=MODEL_VERSION, out_dir=store)
-    for family in family_names():
-        small = small_generator(family=family)
-        build_model_archive(small.spec, small.weights, model_name=f"fam-{family}", version=MODEL_VERSION, out_dir=store)
+    for name, (family, options) in served_generators().items():
+        small = small_generator(family=family, **options)
+        build_model_archive(small.spec, small.weights, model_name=f"fam-{name}", version=MODEL_VERSION, out_dir=store)
     return store
 
 

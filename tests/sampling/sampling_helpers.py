@@ -25,6 +25,10 @@ SMALL_OPTIONS: dict[str, dict] = {
     "diffusion": {"channels": [8, 16], "num_head_channels": 8, "train_timesteps": 50, "sample_steps": 4},
     "stylegan2": {"latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16, "mbstd_group": 2},
 }
+# Generators exported and served besides one of every family's defaults: variants with other samplers.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "diffusion-mask-conditioned": ("diffusion", {"variant": "mask-conditioned", "mask_bank_size": 8}),
+}
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,12 @@ class SmallGenerator:
         return {name: net.state_dict() for name, net in self.nets.items()}
 
 
-def small_generator(seed: int = 1234, *, family: str = "joint-gan", image_size: int = 32, mode: SampleMode = SampleMode()) -> SmallGenerator:
+def small_generator(seed: int = 1234, *, family: str = "joint-gan", image_size: int = 32, mode: SampleMode = SampleMode(),
+                    **options: object) -> SmallGenerator:
     """Random weights, wider than the initialisation of training (whose untrained images are a flat
-    grey) and non-trivial batch-norm statistics, so samples have contrast."""
-    options = {"family": family, **SMALL_OPTIONS[family]} if family != "joint-gan" else {"family": family, "base_channels": 8}
-    spec = GeneratorSpec(parse_options(options), parse_training({"steps": 1}), DataSpec(image_size, 3))
+    grey) and non-trivial batch-norm statistics, so samples have contrast. ``options`` override the
+    family's small ones."""
+    spec = small_spec(family, image_size, **options)
     images = np.random.default_rng(seed).random((8, 1, image_size, image_size)).astype(np.float32)
     masks = (images[:, 0] * 3).astype(np.uint8).clip(0, 2)
     data = prepare_data(images, masks, spec.data, torch.device("cpu"))
@@ -60,6 +65,12 @@ def small_generator(seed: int = 1234, *, family: str = "joint-gan", image_size: 
     return SmallGenerator(spec, nets, spec.family.sampling_net(spec.options, spec.data, nets, mode).eval())
 
 
+def small_spec(family: str, image_size: int = 32, **options: object) -> GeneratorSpec:
+    """The spec of a small generator of ``family``: its small options with ``options`` on top, 3 classes."""
+    return GeneratorSpec(parse_options({"family": family, **SMALL_OPTIONS[family], **options}), parse_training({"steps": 1}),
+                         DataSpec(image_size, 3))
+
+
 def _liven(net: nn.Module) -> None:
     for module in net.modules():
         if isinstance(module, torch.nn.ConvTranspose2d):
@@ -71,3 +82,9 @@ def _liven(net: nn.Module) -> None:
 
 def family_names() -> list[str]:
     return sorted(FAMILIES)
+
+
+def served_generators() -> dict[str, tuple[str, dict]]:
+    """Archive name suffix → (family, options) of every small generator the TorchServe tests serve:
+    each family's (``fam-<family>``) and each of :data:`VARIANTS` (``fam-<variant>``)."""
+    return {**{family: (family, {}) for family in family_names()}, **VARIANTS}

@@ -16,7 +16,15 @@ from medsynth.sampling.cohort import read_manifest, regenerate, write_cohort
 from medsynth.sampling.generate import generate
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient, TorchServeProcess, free_ports
 from medsynth.store.local import LocalStore
-from sampling_helpers import MODEL_NAME, PROVENANCE, SmallGenerator, family_names, small_generator
+from sampling_helpers import (
+    MODEL_NAME,
+    PROVENANCE,
+    SmallGenerator,
+    family_names,
+    served_generators,
+    small_generator,
+    small_spec,
+)
 
 PREFIX = "cohorts/ts/"
 
@@ -106,26 +114,30 @@ def test_process_refuses_a_missing_model_store(tmp_path: Path) -> None:
         TorchServeProcess(tmp_path / "missing", tmp_path / "work").start()
 
 
-# --- every family: exported → TorchServe → the same pixels as in-process, and regenerated -------------
+# --- every family (and variant): exported → TorchServe → the same pixels as in-process, and regenerated --
 
 
-def _family_modes() -> list[tuple[str, MaskSource]]:
-    from medsynth.generators.registry import FAMILIES
+def _served_modes() -> list[tuple[str, MaskSource]]:
+    """(served generator, mask source) for every mask source each served generator has."""
+    modes = []
+    for served, (family, options) in served_generators().items():
+        spec = small_spec(family, **options)
+        modes += [(served, source) for source in spec.family.mask_sources_for(spec.options)]
+    return modes
 
-    return [(name, source) for name in family_names() for source in FAMILIES[name].mask_sources]
 
-
-@pytest.mark.parametrize(("family", "source"), _family_modes())
+@pytest.mark.parametrize(("served", "source"), _served_modes())
 def test_every_family_through_torchserve_equals_in_process(
-    family: str, source: MaskSource, client: TorchServeClient, tmp_path: Path
+    served: str, source: MaskSource, client: TorchServeClient, tmp_path: Path
 ) -> None:
-    name = f"fam-{family}"
+    name = f"fam-{served}"
+    family, options = served_generators()[served]
     client.register(f"{name}.mar", name, initial_workers=1)
-    small = small_generator(family=family)  # the same weights the archive was built from (conftest)
+    small = small_generator(family=family, **options)  # the same weights the archive was built from (conftest)
     mode = SampleMode(mask_source=source)
-    served, local = TorchServeSampler(client, name, mode), InProcessSampler(small.spec, small.nets, mode)
+    remote, local = TorchServeSampler(client, name, mode), InProcessSampler(small.spec, small.nets, mode)
     via_ts, here = LocalStore(tmp_path / "ts"), LocalStore(tmp_path / "local")
-    write_cohort(via_ts, PREFIX, served, count=6, seed=5, batch_size=4, provenance=PROVENANCE)
+    write_cohort(via_ts, PREFIX, remote, count=6, seed=5, batch_size=4, provenance=PROVENANCE)
     write_cohort(here, PREFIX, local, count=6, seed=5, batch_size=4, provenance=PROVENANCE)
     ts_manifest, local_manifest = read_manifest(via_ts, PREFIX), read_manifest(here, PREFIX)
     assert ts_manifest["family"] == family and ts_manifest["mode"]["mask_source"] == source.value

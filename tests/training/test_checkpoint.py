@@ -30,8 +30,8 @@ def _checkpoint(family: str) -> Checkpoint:
             for p in ema.parameters():
                 p.add_(1.0)
     state.extra = {"p": torch.tensor(0.25), "note": "kept"}
-    points = {"step": [1], **{name: [0.5] for name in spec.family.loss_names}}
-    curves = LossCurves(spec.family.loss_names, device=torch.device("cpu"), points=points)
+    points = {"step": [1], **{name: [0.5] for name in spec.family.loss_names_for(spec.options)}}
+    curves = LossCurves(spec.family.loss_names_for(spec.options), device=torch.device("cpu"), points=points)
     return snapshot(state, spec, 7, curves)
 
 

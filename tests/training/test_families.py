@@ -1,5 +1,5 @@
 """What every registered family promises the seam: image sizes 64² and 128², a description, its own
-options only, sampling nets that load the trained nets' weights, and mode checks."""
+options only, sampling nets that load the trained nets' weights, mode checks, and valid presets."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import DataSpec, MaskSource, SampleMode, prepare_data
+from medsynth.generators.presets import PRESETS, preset
 from medsynth.generators.registry import FAMILIES, GeneratorSpec, parse_options, parse_training
 from medsynth.sampling.generate import generate
 from medsynth.training.loop import init_state
@@ -27,7 +28,7 @@ def test_every_family_draws_image_mask_pairs_at_64_and_128(family: str, size: in
     for name, net in nets.items():
         net.load_state_dict((state.ema.get(name) or state.nets[name]).state_dict(), strict=True)
         net.eval()
-    for source in spec.family.mask_sources:
+    for source in spec.family.mask_sources_for(spec.options):
         net = spec.family.sampling_net(spec.options, spec.data, nets, SampleMode(mask_source=source))
         out_images, out_masks = generate(net, 1, range(2))
         assert out_images.shape == (2, 1, size, size) and out_masks.shape == (2, size, size)
@@ -50,7 +51,7 @@ def test_modes_a_generator_lacks_are_refused(family: str) -> None:
     spec = GeneratorSpec(parse_options({"family": family, **TINY_OPTIONS[family]}), parse_training({"steps": 1}), DataSpec(32, 2))
     with pytest.raises(InvalidInput, match="without class conditioning"):
         spec.family.check_mode(spec.options, spec.data, SampleMode(condition=0))
-    if MaskSource.real_deformed not in spec.family.mask_sources:
+    if MaskSource.real_deformed not in spec.family.mask_sources_for(spec.options):
         with pytest.raises(InvalidInput, match="has no mask source 'real-deformed'"):
             spec.family.check_mode(spec.options, spec.data, SampleMode(mask_source=MaskSource.real_deformed))
     if not spec.family.iterative:
@@ -58,3 +59,10 @@ def test_modes_a_generator_lacks_are_refused(family: str) -> None:
             spec.family.check_mode(spec.options, spec.data, SampleMode(sample_steps=10))
     with pytest.raises(InvalidInput, match=r"makes images of .* not 48"):
         GeneratorSpec(spec.options, spec.training, DataSpec(48, 2))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_spec_whose_cohort_mask_source_it_has(name: str) -> None:
+    chosen = preset(name)
+    spec = GeneratorSpec(parse_options(chosen["generator"]), parse_training({**chosen["training"], "steps": 100_000}), DataSpec(64, 3))
+    assert MaskSource(chosen["cohort"]["mask_source"]) in spec.family.mask_sources_for(spec.options)

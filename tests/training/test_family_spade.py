@@ -212,7 +212,7 @@ def test_each_sample_depends_only_on_its_own_noise(samplers: dict, source: MaskS
 
 def test_zero_deformation_noise_gives_the_bank_mask_exactly(samplers: dict) -> None:
     net = samplers[MaskSource.real_deformed]
-    bank = net.bank.masks
+    bank = net.masks.bank.masks
     k = bank.shape[0]
     index = torch.tensor([0, 3, k - 1])
     pick = torch.special.ndtri((index.double() + 0.5) / k).float().view(3, 1)
@@ -228,7 +228,7 @@ def test_zero_deformation_noise_gives_the_bank_mask_exactly(samplers: dict) -> N
 
 def test_every_bank_mask_can_be_picked(samplers: dict) -> None:
     net = samplers[MaskSource.real_deformed]
-    k = net.bank.masks.shape[0]
+    k = net.masks.bank.masks.shape[0]
     pick = torch.special.ndtri((torch.arange(k, dtype=torch.float64) + 0.5) / k).float().view(k, 1)
     extreme = torch.tensor([[-40.0], [40.0]])  # ndtr saturates: clamped into the bank
     noise = _noise(net, k + 2)
@@ -236,8 +236,8 @@ def test_every_bank_mask_can_be_picked(samplers: dict) -> None:
     with torch.no_grad():
         out = net([torch.cat([pick, extreme]), *zeros, noise[3]], torch.zeros(k + 2, dtype=torch.int64))
     masks = out[:, 1:].argmax(dim=1)
-    assert torch.equal(masks[:k], net.bank.masks.long())
-    assert torch.equal(masks[k:], net.bank.masks[[0, k - 1]].long())
+    assert torch.equal(masks[:k], net.masks.bank.masks.long())
+    assert torch.equal(masks[k:], net.masks.bank.masks[[0, k - 1]].long())
 
 
 @pytest.mark.parametrize("source", [MaskSource.generated, MaskSource.real_deformed])

@@ -1,5 +1,6 @@
 """The family-agnostic training loop on tiny data, for every registered family: outputs, EMA,
-determinism, exact resume, redelivery, cancellation, refusal of a different run, bad input."""
+determinism, exact resume, redelivery, cancellation, refusal of a different run, bad input; loss
+windows of staged families."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from medsynth.generators.base import SampleMode
 from medsynth.sampling.generate import generate
 from medsynth.store.local import LocalStore
 from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets
-from medsynth.training.loop import TrainResult, train_generator
+from medsynth.training.loop import LossCurves, TrainResult, train_generator
 
-from training_data import family_names, squares, tiny_spec
+from training_data import family_names, same_extra, same_weights, squares, tiny_spec
 
 Data = tuple[np.ndarray, np.ndarray]
 FAMILIES = family_names()
@@ -24,18 +25,6 @@ FAMILIES = family_names()
 
 def _train(spec, data: Data, store: LocalStore, prefix: str = "run/", **kwargs) -> TrainResult:
     return train_generator(spec, *data, store=store, prefix=prefix, **kwargs)
-
-
-def _same(a: Checkpoint, b: Checkpoint) -> bool:
-    """Every network, EMA copy and optimiser tensor equal."""
-    for group in ("nets", "ema"):
-        sa, sb = getattr(a, group), getattr(b, group)
-        if sa.keys() != sb.keys():
-            return False
-        for name in sa:
-            if sa[name].keys() != sb[name].keys() or not all(torch.equal(sa[name][k], sb[name][k]) for k in sa[name]):
-                return False
-    return True
 
 
 def _differs_everywhere(a: Checkpoint, b: Checkpoint) -> bool:
@@ -52,7 +41,7 @@ def test_a_family_trains_and_writes_its_outputs(family: str, data: Data, tmp_pat
     progress: list[tuple[int, dict]] = []
     result = _train(spec, data, store, on_progress=lambda s, m: progress.append((s, m)))
 
-    names = spec.family.loss_names
+    names = spec.family.loss_names_for(spec.options)
     assert result.step == 3 and result.resumed_from is None and result.final_key == "run/generator.pt"
     assert [s for s, _ in progress] == [1, 2, 3]
     assert all(set(m) == {*names, "steps_per_s"} for _, m in progress)
@@ -91,7 +80,7 @@ def test_same_seed_same_weights_other_seed_other_weights(family: str, data: Data
     a = _train(tiny_spec(family, training={"seed": 1}), data, store, "a/").checkpoint
     b = _train(tiny_spec(family, training={"seed": 1}), data, store, "b/").checkpoint
     c = _train(tiny_spec(family, training={"seed": 2}), data, store, "c/").checkpoint
-    assert _same(a, b)
+    assert same_weights(a, b)
     assert _differs_everywhere(a, c)
 
 
@@ -127,20 +116,12 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(
 
     resumed = _train(spec, data, store, "resumed/")
     assert resumed.resumed_from == last
-    assert _same(straight.checkpoint, resumed.checkpoint)
+    assert same_weights(straight.checkpoint, resumed.checkpoint)
     for name, opt in straight.checkpoint.optimizers.items():
         for key, value in opt["state"].get(0, {}).items():
             assert torch.equal(value, resumed.checkpoint.optimizers[name]["state"][0][key]), (name, key)
-    assert _extra_equal(resumed.checkpoint.extra, straight.checkpoint.extra)
+    assert same_extra(resumed.checkpoint.extra, straight.checkpoint.extra)
     assert resumed.curves == straight.curves
-
-
-def _extra_equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_extra_equal(a[k], b[k]) for k in a)
-    return a == b
 
 
 def test_redelivery_of_a_finished_run_rewrites_the_same_result(data: Data, tmp_path) -> None:
@@ -148,7 +129,7 @@ def test_redelivery_of_a_finished_run_rewrites_the_same_result(data: Data, tmp_p
     first = _train(tiny_spec(), data, store)
     again = _train(tiny_spec(), data, store, on_progress=_crash_at(-1))
     assert again.resumed_from == 4 and again.curves == first.curves
-    assert _same(first.checkpoint, again.checkpoint)
+    assert same_weights(first.checkpoint, again.checkpoint)
 
 
 def test_longer_run_continues_from_a_finished_one(data: Data, tmp_path) -> None:
@@ -157,7 +138,7 @@ def test_longer_run_continues_from_a_finished_one(data: Data, tmp_path) -> None:
     extended = _train(tiny_spec(training={"steps": 6}), data, store, "a/")
     straight = _train(tiny_spec(training={"steps": 6}), data, store, "b/")
     assert extended.resumed_from == 4
-    assert _same(extended.checkpoint, straight.checkpoint)
+    assert same_weights(extended.checkpoint, straight.checkpoint)
 
 
 def test_resume_refuses_a_different_run(data: Data, tmp_path) -> None:
@@ -254,4 +235,21 @@ def test_time_budget_stops_at_a_log_step_and_a_redelivery_does_not_train_on(data
     assert result.step == 2 and result.checkpoint.step == 2 and result.curves["step"] == [2]
     assert result.checkpoint.metrics["stopped_by_time_budget"] is True
     again = _train(spec, data, store)
-    assert again.step == 2 and again.resumed_from == 2 and _same(again.checkpoint, result.checkpoint)
+    assert again.step == 2 and again.resumed_from == 2 and same_weights(again.checkpoint, result.checkpoint)
+
+
+def test_loss_curves_average_each_loss_over_the_steps_that_reported_it() -> None:
+    """A staged family reports its current stage's losses only; a window checkpointed before per-loss
+    counts (one count for every loss) reads back as such."""
+    curves = LossCurves(("a", "b"), device=torch.device("cpu"))
+    curves.add({"a": torch.tensor(1.0)})
+    curves.add({"a": torch.tensor(3.0), "b": torch.tensor(5.0)})
+    assert curves.flush(2) == {"a": 2.0, "b": 5.0}
+    curves.add({"a": torch.tensor(4.0)})
+    assert curves.flush(3) == {"a": 4.0}
+    assert curves.points() == {"step": [2, 3], "a": [2.0, 4.0], "b": [5.0, None]}
+    with pytest.raises(InvalidInput, match="expected some of"):
+        curves.add({"c": torch.tensor(0.0)})
+    old = LossCurves.from_metrics(("a", "b"), {"curves": {"step": [], "a": [], "b": []}, "window": {"sums": [2.0, 6.0], "count": 2}},
+                                  device=torch.device("cpu"))
+    assert old.flush(4) == {"a": 1.0, "b": 3.0}

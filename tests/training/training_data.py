@@ -1,14 +1,17 @@
-"""Helpers shared by the training tests: tiny synthetic data (bright squares with square masks) and
-tiny specs of every family. (A uniquely named module, not ``conftest``, so that tests can import it.)"""
+"""Helpers shared by the training tests: tiny synthetic data (bright squares with square masks), tiny
+specs of every family and checkpoint comparisons. (A uniquely named module, not ``conftest``, so that
+tests can import it.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
 from medsynth.generators.base import DataSpec
 from medsynth.generators.registry import FAMILIES, GeneratorSpec, parse_options, parse_training
+from medsynth.training.checkpoint import Checkpoint
 
 SIZE = 32
 
@@ -47,3 +50,24 @@ def tiny_spec(family: str = "joint-gan", *, num_conditions: int = 0, training: d
 
 def family_names() -> list[str]:
     return sorted(FAMILIES)
+
+
+def same_weights(a: Checkpoint, b: Checkpoint) -> bool:
+    """Every network and EMA tensor of two checkpoints equal."""
+    for group in ("nets", "ema"):
+        sa, sb = getattr(a, group), getattr(b, group)
+        if sa.keys() != sb.keys():
+            return False
+        for name in sa:
+            if sa[name].keys() != sb[name].keys() or not all(torch.equal(sa[name][k], sb[name][k]) for k in sa[name]):
+                return False
+    return True
+
+
+def same_extra(a: Any, b: Any) -> bool:
+    """Two checkpoints' extra state equal (tensors by value)."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_extra(a[k], b[k]) for k in a)
+    return a == b

@@ -9,7 +9,10 @@ A family is a :class:`GeneratorFamily` subclass registered by name in
 * its training step (:meth:`GeneratorFamily.train_step`): any number of updates of any of its networks,
   all randomness drawn from the step's generator;
 * how it samples: :meth:`GeneratorFamily.sampling_net` builds a :class:`SamplingNet` — a pure function
-  from per-sample noise (and a class condition) to an image + mask — from the networks the export holds.
+  from per-sample noise (and a class condition) to an image + mask — from the networks the export holds;
+* where its options change them, the mask sources and losses of a generator and the stages of its
+  training run (:meth:`GeneratorFamily.mask_sources_for`, :meth:`~GeneratorFamily.loss_names_for`,
+  :meth:`~GeneratorFamily.stages`).
 
 Everything else — resume, EMA, checkpoints every N steps, curves, progress, cancellation, export to
 TorchServe, in-process sampling, cohort manifests — is generic and never imports a concrete family.
@@ -340,8 +343,10 @@ class GeneratorFamily(ABC):
     description: ClassVar[str]
     options_type: ClassVar[type[FamilyOptions]]
     image_sizes: ClassVar[tuple[int, ...]] = (32, 64, 128)
+    # Every mask source of the family; a generator has those of mask_sources_for(its options).
     mask_sources: ClassVar[tuple[MaskSource, ...]] = (MaskSource.generated,)
-    # Names of the losses train_step returns, in the order curves and progress show them.
+    # Names of every loss train_step may return, in the order curves and progress show them; a
+    # generator reports those of loss_names_for(its options).
     loss_names: ClassVar[tuple[str, ...]]
     # Whether sampling iterates (diffusion): only then may a cohort choose sample_steps and eta.
     iterative: ClassVar[bool] = False
@@ -357,9 +362,27 @@ class GeneratorFamily(ABC):
         if data.image_size not in self.image_sizes:
             raise InvalidInput(f"family {self.name!r} makes images of {list(self.image_sizes)} pixels, not {data.image_size}.")
 
+    def check_training(self, options: FamilyOptions, training: TrainingOptions) -> None:
+        """Cross-checks between options and training options; raise :class:`InvalidInput` naming the problem."""
+
     def conditional(self, options: FamilyOptions) -> bool:
         """Whether a generator of these options takes a class condition."""
         return False
+
+    def mask_sources_for(self, options: FamilyOptions) -> tuple[MaskSource, ...]:
+        """The mask sources a generator of these options samples with (some of :attr:`mask_sources`)."""
+        return self.mask_sources
+
+    def loss_names_for(self, options: FamilyOptions) -> tuple[str, ...]:
+        """The losses a generator of these options reports, in curve order (some of :attr:`loss_names`).
+        A staged family's step returns those of its current stage only."""
+        return self.loss_names
+
+    def stages(self, options: FamilyOptions, steps_done: int, extra: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """For the registry entry: the training stages of a run that completed ``steps_done`` steps and
+        left ``extra`` (:attr:`TrainState.extra`), by name, each with its steps and what it measured.
+        Empty: one stage, the whole run."""
+        return {}
 
     @abstractmethod
     def init_state(self, options: FamilyOptions, training: TrainingOptions, data: TrainingData) -> TrainState:
@@ -369,7 +392,8 @@ class GeneratorFamily(ABC):
 
     @abstractmethod
     def train_step(self, state: TrainState, ctx: StepContext) -> Losses:
-        """One training step; returns the detached losses named in :attr:`loss_names`."""
+        """One training step; returns detached losses named in :meth:`loss_names_for` (all of them, or a
+        staged family's current stage's)."""
 
     @abstractmethod
     def sampling_nets(self, options: FamilyOptions, data: DataSpec) -> dict[str, nn.Module]:
@@ -382,9 +406,10 @@ class GeneratorFamily(ABC):
 
     def check_mode(self, options: FamilyOptions, data: DataSpec, mode: SampleMode) -> None:
         """Reject a sampling mode this generator cannot serve, naming why."""
-        if mode.mask_source not in self.mask_sources:
-            allowed = [s.value for s in self.mask_sources]
-            raise InvalidInput(f"family {self.name!r} has no mask source {mode.mask_source.value!r}; it has {allowed}.")
+        sources = self.mask_sources_for(options)
+        if mode.mask_source not in sources:
+            allowed = [s.value for s in sources]
+            raise InvalidInput(f"this {self.name!r} generator has no mask source {mode.mask_source.value!r}; it has {allowed}.")
         if mode.condition is None and self.conditional(options):
             raise InvalidInput(
                 f"this {self.name!r} generator is class-conditioned: pass a condition in [0, {data.num_conditions - 1}]."

@@ -1,9 +1,10 @@
 """Options of each family sized for one CPU machine at 64×64 — what ``make demo`` and
 ``make bench-generators`` train, so that both say (and record) exactly what was run.
 
-Each preset is the request body's ``generator`` and ``training`` parts (``training`` without the
-steps/time budget, which the caller sets) and the ``cohort`` request's mask source that scored best
-in ``make bench-generators`` (hippocampus, 8 minutes per family; see the README).
+Each preset (named after its family, or ``<family>-<variant>`` for a family's other variants) is the
+request body's ``generator`` and ``training`` parts (``training`` without the steps/time budget, which
+the caller sets) and the ``cohort`` request's mask source that scored best in ``make bench-generators``
+(hippocampus, 8 minutes per family; see the README).
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "generator": {"family": "diffusion"},
         "training": {"batch_size": 16},
         "cohort": {"mask_source": "generated"},
+    },
+    # Not benchmarked yet either. Two CPU threads at 64², batch 16: the pixel denoiser takes ~0.55 s a
+    # step, the autoencoder ~0.3 s and the 16×16-latent denoiser ~0.09 s, so 600 autoencoder steps
+    # leave ~3000 denoiser steps of an 8-minute budget.
+    "diffusion-latent": {
+        "generator": {"family": "diffusion", "latent": True, "autoencoder_steps": 600},
+        "training": {"batch_size": 16},
+        "cohort": {"mask_source": "generated"},
+    },
+    # Two denoisers per step (~1.2 s at batch 16): batch 8 for more steps in the budget; masks as SPADE's best.
+    "diffusion-mask-conditioned": {
+        "generator": {"family": "diffusion", "variant": "mask-conditioned"},
+        "training": {"batch_size": 8},
+        "cohort": {"mask_source": "real-deformed"},
     },
 }
 

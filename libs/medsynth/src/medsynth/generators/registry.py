@@ -94,6 +94,7 @@ class GeneratorSpec:
         filled = {k: tuple(v) if k == "betas" else v for k, v in defaults.items() if getattr(self.training, k) is None}
         if filled:
             object.__setattr__(self, "training", self.training.model_copy(update=filled))
+        family.check_training(self.options, self.training)
 
     @property
     def family(self) -> GeneratorFamily:

@@ -18,17 +18,17 @@ Sampling has two mask sources:
 * ``generated``: noise ``((mask_latent_dim,), (latent_dim,))``: mask generator → argmax → image generator;
 * ``real-deformed``: a training mask from the **mask bank** (an evenly spaced subset of at most
   ``mask_bank_size`` training masks kept in the checkpoint and the export) under a random affine and
-  elastic deformation, then the image generator. Noise ``((1,), (4,), (2, g, g), (latent_dim,))``: the
-  bank index (a standard normal mapped through its CDF), rotation / log-scale / x-y translation, a
-  coarse ``g × g`` displacement grid (upsampled bicubically) and ``z``. Deformation noise is truncated
-  at ±3σ; zero deformation noise returns the bank mask unchanged.
+  elastic deformation (:mod:`medsynth.generators.real_deformed`, shared with the diffusion family),
+  then the image generator. Noise ``((1,), (4,), (2, g, g), (latent_dim,))``: the bank index (a
+  standard normal mapped through its CDF), rotation / log-scale / x-y translation, a coarse ``g × g``
+  displacement grid (upsampled bicubically) and ``z``. Deformation noise is truncated at ±3σ; zero
+  deformation noise returns the bank mask unchanged.
 
 In both modes the output's mask channels are the exact one-hot mask the image was drawn for.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -53,14 +53,14 @@ from medsynth.generators.base import (
     TrainState,
 )
 from medsynth.generators.losses import AdversarialLoss, discriminator_loss, generator_loss
+from medsynth.generators.real_deformed import DeformedBankMasks, RealDeformedOptions, mask_bank
 from medsynth.models.gan import CriticNorm, Discriminator, init_weights
 from medsynth.models.spade import MaskBank, MaskGenerator, MultiScaleDiscriminator, SpadeGenerator, one_hot
 
-TRUNCATION = 3.0  # deformation noise is clipped to ±3σ: no rare wild warps
 
-
-class SpadeOptions(FamilyOptions):
-    """Two-stage SPADE generator: a mask GAN, and a SPADE image generator conditioned on masks."""
+class SpadeOptions(RealDeformedOptions):
+    """Two-stage SPADE generator: a mask GAN, and a SPADE image generator conditioned on masks (the
+    real-deformed source's options come from :class:`~medsynth.generators.real_deformed.RealDeformedOptions`)."""
 
     family: Literal["spade"] = "spade"
     latent_dim: int = Field(64, ge=8, le=1024, description="Image generator latent size.")
@@ -72,12 +72,6 @@ class SpadeOptions(FamilyOptions):
     spectral_norm: bool = Field(True, description="Spectral normalisation of every discriminator convolution (both stages).")
     mask_latent_dim: int = Field(64, ge=8, le=1024, description="Mask generator latent size.")
     mask_base_channels: int = Field(16, ge=4, le=256, description="Width of the mask generator's last block and the mask discriminator's first.")
-    mask_bank_size: int = Field(2048, ge=1, le=65536, description="At most this many training masks (evenly spaced) are kept for the real-deformed source.")
-    rotation: float = Field(10.0, ge=0, le=90, allow_inf_nan=False, description="Real-deformed: rotation standard deviation in degrees.")
-    scale: float = Field(0.05, ge=0, le=0.5, allow_inf_nan=False, description="Real-deformed: standard deviation of the log zoom factor.")
-    translation: float = Field(0.05, ge=0, le=0.5, allow_inf_nan=False, description="Real-deformed: translation standard deviation, as a fraction of the image size.")
-    elastic: float = Field(0.02, ge=0, le=0.25, allow_inf_nan=False, description="Real-deformed: elastic displacement standard deviation, as a fraction of the image size.")
-    elastic_grid: int = Field(4, ge=2, le=32, description="Real-deformed: the elastic displacement is drawn on this coarse grid and upsampled bicubically.")
     diff_augment: bool = Field(False, description="DiffAugment (colour, translation, cutout) on every discriminator input of both stages.")
 
 
@@ -97,56 +91,18 @@ class GeneratedMaskSampler(SamplingNet):
         return torch.cat([self.generator(noise[1], mask), mask], dim=1)
 
 
-class Deformation(nn.Module):
-    """Random affine + elastic warp of one-hot masks, a pure function of standard-normal noise.
-
-    ``affine`` ``(N, 4)``: rotation, log-scale, x and y translation; ``field`` ``(N, 2, g, g)``: x and y
-    displacement on a coarse grid. Both are truncated at ±3 and scaled by the magnitudes. The one-hot
-    mask is resampled bilinearly (out-of-image pixels are background), then snapped back to one-hot."""
-
-    def __init__(self, image_size: int, *, rotation: float, scale: float, translation: float, elastic: float) -> None:
-        super().__init__()
-        self.image_size = image_size
-        self.rotation = math.radians(rotation)
-        self.scale, self.translation, self.elastic = scale, 2 * translation, 2 * elastic  # [-1, 1] spans the image
-        centres = (torch.arange(image_size, dtype=torch.float32) * 2 + 1) / image_size - 1  # align_corners=False
-        self.register_buffer("xs", centres.view(1, 1, image_size), persistent=False)
-        self.register_buffer("ys", centres.view(1, image_size, 1), persistent=False)
-
-    def forward(self, mask: torch.Tensor, affine: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-        affine = affine.clamp(-TRUNCATION, TRUNCATION)
-        angle = (affine[:, 0] * self.rotation).view(-1, 1, 1)
-        zoom = torch.exp(affine[:, 1] * self.scale).view(-1, 1, 1)
-        tx = (affine[:, 2] * self.translation).view(-1, 1, 1)
-        ty = (affine[:, 3] * self.translation).view(-1, 1, 1)
-        cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-        size = (self.image_size, self.image_size)
-        shift = F.interpolate(field.clamp(-TRUNCATION, TRUNCATION), size=size, mode="bicubic", align_corners=True)
-        shift = shift * self.elastic
-        gx = cos * self.xs - sin * self.ys + tx + shift[:, 0]
-        gy = sin * self.xs + cos * self.ys + ty + shift[:, 1]
-        grid = torch.stack([gx, gy], dim=-1)
-        warped = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        warped = torch.cat([warped[:, :1] + (1 - warped.sum(dim=1, keepdim=True)), warped[:, 1:]], dim=1)
-        return one_hot(warped.argmax(dim=1), mask.shape[1], mask.dtype)
-
-
 class DeformedMaskSampler(SamplingNet):
-    """Noise ``(bank pick (1,), affine (4,), elastic field (2, g, g), image z)``: a bank mask, deformed,
-    then the SPADE generator."""
+    """Noise ``(bank pick (1,), affine (4,), elastic field (2, g, g), image z)``: a deformed bank mask
+    (:class:`~medsynth.generators.real_deformed.DeformedBankMasks`), then the SPADE generator."""
 
-    def __init__(self, bank: MaskBank, generator: SpadeGenerator, deformation: Deformation, elastic_grid: int) -> None:
+    def __init__(self, masks: DeformedBankMasks, generator: SpadeGenerator) -> None:
         super().__init__()
-        self.bank, self.generator, self.deformation = bank, generator, deformation
-        self.noise_shapes = ((1,), (4,), (2, elastic_grid, elastic_grid), (generator.latent_dim,))
+        self.masks, self.generator = masks, generator
+        self.noise_shapes = (*masks.noise_shapes, (generator.latent_dim,))
 
     def forward(self, noise: list[torch.Tensor], condition: torch.Tensor) -> torch.Tensor:
-        pick, affine, field, z = noise
-        size = self.bank.masks.shape[0]
-        index = (torch.special.ndtr(pick[:, 0]) * size).floor().clamp(0, size - 1).long()
-        mask = one_hot(self.bank.masks[index], self.generator.num_classes, z.dtype)
-        mask = self.deformation(mask, affine, field)
-        return torch.cat([self.generator(z, mask), mask], dim=1)
+        mask = self.masks(noise[:-1])
+        return torch.cat([self.generator(noise[-1], mask), mask], dim=1)
 
 
 # The family ---------------------------------------------------------------------------------------
@@ -180,8 +136,7 @@ class Spade(GeneratorFamily):
         )  # fmt: skip
         mask_generator.apply(init_weights)
         mask_discriminator.apply(init_weights)
-        index = MaskBank.subset(len(data), opts.mask_bank_size).to(data.masks.device)
-        bank = MaskBank(spec.image_size, data.masks[index].cpu())
+        bank = mask_bank(data, opts.mask_bank_size)
         # generator first: the loop finds the device from the first net's parameters (the bank has none)
         nets: dict[str, nn.Module] = {
             "generator": generator, "discriminator": discriminator,
@@ -275,13 +230,8 @@ class Spade(GeneratorFamily):
         opts = _options(options)
         if mode.mask_source is MaskSource.generated:
             return GeneratedMaskSampler(nets["mask_generator"], nets["generator"]).eval()
-        bank = nets["mask_bank"]
-        if len(bank) == 0:
-            raise InvalidInput("the mask bank is empty: load the exported weights into sampling_nets() first.")
-        deformation = Deformation(data.image_size, rotation=opts.rotation, scale=opts.scale,
-                                  translation=opts.translation, elastic=opts.elastic)
-        deformation.to(bank.masks.device)
-        return DeformedMaskSampler(bank, nets["generator"], deformation, opts.elastic_grid).eval()
+        masks = DeformedBankMasks(nets["mask_bank"], data.num_classes, opts)
+        return DeformedMaskSampler(masks, nets["generator"]).eval()
 
     @staticmethod
     def _generator(opts: SpadeOptions, data: DataSpec) -> SpadeGenerator:

@@ -59,7 +59,7 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
         "generator_id": ctx.job_id,
         "family": family,
         "spec": spec.to_dict(),
-        "mask_sources": [s.value for s in spec.family.mask_sources],
+        "mask_sources": [s.value for s in spec.family.mask_sources_for(spec.options)],
         "condition_on": message.condition_on or None,
         "dataset": message.dataset,
         "dataset_version": view["dataset_version"],
@@ -72,13 +72,20 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
         "stopped_by_time_budget": result.step < steps,
         "resumed_from": result.resumed_from,
         "device": str(device),
-        "metrics": {k: v[-1] for k, v in result.curves.items() if v},
+        "metrics": _last_values(result.curves),
+        "stages": spec.family.stages(spec.options, result.step, result.checkpoint.extra),
         "curves_key": curves_key,
         "registered_at": utcnow().isoformat(),
     }
     key = f"{prefix}generator.json"
     ctx.store.put_json(key, registry)
     return {"generator": key, "checkpoint": result.final_key, "archive": archive_key, "curves": curves_key}
+
+
+def _last_values(curves: Mapping[str, list[float | None]]) -> dict[str, float]:
+    """Each curve's last recorded value (a staged family's curves hold None where a stage did not run)."""
+    last = {name: next((v for v in reversed(values) if v is not None), None) for name, values in curves.items()}
+    return {name: value for name, value in last.items() if value is not None}
 
 
 def _model_name(job_id: str) -> str:

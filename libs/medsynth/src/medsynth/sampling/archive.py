@@ -173,7 +173,7 @@ def _write_inputs(directory: Path, spec: GeneratorSpec, nets: Mapping[str, torch
     traced: dict[str, str] = {}
     extra: list[Path] = []
     condition = 0 if family.conditional(spec.options) else None  # traced nets take the condition as an input
-    for source in family.mask_sources:
+    for source in family.mask_sources_for(spec.options):
         name = f"sampler-{source.value}.torchscript.pt"
         net = family.sampling_net(spec.options, spec.data, nets, SampleMode(mask_source=source, condition=condition))
         trace_sampling_net(net).save(str(directory / name))

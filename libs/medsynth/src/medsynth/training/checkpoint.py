@@ -60,9 +60,10 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def sampling_weights(self) -> dict[str, StateDict]:
-        """The weights sampling uses: each of the family's sampling nets, from its EMA copy where one is kept."""
+        """The weights sampling uses: each of the family's sampling nets, from its EMA copy where one is
+        kept (a net the checkpoint lacks is left out, for :func:`build_sampling_nets` to name)."""
         names = self.spec.family.sampling_nets(self.spec.options, self.spec.data)
-        return {name: self.ema.get(name, self.nets[name]) for name in names}
+        return {name: self.ema.get(name, self.nets.get(name)) for name in names if name in self.ema or name in self.nets}
 
 
 def save_checkpoint(checkpoint: Checkpoint) -> bytes:

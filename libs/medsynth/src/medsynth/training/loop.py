@@ -58,7 +58,7 @@ class TrainResult:
         final_key: store key of the final checkpoint (``{prefix}generator.pt``).
         resumed_from: the step the run resumed from, or None for a fresh run.
         curves: ``{"step": [...], "<loss>": [...]}``, one point per log step, each the mean over the
-            steps since the previous point.
+            steps since the previous point that reported the loss (None where none did: a staged family).
         checkpoint: the final checkpoint.
     """
 
@@ -208,7 +208,7 @@ def init_state(spec: GeneratorSpec, data: TrainingData) -> TrainState:
 def restore_state(spec: GeneratorSpec, data: TrainingData, checkpoint: Checkpoint | None) -> tuple[TrainState, LossCurves]:
     """Networks and curves at the start of a run: fresh, or as ``checkpoint`` left them."""
     state = init_state(spec, data)
-    names = spec.family.loss_names
+    names = spec.family.loss_names_for(spec.options)
     if checkpoint is None:
         return state, LossCurves(names, device=data.device)
     try:
@@ -267,40 +267,50 @@ def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class LossCurves:
     """Loss curves: one point per log step, the mean of each named loss over the steps since the last point.
 
+    A step may report some of the names only (a staged family reports its current stage's losses): each
+    loss is averaged over the steps that reported it, and a point where no step did holds ``None``.
     The running sums stay on the training device (no host sync per step) in float64, and are saved in
     checkpoints so that a resumed run records exactly the curve of an uninterrupted one.
     """
 
-    def __init__(self, names: tuple[str, ...], *, device: torch.device, points: dict[str, list[float]] | None = None,
-                 sums: list[float] | None = None, count: int = 0) -> None:
+    def __init__(self, names: tuple[str, ...], *, device: torch.device, points: dict[str, list[float | None]] | None = None,
+                 sums: list[float] | None = None, counts: list[int] | None = None) -> None:
         self.names = tuple(names)
         self._points = copy.deepcopy(points) if points else {"step": [], **{n: [] for n in self.names}}
         if set(self._points) != {"step", *self.names}:
             raise InvalidInput(f"curves hold {sorted(self._points)}, expected step and {list(self.names)}.")
         self._sums = torch.tensor(sums or [0.0] * len(self.names), dtype=torch.float64, device=device)
-        self._count = count
+        self._counts = list(counts or [0] * len(self.names))
+        if len(self._sums) != len(self.names) or len(self._counts) != len(self.names):
+            raise InvalidInput(f"a loss window needs one sum and one count per loss {list(self.names)}.")
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
-        if set(losses) != set(self.names):
-            raise InvalidInput(f"the training step returned losses {sorted(losses)}, expected {list(self.names)}.")
-        self._sums += torch.stack([losses[n].detach().to(torch.float64).reshape(()) for n in self.names])
-        self._count += 1
+        """Add one step's losses: some or all of :attr:`names`."""
+        unknown = sorted(set(losses) - set(self.names))
+        if unknown or not losses:
+            raise InvalidInput(f"the training step returned losses {sorted(losses)}, expected some of {list(self.names)}.")
+        zero = self._sums.new_zeros(())
+        self._sums += torch.stack([losses[n].detach().to(torch.float64).reshape(()) if n in losses else zero for n in self.names])
+        self._counts = [c + 1 if n in losses else c for n, c in zip(self.names, self._counts, strict=True)]
 
     def flush(self, step: int) -> dict[str, float]:
-        """Close the window: append and return its means by loss name."""
-        means = dict(zip(self.names, (self._sums / max(self._count, 1)).tolist(), strict=True))
+        """Close the window: append its means (``None`` for a loss no step reported) and return the
+        means of the losses reported, by name."""
+        divisors = torch.tensor([max(c, 1) for c in self._counts], dtype=torch.float64, device=self._sums.device)
+        values = (self._sums / divisors).tolist()
+        means = {n: v for n, v, c in zip(self.names, values, self._counts, strict=True) if c}
         self._points["step"].append(step)
-        for name, value in means.items():
-            self._points[name].append(value)
+        for name in self.names:
+            self._points[name].append(means.get(name))
         self._sums.zero_()
-        self._count = 0
+        self._counts = [0] * len(self.names)
         return means
 
     def points(self) -> dict[str, list[float]]:
         return copy.deepcopy(self._points)
 
     def to_metrics(self) -> dict[str, Any]:
-        return {"curves": self.points(), "window": {"sums": self._sums.tolist(), "count": self._count}}
+        return {"curves": self.points(), "window": {"sums": self._sums.tolist(), "counts": list(self._counts)}}
 
     @classmethod
     def from_metrics(cls, names: tuple[str, ...], metrics: dict[str, Any], *, device: torch.device) -> LossCurves:
@@ -310,7 +320,11 @@ class LossCurves:
                 sums = [float(window["sum_d"]), float(window["sum_g"])]
             else:
                 sums = [float(v) for v in window.get("sums", [0.0] * len(names))]
-            return cls(names, device=device, points=metrics.get("curves"), sums=sums, count=int(window.get("count", 0)))
+            if "counts" in window:
+                counts = [int(c) for c in window["counts"]]
+            else:  # before per-loss counts: every step reported every loss
+                counts = [int(window.get("count", 0))] * len(names)
+            return cls(names, device=device, points=metrics.get("curves"), sums=sums, counts=counts)
         except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
             raise InvalidInput(f"corrupt checkpoint: unreadable metrics: {exc}") from exc
 
