@@ -302,3 +302,29 @@ def test_bf16_steps_of_a_variant_give_finite_losses_of_its_names(variant: str, d
     assert set(curves) == {"step", *names}
     assert all(any(curves[name][i] is not None for name in names) for i in range(4))  # every step reported
     assert all(np.isfinite(v) for name in names for v in curves[name] if v is not None)
+
+
+def test_a_time_budget_never_stops_a_latent_run_inside_its_autoencoder_stage(data: tuple[np.ndarray, np.ndarray], tmp_path) -> None:
+    spec = _spec("latent", training={"steps": 8, "log_every": 1, "time_budget_s": 1e-6}, autoencoder_steps=3)
+    assert FAMILY.minimum_steps(spec.options) == 4
+    result = train_generator(spec, *data, store=LocalStore(tmp_path), prefix="g/")
+    assert result.step == 4  # the first log step past the budget that is also past the autoencoder stage
+    assert FAMILY.stages(spec.options, result.step, result.checkpoint.extra)["diffusion"] == {"steps": 1}
+    joint = tiny_spec("diffusion", training={"steps": 8, "log_every": 1, "time_budget_s": 1e-6})
+    assert train_generator(joint, *data, store=LocalStore(tmp_path), prefix="j/").step == 1
+
+
+def test_sampling_requests_are_cut_to_the_passes_they_cost() -> None:
+    from medsynth.core.settings import Settings
+    from medsynth.handlers.sample import request_batch
+
+    settings = Settings(sampler_passes_per_request=4096)
+    joint = {"spec": tiny_spec("joint-gan").to_dict()}
+    latent = {"spec": _spec("latent").to_dict()}
+    masked = {"spec": _spec("mask-conditioned").to_dict()}
+    assert request_batch(joint, SampleMode(), 64, settings) == 64  # one pass per sample
+    assert request_batch(latent, SampleMode(sample_steps=250), 64, settings) == 16
+    assert request_batch(latent, SampleMode(sample_steps=10), 64, settings) == 64
+    assert request_batch(masked, SampleMode(sample_steps=250), 64, settings) == 8  # mask, then image
+    assert request_batch(masked, SampleMode(MaskSource.real_deformed, sample_steps=250), 64, settings) == 16
+    assert request_batch(latent, SampleMode(sample_steps=1000), 64, Settings(sampler_passes_per_request=100)) == 1

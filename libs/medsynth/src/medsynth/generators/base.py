@@ -76,7 +76,8 @@ class TrainingOptions(BaseModel):
     time_budget_s: float | None = Field(
         None, gt=0, le=30 * 24 * 3600,
         description="Stop at the first log step after this many seconds of training (this attempt's), even "
-        "before `steps`; the generator records the steps it reached. Null: train all `steps`.",
+        "before `steps` (never before the family's minimum, e.g. past latent diffusion's autoencoder stage); the "
+        "generator records the steps it reached. Null: train all `steps`.",
     )
 
     @field_validator("betas")
@@ -377,6 +378,16 @@ class GeneratorFamily(ABC):
         """The losses a generator of these options reports, in curve order (some of :attr:`loss_names`).
         A staged family's step returns those of its current stage only."""
         return self.loss_names
+
+    def minimum_steps(self, options: FamilyOptions) -> int:
+        """Steps a run completes before a time budget may stop it (a staged family: into its last stage,
+        so that a budgeted run always ends with a generator that samples)."""
+        return 1
+
+    def passes_per_sample(self, options: FamilyOptions, mode: SampleMode) -> int:
+        """Network passes one sample costs in ``mode`` (an iterative sampler: its steps); cohort
+        requests to a model server are cut to fit ``sampler_passes_per_request``."""
+        return 1
 
     def stages(self, options: FamilyOptions, steps_done: int, extra: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """For the registry entry: the training stages of a run that completed ``steps_done`` steps and

@@ -363,6 +363,17 @@ class Diffusion(GeneratorFamily):
             return ("mask_loss", "image_loss")
         return ("autoencoder_l1", "autoencoder_kl", "loss") if opts.latent else ("loss",)
 
+    def minimum_steps(self, options: FamilyOptions) -> int:
+        opts = _options(options)
+        return opts.autoencoder_steps + 1 if opts.latent else 1
+
+    def passes_per_sample(self, options: FamilyOptions, mode: SampleMode) -> int:
+        """Denoising steps, twice over when the mask is diffused first (mask-conditioned, generated masks)."""
+        opts = _options(options)
+        steps = mode.sample_steps if mode.sample_steps is not None else opts.sample_steps
+        two_stage = opts.variant is Variant.mask_conditioned and mode.mask_source is MaskSource.generated
+        return steps * (2 if two_stage else 1)
+
     def stages(self, options: FamilyOptions, steps_done: int, extra: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Latent: the autoencoder stage (steps, and the reconstruction quality measured when it ended)
         and the denoiser stage (steps)."""

@@ -21,7 +21,7 @@ from medsynth.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, gate_from_proto
-from medsynth.sampling.modes import sample_mode
+from medsynth.sampling.modes import generator_spec, sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.telemetry import COHORT_SAMPLES
@@ -61,7 +61,7 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
         }
         write_cohort(
             ctx.store, prefix, sampler,
-            count=spec.count, seed=spec.seed, batch_size=spec.batch_size or 64,
+            count=spec.count, seed=spec.seed, batch_size=request_batch(registry, mode, spec.batch_size or 64, ctx.settings),
             formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
             progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
             gate=gate, audit_key=audit_key,
@@ -70,6 +70,15 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
     ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))
     return {"manifest": manifest_key}
+
+
+def request_batch(registry: dict[str, Any], mode: SampleMode, asked: int, settings: Settings) -> int:
+    """The samples per sampling request: ``asked``, cut for an iterative sampler so that samples ×
+    network passes per sample stays within ``sampler_passes_per_request`` (one request must finish
+    inside TorchServe's response timeout, and progress is reported per request)."""
+    spec = generator_spec(registry)
+    passes = spec.family.passes_per_sample(spec.options, mode)
+    return max(1, min(asked, settings.sampler_passes_per_request // passes))
 
 
 def _gate(ctx: JobContext, registry: dict[str, Any], options: GateOptions) -> ReleaseGate:

@@ -134,6 +134,7 @@ def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, dat
     training = spec.training
     family = spec.family
     deadline = time.monotonic() + training.time_budget_s if training.time_budget_s else None
+    minimum = family.minimum_steps(spec.options)  # a budget never stops a run before it can sample
     for step in range(start, training.steps):
         ctx = StepContext(
             options=spec.options, training=training, data=data, step=step,
@@ -149,7 +150,7 @@ def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, dat
             write_checkpoint(sink.store, sink.prefix, snapshot(state, spec, done, curves))
         if point is not None:
             _report(done, {**point, "steps_per_s": timer.rate(done)}, sink.on_progress)
-            if deadline is not None and time.monotonic() >= deadline and done < training.steps:
+            if deadline is not None and time.monotonic() >= deadline and minimum <= done < training.steps:
                 logger.info("time budget of %.0fs reached after step %d of %d", training.time_budget_s, done, training.steps)
                 return done
     return training.steps
