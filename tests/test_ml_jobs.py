@@ -37,12 +37,15 @@ from platform_fixtures import settings_env, wait_for_state
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING = {"steps": 12, "batch_size": 8, "ema_decay": 0.9, "checkpoint_every": 3, "seed": 3}
-# One small generator of each kind: joint, two-stage SPADE, StyleGAN2.
+# One small generator of each kind: joint, two-stage SPADE, StyleGAN2, latent diffusion.
 OPTIONS = {
     "joint-gan": {"family": "joint-gan", "loss": "lsgan", "latent_dim": 16, "base_channels": 8},
     "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8,
               "num_scales": 1, "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
     "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256, "channel_max": 16, "mbstd_group": 2},
+    # latent diffusion: the kill lands in the autoencoder stage, the resumed run crosses into the denoiser's
+    "diffusion": {"family": "diffusion", "channels": [8, 16], "num_head_channels": 8, "train_timesteps": 50, "sample_steps": 4,
+                  "latent": True, "autoencoder_steps": 5, "autoencoder_channels": [8, 16], "latent_channels": 2},
 }
 
 

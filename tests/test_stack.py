@@ -83,12 +83,14 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
 
 
 TINY = DemoSettings(size=32, family="joint-gan", gen_steps=12, cohort_size=24, seg_steps=6, seg_batch_size=8)
-# Small SPADE and StyleGAN2 generators for the other two kinds' run through the stack.
+# Small SPADE, StyleGAN2 and mask-conditioned diffusion generators for the other kinds' run through the stack.
 SMALL = {
     "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8,
               "num_scales": 1, "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
     "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256,
                   "channel_max": 16, "mbstd_group": 2, "conditional": True},
+    "diffusion": {"family": "diffusion", "variant": "mask-conditioned", "channels": [8, 16], "num_head_channels": 8,
+                  "train_timesteps": 50, "sample_steps": 4, "mask_bank_size": 16},
 }
 
 
@@ -125,7 +127,7 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
 
 
 @pytest.mark.parametrize("family", sorted(SMALL))
-def test_spade_and_stylegan2_through_the_stack(family: str, stack_env: dict) -> None:
+def test_other_families_through_the_stack(family: str, stack_env: dict) -> None:
     """Train through REST/Kafka, sample every mask source through TorchServe, train a U-Net on the cohort."""
     with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
         view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
