@@ -47,6 +47,14 @@ def test_schedules_match_their_definitions() -> None:
         assert torch.all(a[1:] < a[:-1]) and 0 < a[-1] < 0.01
 
 
+@pytest.mark.parametrize(("schedule", "monai_name"), [(Schedule.linear, "linear_beta"), (Schedule.cosine, "cosine")])
+def test_schedules_match_monais_scheduler(schedule: Schedule, monai_name: str) -> None:
+    from monai.networks.schedulers import DDPMScheduler
+
+    reference = DDPMScheduler(num_train_timesteps=1000, schedule=monai_name).alphas_cumprod.double()
+    torch.testing.assert_close(alphas_cumprod(schedule, 1000), reference, rtol=1e-5, atol=1e-6)  # MONAI's is float32
+
+
 @pytest.mark.parametrize("prediction", list(Prediction))
 def test_x0_and_eps_are_recovered_from_either_parametrisation(prediction: Prediction) -> None:
     x0, eps, a = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor(0.37)
