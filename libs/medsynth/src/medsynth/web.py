@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from medsynth.bus.client import BusError
@@ -67,7 +70,33 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse({"detail": _printable(exc.errors())}, status_code=422)
+
     app.add_exception_handler(MedsynthError, handle)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+
+
+ECHO_LIMIT = 200  # characters of a rejected value a 422 repeats
+
+
+def _printable(value: Any) -> Any:
+    """A validation error as JSON can carry it: non-finite numbers (``1e400`` parses to inf) as
+    strings, long strings cut to :data:`ECHO_LIMIT` characters (a 50 MB id is not echoed back),
+    anything else that is not JSON (exceptions in ``ctx``) as its text."""
+    if isinstance(value, dict):
+        return {str(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value if len(value) <= ECHO_LIMIT else f"{value[:ECHO_LIMIT]}… ({len(value)} characters)"
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _printable(str(value))
 
 
 def serve_in_thread(app: FastAPI, host: str, port: int) -> threading.Thread:

@@ -5,15 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medsynth.generators.base import MaskSource, TrainingOptions
+from medsynth.generators.base import MAX_SEED, MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
 
 from medsynth.jobs.records import JobRecord
 from medsynth.sampling.gate import GateOptions
+
+
+# Bounds of what a request may carry: ids and names are short, numbers fit the protobuf fields
+# (uint32 / uint64) and the seed rule, so that no valid request fails later as a 500.
+Id = Annotated[str, Field(min_length=1, max_length=200, description="A job, dataset or view id.")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed (0 to 2^63 - 1).")]
+UINT32_MAX = 2**32 - 1
 
 
 class ViewMode(str, Enum):
@@ -22,13 +29,13 @@ class ViewMode(str, Enum):
 
 
 class PrepareDatasetCreate(BaseModel):
-    version: int = Field(0, ge=0, description="Dataset version; 0 = the newest at submission time.")
+    version: int = Field(0, ge=0, le=UINT32_MAX, description="Dataset version; 0 = the newest at submission time.")
     mode: ViewMode = ViewMode.slices2d
     size: int = Field(64, ge=8, le=1024, description="Edge length of each slice or patch, in voxels.")
     axis: int = Field(2, ge=0, le=2, description="Slicing axis in RAS orientation (2 = axial).")
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     keep_empty: bool = Field(False, description="Keep slices/patches without any foreground label.")
 
 
@@ -103,8 +110,8 @@ class GeneratorCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str
-    view_id: str
+    dataset: Id
+    view_id: Id
     generator: AnyFamilyOptions = Field(
         default_factory=default_options,
         description="The family (`family`) and its options; `GET /v1/generator-families` lists both.",
@@ -133,9 +140,9 @@ class OutputFormat(str, Enum):
 
 
 class CohortCreate(BaseModel):
-    generator_id: str
+    generator_id: Id
     count: int = Field(ge=1, le=100_000, description="Number of image + mask pairs.")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.nifti, OutputFormat.png])
     batch_size: int = Field(64, ge=1, le=4096)
     mask_source: MaskSource = Field(
@@ -143,7 +150,7 @@ class CohortCreate(BaseModel):
         description="generated: masks drawn by the generator; real-deformed (families that have it): training "
         "patients' masks under random deformation — the manifest then says the masks derive from training patients.",
     )
-    condition: int | None = Field(None, ge=0, description="Class label, for generators trained with condition_on.")
+    condition: int | None = Field(None, ge=0, le=UINT32_MAX, description="Class label, for generators trained with condition_on.")
     sample_steps: int | None = Field(None, ge=1, le=4000, description="Diffusion: denoising steps (default: the generator's).")
     eta: float | None = Field(None, ge=0, le=1, description="Diffusion with DDIM: η (default: the generator's).")
     release: GateOptions = Field(
@@ -161,21 +168,21 @@ class SegmentationSource(str, Enum):
 class SegmentationCreate(BaseModel):
     """Train a 2D segmenter and test it on the view's held-out real patients."""
 
-    dataset: str
-    view_id: str
+    dataset: Id
+    view_id: Id
     source: SegmentationSource = SegmentationSource.real
-    cohort_id: str | None = Field(None, description="Required for synthetic and mixed training.")
+    cohort_id: Id | None = Field(None, description="Required for synthetic and mixed training.")
     synthetic_ratio: float = Field(0.5, ge=0, le=1, description="Mixed: share of each batch drawn from the cohort.")
     augment: bool = False
     model: str = Field("unet", pattern="^(unet|swin-unetr)$")
     steps: int = Field(600, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=1, le=1024)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 class EvaluationCreate(BaseModel):
     """Score a cohort against the real data its generator learned from."""
 
-    cohort_id: str
-    segmentation_run_ids: list[str] = Field(default_factory=list, description="Runs to put in the utility table.")
+    cohort_id: Id
+    segmentation_run_ids: list[Id] = Field(default_factory=list, max_length=64, description="Runs to put in the utility table.")
     max_samples: int = Field(2000, ge=2, le=50_000)

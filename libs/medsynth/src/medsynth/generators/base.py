@@ -69,8 +69,8 @@ class TrainingOptions(BaseModel):
     lr_d: float | None = Field(None, gt=0, le=1, description="Discriminator/critic learning rate; null: the family's default.")
     betas: tuple[float, float] | None = Field(None, description="Adam betas; null: the family's default.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the generator weights; 0 disables it.")
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(250, ge=1, le=10_000_000)
+    log_every: int = Field(50, ge=1, le=10_000_000)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the initial weights and every step's randomness.")
     precision: Precision = Field(Precision.fp32, description="bf16: autocast the training step to bfloat16.")
     time_budget_s: float | None = Field(

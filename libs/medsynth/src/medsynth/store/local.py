@@ -123,16 +123,16 @@ class LocalStore(ObjectStore):
         try:
             return path.open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise NotFound(f"no object at key {key!r} in {self!r}.") from None
+            raise NotFound(f"no object at key {key!r} in the store.") from None
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._data_path(key)
         try:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"no object at key {key!r} in {self!r}.") from None
+            raise NotFound(f"no object at key {key!r} in the store.") from None
         if not _is_file(st):
-            raise NotFound(f"no object at key {key!r} in {self!r} (it is a directory).")
+            raise NotFound(f"no object at key {key!r} in the store (it is a directory).")
         meta = self._read_meta(key)
         if meta is not None and _meta_matches(meta, st):
             return ObjectInfo(key=key, size=st.st_size, sha256=meta["sha256"], modified=_mtime(st))

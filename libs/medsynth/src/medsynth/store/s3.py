@@ -214,7 +214,7 @@ class S3Store(ObjectStore):
         what = f"{action} {key!r}" if key is not None else action
         if isinstance(exc, S3Error):
             if exc.code in ("NoSuchKey", "ResourceNotFound"):
-                return NotFound(f"no object at key {key!r} in {self!r}.")
+                return NotFound(f"no object at key {key!r} in the store.")
             if exc.code == "NoSuchBucket":
                 return StoreError(f"{what}: bucket {self.bucket!r} does not exist at S3 endpoint {self.endpoint}.")
             return StoreError(f"{what} failed at S3 endpoint {self.endpoint} (bucket {self.bucket!r}): {exc.code}: {exc.message}")
