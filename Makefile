@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo protos bench bench-generators clean help
+.PHONY: install test demo protos bench bench-generators bench-gate clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
@@ -13,6 +13,8 @@ help:
 	@echo "make demo     install, then run the main job end to end on phantom scans (DATA=dir to use your own)"
 	@echo "make bench-generators  train every generator family under one wall-clock budget and compare them"
 	@echo "               (DATA=dir, default phantoms; ARGS=\"--budget-min 8 --families spade stylegan2\"); run it alone"
+	@echo "make bench-gate  how often the memorization gate flags planted copies and held-out real images"
+	@echo "               (ARGS=\"--dataset D --view-id V\": a view in the local store)"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
 install: $(STAMP)
@@ -34,6 +36,9 @@ bench: bench-generators
 
 bench-generators: install
 	$(VENV)/bin/python -m medsynth.bench.generators $(if $(DATA),--data $(DATA)) $(ARGS)
+
+bench-gate: install
+	$(VENV)/bin/python -m medsynth.bench.gate $(ARGS)
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto

@@ -153,6 +153,22 @@ def test_reconciler_republishes_a_lost_command(jobs: JobService, run_worker, sto
     done = wait_for_state(jobs.records, lost.job_id, JobState.succeeded)
     assert ran == [lost.job_id] and done.attempts == 1
     assert reconcile_once(jobs, older_than_s=0) == []  # finished jobs are left alone
+    assert _sample("medsynth_job_records", kind=KIND.value, state="succeeded") >= 1
+    assert _sample("medsynth_job_records", kind=KIND.value, state="running") == 0  # every state, zeros too
+
+
+def test_a_worker_shows_zero_series_before_its_first_job(platform_settings: Settings, store: ObjectStore) -> None:
+    worker = Worker("fresh", platform_settings, store, Bus(platform_settings, client_id="fresh"), {JobKind.evaluate: lambda s, c: {}})
+    worker.bus.close()
+    assert _sample("medsynth_dead_letters_total", kind="evaluate") is not None  # 0 until a first dead letter
+    assert _sample("medsynth_jobs_total", kind="evaluate", outcome="failed") is not None
+
+
+def _sample(name: str, **labels: str) -> float | None:
+    """The current value of one series of this process's Prometheus registry, or None if absent."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
 
 
 def test_unreadable_message_goes_to_dead_letters(run_worker, platform_settings: Settings) -> None:

@@ -220,8 +220,8 @@ def test_latent_stages_switch_by_step_and_are_recorded(runs, data: tuple[np.ndar
     stages = FAMILY.stages(spec.options, final.step, final.extra)
     assert stages["diffusion"] == {"steps": 2} and stages["autoencoder"]["steps"] == 2
     record = stages["autoencoder"]
-    assert set(record) == {"steps", "latent_std", "image_l1", "mask_accuracy"}
-    assert 0 <= record["image_l1"] <= 1 and 0 <= record["mask_accuracy"] <= 1
+    assert set(record) == {"steps", "latent_std", "image_l1", "mask_accuracy", "mask_dice"}
+    assert 0 <= record["image_l1"] <= 1 and 0 <= record["mask_accuracy"] <= 1 and 0 <= record["mask_dice"] <= 1
     assert final.nets["autoencoder"]["scale_factor"].item() == pytest.approx(1 / record["latent_std"])
     assert FAMILY.stages(results["mask-conditioned"].checkpoint.spec.options, 4, {}) == {}
 
@@ -336,3 +336,27 @@ def test_sampling_requests_are_cut_to_the_passes_they_cost() -> None:
     assert request_batch(masked, SampleMode(sample_steps=250), 64, settings) == 8  # mask, then image
     assert request_batch(masked, SampleMode(MaskSource.real_deformed, sample_steps=250), 64, settings) == 16
     assert request_batch(latent, SampleMode(sample_steps=1000), 64, Settings(sampler_passes_per_request=100)) == 1
+
+
+def test_the_autoencoder_stage_record_measures_mask_dice_by_hand() -> None:
+    from medsynth.generators.diffusion import calibrate
+
+    want = torch.zeros(1, 4, 4, dtype=torch.long)
+    want[0, :2, :2] = 1  # 4 foreground pixels
+    got = torch.zeros_like(want)
+    got[0, :2, :1] = 1  # 2 of them found, nothing else: Dice = 2·2 / (2 + 4)
+    x = torch.cat([torch.zeros(1, 1, 4, 4), one_hot(want, 2) * 2 - 1], dim=1)
+
+    class Decodes:  # stands in for the trained autoencoder: decodes to `got`
+        def calibrate(self, x):
+            return 1.0
+
+        def encode(self, x):
+            return (x,)
+
+        def decode(self, z):
+            return torch.cat([z[:, :1], one_hot(got, 2) * 2 - 1], dim=1)
+
+    record = calibrate(Decodes(), x)
+    assert record["mask_dice"] == pytest.approx(4 / 6) and record["mask_accuracy"] == pytest.approx(14 / 16)
+    assert record["image_l1"] == 0

@@ -20,3 +20,17 @@ TRAIN_STEPS_PER_S = Gauge("medsynth_trainer_steps_per_second", "Generator traini
 TRAIN_LOSS = Gauge("medsynth_trainer_loss", "Latest logged generator-training loss, by family and loss name.", ["family", "loss"])
 TRAIN_STEP = Gauge("medsynth_trainer_step", "Step of the current generator-training job.")
 COHORT_SAMPLES = Counter("medsynth_sampler_samples_total", "Synthetic samples written.", ["backend"])
+JOBS_BY_STATE = Gauge("medsynth_job_records", "Job records by kind and state (counted by the api's reconciler each pass).", ["kind", "state"])
+GATE_WITHHELD = Counter("medsynth_sampler_withheld_total", "Draws the memorization gate withheld as near-copies of training images.")
+GATE_REFUSED = Counter("medsynth_sampler_refused_total", "Cohorts the memorization gate refused (block, or a filter past its cap).")
+
+OUTCOMES = ("succeeded", "failed", "cancelled", "error")  # error: an attempt that failed and is retried
+
+
+def declare_worker_series(kinds) -> None:
+    """Create the zero-valued series of a worker's kinds, so that a dashboard sees 0 (not "no data")
+    before the first job, failure or dead letter."""
+    for kind in kinds:
+        DEAD_LETTERS.labels(kind.value)
+        for outcome in OUTCOMES:
+            JOBS.labels(kind.value, outcome)

@@ -13,7 +13,7 @@ from medsynth.core.settings import Settings
 from medsynth.handlers import handlers_for
 from medsynth.jobs.worker import Handler, Worker
 from medsynth.messages import JobKind
-from medsynth.store import open_store
+from medsynth.store import open_service_store
 from medsynth.web import health_router, serve_in_thread
 
 
@@ -22,10 +22,10 @@ def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler
 
     ``handlers`` defaults to the worker's own (:func:`medsynth.handlers.handlers_for`).
     """
-    worker = Worker(name, settings, open_store(settings), Bus(settings, client_id=name), handlers or handlers_for(name))
+    worker = Worker(name, settings, open_service_store(settings), Bus(settings, client_id=name), handlers or handlers_for(name))
 
     def ready() -> Mapping[str, bool]:
-        return {"consumer": worker.ready.is_set(), "kafka": worker.bus.connected()}
+        return {"consumer": worker.ready.is_set(), "kafka": worker.bus.reachable()}
 
     app = FastAPI(title=f"medsynth {name}", version=__version__)
     app.include_router(health_router(ready))

@@ -15,7 +15,7 @@ from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
-from medsynth.store import open_store
+from medsynth.store import open_service_store
 from medsynth.web import health_router, install_error_handlers
 
 
@@ -23,7 +23,7 @@ def _ready(app: FastAPI) -> Mapping[str, bool]:
     state = app.state
     if not hasattr(state, "store"):
         return {"started": False}
-    return {"store": _store_ok(state.store), "kafka": state.bus.connected()}
+    return {"store": _store_ok(state.store), "kafka": state.bus.reachable()}
 
 
 def _store_ok(store) -> bool:
@@ -48,7 +48,7 @@ def create_ingest_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = open_store(settings)
+        app.state.store = open_service_store(settings)
         app.state.bus = Bus(settings, client_id="ingest")
         yield
         app.state.bus.close()
@@ -63,7 +63,7 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = open_store(settings)
+        app.state.store = open_service_store(settings)
         app.state.bus = Bus(settings, client_id="api")
         app.state.jobs = JobService(JobRecords(app.state.store), app.state.bus)
         stop = threading.Event()

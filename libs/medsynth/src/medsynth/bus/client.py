@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Sequence
 
@@ -75,12 +76,20 @@ class Bus:
     def emit(self, event: Event) -> None:
         self.publish(events_topic(self.prefix), event.job_id or event.event_id, event.SerializeToString())
 
-    def connected(self) -> bool:
-        """Whether the producer can reach a broker (used by readiness checks)."""
-        try:
-            return bool(self._get_producer().bootstrap_connected())
-        except BusError:
-            return False
+    def reachable(self, timeout_s: float = 1.0) -> bool:
+        """Whether a broker of the bootstrap list accepts a connection now (readiness checks).
+
+        A fresh TCP connection each time, not the producer's state: kafka-python replaces its
+        bootstrap connection once it knows the cluster, after which ``bootstrap_connected()`` stays
+        false on a healthy broker."""
+        for server in self.settings.kafka_bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     def consumer(self, topics: Sequence[str], group: str, **overrides):
         """A consumer in ``group`` that never commits on its own: the caller commits after its work is done."""

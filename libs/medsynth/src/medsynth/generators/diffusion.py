@@ -300,12 +300,19 @@ def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 def calibrate(autoencoder: LatentAutoencoder, x: torch.Tensor) -> dict[str, float]:
     """Fix the autoencoder's latent scale factor on the batch ``x`` (image + scaled one-hot mask) and
     measure its reconstruction of ``x`` from the posterior means: image L1 in [0, 1] intensity units,
-    and the fraction of pixels whose decoded mask (argmax) is the true class."""
+    the fraction of pixels whose decoded mask (argmax) is the true class, and the foreground Dice of
+    the decoded mask (pooled over the batch and the foreground classes; accuracy alone hides a
+    decoder that draws background everywhere, since most pixels are background). Dice is NaN when
+    the batch has no foreground at all."""
     latent_std = autoencoder.calibrate(x)
     decoded = autoencoder.decode(autoencoder.encode(x)[0])
     image_l1 = (decoded[:, :1].clamp(-1, 1) - x[:, :1]).abs().mean() / 2
-    mask_accuracy = (decoded[:, 1:].argmax(dim=1) == x[:, 1:].argmax(dim=1)).float().mean()
-    return {"latent_std": latent_std, "image_l1": float(image_l1), "mask_accuracy": float(mask_accuracy)}
+    got, want = decoded[:, 1:].argmax(dim=1), x[:, 1:].argmax(dim=1)
+    mask_accuracy = (got == want).float().mean()
+    overlap = ((got == want) & (want > 0)).sum()
+    total = (got > 0).sum() + (want > 0).sum()
+    mask_dice = float(2 * overlap / total) if total > 0 else float("nan")
+    return {"latent_std": latent_std, "image_l1": float(image_l1), "mask_accuracy": float(mask_accuracy), "mask_dice": mask_dice}
 
 
 # The family ---------------------------------------------------------------------------------------

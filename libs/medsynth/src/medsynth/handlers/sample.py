@@ -20,11 +20,11 @@ from medsynth.jobs.worker import JobContext
 from medsynth.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
-from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, gate_from_proto
+from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, ReleaseRefused, gate_from_proto
 from medsynth.sampling.modes import generator_spec, sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
-from medsynth.telemetry import COHORT_SAMPLES
+from medsynth.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
 from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import events_pb2, jobs_pb2
 
@@ -59,13 +59,19 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
             "dataset_version": registry["dataset_version"],
             "view_id": registry["view_id"],
         }
-        write_cohort(
-            ctx.store, prefix, sampler,
-            count=spec.count, seed=spec.seed, batch_size=request_batch(registry, mode, spec.batch_size or 64, ctx.settings),
-            formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
-            progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
-            gate=gate, audit_key=audit_key,
-        )  # fmt: skip
+        try:
+            write_cohort(
+                ctx.store, prefix, sampler,
+                count=spec.count, seed=spec.seed, batch_size=request_batch(registry, mode, spec.batch_size or 64, ctx.settings),
+                formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
+                progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
+                gate=gate, audit_key=audit_key,
+            )  # fmt: skip
+        except ReleaseRefused:
+            GATE_REFUSED.inc()
+            raise
+        if gate.options.policy is ReleasePolicy.filter:
+            GATE_WITHHELD.inc(gate.n_flagged)
         COHORT_SAMPLES.labels(ctx.settings.sampler_backend.value).inc(spec.count)
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
     ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from datetime import datetime
 
 from medsynth.core.clock import utcnow
 from medsynth.jobs.records import JobState
 from medsynth.jobs.service import JobService
-from medsynth.telemetry import RECONCILER_ERRORS, RECONCILER_REPUBLISHED
+from medsynth.messages import JobKind
+from medsynth.telemetry import JOBS_BY_STATE, RECONCILER_ERRORS, RECONCILER_REPUBLISHED
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,9 @@ def reconcile_once(jobs: JobService, older_than_s: float, now: datetime | None =
     """
     now = now or utcnow()
     republished = []
+    counts: Counter[tuple[str, str]] = Counter()
     for record in jobs.records.all():
+        counts[record.kind.value, record.state.value] += 1
         if record.state is not JobState.queued or jobs.records.cancel_requested(record.job_id):
             continue
         last = jobs.records.publication(record.job_id).last_at or record.created_at
@@ -31,7 +35,15 @@ def reconcile_once(jobs: JobService, older_than_s: float, now: datetime | None =
             log.info("republished queued job %s (last published %s)", record.job_id, last.isoformat())
             RECONCILER_REPUBLISHED.inc()
             republished.append(record.job_id)
+    _set_state_gauges(counts)
     return republished
+
+
+def _set_state_gauges(counts: Counter[tuple[str, str]]) -> None:
+    """Every kind × state, zeros included, so that a job that left a state takes its count with it."""
+    for kind in JobKind:
+        for state in JobState:
+            JOBS_BY_STATE.labels(kind.value, state.value).set(counts.get((kind.value, state.value), 0))
 
 
 def run_reconciler(jobs: JobService, older_than_s: float, every_s: float, stop: threading.Event) -> None:

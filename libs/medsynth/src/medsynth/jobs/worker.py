@@ -30,7 +30,7 @@ from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.messages import DeadLetter, JobKind, decode_command, make_event
 from medsynth.store import ObjectStore
-from medsynth.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS
+from medsynth.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class Worker:
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.identity = f"{name}@{socket.gethostname()}"
+        declare_worker_series(self.handlers)
 
     # -- loop ------------------------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+ABANDONED_AFTER_S = 3600.0  # longer than any single object write takes
+
+
 class ObjectStore(ABC):
     """One interface, two backends: :class:`~medsynth.store.local.LocalStore` and
     :class:`~medsynth.store.s3.S3Store`."""
@@ -105,6 +108,13 @@ class ObjectStore(ABC):
             while chunk := src.read(CHUNK):
                 dst.write(chunk)
         return self.stat(key)
+
+    def sweep_abandoned(self, older_than_s: float = ABANDONED_AFTER_S) -> int:
+        """Remove what writes that died midway left behind, if older than ``older_than_s`` (a write
+        still running is younger); return how many were removed. Services call it when they start.
+        The default has nothing to sweep: an S3 server never shows a partial object (incomplete
+        multipart uploads are its lifecycle rules' business)."""
+        return 0
 
     def exists(self, key: str) -> bool:
         from medsynth.core.errors import NotFound

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from medsynth.core.settings import Settings, StoreBackend
 from medsynth.store.base import ObjectStore
+
+
+log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> ObjectStore:
@@ -22,3 +27,12 @@ def open_store(settings: Settings) -> ObjectStore:
     from medsynth.store.local import LocalStore
 
     return LocalStore(settings.local_store_root)
+
+
+def open_service_store(settings: Settings) -> ObjectStore:
+    """:func:`open_store` for a service starting up: it first sweeps what writes that died midway
+    left behind (:meth:`ObjectStore.sweep_abandoned`), saying so in the log."""
+    store = open_store(settings)
+    if swept := store.sweep_abandoned():
+        log.warning("removed %d partial objects left by writes that died midway", swept)
+    return store

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from medsynth.core.errors import Conflict, InvalidInput, NotFound, StoreError
-from medsynth.store.base import CHUNK, ObjectInfo, ObjectStore, check_key, check_prefix
+from medsynth.store.base import ABANDONED_AFTER_S, CHUNK, ObjectInfo, ObjectStore, check_key, check_prefix
 
 META_DIR = ".meta"
 TEMP_PREFIX = ".tmp-"
@@ -64,6 +64,20 @@ class LocalStore(ObjectStore):
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
+
+    def sweep_abandoned(self, older_than_s: float = ABANDONED_AFTER_S) -> int:
+        """Delete ``.tmp-`` files (data or sidecar) last modified more than ``older_than_s`` ago: a
+        process killed mid-write leaves one behind, and nothing else ever removes it."""
+        cutoff = datetime.now(timezone.utc).timestamp() - older_than_s
+        removed = 0
+        for directory, _, files in os.walk(self.root):
+            for name in files:
+                path = Path(directory) / name
+                with contextlib.suppress(FileNotFoundError):
+                    if name.startswith(TEMP_PREFIX) and path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+        return removed
 
     # Writes --------------------------------------------------------------------------------------
 
