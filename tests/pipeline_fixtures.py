@@ -10,7 +10,7 @@ from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import build_views
 from medsynth.io.nifti import load_nifti
-from medsynth.phantoms import write_phantom_dataset
+from medsynth.datasets.phantoms import write_phantom_dataset
 from medsynth.store import ObjectStore
 
 

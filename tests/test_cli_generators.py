@@ -12,7 +12,7 @@ from medsynth.store.local import LocalStore
 
 def _medsynth(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSYNTH_")} | {"MEDSYNTH_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "medsynth.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "medsynth.local.cli", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_families_lists_every_registered_family_with_its_options(tmp_path: Path) -> None:

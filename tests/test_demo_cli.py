@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medsynth.cli import build_parser
+from medsynth.local.cli import build_parser
 from medsynth.core.errors import InvalidInput, MedsynthError
-from medsynth.demo import PHANTOM_DATASET, dataset_name, headline, sanitise_name, wait_for_job
+from medsynth.local.demo import PHANTOM_DATASET, dataset_name, headline, sanitise_name, wait_for_job
 
 
 class _Response:

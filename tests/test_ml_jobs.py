@@ -22,7 +22,7 @@ from medsynth.handlers.artifacts import cohort_arrays
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.jobs.worker import Worker
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.sampling.backends import InProcessSampler
 from medsynth.sampling.cohort import regenerate, sample_digests
 from medsynth.store import ObjectStore

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from medsynth.core.errors import InvalidInput
-from medsynth.phantoms import make_phantom, phantom_seed, write_phantom_dataset
+from medsynth.datasets.phantoms import make_phantom, phantom_seed, write_phantom_dataset
 
 SHAPES = [(48, 48, 32), (24, 24, 10), (16, 16, 8), (48, 48), (24, 24)]
 

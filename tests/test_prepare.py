@@ -18,8 +18,8 @@ from medsynth.handlers import handlers_for
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.jobs.worker import Worker
-from medsynth.messages import JobKind
-from medsynth.phantoms import write_phantom_dataset
+from medsynth.bus.messages import JobKind
+from medsynth.datasets.phantoms import write_phantom_dataset
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 

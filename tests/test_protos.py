@@ -28,7 +28,7 @@ def test_unknown_fields_are_tolerated() -> None:
     """A newer producer may add fields; an older consumer must still read the rest."""
     from google.protobuf import descriptor_pb2
 
-    from medsynth.messages import JobKind, decode_command, make_command
+    from medsynth.bus.messages import JobKind, decode_command, make_command
     from medsynth.v1 import jobs_pb2
 
     data = make_command("job-1", JobKind.prepare_dataset, jobs_pb2.PrepareDataset(dataset="d", size=64)).SerializeToString()

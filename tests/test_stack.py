@@ -16,15 +16,15 @@ import httpx
 import pytest
 
 from medsynth.core.errors import MedsynthError
-from medsynth.demo import DemoSettings, run_pipeline, wait_for_job
+from medsynth.local.demo import DemoSettings, run_pipeline, wait_for_job
 
-from medsynth.phantoms import write_phantom_dataset
+from medsynth.datasets.phantoms import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def medsynth(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medsynth.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "medsynth.local.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from medsynth.api.app import create_ingest_app
 from medsynth.bus.topics import events_topic
 from medsynth.core.settings import Settings
 from medsynth.datasets.manifest import list_versions, load_manifest
-from medsynth.messages import Event
-from medsynth.phantoms import make_phantom
+from medsynth.bus.messages import Event
+from medsynth.datasets.phantoms import make_phantom
 from medsynth.store import ObjectStore
 
 from platform_fixtures import consume

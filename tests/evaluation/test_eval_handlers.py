@@ -24,8 +24,8 @@ from medsynth.handlers.artifacts import view_splits
 from medsynth.handlers.segment import hd95_spacing, train_segmentation
 from medsynth.io.nifti import load_nifti, to_nifti_bytes
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
-from medsynth.messages import JobKind
-from medsynth.phantoms import make_phantom, write_phantom_dataset
+from medsynth.bus.messages import JobKind
+from medsynth.datasets.phantoms import make_phantom, write_phantom_dataset
 from medsynth.segmentation.spacing import MM_UNIT
 from medsynth.store import ObjectStore
 from medsynth.store.local import LocalStore

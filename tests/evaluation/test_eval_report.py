@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from medsynth.handlers.evaluate import utility_row
-from medsynth.report import curve_svg, render_html
+from medsynth.metrics.report import curve_svg, render_html
 
 
 def _summary(mean, n=3):

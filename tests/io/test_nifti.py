@@ -11,7 +11,7 @@ import pytest
 
 from medsynth.core.errors import InvalidInput, TooLarge
 from medsynth.io.nifti import CanonicalScan, load_nifti, to_nifti_bytes, validate_scan
-from medsynth.phantoms import make_phantom
+from medsynth.datasets.phantoms import make_phantom
 
 MAX_VOXELS = 10**6
 LPS = np.diag([-1.0, -1.0, 2.5, 1.0])

@@ -15,7 +15,7 @@ from medsynth.bus.topics import events_topic
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
-from medsynth.messages import Event, JobKind
+from medsynth.bus.messages import Event, JobKind
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 

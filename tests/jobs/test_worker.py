@@ -16,7 +16,7 @@ from medsynth.jobs.reconciler import reconcile_once
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.jobs.worker import Handler, JobContext, Worker
-from medsynth.messages import DeadLetter, Event, JobKind, decode_command
+from medsynth.bus.messages import DeadLetter, Event, JobKind, decode_command
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 

@@ -11,7 +11,7 @@ from medsynth.core.errors import InvalidInput
 from medsynth.metrics.diversity import COLLAPSE_RATIO, diversity_check, mean_pairwise_distance, nearest_neighbour_distances
 from medsynth.metrics.fidelity import split_halves
 from medsynth.metrics.memorization import memorization_audit
-from medsynth.phantoms import make_phantom
+from medsynth.datasets.phantoms import make_phantom
 
 
 def _phantoms(seeds: range) -> np.ndarray:

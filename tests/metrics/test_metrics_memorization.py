@@ -7,7 +7,7 @@ import pytest
 
 from medsynth.core.errors import InvalidInput
 from medsynth.metrics.memorization import TRANSFORMS, memorization_audit
-from medsynth.phantoms import make_phantom
+from medsynth.datasets.phantoms import make_phantom
 
 
 def _phantoms(seeds: range) -> np.ndarray:

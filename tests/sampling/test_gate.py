@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medsynth.core.errors import InvalidInput
-from medsynth.phantoms import make_phantom, phantom_seed
+from medsynth.datasets.phantoms import make_phantom, phantom_seed
 from medsynth.sampling.backends import InProcessSampler, Sampler
 from medsynth.sampling.cohort import read_manifest, regenerate, sample_digests, write_cohort
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleaseRefused, gate_from_proto, gate_to_proto

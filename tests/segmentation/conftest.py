@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medsynth.datasets.views import normalise
-from medsynth.phantoms import make_phantom
+from medsynth.datasets.phantoms import make_phantom
 from medsynth.segmentation import SegmentationSpec, train_segmenter
 
 SIZE = 32

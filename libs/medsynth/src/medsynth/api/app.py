@@ -16,7 +16,7 @@ from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
 from medsynth.store import open_service_store
-from medsynth.web import health_router, install_error_handlers
+from medsynth.runtime.http import health_router, install_error_handlers
 
 
 def _ready(app: FastAPI) -> Mapping[str, bool]:

@@ -83,10 +83,10 @@ class Row:
 
 
 def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = None) -> dict[str, Any]:
-    from medsynth import stack
+    from medsynth.local import stack
     from medsynth.core.settings import load_settings
-    from medsynth.ingest_client import ingest_folder
-    from medsynth.phantoms import write_phantom_dataset
+    from medsynth.local.ingest_client import ingest_folder
+    from medsynth.datasets.phantoms import write_phantom_dataset
 
     app = load_settings()
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = N
 
 
 def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, Any]:
-    from medsynth.demo import wait_for_job
+    from medsynth.local.demo import wait_for_job
 
     def submit(path: str, body: dict, label: str) -> dict:
         echo(f"== {label}")
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include", type=Path, help="results.json of an earlier run with the same data, size and budget: "
                         "its rows join this table, marked as such")
     args = parser.parse_args(argv)
-    from medsynth.demo import dataset_name
+    from medsynth.local.demo import dataset_name
 
     settings = BenchSettings(**{k: v for k, v in vars(args).items() if k not in ("families", "include")},
                              families=tuple(args.families), dataset=dataset_name(args.data))

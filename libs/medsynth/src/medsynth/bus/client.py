@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from medsynth.bus.topics import command_topic, events_topic
 from medsynth.core.errors import MedsynthError
 from medsynth.core.settings import Settings
-from medsynth.messages import Command, Event, JobKind
+from medsynth.bus.messages import Command, Event, JobKind
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 
 PARTITIONS = 4
 

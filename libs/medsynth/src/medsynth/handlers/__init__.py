@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from medsynth.jobs.worker import Handler
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 
 
 def handlers_for(worker: str) -> Mapping[JobKind, Handler]:

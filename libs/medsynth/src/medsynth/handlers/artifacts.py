@@ -12,7 +12,7 @@ from medsynth.core.errors import InvalidInput
 from medsynth.datasets.views import load_view_split, view_key
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecord, JobRecords
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.store import ObjectStore
 
 

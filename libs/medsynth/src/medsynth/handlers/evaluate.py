@@ -22,7 +22,7 @@ from medsynth.handlers.artifacts import cohort_arrays, generator_of, view_splits
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.metrics.diversity import diversity_check
 from medsynth.metrics.fidelity import (
     EncoderExtractor,
@@ -34,7 +34,7 @@ from medsynth.metrics.fidelity import (
     split_halves,
 )
 from medsynth.metrics.memorization import memorization_audit
-from medsynth.report import grid_png, render_html
+from medsynth.metrics.report import grid_png, render_html
 from medsynth.segmentation.io import load_segmenter
 from medsynth.segmentation.models import encoder
 from medsynth.v1 import jobs_pb2

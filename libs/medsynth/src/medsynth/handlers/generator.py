@@ -15,7 +15,7 @@ from medsynth.handlers.artifacts import view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.generators.proto import from_proto
 from medsynth.sampling.archive import build_model_archive, weights_fingerprint
-from medsynth.telemetry import TRAIN_LOSS, TRAIN_STEP, TRAIN_STEPS_PER_S
+from medsynth.runtime.telemetry import TRAIN_LOSS, TRAIN_STEP, TRAIN_STEPS_PER_S
 from medsynth.training.loop import train_generator as train_loop
 from medsynth.v1 import jobs_pb2
 

@@ -17,14 +17,14 @@ from medsynth.generators.base import SampleMode
 from medsynth.handlers.artifacts import generator_of, view_splits
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
-from medsynth.messages import make_event
+from medsynth.bus.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, ReleaseRefused, gate_from_proto
 from medsynth.sampling.modes import generator_spec, sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
-from medsynth.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
+from medsynth.runtime.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
 from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import events_pb2, jobs_pb2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 
 NOUNS = {
     JobKind.train_generator: "generator",

@@ -12,8 +12,8 @@ from datetime import datetime
 from medsynth.core.clock import utcnow
 from medsynth.jobs.records import JobState
 from medsynth.jobs.service import JobService
-from medsynth.messages import JobKind
-from medsynth.telemetry import JOBS_BY_STATE, RECONCILER_ERRORS, RECONCILER_REPUBLISHED
+from medsynth.bus.messages import JobKind
+from medsynth.runtime.telemetry import JOBS_BY_STATE, RECONCILER_ERRORS, RECONCILER_REPUBLISHED
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import NotFound
 from medsynth.core.names import check_name
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.store import ObjectStore
 
 PREFIX = "jobs/"

@@ -11,7 +11,7 @@ from medsynth.bus.client import Bus, BusError
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
-from medsynth.messages import JobKind, make_command, make_event
+from medsynth.bus.messages import JobKind, make_command, make_event
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from medsynth.core.clock import utcnow
 from medsynth.core.errors import InvalidInput, JobCancelled, NotFound, PermanentJobError
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
-from medsynth.messages import DeadLetter, JobKind, decode_command, make_event
+from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event
 from medsynth.store import ObjectStore
-from medsynth.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
+from medsynth.runtime.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)

@@ -224,7 +224,7 @@ class ReleaseGate:
     def closest_pairs_png(self) -> bytes:
         """The worst draws, each beside its nearest training image (flipped as it matched): rows of
         (synthetic, training) pairs, two pairs per row."""
-        from medsynth.report import grid_png
+        from medsynth.metrics.report import grid_png
 
         tiles = []
         for v in self.worst():

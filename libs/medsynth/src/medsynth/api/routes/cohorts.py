@@ -14,7 +14,7 @@ from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
 from medsynth.core.errors import NotFound
 from medsynth.jobs.lookup import finished
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.sampling.gate import gate_to_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore

@@ -10,7 +10,7 @@ from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic, PrepareDatasetCreate
 from medsynth.datasets.manifest import DatasetManifest, list_datasets, list_versions, load_manifest
 from medsynth.datasets.views import view_key
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])

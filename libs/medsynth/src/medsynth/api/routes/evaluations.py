@@ -12,7 +12,7 @@ from medsynth.api.schemas import EvaluationCreate, JobPublic, job_with_result
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.views import view_key
 from medsynth.jobs.lookup import finished
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])

@@ -25,7 +25,7 @@ from medsynth.generators.base import DataSpec
 from medsynth.generators.proto import to_proto
 from medsynth.generators.registry import FAMILIES, GeneratorSpec
 from medsynth.jobs.records import JobState
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 
 router = APIRouter(prefix="/v1/generators", tags=["generators"])
 families_router = APIRouter(prefix="/v1/generator-families", tags=["generators"])

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from medsynth.api.deps import JobsDep
 from medsynth.api.schemas import JobPublic, JobsPublic
 from medsynth.jobs.records import JobState
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -13,8 +13,8 @@ from medsynth.api.schemas import ScanPublic
 from medsynth.bus.client import BusError
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import DatasetManifest, ScanEntry
-from medsynth.messages import make_event
-from medsynth.telemetry import INGESTED, INGESTED_BYTES
+from medsynth.bus.messages import make_event
+from medsynth.runtime.telemetry import INGESTED, INGESTED_BYTES
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)

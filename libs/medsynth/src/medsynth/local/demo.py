@@ -184,9 +184,9 @@ def sanitise_name(raw: str, *, fallback: str = "dataset") -> str:
 
 def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = None, knobs: DemoSettings = DemoSettings(), echo=print) -> dict:
     """Run the demo end to end; ``dataset`` defaults to :func:`dataset_name` of ``data``."""
-    from medsynth import stack
-    from medsynth.ingest_client import ingest_folder
-    from medsynth.phantoms import write_phantom_dataset
+    from medsynth.local import stack
+    from medsynth.local.ingest_client import ingest_folder
+    from medsynth.datasets.phantoms import write_phantom_dataset
 
     dataset = dataset_name(data, dataset)  # before starting anything: a bad --dataset fails at once
     timings: dict[str, float] = {}

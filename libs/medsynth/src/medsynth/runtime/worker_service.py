@@ -12,9 +12,9 @@ from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.handlers import handlers_for
 from medsynth.jobs.worker import Handler, Worker
-from medsynth.messages import JobKind
+from medsynth.bus.messages import JobKind
 from medsynth.store import open_service_store
-from medsynth.web import health_router, serve_in_thread
+from medsynth.runtime.http import health_router, serve_in_thread
 
 
 def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler] | None = None) -> None:

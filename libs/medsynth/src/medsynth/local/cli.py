@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from medsynth.core.errors import MedsynthError
-from medsynth.demo import DemoSettings
+from medsynth.local.demo import DemoSettings
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from medsynth import stack
+    from medsynth.local import stack
     from medsynth.core.settings import load_settings
 
     settings = load_settings()
@@ -35,7 +35,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
-    from medsynth.ingest_client import ingest_folder
+    from medsynth.local.ingest_client import ingest_folder
 
     url = args.url or f"http://127.0.0.1:{load_settings().stack_base_port + 1}"
     summary = ingest_folder(Path(args.folder), args.dataset, url, workers=args.workers)
@@ -44,7 +44,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _phantoms(args: argparse.Namespace) -> int:
-    from medsynth.phantoms import write_phantom_dataset
+    from medsynth.datasets.phantoms import write_phantom_dataset
 
     names = write_phantom_dataset(Path(args.out), n=args.n, seed=args.seed)
     print(f"wrote {len(names)} phantom cases to {args.out}/imagesTr and {args.out}/labelsTr")
@@ -53,7 +53,7 @@ def _phantoms(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
-    from medsynth.demo import run_demo
+    from medsynth.local.demo import run_demo
 
     knobs = DemoSettings(**{k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__ and v is not None})
     run_demo(load_settings(), Path(args.data) if args.data else None, dataset=args.dataset, knobs=knobs)

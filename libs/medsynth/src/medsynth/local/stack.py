@@ -130,7 +130,7 @@ def _start_torchserve(settings: Settings, logs: Path, timeout: float, echo) -> t
     state_file.unlink(missing_ok=True)
     home.mkdir(parents=True, exist_ok=True)
     log_path = logs / "torchserve.log"
-    argv = [sys.executable, "-m", "medsynth.cli", "torchserve", "--model-store", str(home / "model-store"),
+    argv = [sys.executable, "-m", "medsynth.local.cli", "torchserve", "--model-store", str(home / "model-store"),
             "--workdir", str(home), "--state-file", str(state_file)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
