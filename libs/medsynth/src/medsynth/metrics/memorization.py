@@ -33,7 +33,7 @@ import torch
 from medsynth.core.errors import InvalidInput
 
 TRANSFORMS = ("identity", "hflip", "vflip", "hvflip")
-_FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))  # on (N, H, W)
+FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))  # of TRANSFORMS, on (N, H, W) or one (1, H, W) image
 PIXEL_SPACE = "pixel: per-image zero-mean unit-L2, min over identity/hflip/vflip/hvflip of train"
 
 
@@ -280,7 +280,7 @@ def _nearest_flipped(
     best_d2 = torch.full((len(queries),), float("inf"))
     best_idx = torch.zeros(len(queries), dtype=torch.long)
     best_t = torch.zeros(len(queries), dtype=torch.long)
-    for t, dims in enumerate(_FLIP_DIMS):
+    for t, dims in enumerate(FLIP_DIMS):
         q = torch.flip(queries, dims) if dims else queries
         d2, idx = _nearest_sq(q.reshape(len(q), -1), keys_flat, chunk, exclude_self)
         better = d2 < best_d2
@@ -288,7 +288,7 @@ def _nearest_flipped(
         best_idx = torch.where(better, idx, best_idx)
         best_t = torch.where(better, torch.full_like(best_t, t), best_t)
     dist = np.empty(len(queries))
-    for t, dims in enumerate(_FLIP_DIMS):
+    for t, dims in enumerate(FLIP_DIMS):
         rows = (best_t == t).nonzero().flatten()
         if len(rows):
             q = torch.flip(queries[rows], dims) if dims else queries[rows]

@@ -119,7 +119,7 @@ def write_cohort(
     provenance = _check_provenance(provenance)
     description = sampler.describe()  # fails before anything is written if the backend is down
     layout: list[tuple[int, int]] = []
-    plan = _planned(batch_layout(count, batch_size)) if gate is None else _gated(gate, count, batch_size)
+    plan = iter(batch_layout(count, batch_size)) if gate is None else _gated(gate, count, batch_size)
 
     writes = _Writes(store, prefix)
     writes.claim()
@@ -145,10 +145,6 @@ def write_cohort(
 def batch_layout(count: int, batch_size: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` half-open index ranges covering ``0..count-1`` in order."""
     return [(a, min(a + batch_size, count)) for a in range(0, count, batch_size)]
-
-
-def _planned(layout: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    yield from layout
 
 
 def _gated(gate: ReleaseGate, count: int, batch_size: int) -> Iterator[tuple[int, int]]:

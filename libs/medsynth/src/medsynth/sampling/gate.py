@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.core.errors import InvalidInput, PermanentJobError
-from medsynth.metrics.memorization import PIXEL_SPACE, TRANSFORMS, AuditReference
+from medsynth.metrics.memorization import FLIP_DIMS, PIXEL_SPACE, TRANSFORMS, AuditReference
 from medsynth.v1 import jobs_pb2
 
 LOWPASS_BLOCK = 4
@@ -123,7 +123,7 @@ class Verdict:
 class ReleaseGate:
     """Audits a cohort's draws batch by batch against one reference, and applies the policy.
 
-    Build it with :meth:`for_training_images`; the cohort writer calls :meth:`draw_plan` for the
+    Build it with :meth:`for_training_images`; the cohort writer calls :meth:`next_batch` for the
     next batch, :meth:`check` on each drawn batch, and :meth:`summary` for the manifest.
     """
 
@@ -199,8 +199,8 @@ class ReleaseGate:
                 train_index=int(pixel.nn_index[k]), transform=TRANSFORMS[int(pixel.nn_transform[k])],
                 lowpass_distance=float(low.nn_distance[k]), lowpass_train_index=int(low.nn_index[k]),
             ))  # fmt: skip
-        batch_images = {start + k: images[k].copy() for k in range(len(images))}
-        self._worst_images = {v.index: self._worst_images.get(v.index, batch_images.get(v.index)) for v in self.worst()}
+        self._worst_images = {v.index: self._worst_images[v.index] if v.index < start else images[v.index - start].copy()
+                              for v in self.worst()}  # fmt: skip
         if self.options.policy is ReleasePolicy.block and self.n_flagged > self.options.max_flagged_fraction * count:
             raise ReleaseRefused(
                 f"memorization gate (block): {self.n_flagged} of {len(self.verdicts)} draws so far are near-copies of training "
@@ -228,7 +228,7 @@ class ReleaseGate:
 
         tiles = []
         for v in self.worst():
-            dims = {"identity": (), "hflip": (2,), "vflip": (1,), "hvflip": (1, 2)}[v.transform]
+            dims = FLIP_DIMS[TRANSFORMS.index(v.transform)]
             train = self.train_images[v.train_index]
             tiles += [self._worst_images[v.index], np.flip(train, dims).copy() if dims else train]
         return grid_png(np.stack(tiles), columns=4)
