@@ -1,37 +1,98 @@
-"""Fixtures for tests that run against the real platform pieces: a local Kafka-protocol broker
-process (the same launcher `medsynth stack up` uses), the local-directory store, and settings that
-isolate each test (own topic prefix, own store, own consumer groups)."""
+"""Fixtures for tests that run against the real platform pieces: a Kafka-protocol broker process
+(tansu storing on SeaweedFS by default, the same servers `medsynth stack up` starts; ``--broker=mock``
+for librdkafka's in-memory mock), the local-directory store, and settings that isolate each test
+(own topic prefix, own store, own consumer groups)."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
-from medsynth.bus.local_broker import LocalBroker
+from medsynth.bus.client import Bus
 from medsynth.bus.topics import all_topics
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
+from medsynth.local.servers import TANSU_BUCKET, S3Credentials, Server, start_seaweedfs, start_tansu
 from medsynth.store import ObjectStore
 from medsynth.store.local import LocalStore
 
 
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str  # host:port
+    access_key: str
+    secret_key: str
+
+    def client(self) -> Minio:
+        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, region="us-east-1")
+
+    @property
+    def credentials(self) -> S3Credentials:
+        return S3Credentials(self.access_key, self.secret_key)
+
+
+@dataclass
+class TestBroker:
+    """The session's broker: where it listens, the protocol version to pin (None: negotiate), and how
+    to create topics on it."""
+
+    __test__ = False
+    bootstrap: str
+    api_version: str | None
+    process: object  # a local.servers.Server (tansu) or a bus.local_broker.LocalBroker (mock)
+
+    def create_topics(self, topics: list[tuple[str, int]]) -> None:
+        from medsynth.bus.admin import ensure_topics
+
+        if self.api_version is None:
+            bus = Bus(Settings(kafka_bootstrap=self.bootstrap, kafka_api_version=None), client_id="test-admin")
+            ensure_topics(bus, topics)
+        else:
+            self.process.create_topics(topics)
+
+
+def server_base_port(config: pytest.Config) -> int:
+    return config.getoption("--server-base-port")
+
+
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+def seaweedfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS process for the session, on base+30..base+39, with fresh random credentials."""
+    home = tmp_path_factory.mktemp("seaweedfs")
+    credentials = S3Credentials.for_home(home)
+    port = server_base_port(request.config) + 30
+    with start_seaweedfs(home / "data", port, credentials, home / "seaweedfs.log", buckets=[TANSU_BUCKET], die_with_parent=True):
+        yield S3Server(f"127.0.0.1:{port}", credentials.access_key, credentials.secret_key)
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
-    with LocalBroker.start(log_path=log, exit_with_parent=True) as handle:
-        yield handle
+    if request.config.getoption("--broker") == "mock":
+        from medsynth.bus.local_broker import LocalBroker
+
+        with LocalBroker.start(log_path=log, exit_with_parent=True) as handle:
+            yield TestBroker(handle.bootstrap, "2.3", handle)
+        return
+    s3: S3Server = request.getfixturevalue("seaweedfs")
+    port = server_base_port(request.config) + 20
+    with start_tansu(port, s3.endpoint, s3.credentials, log, die_with_parent=True) as server:
+        yield TestBroker(f"127.0.0.1:{port}", None, server)
 
 
 @pytest.fixture
-def platform_settings(broker: LocalBroker, tmp_path: Path) -> Settings:
+def platform_settings(broker: TestBroker, tmp_path: Path) -> Settings:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     settings = Settings(
         home=tmp_path / "home",
         kafka_bootstrap=broker.bootstrap,
+        kafka_api_version=broker.api_version,
         topic_prefix=prefix,
         max_attempts=3,
         retry_backoff_s=0.1,

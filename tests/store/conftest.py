@@ -1,71 +1,35 @@
 """Fixtures for the object-store contract suite.
 
-``store`` is parametrized over both backends. The S3 backend talks to a real S3-API server: by
-default a ``moto_server`` subprocess started once per session on a free port; with ``--s3=minio`` a
-MinIO container (testcontainers; needs a Docker engine). Each test gets a fresh bucket or directory.
+``store`` is parametrized over both backends. The S3 backend talks to a real S3 server: by default
+the session's SeaweedFS process (tests/platform_fixtures.py: credential checks and conditional
+writes, like MinIO); with ``--s3=minio`` a MinIO container (testcontainers; needs a Docker engine).
+Each test gets a fresh bucket or directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from minio import Minio
+from platform_fixtures import S3Server
 
 from medsynth.store.local import LocalStore
 from medsynth.store.s3 import S3Store
 
 # Recent enough for conditional writes (If-None-Match on PutObject); testcontainers' default is older.
 MINIO_IMAGE = "minio/minio:RELEASE.2025-04-22T22-12-26Z"
-STARTUP_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str  # host:port
-    access_key: str
-    secret_key: str
-
-    def client(self) -> Minio:
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, region="us-east-1")
 
 
 @pytest.fixture(scope="session")
-def s3_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+def s3_server(request: pytest.FixtureRequest) -> Iterator[S3Server]:
     if request.config.getoption("--s3") == "minio":
         yield from _minio_server()
     else:
-        yield from _moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
-
-
-def _moto_server(log_path: Path) -> Iterator[S3Server]:
-    port = _free_port()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_until_answers(f"http://127.0.0.1:{port}/", proc, log_path)
-        yield S3Server(f"127.0.0.1:{port}", "testing", "testing-secret")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield request.getfixturevalue("seaweedfs")
 
 
 def _minio_server() -> Iterator[S3Server]:
@@ -82,27 +46,6 @@ def _minio_server() -> Iterator[S3Server]:
         container.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_answers(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"moto_server exited with {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # any HTTP answer means it is up
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"moto_server did not answer at {url} within {STARTUP_TIMEOUT_S}s: {log_path.read_text(errors='replace')[-2000:]}")
-
-
 @pytest.fixture
 def local_store(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "store")
@@ -117,7 +60,7 @@ def s3_store(s3_server: S3Server) -> Iterator[S3Store]:
 
 
 def _drop_bucket(client: Minio, bucket: str) -> None:
-    """Free the server's memory (moto keeps objects in RAM); best effort."""
+    """Leave the server as the test found it; best effort."""
     with contextlib.suppress(Exception):
         for obj in client.list_objects(bucket, recursive=True):
             client.remove_object(bucket, obj.object_name)

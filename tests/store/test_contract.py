@@ -430,6 +430,20 @@ def test_s3_server_honours_if_none_match(s3_store: S3Store, s3_server: Any) -> N
     assert s3_store.get_bytes("cond/raw") == b"1"
 
 
+@pytest.mark.parametrize("which", ["secret", "access key"])
+def test_s3_server_refuses_wrong_credentials(s3_store: S3Store, s3_server: Any, which: str) -> None:
+    """The S3 server behind the tests checks signatures (an emulator that accepts any key would hide a
+    misconfigured deployment)."""
+    s3_store.put_bytes("creds/k", b"v")
+    access, secret = s3_server.access_key, s3_server.secret_key
+    access, secret = (access, secret + "x") if which == "secret" else ("nobody", secret)
+    stranger = S3Store(s3_server.endpoint, s3_store.bucket, access, secret)
+    for call in (lambda: stranger.get_bytes("creds/k"), lambda: stranger.put_bytes("creds/new", b"x")):
+        with pytest.raises(StoreError):
+            call()
+    assert not s3_store.exists("creds/new")
+
+
 def test_s3_unreachable_endpoint_is_a_store_error() -> None:
     import socket
 

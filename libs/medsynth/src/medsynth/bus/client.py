@@ -35,7 +35,8 @@ class Bus:
         self._producer = None
         self._lock = threading.Lock()
 
-    def _common(self) -> dict:
+    def client_options(self) -> dict:
+        """What every kafka-python client of this bus is built with (bootstrap, client id, protocol)."""
         version = self.settings.kafka_api_version
         return dict(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
@@ -51,7 +52,7 @@ class Bus:
             if self._producer is None:
                 try:
                     self._producer = KafkaProducer(
-                        **self._common(),
+                        **self.client_options(),
                         acks="all",
                         retries=5,
                         max_in_flight_requests_per_connection=1,
@@ -96,7 +97,7 @@ class Bus:
         from kafka import KafkaConsumer
 
         options = dict(
-            **self._common(),
+            **self.client_options(),
             group_id=group,
             fetch_max_wait_ms=100,
             enable_auto_commit=False,

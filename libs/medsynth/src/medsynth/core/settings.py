@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(None, description="Unset: `medsynth stack up` starts a local broker.")
     topic_prefix: str = "medsynth"
     kafka_api_version: str | None = Field(
-        "2.3", description="Pin the Kafka protocol version (the local broker needs 2.3); empty: negotiate."
+        None, description="Pin the Kafka protocol version, e.g. 2.3 for the librdkafka mock broker; unset: negotiate."
     )
     max_attempts: int = Field(3, ge=1, description="Handler attempts before a command is dead-lettered.")
     retry_backoff_s: float = Field(1.0, ge=0)

@@ -16,8 +16,8 @@ def _stack(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if args.action == "up":
-        state = stack.up(settings, names=args.services, timeout=args.timeout)
-        print(f"stack is up; MEDSYNTH_KAFKA_BOOTSTRAP={state.bootstrap}; logs in {settings.home.resolve() / 'logs'}")
+        stack_file = stack.up(settings, names=args.services, timeout=args.timeout)
+        print(f"stack is up; MEDSYNTH_KAFKA_BOOTSTRAP={stack_file.bootstrap}; logs in {settings.home.resolve() / 'logs'}")
     elif args.action == "down":
         stack.down(settings)
     else:
@@ -25,10 +25,12 @@ def _stack(args: argparse.Namespace) -> int:
         if not rows:
             print("no stack is running")
             return 1
-        print(f"{'name':<10} {'pid':>7} {'port':>5}  state")
+        print(f"{'name':<10} {'pid':>7} {'port':>5} {'restarts':>8}  state")
         for r in rows:
-            state = ("running" if r["alive"] else "exited") + (f", {r['ready']}" if r["port"] else "")
-            print(f"{r['name']:<10} {r['pid']:>7} {r['port'] or '':>5}  {state}")
+            state = ("running" if r["alive"] else r["state"]) + (f", {r['ready']}" if r["port"] and r["alive"] else "")
+            if r["state"] == "crash-loop":
+                state += f", CRASH LOOP (last exit status {r['last_exit']}; see {r['log']})"
+            print(f"{r['name']:<10} {r['pid'] or '-':>7} {r['port'] or '':>5} {r['restarts']:>8}  {state}")
         return 0 if all(r["alive"] and r["ready"] in ("ready", "-") for r in rows) else 1
     return 0
 
@@ -91,15 +93,6 @@ def _generators(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker(args: argparse.Namespace) -> int:
-    from medsynth.bus.local_broker import serve
-    from medsynth.bus.topics import all_topics
-    from medsynth.core.settings import load_settings
-
-    serve(topics=all_topics(load_settings().topic_prefix))
-    return 0
-
-
 def _torchserve(args: argparse.Namespace) -> int:
     """Run TorchServe under this process until SIGTERM; its addresses go to ``--state-file``."""
     import json
@@ -113,7 +106,7 @@ def _torchserve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     Path(args.model_store).mkdir(parents=True, exist_ok=True)
-    with TorchServeProcess(args.model_store, args.workdir) as server:
+    with TorchServeProcess(args.model_store, args.workdir, base_port=args.base_port) as server:
         state = {"inference_url": server.inference_url, "management_url": server.management_url,
                  "metrics_url": server.metrics_url, "model_store": str(server.model_store), "startup_s": server.startup_s}
         tmp = Path(args.state_file).with_suffix(".tmp")
@@ -167,10 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-store", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--state-file", required=True)
+    p.add_argument("--base-port", type=int, help="fixed ports: inference on it, management, metrics and gRPC above (default: free ports)")
     p.set_defaults(run=_torchserve)
 
-    p = sub.add_parser("broker", help="run a local Kafka-protocol broker in the foreground")
-    p.set_defaults(run=_broker)
     return parser
 
 

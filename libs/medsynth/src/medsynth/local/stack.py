@@ -1,64 +1,51 @@
 """`medsynth stack up|down|status`: the whole system as local processes, for one machine.
 
-State lives in ``<home>/stack.json``; every process logs to ``<home>/logs/<name>.log``. The broker
-is the local Kafka-protocol broker unless ``MEDSYNTH_KAFKA_BOOTSTRAP`` names a real one; the store is
-whatever the settings say (the local directory by default).
+``up`` starts the supervisor (:mod:`medsynth.local.supervisor`) in the background and waits until
+every process is ready. The supervisor runs, in this order and on fixed ports from
+``MEDSYNTH_STACK_BASE_PORT`` (default 8700):
+
+=========== ================ =====================================================================
+base+30..39 seaweedfs        S3 server (``weed mini``); data in ``<home>/seaweedfs``, keys in ``<home>/secrets/s3.json``
+base+20     broker           tansu, a Kafka-protocol broker keeping its log and offsets in SeaweedFS
+base+40..44 torchserve       the sampler's model server (when ``MEDSYNTH_SAMPLER_BACKEND=torchserve``)
+base+0, +1  api, ingest      the two HTTP services
+base+11..14 trainer, sampler, segmenter, evaluator (health and metrics on these ports)
+=========== ================ =====================================================================
+
+When ``MEDSYNTH_KAFKA_BOOTSTRAP`` names a broker, neither SeaweedFS nor tansu is started. The store
+is whatever the settings say: the local directory by default; with ``MEDSYNTH_STORE=s3`` and no
+``MEDSYNTH_S3_ENDPOINT`` set, the stack's SeaweedFS with its own keys. State lives in
+``<home>/stack.json`` (written by the supervisor); every process logs to ``<home>/logs/<name>.log``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
-from medsynth.bus.local_broker import LocalBroker
-from medsynth.bus.topics import all_topics
 from medsynth.core.errors import MedsynthError
 from medsynth.core.settings import SamplerBackend, Settings, StoreBackend
+from medsynth.local.servers import (
+    TANSU_BUCKET, S3Credentials, kafka_answers, s3_ready, seaweed_command, stop_process, tail, tansu_command, tansu_env,
+    write_seaweed_identities,
+)
+from medsynth.local.supervisor import STOP_GRACE_S, ProcessSpec, StackFile
 
 # service name → port offset from settings.stack_base_port
 SERVICES: dict[str, int] = {"api": 0, "ingest": 1, "trainer": 11, "sampler": 12, "segmenter": 13, "evaluator": 14}
+BROKER_PORT = 20
+SEAWEEDFS_PORT = 30
+TORCHSERVE_PORT = 40
 
 
 class StackError(MedsynthError):
     """The local stack could not be started, or is in an unexpected state."""
-
-
-@dataclass
-class Process:
-    name: str
-    pid: int
-    port: int | None = None
-    log: str = ""
-
-
-@dataclass
-class StackState:
-    bootstrap: str
-    broker: Process | None
-    services: list[Process] = field(default_factory=list)
-    torchserve: Process | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> StackState | None:
-        if not path.exists():
-            return None
-        raw = json.loads(path.read_text())
-        broker = Process(**raw["broker"]) if raw["broker"] else None
-        torchserve = Process(**raw["torchserve"]) if raw.get("torchserve") else None
-        return cls(bootstrap=raw["bootstrap"], broker=broker, services=[Process(**p) for p in raw["services"]], torchserve=torchserve)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, path)
 
 
 def services_dir() -> Path:
@@ -92,97 +79,117 @@ def _paths(settings: Settings) -> tuple[Path, Path]:
     return home / "stack.json", home / "logs"
 
 
-def up(settings: Settings, *, names: list[str] | None = None, timeout: float = 120.0, echo=print) -> StackState:
-    """Start the broker (if none is configured) and the services, and wait until each is ready."""
-    state_file, logs = _paths(settings)
-    previous = StackState.load(state_file)
-    if previous and any(alive(p.pid) for p in _all(previous)):
-        raise StackError(f"a stack is already running (see `medsynth stack status`, state in {state_file})")
-    broker = None
-    bootstrap = settings.kafka_bootstrap
+def plan(settings: Settings, *, names: list[str] | None = None) -> tuple[list[ProcessSpec], StackFile]:
+    """What the supervisor runs, in start order, and the stack file it starts from."""
+    home = settings.home.resolve()
+    logs = home / "logs"
+    base = settings.stack_base_port
+    specs: list[ProcessSpec] = []
+    env = dict(os.environ, MEDSYNTH_HOME=str(home))
+    bootstrap, s3_endpoint = settings.kafka_bootstrap, ""
     if not bootstrap:
-        handle = LocalBroker.start(topics=all_topics(settings.topic_prefix), log_path=logs / "broker.log")
-        broker = Process("broker", handle.pid, log=str(logs / "broker.log"))
-        bootstrap = handle.bootstrap
-        echo(f"broker     local Kafka-protocol broker at {bootstrap} (pid {handle.pid})")
-    state = StackState(bootstrap=bootstrap, broker=broker)
-    state.save(state_file)
-    env = _service_env(settings, bootstrap)
-    try:
-        if settings.sampler_backend is SamplerBackend.torchserve:
-            state.torchserve, urls = _start_torchserve(settings, logs, timeout, echo)
-            state.save(state_file)
-            env.update(urls)
-        for name in names or list(SERVICES):
-            state.services.append(_spawn(name, settings.stack_base_port + SERVICES[name], env, logs))
-            state.save(state_file)
-        _wait_ready(state, timeout, echo)
-    except BaseException:
-        down(settings, echo=lambda *_: None)
-        raise
-    return state
-
-
-def _start_torchserve(settings: Settings, logs: Path, timeout: float, echo) -> tuple[Process, dict[str, str]]:
-    """TorchServe under a `medsynth torchserve` supervisor; returns it and the sampler's settings."""
-    home = settings.home.resolve() / "torchserve"
-    state_file = home / "state.json"
-    state_file.unlink(missing_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    log_path = logs / "torchserve.log"
-    argv = [sys.executable, "-m", "medsynth.local.cli", "torchserve", "--model-store", str(home / "model-store"),
-            "--workdir", str(home), "--state-file", str(state_file)]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    process = Process("torchserve", proc.pid, log=str(log_path))
-    deadline = time.monotonic() + timeout
-    while not state_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _signal(proc.pid, signal.SIGTERM)
-            raise StackError(f"TorchServe did not start; last lines of {log_path}:\n{_tail(str(log_path))}")
-        time.sleep(0.3)
-    ts = json.loads(state_file.read_text())
-    echo(f"{'torchserve':<10} ready on {ts['inference_url']} (management {ts['management_url']}, pid {proc.pid})")
-    return process, {
-        "MEDSYNTH_TORCHSERVE_INFERENCE_URL": ts["inference_url"],
-        "MEDSYNTH_TORCHSERVE_MANAGEMENT_URL": ts["management_url"],
-        "MEDSYNTH_TORCHSERVE_MODEL_STORE": ts["model_store"],
-    }
-
-
-def _service_env(settings: Settings, bootstrap: str) -> dict[str, str]:
-    env = dict(os.environ, MEDSYNTH_KAFKA_BOOTSTRAP=bootstrap, MEDSYNTH_HOME=str(settings.home.resolve()))
+        credentials = S3Credentials.for_home(home)
+        s3_endpoint, bootstrap = f"127.0.0.1:{base + SEAWEEDFS_PORT}", f"127.0.0.1:{base + BROKER_PORT}"
+        data = home / "seaweedfs"
+        data.mkdir(parents=True, exist_ok=True)
+        buckets = [TANSU_BUCKET] + ([settings.s3_bucket] if _store_on_stack_s3(settings) else [])
+        identities = write_seaweed_identities(data / "s3-identities.json", credentials)
+        specs.append(ProcessSpec(
+            "seaweedfs", seaweed_command(data, base + SEAWEEDFS_PORT, identities), dict(os.environ), str(logs / "seaweedfs.log"),
+            stop_signal=signal.SIGINT, ready=lambda: s3_ready(s3_endpoint, credentials, buckets), layer=0))
+        specs.append(ProcessSpec(
+            "broker", tansu_command(base + BROKER_PORT), tansu_env(s3_endpoint, credentials), str(logs / "broker.log"),
+            ready=lambda: _broker_ready(settings, bootstrap), layer=1))
+        if _store_on_stack_s3(settings):
+            env.update(MEDSYNTH_S3_ENDPOINT=s3_endpoint, MEDSYNTH_S3_ACCESS_KEY=credentials.access_key,
+                       MEDSYNTH_S3_SECRET_KEY=credentials.secret_key, MEDSYNTH_S3_SECURE="false")
+    env["MEDSYNTH_KAFKA_BOOTSTRAP"] = bootstrap
     if settings.store is StoreBackend.local:
         env["MEDSYNTH_STORE_ROOT"] = str(settings.local_store_root.resolve())
-    return env
+    if settings.sampler_backend is SamplerBackend.torchserve:
+        specs.append(_torchserve_spec(settings, home, logs))
+        ts = base + TORCHSERVE_PORT
+        env.update(MEDSYNTH_TORCHSERVE_INFERENCE_URL=f"http://127.0.0.1:{ts}", MEDSYNTH_TORCHSERVE_MANAGEMENT_URL=f"http://127.0.0.1:{ts + 1}",
+                   MEDSYNTH_TORCHSERVE_MODEL_STORE=str(home / "torchserve" / "model-store"))
+    for name in names or list(SERVICES):
+        if name not in SERVICES:
+            raise StackError(f"unknown service {name!r}; the stack has {', '.join(SERVICES)}")
+        port = base + SERVICES[name]
+        specs.append(ProcessSpec(name, [sys.executable, str(services_dir() / name / "main.py")],
+                                 dict(env, MEDSYNTH_HTTP_PORT=str(port)), str(logs / f"{name}.log"), port=port, layer=3))
+    return specs, StackFile(supervisor_pid=os.getpid(), bootstrap=bootstrap, s3_endpoint=s3_endpoint)
 
 
-def _spawn(name: str, port: int, env: dict[str, str], logs: Path) -> Process:
-    log_path = logs / f"{name}.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(services_dir() / name / "main.py")],
-            env=dict(env, MEDSYNTH_HTTP_PORT=str(port)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Process(name, proc.pid, port, str(log_path))
+def _store_on_stack_s3(settings: Settings) -> bool:
+    return settings.store is StoreBackend.s3 and "MEDSYNTH_S3_ENDPOINT" not in os.environ
 
 
-def _wait_ready(state: StackState, timeout: float, echo) -> None:
-    pending = {p.name: p for p in state.services}
+def _broker_ready(settings: Settings, bootstrap: str) -> bool:
+    """The broker answers Kafka requests and has the system's topics."""
+    from medsynth.bus.admin import ensure_topics
+    from medsynth.bus.client import Bus, BusError
+    from medsynth.bus.topics import all_topics
+
+    if not kafka_answers(bootstrap):
+        return False
+    bus = Bus(settings.model_copy(update={"kafka_bootstrap": bootstrap}), client_id="stack")
+    try:
+        ensure_topics(bus, all_topics(settings.topic_prefix))
+    except BusError:
+        return False
+    return True
+
+
+def _torchserve_spec(settings: Settings, home: Path, logs: Path) -> ProcessSpec:
+    """TorchServe under a `medsynth torchserve` wrapper (which exits when TorchServe dies)."""
+    ts_home = home / "torchserve"
+    (ts_home / "model-store").mkdir(parents=True, exist_ok=True)
+    state_file = ts_home / "state.json"
+    state_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "medsynth.local.cli", "torchserve", "--model-store", str(ts_home / "model-store"),
+            "--workdir", str(ts_home), "--state-file", str(state_file),
+            "--base-port", str(settings.stack_base_port + TORCHSERVE_PORT)]
+    return ProcessSpec("torchserve", argv, dict(os.environ), str(logs / "torchserve.log"),
+                       ready=state_file.exists, ready_timeout_s=240.0, layer=2)
+
+
+def up(settings: Settings, *, names: list[str] | None = None, timeout: float = 180.0, echo=print) -> StackFile:
+    """Start the supervisor and wait until every process is ready; on failure, stop what started."""
+    state_file, logs = _paths(settings)
+    previous = StackFile.load(state_file)
+    if previous and (alive(previous.supervisor_pid) or any(p.pid and alive(p.pid) for p in previous.processes)):
+        raise StackError(f"a stack is already running (see `medsynth stack status`, state in {state_file})")
+    state_file.unlink(missing_ok=True)
+    plan(settings, names=names)  # a bad service name or a missing binary fails here, in the foreground
+    argv = [sys.executable, "-m", "medsynth.local.supervisor"] + (["--services", *names] if names else [])
+    log_path = logs / "supervisor.log"
+    with open(log_path, "ab") as out:
+        supervisor = subprocess.Popen(argv, env=dict(os.environ, MEDSYNTH_HOME=str(settings.home.resolve())), stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while pending:
-        for name, proc in list(pending.items()):
-            if not alive(proc.pid):
-                raise StackError(f"{name} exited during start-up; last lines of {proc.log}:\n{_tail(proc.log)}")
-            if probe(proc.port) == "ready":
-                echo(f"{name:<10} ready on http://127.0.0.1:{proc.port} (pid {proc.pid})")
-                del pending[name]
-        if pending and time.monotonic() > deadline:
-            raise StackError(f"not ready after {timeout:.0f}s: {', '.join(pending)}; logs in {Path(state.services[0].log).parent}")
+    shown: set[str] = set()
+    while True:
+        stack = StackFile.load(state_file)
+        if stack is not None and stack.state == "failed" or supervisor.poll() is not None:
+            supervisor.wait()
+            error = stack.error if stack else "the supervisor exited"
+            culprit = next((p for p in (stack.processes if stack else []) if p.name in error.split(" ", 1)[0]), None)
+            down(settings, echo=lambda *_: None)
+            raise StackError(f"the stack did not start: {error}\n{tail(Path(culprit.log) if culprit else log_path)}")
+        if stack is not None:
+            for p in stack.processes:
+                if p.name in shown:
+                    continue
+                if p.port is None and stack.state == "up" or p.port is not None and probe(p.port) == "ready":
+                    where = f"http://127.0.0.1:{p.port}" if p.port else {"broker": stack.bootstrap, "seaweedfs": stack.s3_endpoint}.get(p.name, "")
+                    echo(f"{p.name:<10} ready{' on ' + where if where else ''} (pid {p.pid})")
+                    shown.add(p.name)
+            if stack.state == "up" and len(shown) == len(stack.processes):
+                return stack
+        if time.monotonic() > deadline:
+            pending = [p.name for p in stack.processes if p.name not in shown] if stack else ["supervisor"]
+            down(settings, echo=lambda *_: None)
+            raise StackError(f"not ready after {timeout:.0f}s: {', '.join(pending)}; logs in {logs}")
         time.sleep(0.3)
 
 
@@ -197,49 +204,31 @@ def probe(port: int | None) -> str:
 
 
 def status(settings: Settings) -> list[dict[str, object]]:
-    """One row per process: name, pid, alive, port, readiness."""
-    state = StackState.load(_paths(settings)[0])
-    if state is None:
+    """One row per process: name, pid, alive, port, supervisor state, restarts, readiness."""
+    stack = StackFile.load(_paths(settings)[0])
+    if stack is None:
         return []
-    return [
-        {"name": p.name, "pid": p.pid, "alive": alive(p.pid), "port": p.port, "ready": probe(p.port) if alive(p.pid) else "-", "log": p.log}
-        for p in _all(state)
-    ]
+    rows = []
+    for p in stack.processes:
+        running = bool(p.pid) and alive(p.pid)
+        rows.append({"name": p.name, "pid": p.pid, "alive": running, "port": p.port, "state": p.state, "restarts": p.restarts,
+                     "last_exit": p.last_exit, "ready": probe(p.port) if running and p.port else "-", "log": p.log})
+    return rows
 
 
-def down(settings: Settings, *, grace: float = 15.0, echo=print) -> None:
-    """SIGTERM every process (services first, broker last), SIGKILL what outlives ``grace``."""
+def down(settings: Settings, *, grace: float = STOP_GRACE_S, echo=print) -> None:
+    """Stop the supervisor, which stops everything in order; if it is gone, stop what it left."""
     state_file, _ = _paths(settings)
-    state = StackState.load(state_file)
-    if state is None:
+    stack = StackFile.load(state_file)
+    if stack is None:
         echo("no stack is running")
         return
-    for group in (state.services, [state.torchserve] if state.torchserve else [], [state.broker] if state.broker else []):
-        for p in group:
-            _signal(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while any(alive(p.pid) for p in group) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for p in group:
-            if alive(p.pid):
-                _signal(p.pid, signal.SIGKILL)
-            echo(f"{p.name:<10} stopped")
+    if alive(stack.supervisor_pid):
+        stop_process(stack.supervisor_pid, signal.SIGTERM, 4 * grace + 10)
+    stack = StackFile.load(state_file) or stack
+    for p in reversed(stack.processes):  # left behind by a supervisor that was killed
+        if p.pid and alive(p.pid):
+            stop_process(p.pid, p.stop_signal, grace)
+        echo(f"{p.name:<10} stopped")
     state_file.unlink(missing_ok=True)
 
-
-def _all(state: StackState) -> list[Process]:
-    return [p for p in (state.broker, state.torchserve) if p] + state.services
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _tail(path: str, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -68,7 +68,9 @@ class TorchServeProcess:
 
     ``model_store`` is where ``.mar`` files registered by bare file name are looked up; ``workdir``
     receives ``config.properties``, ``logs/`` and ``tmp/``. ``properties`` adds or overrides
-    ``config.properties`` entries.
+    ``config.properties`` entries. ``base_port`` fixes the five listeners on it and the four ports
+    above (inference, management, metrics, gRPC inference, gRPC management), so that a restarted
+    server answers where its clients already look; unset, each gets a free port.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class TorchServeProcess:
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
         properties: Mapping[str, str] | None = None,
         python: str | None = None,
+        base_port: int | None = None,
     ) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
@@ -87,6 +90,7 @@ class TorchServeProcess:
         self.startup_timeout_s = startup_timeout_s
         self.extra_properties = dict(properties or {})
         self.python = python or sys.executable
+        self.base_port = base_port
         self.ports: dict[str, int] = {}
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -135,13 +139,16 @@ class TorchServeProcess:
                 self._launch()
                 return self
             except SamplerUnavailable:
-                if attempt == _PORT_ATTEMPTS or not _port_taken(self.log_path, log_offset):
+                if self.base_port is not None or attempt == _PORT_ATTEMPTS or not _port_taken(self.log_path, log_offset):
                     raise
                 log.warning("a TorchServe port was taken before it could bind (attempt %d); retrying", attempt)
         raise AssertionError("unreachable")
 
     def _launch(self) -> None:
-        self.ports = dict(zip(_LISTENERS, free_ports(len(_LISTENERS), self.host)))
+        if self.base_port is not None:
+            self.ports = {name: self.base_port + i for i, name in enumerate(_LISTENERS)}
+        else:
+            self.ports = dict(zip(_LISTENERS, free_ports(len(_LISTENERS), self.host)))
         config = self._write_config()
         began = time.monotonic()
         with open(self.log_path, "ab") as out:
