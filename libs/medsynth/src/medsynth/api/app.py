@@ -65,11 +65,12 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_service_store(settings)
         app.state.bus = Bus(settings, client_id="api")
-        app.state.jobs = JobService(JobRecords(app.state.store), app.state.bus)
+        retry_after = int(settings.reconcile_after_s + settings.reconcile_every_s)
+        app.state.jobs = JobService(JobRecords(app.state.store), app.state.bus, retry_after_s=retry_after)
         stop = threading.Event()
         if reconcile:
             args = (app.state.jobs, settings.reconcile_after_s, settings.reconcile_every_s, stop)
-            threading.Thread(target=run_reconciler, args=args, name="reconciler", daemon=True).start()
+            threading.Thread(target=run_reconciler, args=args, kwargs={"lease_s": settings.lease_s}, name="reconciler", daemon=True).start()
         yield
         stop.set()
         app.state.bus.close()

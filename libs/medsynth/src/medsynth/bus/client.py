@@ -51,23 +51,29 @@ class Bus:
         with self._lock:
             if self._producer is None:
                 try:
+                    timeout_ms = int(self.settings.publish_timeout_s * 1000)
                     self._producer = KafkaProducer(
                         **self.client_options(),
                         acks="all",
                         retries=5,
                         max_in_flight_requests_per_connection=1,
                         linger_ms=0,
+                        max_block_ms=timeout_ms,  # waiting for metadata when the broker is down
+                        request_timeout_ms=timeout_ms,
+                        delivery_timeout_ms=timeout_ms,
                     )
                 except KafkaError as exc:
                     raise BusError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
             return self._producer
 
-    def publish(self, topic: str, key: str, value: bytes, *, timeout: float = 30.0) -> None:
-        """Send one message and wait until the broker acknowledges it."""
+    def publish(self, topic: str, key: str, value: bytes, *, timeout: float | None = None) -> None:
+        """Send one message and wait until the broker acknowledges it, at most ``timeout`` seconds
+        (default ``publish_timeout_s``)."""
         from kafka.errors import KafkaError
 
         try:
-            self._get_producer().send(topic, key=key.encode(), value=value).get(timeout=timeout)
+            future = self._get_producer().send(topic, key=key.encode(), value=value)
+            future.get(timeout=timeout or self.settings.publish_timeout_s)
         except KafkaError as exc:
             raise BusError(f"publishing to {topic} failed: {exc}") from exc
 
@@ -104,6 +110,7 @@ class Bus:
             auto_offset_reset="earliest",
             max_poll_records=1,
             session_timeout_ms=self.settings.session_timeout_ms,
+            request_timeout_ms=max(30_000, self.settings.session_timeout_ms + 5_000),
             heartbeat_interval_ms=max(self.settings.session_timeout_ms // 5, 500),
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
         )

@@ -56,16 +56,25 @@ class Settings(BaseSettings):
     kafka_api_version: str | None = Field(
         None, description="Pin the Kafka protocol version, e.g. 2.3 for the librdkafka mock broker; unset: negotiate."
     )
+    publish_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Longest a publish waits for the broker (an api POST answers 503 after it)."
+    )
     max_attempts: int = Field(3, ge=1, description="Handler attempts before a command is dead-lettered.")
     retry_backoff_s: float = Field(1.0, ge=0)
     session_timeout_ms: int = Field(10_000, ge=1_000)
     max_poll_interval_ms: int = Field(
-        3_600_000, ge=10_000, description="Longest a handler may run before the group evicts its worker."
+        300_000, ge=10_000,
+        description="Longest gap between two polls of a worker's consumer; workers keep polling while a job runs.",
     )
 
     # jobs
     reconcile_after_s: float = Field(60.0, gt=0, description="Republish commands of jobs queued longer.")
     reconcile_every_s: float = Field(15.0, gt=0)
+    lease_s: float = Field(
+        60.0, ge=1,
+        description="A running job's lease: its worker renews it every third of this; once it expires (the worker "
+        "died) the reconciler puts the job's command back on the queue.",
+    )
 
     # compute
     device: str = Field(

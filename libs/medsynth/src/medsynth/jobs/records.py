@@ -6,6 +6,10 @@ Layout under ``jobs/<job_id>/``:
                       api when the job is created and by the worker that runs it — nobody else.
 - ``cancel``          present when cancellation was requested (any writer; workers poll it).
 - ``published.json``  when and how often the command was published (api and reconciler).
+- ``lease.json``      which worker runs the job and until when its claim holds (that worker only:
+                      written when an attempt starts, renewed while it runs, removed when it ends).
+                      A running job whose lease has expired lost its worker; the reconciler
+                      republishes its command.
 
 Keeping the cancel flag and publish bookkeeping out of the record means no two processes ever
 rewrite the same object concurrently, so no update is lost without needing compare-and-swap.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -61,6 +65,15 @@ class JobRecord(BaseModel):
     result_keys: dict[str, str] = Field(default_factory=dict)
     error: str | None = None
     dead_lettered: bool = False
+
+
+class Lease(BaseModel):
+    worker: str
+    attempt: int
+    expires_at: datetime
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at <= (now or utcnow())
 
 
 class Publication(BaseModel):
@@ -111,3 +124,17 @@ class JobRecords:
         pub = Publication(count=pub.count + 1, last_at=utcnow())
         self.store.put_json(f"{PREFIX}{job_id}/published.json", pub.model_dump(mode="json"))
         return pub
+
+    def lease(self, job_id: str) -> Lease | None:
+        try:
+            return Lease.model_validate(self.store.get_json(f"{PREFIX}{job_id}/lease.json"))
+        except NotFound:
+            return None
+
+    def renew_lease(self, job_id: str, worker: str, attempt: int, ttl_s: float) -> Lease:
+        lease = Lease(worker=worker, attempt=attempt, expires_at=utcnow() + timedelta(seconds=ttl_s))
+        self.store.put_json(f"{PREFIX}{job_id}/lease.json", lease.model_dump(mode="json"))
+        return lease
+
+    def release_lease(self, job_id: str) -> None:
+        self.store.delete(f"{PREFIX}{job_id}/lease.json")

@@ -17,16 +17,31 @@ from medsynth.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 
+class JobDeferred(BusError):
+    """The job is recorded (``queued``) but its command could not be published now; the reconciler
+    publishes it within ``retry_after_s``. Answered 503 with ``Retry-After``: resubmitting would make
+    a second job — poll ``GET /v1/jobs/{job_id}`` instead."""
+
+    def __init__(self, job_id: str, retry_after_s: int, cause: str) -> None:
+        super().__init__(
+            f"job {job_id} is recorded and queued, but the broker cannot be reached ({cause}); it will be published "
+            f"within {retry_after_s} s. Do not resubmit: follow GET /v1/jobs/{job_id}."
+        )
+        self.job_id, self.retry_after_s = job_id, retry_after_s
+
+
 class JobService:
-    def __init__(self, records: JobRecords, bus: Bus) -> None:
+    def __init__(self, records: JobRecords, bus: Bus, *, retry_after_s: int = 75) -> None:
         self.records = records
         self.bus = bus
+        self.retry_after_s = retry_after_s
+        self._last_error = ""
 
     def submit(self, kind: JobKind, spec: Message) -> JobRecord:
         """Create the job record, then publish its command.
 
-        If the broker is unreachable the job stays ``queued`` and the reconciler publishes it later:
-        the job is never lost, only delayed.
+        If the broker is unreachable (within the bus's publish timeout) the job stays ``queued``, the
+        reconciler publishes it later, and :class:`JobDeferred` says so: the job is never lost, only delayed.
         """
         record = JobRecord(
             job_id=new_job_id(kind),
@@ -34,7 +49,8 @@ class JobService:
             spec=MessageToDict(spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
         )
         self.records.put(record)
-        self.publish(record)
+        if not self.publish(record):
+            raise JobDeferred(record.job_id, self.retry_after_s, self._last_error)
         return record
 
     def publish(self, record: JobRecord) -> bool:
@@ -46,6 +62,7 @@ class JobService:
             self.bus.emit(make_event(record.job_id, record.kind, queued=events_pb2.JobQueued()))
         except BusError as exc:
             log.warning("job %s stays queued, publishing failed: %s", record.job_id, exc)
+            self._last_error = str(exc)
             return False
         return True
 

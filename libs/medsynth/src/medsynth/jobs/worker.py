@@ -7,11 +7,18 @@ gets its command redelivered to another group member; the record tells that memb
 - record terminal (succeeded / failed / cancelled): skip and commit — outputs are written once;
 - record running or queued: run again (handlers are idempotent: deterministic output keys);
 - ``attempts`` reached ``max_attempts``: the command goes to the dead-letter topic with the error.
+
+While a handler runs (in its own thread) the consumer loop goes on polling with its partitions
+paused, so the worker stays in its consumer group however long the job takes, and renews the job's
+lease (``jobs/<id>/lease.json``) every third of ``lease_s``. A command whose job is ``running`` under
+another worker's unexpired lease (a rebalance moved the partition while that worker still runs it)
+waits until the lease ends or the job does: no job runs twice at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -36,6 +43,9 @@ from medsynth.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
+#: After SIGTERM, how long a running handler gets to reach its next progress step before the worker
+#: leaves it behind (its command is not committed, so it runs again elsewhere).
+STOP_GRACE_S = 5.0
 
 
 class WorkerStopping(Exception):
@@ -109,7 +119,8 @@ class Worker:
         self.handlers = dict(handlers)
         self.stopping = threading.Event()
         self.ready = threading.Event()
-        self.identity = f"{name}@{socket.gethostname()}"
+        self.identity = f"{name}@{socket.gethostname()}:{os.getpid()}"
+        self._current: JobRecord | None = None  # the job whose attempt runs now (its lease is renewed)
         declare_worker_series(self.handlers)
 
     # -- loop ------------------------------------------------------------------------------------
@@ -127,28 +138,99 @@ class Worker:
                 for tp, messages in self._poll(consumer).items():
                     for message in messages:
                         try:
-                            outcome = self.process(message)
+                            outcome = self._process_polling(consumer, message)
                         except WorkerStopping:
                             return
                         except Exception:  # noqa: BLE001 - e.g. store or broker down: keep the message
                             log.exception("processing %s:%d@%d failed; will retry", tp.topic, tp.partition, message.offset)
                             outcome = Outcome.retry
                         if outcome is Outcome.retry:
-                            consumer.seek(tp, message.offset)
+                            if tp in consumer.assignment():  # else its new owner reads it from the committed offset
+                                consumer.seek(tp, message.offset)
                             self.stopping.wait(self.settings.retry_backoff_s)
                         else:
                             self._commit(consumer, {tp: OffsetAndMetadata(message.offset + 1, "", -1)})
         finally:
             self.ready.clear()
-            consumer.close(autocommit=False)
+            consumer.close(autocommit=False, timeout_ms=3000)
+
+    def _process_polling(self, consumer, message) -> Outcome:
+        """:meth:`process` in a thread while this one keeps the consumer polling (partitions paused)
+        and the job's lease renewed; returns its outcome or raises what it raised."""
+        result: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                result["outcome"] = self.process(message)
+            except BaseException as exc:  # noqa: BLE001 - handed to the polling thread
+                result["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"job-{message.topic}-{message.offset}", daemon=True)
+        thread.start()
+        renew_every = self.settings.lease_s / 3
+        last_renewal = time.monotonic()
+        stop_seen: float | None = None
+        while thread.is_alive():
+            if self.stopping.is_set():
+                stop_seen = stop_seen or time.monotonic()
+                if time.monotonic() - stop_seen > STOP_GRACE_S:
+                    self._abandon_current()
+                    raise WorkerStopping(f"worker {self.identity} stopped; job left to its next delivery")
+            consumer.pause(*consumer.assignment())
+            for tp, early in self._poll(consumer, timeout_ms=200).items():  # after a rebalance, before the pause
+                if tp in consumer.assignment():
+                    consumer.seek(tp, early[0].offset)
+            thread.join(timeout=0.05)
+            if time.monotonic() - last_renewal >= renew_every and thread.is_alive():
+                last_renewal = time.monotonic()
+                self._renew_current_lease()
+        consumer.resume(*consumer.paused())
+        if "error" in result:
+            raise result["error"]
+        return result["outcome"]
 
     @staticmethod
-    def _poll(consumer) -> dict:
+    def _holder_gone(holder: str) -> bool:
+        """A lease held by a process of this host that no longer exists (a worker killed and restarted
+        on the same machine) need not be waited out; on other hosts only its expiry tells."""
+        host, _, pid = holder.rpartition("@")[2].rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def _abandon_current(self) -> None:
+        """Shutdown with a handler still busy: give up the lease, so that the command's next delivery
+        (to a restarted worker or another member) need not wait for it to expire."""
+        current = self._current
+        if current is not None:
+            log.warning("job %s still running %.0f s after the stop signal; leaving it to its next delivery", current.job_id, STOP_GRACE_S)
+            try:
+                self.records.release_lease(current.job_id)
+            except Exception:  # noqa: BLE001 - then the lease simply expires
+                log.warning("releasing the lease of job %s failed", current.job_id, exc_info=True)
+
+    def _renew_current_lease(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        try:
+            self.records.renew_lease(current.job_id, self.identity, current.attempts, self.settings.lease_s)
+        except Exception:  # noqa: BLE001 - the store may be down for a while; the next renewal retries
+            log.warning("renewing the lease of job %s failed", current.job_id, exc_info=True)
+
+    @staticmethod
+    def _poll(consumer, timeout_ms: int = 500) -> dict:
         """One poll; group-membership errors (a rebalance in flight) are retried by the next poll."""
         from kafka.errors import CommitFailedError, InvalidRequestError, RebalanceInProgressError
 
         try:
-            return consumer.poll(timeout_ms=500, max_records=1)
+            return consumer.poll(timeout_ms=timeout_ms, max_records=1)
         except (InvalidRequestError, RebalanceInProgressError, CommitFailedError) as exc:
             log.info("consumer group is rebalancing (%s); polling again", type(exc).__name__)
             return {}
@@ -186,6 +268,10 @@ class Worker:
         if self.records.cancel_requested(record.job_id):
             self._finish(record, JobState.cancelled)
             return Outcome.done
+        if record.state is JobState.running and (lease := self.records.lease(record.job_id)) is not None:
+            if lease.worker != self.identity and not lease.expired() and not self._holder_gone(lease.worker):
+                log.info("job %s runs under %s until %s; waiting", record.job_id, lease.worker, lease.expires_at.isoformat())
+                return Outcome.retry
         if record.attempts >= self.settings.max_attempts:
             self._fail(record, message, record.error or "attempts exhausted (worker lost mid-job)")
             return Outcome.done
@@ -194,7 +280,19 @@ class Worker:
     def _attempt(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
         record.attempts += 1
         record.state, record.started_at, record.message = JobState.running, utcnow(), ""
+        self.records.renew_lease(record.job_id, self.identity, record.attempts, self.settings.lease_s)
         self.records.put(record)
+        self._current = record
+        try:
+            return self._run_handler(record, kind, spec, message)
+        finally:
+            self._current = None
+            try:
+                self.records.release_lease(record.job_id)
+            except Exception:  # noqa: BLE001 - an unreleased lease only makes a redelivery wait for its expiry
+                log.warning("releasing the lease of job %s failed", record.job_id, exc_info=True)
+
+    def _run_handler(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
         self.bus.emit(make_event(record.job_id, kind, started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
         ctx = JobContext(record=record, store=self.store, settings=self.settings, _worker=self)
         started = time.monotonic()

@@ -133,6 +133,7 @@ class TorchServeProcess:
             raise InvalidInput(f"TorchServe model store {str(self.model_store)!r} is not a directory.")
         for sub in ("logs", "tmp"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._end_orphan()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
@@ -161,6 +162,7 @@ class TorchServeProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        (self.workdir / "server.pgid").write_text(str(self._proc.pid))
         log.info("starting TorchServe (pid %d) on %s, logs in %s", self._proc.pid, self.inference_url, self.log_path)
         try:
             self._wait_healthy()
@@ -186,7 +188,32 @@ class TorchServeProcess:
                 with contextlib.suppress(Exception):
                     p.kill()
             _wait_gone(proc, alive, 10.0)
+        (self.workdir / "server.pgid").unlink(missing_ok=True)
         log.info("TorchServe at %s stopped", self._url("inference") if self.ports else self.workdir)
+
+    def _end_orphan(self) -> None:
+        """A server left running in this work directory by an owner that was killed (SIGKILL gives it
+        no chance to stop its group) still holds the ports and the model store: end it first."""
+        marker = self.workdir / "server.pgid"
+        try:
+            pgid = int(marker.read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            marker.unlink(missing_ok=True)
+            return
+        log.warning("ending TorchServe process group %d left behind in %s", pgid, self.workdir)
+        _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        marker.unlink(missing_ok=True)
 
     def log_tail(self, limit: int = _LOG_TAIL_BYTES) -> str:
         try:

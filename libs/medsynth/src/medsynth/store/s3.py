@@ -252,7 +252,7 @@ def _http_client() -> urllib3.PoolManager:
     """minio's default pool, with a short connect timeout and few retries so that an unreachable
     endpoint fails in seconds rather than minutes."""
     return urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=10, read=300),
+        timeout=urllib3.Timeout(connect=5, read=30),  # read: the longest silence within one response
         maxsize=16,
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
