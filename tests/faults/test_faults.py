@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -109,7 +110,8 @@ def store(env: dict) -> S3Store:
 
 
 def succeeded_events(env: dict, job_ids: set[str]) -> dict[str, int]:
-    """How many ``succeeded`` events each job has on the stack's events topic."""
+    """How many ``succeeded`` events each job has on the stack's events topic (``job_ids``: jobs whose
+    record says succeeded, so each must have one)."""
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{BASE + 20}", topic_prefix="medsynth")
     counts = dict.fromkeys(job_ids, 0)
 
@@ -128,6 +130,8 @@ def succeeded_events(env: dict, job_ids: set[str]) -> dict[str, int]:
 
 
 def record_row(stack: dict, fault: str, job_ids: list[str], records: list[dict], recovery_s: float) -> None:
+    failed = [r for r in records if r["state"] != "succeeded"]
+    assert not failed, f"{fault}: not every job succeeded: {failed}"
     events = succeeded_events(stack["env"], set(job_ids))
     once = [j for j in job_ids if events[j] == 1 and next(r for r in records if r["job_id"] == j)["state"] == "succeeded"]
     row = {"fault": fault, "submitted": len(job_ids), "finished_once": len(once),
@@ -139,9 +143,15 @@ def record_row(stack: dict, fault: str, job_ids: list[str], records: list[dict],
     assert row["finished_once"] == row["submitted"] and row["lost"] == 0 and row["duplicated"] == 0, row
 
 
+def ended_after(record: dict, moment: datetime) -> None:
+    """The job was still at work when the fault struck: it finished after ``moment``."""
+    assert datetime.fromisoformat(record["finished_at"]) > moment, (record, moment)
+
+
 def kill_when_running(api: httpx.Client, env: dict, job_id: str, victim: str) -> float:
     wait_for(api, job_id, ("running", *TERMINAL))
-    assert job(api, job_id)["state"] == "running", f"{job_id} ended before {victim} could be killed"
+    state = job(api, job_id)
+    assert state["state"] == "running", f"{job_id} ended before {victim} could be killed: {state}"
     os.kill(pid_of(env, victim), signal.SIGKILL)
     return time.monotonic()
 
@@ -172,12 +182,14 @@ def test_a_worker_killed_mid_job(stack: dict, generator_id: str, victim: str, ki
             seg = {"dataset": "f", "view_id": stack["view_id"], "source": "synthetic", "cohort_id": cohort["job_id"], "steps": 20, "batch_size": 4}
             if kind == "segmentation":
                 body, path = seg, "/v1/segmentations"
-            else:
-                run = wait_done(api, post(api, "/v1/segmentations", seg))
+            else:  # a real-only run: its encoder is the evaluation's feature extractor
+                run = wait_done(api, post(api, "/v1/segmentations", seg | {"source": "real", "cohort_id": None}))
                 body, path = {"cohort_id": cohort["job_id"], "segmentation_run_ids": [run["job_id"]]}, "/v1/evaluations"
         job_id = post(api, path, body)
         killed = kill_when_running(api, stack["env"], job_id, victim)
+        fault_at = datetime.now(timezone.utc)
         final = wait_for(api, job_id, TERMINAL)
+        ended_after(final, fault_at)
         recovery = time.monotonic() - killed
         assert final["attempts"] == 2, final
         for key in final["result_keys"].values():
@@ -189,8 +201,10 @@ def test_the_broker_restarted_mid_cohort(stack: dict, generator_id: str) -> None
     with httpx.Client(base_url=API, timeout=30) as api:
         job_id = post(api, "/v1/cohorts", {"generator_id": generator_id, "count": 96, "seed": 4})
         killed = kill_when_running(api, stack["env"], job_id, "broker")
+        fault_at = datetime.now(timezone.utc)
         final = wait_for(api, job_id, TERMINAL)
         recovery = time.monotonic() - killed
+        ended_after(final, fault_at)
     record_row(stack, "kill -9 broker mid-cohort (supervisor restarts it)", [job_id], [final], recovery)
 
 
@@ -203,9 +217,10 @@ def test_torchserve_killed_mid_cohort(stack: dict, generator_id: str) -> None:
         assert java
         for p in java:
             p.kill()
-        killed = time.monotonic()
+        killed, fault_at = time.monotonic(), datetime.now(timezone.utc)
         final = wait_for(api, job_id, TERMINAL, timeout=400)
         recovery = time.monotonic() - killed
+        ended_after(final, fault_at)
     record_row(stack, "kill -9 TorchServe mid-cohort", [job_id], [final], recovery)
 
 
@@ -222,8 +237,10 @@ def test_the_s3_server_frozen_for_30s_mid_training(stack: dict) -> None:
             time.sleep(30)
         finally:
             weed.resume()
+        resumed = datetime.now(timezone.utc)
         final = wait_for(api, job_id, TERMINAL, timeout=400)
         recovery = time.monotonic() - frozen - 30
+        ended_after(final, resumed)
     record_row(stack, "SeaweedFS unreachable for 30 s mid-training", [job_id], [final], recovery)
 
 
@@ -265,4 +282,5 @@ def test_the_api_killed_during_a_burst_of_submissions(stack: dict) -> None:
     with httpx.Client(base_url=API, timeout=30) as api:
         records = [wait_for(api, j, TERMINAL, timeout=300) for j in created]
     recovery = time.monotonic() - killed
-    record_row(stack, "kill -9 api during 24 submissions", created, records, recovery)
+    row_note = f"{len(created) - len(set(answered))} records whose POST got no answer"
+    record_row(stack, f"kill -9 api during 24 submissions ({row_note})", created, records, recovery)
