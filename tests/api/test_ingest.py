@@ -165,3 +165,119 @@ def test_concurrent_uploads_into_one_dataset_all_land(client, store: ObjectStore
     manifest = load_manifest(store, "busy")
     assert sorted(s.patient_id for s in manifest.scans) == [f"p{i:02d}" for i in range(n)]
     assert list_versions(store, "busy") == list(range(1, n + 1))
+
+
+# -- streaming: the body is read as it arrives, with a running cap and the header checked first ------
+
+BOUNDARY = "medsynth-test-boundary"
+
+
+class Body:
+    """A multipart body produced lazily (sent chunked: no Content-Length), counting what was taken."""
+
+    def __init__(self, head: bytes, filler: int, patient: str = "p1") -> None:
+        self.head, self.filler, self.patient, self.sent = head, filler, patient, 0
+
+    def __iter__(self):
+        prefix = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"patient_id\"\r\n\r\n{self.patient}\r\n"
+                  f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"scan.nii\"\r\n"
+                  "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for chunk in (prefix, self.head):
+            self.sent += len(chunk)
+            yield chunk
+        block = b"\0" * 65536
+        for _ in range(self.filler // len(block)):
+            self.sent += len(block)
+            yield block
+        tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+        self.sent += len(tail)
+        yield tail
+
+
+@pytest.fixture
+def small_limit_client(platform_settings: Settings) -> Iterator[TestClient]:
+    settings = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "max_voxels": 10**6})
+    with TestClient(create_ingest_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def live_ingest(platform_settings: Settings) -> Iterator[str]:
+    """The ingest app under uvicorn on a real socket (the test client would read the whole body
+    before the app sees it), with a 1 MiB upload limit."""
+    import socket
+
+    import uvicorn
+
+    settings = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "max_voxels": 10**6})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_ingest_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def post_stream(url: str, body: Body) -> tuple[int | None, str]:
+    """POST the lazy body; the server may answer and close before taking it all (then the client's
+    write fails: status None)."""
+    import httpx
+
+    try:
+        r = httpx.post(f"{url}/v1/datasets/streamed/scans", content=iter(body), timeout=30,
+                       headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+    except httpx.TransportError as exc:
+        return None, str(exc)
+    return r.status_code, r.text
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit_not_after_it_is_spooled(live_ingest: str) -> None:
+    header = nifti_bytes(np.zeros((4, 4, 4), np.float32), gz=False)[:352]
+    body = Body(header, filler=64 * 1024**2)  # 64 MiB without a Content-Length against a 1 MiB limit
+    status, text = post_stream(live_ingest, body)
+    assert status in (413, None), text
+    assert body.sent < 8 * 1024**2, body.sent  # refused within a few MiB (socket buffers) of the cap, not after 64 MiB
+
+
+def test_a_file_that_is_not_nifti_is_refused_from_its_first_bytes(live_ingest: str) -> None:
+    body = Body(b"%PDF-1.7 " + b"x" * 600, filler=64 * 1024**2)
+    status, text = post_stream(live_ingest, body)
+    assert status in (422, None), text
+    assert body.sent < 8 * 1024**2, body.sent  # the rest of the file was never read
+
+
+def test_a_header_declaring_too_many_voxels_is_refused_before_the_voxels(live_ingest: str) -> None:
+    header = bytearray(nifti_bytes(np.zeros((4, 4, 4), np.float32), gz=False)[:352])
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((2000, 2000, 2000))
+    hdr.set_data_dtype(np.float32)
+    header[:348] = hdr.binaryblock
+    body = Body(bytes(header), filler=64 * 1024**2)
+    status, text = post_stream(live_ingest, body)
+    assert status in (413, None), text
+    assert body.sent < 8 * 1024**2, body.sent
+
+
+def test_early_refusals_carry_their_reason(small_limit_client: TestClient) -> None:
+    """The same refusals through the test client, which delivers the whole body: status and reason."""
+    header = nifti_bytes(np.zeros((4, 4, 4), np.float32), gz=False)[:352]
+    cases = [(Body(header, filler=2 * 1024**2), 413, "limit"), (Body(b"%PDF-1.7 " + b"x" * 600, filler=65536), 422, "not a readable NIfTI")]
+    for body, status, reason in cases:
+        r = small_limit_client.post("/v1/datasets/streamed/scans", content=b"".join(body),
+                                    headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+        assert r.status_code == status and reason in r.json()["detail"], r.text
+
+
+def test_a_form_without_a_patient_id_or_an_image_is_a_422(client, phantom) -> None:
+    image, _, _ = phantom
+    r = client.post("/v1/datasets/d/scans", files={"image": ("scan.nii.gz", nifti_bytes(image))})
+    assert r.status_code == 422 and "patient_id" in r.json()["detail"]
+    r = client.post("/v1/datasets/d/scans", data={"patient_id": "p"})
+    assert r.status_code == 422 and "image" in r.json()["detail"]
+    r = client.post("/v1/datasets/d/scans", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"]

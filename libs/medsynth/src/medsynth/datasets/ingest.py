@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
 from medsynth.core.names import check_name
@@ -34,12 +35,33 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 @dataclass(frozen=True)
 class Upload:
+    """One uploaded file: its bytes in memory, or a file on disk (the ingest service streams uploads
+    to disk) with the SHA-256 computed while it was received."""
+
     filename: str
-    data: bytes
+    data: bytes | None = None
+    path: Path | None = None
+    sha256: str | None = None
 
     @property
     def suffix(self) -> str:
         return next(s for s in NIFTI_SUFFIXES if self.filename.lower().endswith(s))
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else Path(self.path).read_bytes()
+
+    def digest(self) -> str:
+        return self.sha256 or hashlib.sha256(self.read()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else Path(self.path).stat().st_size
+
+    def put(self, store: ObjectStore, key: str) -> None:
+        if self.data is not None:
+            store.put_bytes(key, self.data)
+        else:
+            store.put_file(key, self.path)
 
 
 def check_nifti_name(upload: Upload, what: str) -> None:
@@ -64,9 +86,9 @@ def ingest_scan(
     check_nifti_name(image, "image")
     if label is not None:
         check_nifti_name(label, "label map")
-    scan = validate_scan(image.data, label.data if label else None, max_voxels=max_voxels)
+    scan = validate_scan(image.read(), label.read() if label else None, max_voxels=max_voxels)
 
-    image_sha = hashlib.sha256(image.data).hexdigest()
+    image_sha = image.digest()
     scan_id = image_sha[:16]
     try:
         refuse_duplicate(load_manifest(store, dataset), scan_id)  # early, cheap; add_scan re-checks
@@ -74,16 +96,18 @@ def ingest_scan(
         pass
 
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
-    objects = {f"{base}original/image{image.suffix}": image.data, f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine)}
+    objects: dict[str, Upload | bytes] = {
+        f"{base}original/image{image.suffix}": image, f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine),
+    }
     if label is not None and scan.label is not None:
-        objects[f"{base}original/label{label.suffix}"] = label.data
+        objects[f"{base}original/label{label.suffix}"] = label
         objects[f"{base}canonical/label.nii.gz"] = to_nifti_bytes(scan.label, scan.affine)
     keys = list(objects)
     entry = ScanEntry(
         scan_id=scan_id,
         patient_id=patient_id,
         image_sha256=image_sha,
-        label_sha256=hashlib.sha256(label.data).hexdigest() if label else None,
+        label_sha256=label.digest() if label else None,
         original_image_key=keys[0],
         image_key=keys[1],
         original_label_key=keys[2] if label else None,
@@ -96,7 +120,10 @@ def ingest_scan(
     )
     try:
         for key, data in objects.items():
-            store.put_bytes(key, data)
+            if isinstance(data, Upload):
+                data.put(store, key)
+            else:
+                store.put_bytes(key, data)
         manifest = add_scan(store, dataset, entry)
     except BaseException as exc:
         _remove_unless_registered(store, dataset, entry, keys, exc)

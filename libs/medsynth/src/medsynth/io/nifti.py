@@ -105,6 +105,12 @@ def _check_voxel_count(shape: tuple[int, ...], what: str, max_voxels: int) -> No
         raise TooLarge(f"{what} has {voxels} voxels (shape {shape}), more than the limit of {max_voxels}.")
 
 
+def check_header(head: bytes, what: str, max_voxels: int) -> None:
+    """Check a file's first (inflated) bytes — at least the header — before the rest is read:
+    :class:`InvalidInput` for no NIfTI header, :class:`TooLarge` for too many voxels declared."""
+    _peek_header(head, what, max_voxels)
+
+
 def _peek_header(raw: bytes, what: str, max_voxels: int) -> tuple[type[nib.Nifti1Image], int]:
     """The image class for ``raw`` and the byte size its header declares (offset + voxel data).
 

@@ -130,7 +130,9 @@ class Worker:
         from kafka.structs import OffsetAndMetadata
 
         topics = [command_topic(self.bus.prefix, kind) for kind in self.handlers]
-        consumer = self.bus.consumer(topics, group=f"{self.bus.prefix}.{self.name}")
+        consumer = self._connect(topics)
+        if consumer is None:
+            return
         self.ready.set()
         log.info("worker %s consuming %s", self.identity, topics)
         try:
@@ -153,6 +155,18 @@ class Worker:
         finally:
             self.ready.clear()
             consumer.close(autocommit=False, timeout_ms=3000)
+
+    def _connect(self, topics: list[str]):
+        """The group consumer, once the broker answers; None if the worker is stopped first."""
+        from kafka.errors import KafkaError
+
+        while not self.stopping.is_set():
+            try:
+                return self.bus.consumer(topics, group=f"{self.bus.prefix}.{self.name}")
+            except KafkaError as exc:
+                log.warning("worker %s cannot reach the broker (%s); trying again", self.identity, exc)
+                self.stopping.wait(max(1.0, self.settings.retry_backoff_s))
+        return None
 
     def _process_polling(self, consumer, message) -> Outcome:
         """:meth:`process` in a thread while this one keeps the consumer polling (partitions paused)

@@ -114,8 +114,9 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, specs: list[ProcessSpec], state_file: Path, stack: StackFile) -> None:
+    def __init__(self, specs: list[ProcessSpec], state_file: Path, stack: StackFile, *, stop_grace_s: float = STOP_GRACE_S) -> None:
         self.state_file = state_file
+        self.stop_grace_s = stop_grace_s
         self.stack = stack
         self.children = [_Child(s, ProcessState(s.name, None, s.port, s.log, stop_signal=s.stop_signal)) for s in specs]
         stack.processes = [c.state for c in self.children]
@@ -183,14 +184,14 @@ class Supervisor:
 
     def stop_all(self) -> None:
         """Stop layer by layer, highest first (services, then TorchServe, the broker, SeaweedFS): each
-        process gets its stop signal and STOP_GRACE_S before SIGKILL; one layer stops all at once."""
+        process gets its stop signal and ``stop_grace_s`` before SIGKILL; one layer stops all at once."""
         from medsynth.local.servers import stop_process
 
         self.stack.state = "stopping"
         self.save()
         for layer in sorted({c.spec.layer for c in self.children}, reverse=True):
             group = [c for c in self.children if c.spec.layer == layer]
-            threads = [threading.Thread(target=self._stop_one, args=(c, stop_process)) for c in group]
+            threads = [threading.Thread(target=self._stop_one, args=(c, stop_process, self.stop_grace_s)) for c in group]
             for t in threads:
                 t.start()
             for t in threads:
@@ -198,9 +199,9 @@ class Supervisor:
             self.save()
 
     @staticmethod
-    def _stop_one(child: _Child, stop_process) -> None:
+    def _stop_one(child: _Child, stop_process, grace: float) -> None:
         if child.proc is not None and child.proc.poll() is None:
-            clean = stop_process(child.proc.pid, child.spec.stop_signal, STOP_GRACE_S, wait=child.proc.wait)
+            clean = stop_process(child.proc.pid, child.spec.stop_signal, grace, wait=child.proc.wait)
             log.info("%s stopped%s", child.spec.name, "" if clean else " (killed after the grace period)")
         child.state.state, child.state.pid = "stopped", None
 

@@ -68,8 +68,10 @@ def install_error_handlers(app: FastAPI) -> None:
         status = next(code for cls, code in STATUS_BY_ERROR if isinstance(exc, cls))
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        headers = {"Retry-After": str(int(retry))} if (retry := getattr(exc, "retry_after_s", None)) is not None else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        headers = dict(getattr(exc, "http_headers", None) or {})  # e.g. Connection: close from a refused upload
+        if (retry := getattr(exc, "retry_after_s", None)) is not None:
+            headers["Retry-After"] = str(int(retry))
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers or None)
 
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return JSONResponse({"detail": _printable(exc.errors())}, status_code=422)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from medsynth.api.deps import BusDep, SettingsDep, StoreDep
 from medsynth.api.schemas import ScanPublic
 from medsynth.bus.client import BusError
-from medsynth.datasets.ingest import Upload, ingest_scan
+from medsynth.api.upload_stream import ScanForm, read_scan_form
+from medsynth.core.errors import InvalidInput
+from medsynth.datasets.ingest import ingest_scan
 from medsynth.datasets.manifest import DatasetManifest, ScanEntry
 from medsynth.bus.messages import make_event
 from medsynth.runtime.telemetry import INGESTED, INGESTED_BYTES
@@ -20,37 +21,43 @@ from medsynth.v1 import events_pb2
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["scans"])
 
-MULTIPART_OVERHEAD = 64 * 1024
-READ_CHUNK = 1024 * 1024
+UPLOAD_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["patient_id", "image"],
+        "properties": {
+            "patient_id": {"type": "string", "description": "Pseudonymous patient id; scans are split by it."},
+            "image": {"type": "string", "format": "binary", "description": "NIfTI image (.nii or .nii.gz), 2D or 3D."},
+            "label": {"type": "string", "format": "binary", "description": "Optional integer label map on the image's grid."},
+        },
+    }}},
+}
 
 
-async def _read_capped(upload: UploadFile, what: str, limit: int) -> Upload:
-    chunks, size = [], 0
-    while chunk := await upload.read(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"{what} is larger than the {limit}-byte limit.")
-        chunks.append(chunk)
-    return Upload(filename=upload.filename or "", data=b"".join(chunks))
+@router.post("/{dataset}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanPublic,
+             openapi_extra={"requestBody": UPLOAD_BODY},
+             responses={413: {"description": "The body or a file is over MEDSYNTH_MAX_UPLOAD_BYTES, or a header declares too many voxels."},
+                        422: {"description": "Not a scan: bad form, name, NIfTI header or content."}})
+async def upload_scan(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep) -> ScanPublic:
+    """Upload one scan (multipart: ``patient_id``, ``image``, optional ``label``). The body is read as
+    it streams in, with a running size cap; each file's NIfTI header is checked from its first bytes."""
+    declared = request.headers.get("content-length")
+    try:
+        form = await read_scan_form(request.headers.get("content-type", ""), int(declared) if declared and declared.isdigit() else None,
+                                    request.stream(), file_limit=settings.max_upload_bytes, max_voxels=settings.max_voxels)
+    except Exception as exc:
+        INGESTED.labels(type(exc).__name__).inc()
+        exc.http_headers = {"Connection": "close"}  # the rest of the body stays unread: end the connection
+        raise
+    try:
+        return await _ingest(dataset, form, settings, store, bus)
+    finally:
+        form.close()
 
 
-@router.post("/{dataset}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanPublic)
-async def upload_scan(
-    dataset: str,
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    bus: BusDep,
-    patient_id: Annotated[str, Form(description="Pseudonymous patient id; scans are split by it.")],
-    image: Annotated[UploadFile, File(description="NIfTI image (.nii or .nii.gz), 2D or 3D.")],
-    label: Annotated[UploadFile | None, File(description="Optional integer label map on the image's grid.")] = None,
-) -> ScanPublic:
-    limit = settings.max_upload_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > 2 * limit + MULTIPART_OVERHEAD:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"upload of {declared} bytes exceeds the limit.")
-    image_upload = await _read_capped(image, "image", limit)
-    label_upload = await _read_capped(label, "label map", limit) if label is not None and label.filename else None
+async def _ingest(dataset: str, form: ScanForm, settings, store, bus) -> ScanPublic:
+    image_upload, label_upload = form.image, form.label
 
     def announce(entry: ScanEntry, manifest: DatasetManifest) -> None:
         ingested = events_pb2.ScanIngested(
@@ -67,15 +74,19 @@ async def upload_scan(
             log.warning("scan %s ingested but scan-ingested event not sent: %s", entry.scan_id, exc)
 
     try:
+        if not form.patient_id:
+            raise InvalidInput("the form field patient_id is missing or empty.")
+        if image_upload is None:
+            raise InvalidInput("the file field image is missing or empty.")
         entry, manifest = await run_in_threadpool(
-            ingest_scan, store, dataset, patient_id, image_upload, label_upload,
+            ingest_scan, store, dataset, form.patient_id, image_upload, label_upload,
             max_voxels=settings.max_voxels, on_ingested=announce,
         )
     except Exception as exc:
         INGESTED.labels(type(exc).__name__).inc()
         raise
     INGESTED.labels("accepted").inc()
-    INGESTED_BYTES.inc(len(image_upload.data) + (len(label_upload.data) if label_upload else 0))
+    INGESTED_BYTES.inc(image_upload.size + (label_upload.size if label_upload else 0))
     return ScanPublic(
         dataset=dataset,
         dataset_version=manifest.version,
