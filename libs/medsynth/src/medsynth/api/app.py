@@ -16,7 +16,7 @@ from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
 from medsynth.store import open_service_store
-from medsynth.runtime.http import health_router, install_error_handlers
+from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers
 
 
 def _ready(app: FastAPI) -> Mapping[str, bool]:
@@ -54,7 +54,7 @@ def create_ingest_app(settings: Settings) -> FastAPI:
         app.state.bus.close()
 
     app = _base_app("medsynth ingest", settings, lifespan)
-    app.include_router(scans.router)
+    app.include_router(scans.router, responses=ERROR_RESPONSES)
     return app
 
 
@@ -77,8 +77,8 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
 
     app = _base_app("medsynth api", settings, lifespan)
     for module in (datasets, jobs, generators, cohorts, segmentations, evaluations):
-        app.include_router(module.router)
-    app.include_router(generators.families_router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(generators.families_router, responses=ERROR_RESPONSES)
     return app
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, Field
 
 from medsynth.bus.client import BusError
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound, StoreError, TooLarge
@@ -31,6 +32,19 @@ STATUS_BY_ERROR: list[tuple[type[MedsynthError], int]] = [
 ]
 
 
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="What went wrong: a sentence, or the list of validation errors (422).")
+
+
+#: The statuses every route of the two apps may answer besides its own success (documented in OpenAPI).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "A named dataset, scan, job, generator, cohort or run does not exist."},
+    409: {"model": ErrorBody, "description": "The request collides with existing state."},
+    422: {"model": ErrorBody, "description": "The request is invalid; the detail names the field or the problem."},
+    503: {"model": ErrorBody, "description": "The store or the broker cannot be reached now (Retry-After where a job was recorded)."},
+}
+
+
 def health_router(checks: ReadinessChecks) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
@@ -38,7 +52,7 @@ def health_router(checks: ReadinessChecks) -> APIRouter:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses={503: {"description": "Not ready: the checks say which part is down."}})
     def readyz() -> Response:
         results = _run_checks(checks)
         status = 200 if results and all(results.values()) else 503

@@ -1,0 +1,86 @@
+"""Schemathesis against both services' OpenAPI documents, on real sockets with a real store and
+broker: generated requests (bounded: a few examples per operation) must never get a 5xx, and every
+status a route answers must be one its OpenAPI entry documents."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import status_code_conformance
+
+from medsynth.api.app import create_api_app, create_ingest_app
+from medsynth.core.settings import Settings
+
+EXAMPLES_PER_OPERATION = 8
+
+
+def serve(app) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def api_schema(platform_settings: Settings):
+    small = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "publish_timeout_s": 2.0})
+    for url in serve(create_api_app(small, reconcile=False)):
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+@pytest.fixture
+def ingest_schema(platform_settings: Settings):
+    small = platform_settings.model_copy(update={"max_upload_bytes": 1024**2})
+    for url in serve(create_ingest_app(small)):
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+CHECKS = [not_a_server_error, status_code_conformance]
+
+
+def fuzz(schema) -> tuple[list[str], dict[str, int]]:
+    """Every operation of ``schema``, a bounded number of generated cases each (hypothesis,
+    derandomized so a failure reproduces); returns the failures, one line each, and the statuses seen."""
+    failures, statuses = [], {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case) -> None:
+            response = case.call_and_validate(checks=CHECKS)
+            statuses[str(response.status_code)] = statuses.get(str(response.status_code), 0) + 1
+
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - collect every operation's failure, then report them together
+            failures.append(f"{operation.label}: {' '.join(str(exc).split())[:600]}")
+    return failures, statuses
+
+
+def test_api_never_answers_5xx_nor_an_undocumented_status(api_schema) -> None:
+    assert len(list(api_schema.get_all_operations())) >= 20
+    failures, statuses = fuzz(api_schema)
+    assert not failures, "\n".join(failures)
+    assert sum(statuses.values()) >= 100 and {"404", "422"} <= set(statuses), statuses  # it did probe
+
+
+def test_ingest_never_answers_5xx_nor_an_undocumented_status(ingest_schema) -> None:
+    failures, statuses = fuzz(ingest_schema)
+    assert not failures, "\n".join(failures)
+    assert "422" in statuses, statuses
