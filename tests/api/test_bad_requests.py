@@ -65,3 +65,13 @@ def test_not_found_does_not_say_where_the_store_is(api: TestClient, platform_set
         r = api.get(path)
         assert r.status_code == 404 and r.json()["detail"]
         assert str(platform_settings.home) not in r.text and "Store(" not in r.text, r.text
+
+
+def test_requests_are_counted_by_route_template_and_status(api: TestClient) -> None:
+    for job_id in ("no-such-job-1", "no-such-job-2"):
+        assert api.get(f"/v1/jobs/{job_id}").status_code == 404
+    metrics = api.get("/metrics").text
+    line = next(l for l in metrics.splitlines() if l.startswith("medsynth_http_requests_total{") and 'route="/v1/jobs/{job_id}"' in l and 'status="404"' in l)
+    assert float(line.rsplit(" ", 1)[1]) >= 2
+    assert "no-such-job" not in metrics  # raw paths never become series
+    assert 'medsynth_http_request_duration_seconds_count{method="GET",route="/v1/jobs/{job_id}"}' in metrics

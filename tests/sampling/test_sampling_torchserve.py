@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -172,3 +173,11 @@ def test_diffusion_cohort_with_its_own_steps_and_eta_through_torchserve(client: 
     regenerate(manifest, local, [1, 3], verify=True)
     with pytest.raises(InvalidInput, match="sample_steps must be in"):
         client.infer("fam-diffusion", {"seed": 1, "start": 0, "count": 1, "sample_steps": 10_000})
+
+
+def test_torchserve_metrics_are_served_in_prometheus_format(torchserve: TorchServeProcess, served: TorchServeSampler, tmp_path: Path) -> None:
+    """0.12 leaves its metrics API empty unless metrics_mode is prometheus."""
+    write_cohort(LocalStore(tmp_path / "m"), PREFIX, served, count=4, seed=1, batch_size=4, provenance=PROVENANCE)
+    text = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
+    line = next(l for l in text.splitlines() if l.startswith("ts_inference_requests_total{"))
+    assert float(line.rsplit(" ", 1)[1]) >= 1, line

@@ -16,7 +16,7 @@ from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
 from medsynth.store import open_service_store
-from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers
+from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers, install_http_metrics
 
 
 def _ready(app: FastAPI) -> Mapping[str, bool]:
@@ -39,6 +39,7 @@ def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
     app = FastAPI(title=title, version=__version__, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
+    install_http_metrics(app)
     app.include_router(health_router(lambda: _ready(app)))
     return app
 

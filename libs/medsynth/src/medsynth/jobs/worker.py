@@ -37,12 +37,14 @@ from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event
 from medsynth.store import ObjectStore
-from medsynth.runtime.telemetry import DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
+from medsynth.runtime.telemetry import CONSUMER_LAG, DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL_S = 1.0
+#: How often an idle or busy worker measures its group's lag (consumer-lag gauge).
+LAG_EVERY_S = 10.0
 #: After SIGTERM, how long a running handler gets to reach its next progress step before the worker
 #: leaves it behind (its command is not committed, so it runs again elsewhere).
 STOP_GRACE_S = 5.0
@@ -121,6 +123,7 @@ class Worker:
         self.ready = threading.Event()
         self.identity = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self._current: JobRecord | None = None  # the job whose attempt runs now (its lease is renewed)
+        self._lag_at = 0.0
         declare_worker_series(self.handlers)
 
     # -- loop ------------------------------------------------------------------------------------
@@ -137,6 +140,7 @@ class Worker:
         log.info("worker %s consuming %s", self.identity, topics)
         try:
             while not self.stopping.is_set():
+                self._measure_lag(consumer)
                 for tp, messages in self._poll(consumer).items():
                     for message in messages:
                         try:
@@ -155,6 +159,28 @@ class Worker:
         finally:
             self.ready.clear()
             consumer.close(autocommit=False, timeout_ms=3000)
+
+    def _measure_lag(self, consumer) -> None:
+        """Every LAG_EVERY_S, per assigned partition: end offset minus this group's position (0 when
+        caught up). Skipped while the broker does not accept a connection (the call would block)."""
+        from kafka.errors import KafkaError
+
+        if time.monotonic() - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = time.monotonic()
+        assigned = consumer.assignment()
+        if not assigned or not self.bus.reachable(timeout_s=0.5):
+            return
+        try:
+            ends = consumer.end_offsets(list(assigned))
+            for tp in assigned:
+                # tansu 0.6.0 answers ListOffsets(latest) with 1 for a partition holding several records;
+                # the high watermark of the last fetch is then the better end (on Kafka both agree)
+                end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)
+                CONSUMER_LAG.labels(f"{self.bus.prefix}.{self.name}", tp.topic, str(tp.partition)).set(
+                    max(0, end - consumer.position(tp, timeout_ms=2000)))
+        except (KafkaError, TypeError) as exc:  # the broker is away: the next round measures again
+            log.debug("consumer lag not measured: %s", exc)
 
     def _connect(self, topics: list[str]):
         """The group consumer, once the broker answers; None if the worker is stopped first."""
@@ -195,6 +221,7 @@ class Worker:
                 if tp in consumer.assignment():
                     consumer.seek(tp, early[0].offset)
             thread.join(timeout=0.05)
+            self._measure_lag(consumer)
             if time.monotonic() - last_renewal >= renew_every and thread.is_alive():
                 last_renewal = time.monotonic()
                 self._renew_current_lease()

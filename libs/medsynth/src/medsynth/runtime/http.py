@@ -75,6 +75,27 @@ def _run_checks(checks: ReadinessChecks) -> dict[str, bool]:
         return {"checks": False}
 
 
+def install_http_metrics(app: FastAPI) -> None:
+    """Count and time every request by its route template (``/v1/jobs/{job_id}``, not the raw path,
+    so that the series stay few); unmatched paths count as ``unmatched``."""
+    import time
+
+    from medsynth.runtime.telemetry import HTTP_REQUESTS, HTTP_SECONDS
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+            HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer medsynth errors with their status code and the error's message as ``detail``."""
 

@@ -24,6 +24,14 @@ JOBS_BY_STATE = Gauge("medsynth_job_records", "Job records by kind and state (co
 GATE_WITHHELD = Counter("medsynth_sampler_withheld_total", "Draws the memorization gate withheld as near-copies of training images.")
 GATE_REFUSED = Counter("medsynth_sampler_refused_total", "Cohorts the memorization gate refused (block, or a filter past its cap).")
 
+HTTP_REQUESTS = Counter("medsynth_http_requests_total", "HTTP requests by method, route template and status.", ["method", "route", "status"])
+HTTP_SECONDS = Histogram(
+    "medsynth_http_request_duration_seconds", "HTTP request latency by method and route template.", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge("medsynth_consumer_lag", "Commands not yet consumed by this worker's group, per assigned partition.",
+                     ["group", "topic", "partition"])
+
 OUTCOMES = ("succeeded", "failed", "cancelled", "error")  # error: an attempt that failed and is retried
 
 

@@ -251,6 +251,7 @@ class TorchServeProcess:
             "enable_model_api": "true",
             "enable_envvars_config": "false",
             "disable_system_metrics": "true",
+            "metrics_mode": "prometheus",  # the metrics API answers in Prometheus format (0.12's default, log, leaves it empty)
             "default_response_timeout": "300",
             # 0.12's default (6.5 MB) is ~1,300 samples of 32 px; beyond it the worker "dies" (HTTP 500).
             "max_response_size": str(MAX_RESPONSE_BYTES),
