@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo protos bench bench-generators bench-gate clean help
+.PHONY: install test demo protos bench bench-generators bench-gate bench-load clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
@@ -15,6 +15,8 @@ help:
 	@echo "               (DATA=dir, default phantoms; ARGS=\"--budget-min 8 --families spade stylegan2\"); run it alone"
 	@echo "make bench-gate  how often the memorization gate flags planted copies and held-out real images"
 	@echo "               (ARGS=\"--dataset D --view-id V\": a view in the local store)"
+	@echo "make bench-load  the supervised stack under load: 10,000 uploads by 50 clients, 20 clients requesting cohorts"
+	@echo "               (ARGS=\"--scans 2000 --cohort-seconds 30\"); run it alone"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
 install: $(STAMP)
@@ -39,6 +41,9 @@ bench-generators: install
 
 bench-gate: install
 	$(VENV)/bin/python -m medsynth.bench.gate $(ARGS)
+
+bench-load: install
+	$(VENV)/bin/python -m medsynth.bench.load $(ARGS)
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto

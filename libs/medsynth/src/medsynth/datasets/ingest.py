@@ -15,16 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsynth.core.errors import Conflict, InvalidInput, NotFound
+from medsynth.core.errors import Conflict, InvalidInput
 from medsynth.core.names import check_name
-from medsynth.datasets.manifest import (
-    DatasetManifest,
-    ScanEntry,
-    add_scan,
-    dataset_prefix,
-    load_manifest,
-    refuse_duplicate,
-)
+from medsynth.datasets.manifest import ManifestVersion, ScanEntry, add_scan, dataset_prefix, find_scan, refuse_duplicate
 from medsynth.io.nifti import to_nifti_bytes, validate_scan
 from medsynth.store import ObjectStore
 
@@ -77,8 +70,8 @@ def ingest_scan(
     label: Upload | None,
     *,
     max_voxels: int,
-    on_ingested: Callable[[ScanEntry, DatasetManifest], None] | None = None,
-) -> tuple[ScanEntry, DatasetManifest]:
+    on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
+) -> tuple[ScanEntry, ManifestVersion]:
     """Validate, store and register one scan. Raises :class:`InvalidInput`, :class:`TooLarge` or
     :class:`Conflict` (the same image is already in the dataset) before writing anything."""
     check_name(dataset, "dataset name")
@@ -90,10 +83,7 @@ def ingest_scan(
 
     image_sha = image.digest()
     scan_id = image_sha[:16]
-    try:
-        refuse_duplicate(load_manifest(store, dataset), scan_id)  # early, cheap; add_scan re-checks
-    except NotFound:
-        pass
+    refuse_duplicate(store, dataset, scan_id)  # early, one read; add_scan claims the id atomically
 
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
     objects: dict[str, Upload | bytes] = {
@@ -134,13 +124,11 @@ def ingest_scan(
 
 
 def _remove_unless_registered(store: ObjectStore, dataset: str, entry: ScanEntry, keys: list[str], exc: BaseException) -> None:
-    """Undo this upload's writes, except where a concurrent identical upload registered the same keys."""
+    """Undo this upload's writes, except where a concurrent identical upload (same image, same patient:
+    the same keys) holds the scan."""
     if isinstance(exc, Conflict):
-        try:
-            winner = load_manifest(store, dataset).find(entry.scan_id)
-        except NotFound:
-            winner = None
-        if winner is not None and winner.image_key == entry.image_key:
+        winner = find_scan(store, dataset, entry.scan_id)
+        if winner is not None and winner.patient_id == entry.patient_id:
             return
     for key in keys:
         try:

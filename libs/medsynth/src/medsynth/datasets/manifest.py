@@ -1,17 +1,26 @@
-"""Versioned dataset manifests.
+"""Versioned dataset manifests, at a flat cost per upload.
 
-Every version is an immutable object ``datasets/<name>/manifests/v<NNNNNN>.json`` holding the full list
-of scans. A new version is created with the store's atomic create-if-absent, so concurrent uploads
-into one dataset never overwrite each other: the loser of a race re-reads the newest version and
-tries again on top of it (optimistic concurrency).
+Version ``v`` of a dataset is the list of its first ``v`` scans. Its storage under ``datasets/<name>/``:
+
+- ``entries/v<NNNNNNNNNN>.json`` — the scan that version ``v`` added. Created with the store's atomic
+  create-if-absent: that is how an upload claims the next version, so concurrent uploads never
+  overwrite each other (the loser of a race moves on to the next number).
+- ``scan-ids/<scan_id>.json`` — claimed (create-if-absent) before the entry is written: the same image
+  cannot enter a dataset twice, and finding out costs one read, not a walk through every scan.
+- ``manifests/v<NNNNNN>.json`` — a full manifest, written every :data:`SNAPSHOT_EVERY` versions (and,
+  in datasets made before entries existed, at every version). Reading version ``v`` takes the
+  newest snapshot at or below it plus the entries after it.
+- ``head.json`` — the newest version its last writer saw: a hint, probed forward, never trusted alone.
+
+An upload therefore writes its objects, one claim, one entry, the hint and, once in
+:data:`SNAPSHOT_EVERY` uploads, a snapshot — not a full copy of a manifest that grows with the dataset.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
-from datetime import datetime
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
@@ -20,7 +29,12 @@ from medsynth.core.errors import Conflict, MedsynthError, NotFound
 from medsynth.core.names import check_name
 from medsynth.store import ObjectStore
 
-MAX_COMMIT_TRIES = 200
+log = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY = 100
+MAX_COMMIT_TRIES = 1000
+#: A scan-id claim whose upload never wrote its entry (the uploader died) is taken over after this.
+STALE_CLAIM = timedelta(minutes=10)
 
 
 class ScanEntry(BaseModel):
@@ -54,70 +68,178 @@ class DatasetManifest(BaseModel):
         return sorted({s.patient_id for s in self.scans})
 
 
+class ManifestVersion(BaseModel):
+    """What a commit made: the dataset's new version number."""
+
+    dataset: str
+    version: int
+    created_at: datetime
+
+
+class _Entry(BaseModel):
+    version: int
+    created_at: datetime
+    scan: ScanEntry
+
+
+class _Claim(BaseModel):
+    scan_id: str
+    patient_id: str
+    original_filename: str
+    claimed_at: datetime
+
+
 def dataset_prefix(dataset: str) -> str:
     return f"datasets/{check_name(dataset, 'dataset name')}/"
 
 
 def manifest_key(dataset: str, version: int) -> str:
+    """The full-manifest snapshot of ``version`` (not every version has one)."""
     return f"{dataset_prefix(dataset)}manifests/v{version:06d}.json"
 
 
-def list_versions(store: ObjectStore, dataset: str) -> list[int]:
+def entry_key(dataset: str, version: int) -> str:
+    return f"{dataset_prefix(dataset)}entries/v{version:010d}.json"
+
+
+def _claim_key(dataset: str, scan_id: str) -> str:
+    return f"{dataset_prefix(dataset)}scan-ids/{check_name(scan_id, 'scan id')}.json"
+
+
+def _head_key(dataset: str) -> str:
+    return f"{dataset_prefix(dataset)}head.json"
+
+
+def _snapshots(store: ObjectStore, dataset: str) -> list[int]:
     prefix = f"{dataset_prefix(dataset)}manifests/v"
     return sorted(int(k[len(prefix) : -len(".json")]) for k in store.list(prefix) if k.endswith(".json"))
 
 
+def list_versions(store: ObjectStore, dataset: str) -> list[int]:
+    return list(range(1, latest_version(store, dataset) + 1))
+
+
 def list_datasets(store: ObjectStore) -> list[str]:
-    return sorted({k.split("/")[1] for k in store.list("datasets/") if "/manifests/" in k})
+    return sorted({k.split("/")[1] for k in store.list("datasets/") if k.endswith("head.json") or "/manifests/" in k})
+
+
+def latest_version(store: ObjectStore, dataset: str) -> int:
+    """The newest version (0 for a dataset with no scans): the hint in head.json, probed forward."""
+    try:
+        version = int(store.get_json(_head_key(dataset))["version"])
+    except (NotFound, KeyError, TypeError, ValueError):
+        snapshots = _snapshots(store, dataset)
+        version = snapshots[-1] if snapshots else 0
+    while store.exists(entry_key(dataset, version + 1)):
+        version += 1
+    return version
+
+
+def _entries(store: ObjectStore, dataset: str, first: int, last: int) -> Iterator[_Entry]:
+    for v in range(first, last + 1):
+        try:
+            yield _Entry.model_validate(store.get_json(entry_key(dataset, v)))
+        except NotFound:
+            raise MedsynthError(f"dataset {dataset!r}: version {v} has no entry (the store lost an object)") from None
 
 
 def load_manifest(store: ObjectStore, dataset: str, version: int | None = None) -> DatasetManifest:
     """The given version of a dataset's manifest, or its newest. Raises :class:`NotFound`."""
-    if version is None:
-        versions = list_versions(store, dataset)
-        if not versions:
-            raise NotFound(f"dataset {dataset!r} has no scans yet")
-        version = versions[-1]
+    newest = latest_version(store, dataset)
+    if newest == 0:
+        raise NotFound(f"dataset {dataset!r} has no scans yet")
+    version = newest if version is None else version
+    if not 1 <= version <= newest:
+        raise NotFound(f"dataset {dataset!r} has no version {version}")
+    base = next((s for s in reversed(_snapshots(store, dataset)) if s <= version), 0)
+    if base:
+        manifest = DatasetManifest.model_validate(store.get_json(manifest_key(dataset, base)))
+    else:
+        manifest = DatasetManifest(dataset=dataset)
+    for entry in _entries(store, dataset, base + 1, version):
+        manifest.scans.append(entry.scan)
+        manifest.version, manifest.created_at = entry.version, entry.created_at
+    return manifest
+
+
+def find_scan(store: ObjectStore, dataset: str, scan_id: str) -> _Claim | None:
+    """Who holds ``scan_id`` in ``dataset`` (one read), or None."""
     try:
-        return DatasetManifest.model_validate(store.get_json(manifest_key(dataset, version)))
+        return _Claim.model_validate(store.get_json(_claim_key(dataset, scan_id)))
     except NotFound:
-        raise NotFound(f"dataset {dataset!r} has no version {version}") from None
+        return None
 
 
-def commit(
-    store: ObjectStore, dataset: str, change: Callable[[DatasetManifest], DatasetManifest]
-) -> DatasetManifest:
-    """Apply ``change`` to the newest manifest (an empty one for a new dataset) and write the result
-    as the next version. ``change`` may raise (e.g. :class:`Conflict`) to abort. Retries on races."""
+def refuse_duplicate(store: ObjectStore, dataset: str, scan_id: str) -> None:
+    """Raise :class:`Conflict` if the dataset already holds a scan with this id (same image bytes)."""
+    claim = find_scan(store, dataset, scan_id)
+    if claim is not None:
+        raise _duplicate(dataset, claim)
+
+
+def _duplicate(dataset: str, claim: _Claim) -> Conflict:
+    return Conflict(
+        f"scan {claim.scan_id} (same image content) is already in dataset {dataset!r} as patient "
+        f"{claim.patient_id!r}, file {claim.original_filename!r}"
+    )
+
+
+def add_scan(store: ObjectStore, dataset: str, entry: ScanEntry) -> ManifestVersion:
+    """Claim the scan's id, then append it as the next version; :class:`Conflict` if its image is
+    already there. A claim whose entry never appeared (its uploader died) is taken over after
+    :data:`STALE_CLAIM`."""
+    _migrate_claims(store, dataset)
+    claim = _Claim(scan_id=entry.scan_id, patient_id=entry.patient_id, original_filename=entry.original_filename, claimed_at=utcnow())
+    if not store.put_if_absent(_claim_key(dataset, entry.scan_id), claim.model_dump_json().encode()):
+        held = find_scan(store, dataset, entry.scan_id)
+        if held is None or utcnow() - held.claimed_at < STALE_CLAIM or _registered(store, dataset, entry.scan_id):
+            raise _duplicate(dataset, held or claim)
+        log.warning("taking over the stale claim on scan %s in dataset %s (claimed %s)", entry.scan_id, dataset, held.claimed_at)
+        store.put_json(_claim_key(dataset, entry.scan_id), claim.model_dump(mode="json"))
+    try:
+        return _append(store, dataset, entry)
+    except BaseException:
+        store.delete(_claim_key(dataset, entry.scan_id))
+        raise
+
+
+def _migrate_claims(store: ObjectStore, dataset: str) -> None:
+    """A dataset made before claims and entries (full manifests only, no head.json): claim its scans
+    once, so that duplicates of them are refused like any other."""
+    if store.exists(_head_key(dataset)) or not _snapshots(store, dataset):
+        return
+    manifest = load_manifest(store, dataset)
+    for scan in manifest.scans:
+        claim = _Claim(scan_id=scan.scan_id, patient_id=scan.patient_id, original_filename=scan.original_filename, claimed_at=scan.ingested_at)
+        store.put_if_absent(_claim_key(dataset, scan.scan_id), claim.model_dump_json().encode())
+    store.put_json(_head_key(dataset), {"version": manifest.version})
+
+
+def _registered(store: ObjectStore, dataset: str, scan_id: str) -> bool:
+    """Whether the dataset's newest manifest lists ``scan_id`` (the slow path: a suspect claim only)."""
+    try:
+        return load_manifest(store, dataset).find(scan_id) is not None
+    except NotFound:
+        return False
+
+
+def _append(store: ObjectStore, dataset: str, scan: ScanEntry) -> ManifestVersion:
+    version = latest_version(store, dataset)
     for _ in range(MAX_COMMIT_TRIES):
-        try:
-            current = load_manifest(store, dataset)
-        except NotFound:
-            current = DatasetManifest(dataset=dataset)
-        updated = change(current.model_copy(deep=True))
-        updated.version, updated.created_at = current.version + 1, utcnow()
-        if store.put_if_absent(manifest_key(dataset, updated.version), updated.model_dump_json(indent=1).encode()):
-            return updated
-        time.sleep(random.uniform(0, 0.05))  # another writer won this version; rebase on theirs
+        version += 1
+        entry = _Entry(version=version, created_at=utcnow(), scan=scan)
+        if store.put_if_absent(entry_key(dataset, version), entry.model_dump_json().encode()):
+            store.put_json(_head_key(dataset), {"version": version})  # a hint: a stale one is probed past
+            if version % SNAPSHOT_EVERY == 0:
+                _snapshot(store, dataset, version)
+            return ManifestVersion(dataset=dataset, version=version, created_at=entry.created_at)
     raise MedsynthError(f"could not commit a new version of dataset {dataset!r} after {MAX_COMMIT_TRIES} tries")
 
 
-def refuse_duplicate(manifest: DatasetManifest, scan_id: str) -> None:
-    """Raise :class:`Conflict` if the manifest already holds a scan with this id (same image bytes)."""
-    existing = manifest.find(scan_id)
-    if existing is not None:
-        raise Conflict(
-            f"scan {scan_id} (same image content) is already in dataset {manifest.dataset!r} as patient "
-            f"{existing.patient_id!r}, file {existing.original_filename!r}"
-        )
-
-
-def add_scan(store: ObjectStore, dataset: str, entry: ScanEntry) -> DatasetManifest:
-    """Append one scan as a new manifest version; :class:`Conflict` if its image is already there."""
-
-    def append(manifest: DatasetManifest) -> DatasetManifest:
-        refuse_duplicate(manifest, entry.scan_id)
-        manifest.scans.append(entry)
-        return manifest
-
-    return commit(store, dataset, append)
+def _snapshot(store: ObjectStore, dataset: str, version: int) -> None:
+    """Write the full manifest of ``version``; best effort (a missing snapshot only makes reads longer)."""
+    try:
+        manifest = load_manifest(store, dataset, version)
+        store.put_if_absent(manifest_key(dataset, version), manifest.model_dump_json(indent=1).encode())
+    except Exception:  # noqa: BLE001 - the commit itself has succeeded
+        log.exception("could not write the snapshot of dataset %s version %d", dataset, version)

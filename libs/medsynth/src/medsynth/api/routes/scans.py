@@ -13,7 +13,7 @@ from medsynth.bus.client import BusError
 from medsynth.api.upload_stream import ScanForm, read_scan_form
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.ingest import ingest_scan
-from medsynth.datasets.manifest import DatasetManifest, ScanEntry
+from medsynth.datasets.manifest import ManifestVersion, ScanEntry
 from medsynth.bus.messages import make_event
 from medsynth.runtime.telemetry import INGESTED, INGESTED_BYTES
 from medsynth.v1 import events_pb2
@@ -59,7 +59,7 @@ async def upload_scan(dataset: str, request: Request, settings: SettingsDep, sto
 async def _ingest(dataset: str, form: ScanForm, settings, store, bus) -> ScanPublic:
     image_upload, label_upload = form.image, form.label
 
-    def announce(entry: ScanEntry, manifest: DatasetManifest) -> None:
+    def announce(entry: ScanEntry, manifest: ManifestVersion) -> None:
         ingested = events_pb2.ScanIngested(
             dataset=dataset,
             patient_id=entry.patient_id,
