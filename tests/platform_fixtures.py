@@ -5,9 +5,11 @@ for librdkafka's in-memory mock), the local-directory store, and settings that i
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from medsynth.bus.client import Bus
 from medsynth.bus.topics import all_topics
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
-from medsynth.local.servers import TANSU_BUCKET, S3Credentials, Server, start_seaweedfs, start_tansu
+from medsynth.local.servers import TANSU_BUCKET, S3Credentials, start_seaweedfs, start_tansu
 from medsynth.store import ObjectStore
 from medsynth.store.local import LocalStore
 
@@ -147,3 +149,48 @@ def consume(settings: Settings, topic: str, until: Callable[[list], bool], timeo
     finally:
         consumer.close(autocommit=False)
     return messages
+
+
+@contextmanager
+def worker_threads(settings: Settings, store: ObjectStore, kind) -> Iterator[Callable]:
+    """``start(handler, name)`` runs a Worker for ``kind`` in a thread; all are stopped on exit."""
+    from medsynth.jobs.worker import Worker
+
+    started: list = []
+
+    def start(handler, name: str = "w"):
+        worker = Worker(name, settings, store, Bus(settings, client_id=name), {kind: handler})
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker, thread in started:
+            worker.stop()
+            thread.join(timeout=30)
+            worker.bus.close()
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port (a real socket, unlike the test client); its URL."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

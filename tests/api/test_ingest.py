@@ -19,7 +19,7 @@ from medsynth.bus.messages import Event
 from medsynth.datasets.phantoms import make_phantom
 from medsynth.store import ObjectStore
 
-from platform_fixtures import consume
+from platform_fixtures import consume, live_server
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray | None = None, *, gz: bool = True) -> bytes:
@@ -203,24 +203,11 @@ def small_limit_client(platform_settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def live_ingest(platform_settings: Settings) -> Iterator[str]:
-    """The ingest app under uvicorn on a real socket (the test client would read the whole body
-    before the app sees it), with a 1 MiB upload limit."""
-    import socket
-
-    import uvicorn
-
+    """The ingest app on a real socket (the test client would read the whole body before the app
+    sees it), with a 1 MiB upload limit."""
     settings = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "max_voxels": 10**6})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_ingest_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_ingest_app(settings)) as url:
+        yield url
 
 
 def post_stream(url: str, body: Body) -> tuple[int | None, str]:

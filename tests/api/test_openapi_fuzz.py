@@ -4,13 +4,9 @@ status a route answers must be one its OpenAPI entry documents."""
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
@@ -18,34 +14,22 @@ from schemathesis.specs.openapi.checks import status_code_conformance
 from medsynth.api.app import create_api_app, create_ingest_app
 from medsynth.core.settings import Settings
 
+from platform_fixtures import live_server
+
 EXAMPLES_PER_OPERATION = 8
-
-
-def serve(app) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture
 def api_schema(platform_settings: Settings):
     small = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "publish_timeout_s": 2.0})
-    for url in serve(create_api_app(small, reconcile=False)):
+    with live_server(create_api_app(small, reconcile=False)) as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
 @pytest.fixture
 def ingest_schema(platform_settings: Settings):
     small = platform_settings.model_copy(update={"max_upload_bytes": 1024**2})
-    for url in serve(create_ingest_app(small)):
+    with live_server(create_ingest_app(small)) as url:
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 

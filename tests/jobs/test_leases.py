@@ -4,27 +4,23 @@ worker holds waits for that lease; the reconciler republishes running jobs whose
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-
+from google.protobuf.json_format import MessageToDict
 from medsynth.bus.client import Bus
 from medsynth.bus.messages import JobKind
 from medsynth.core.clock import utcnow
 from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import reconcile_once
-from google.protobuf.json_format import MessageToDict
-
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
 from medsynth.jobs.service import JobService
-from medsynth.jobs.worker import Handler, JobContext, Worker
+from medsynth.jobs.worker import JobContext
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
-
-from platform_fixtures import wait_for_state
+from platform_fixtures import wait_for_state, worker_threads
 
 KIND = JobKind.prepare_dataset
 SPEC = jobs_pb2.PrepareDataset(dataset="d", size=16)
@@ -44,20 +40,8 @@ def jobs(settings: Settings, store: ObjectStore) -> Iterator[JobService]:
 
 @pytest.fixture
 def start_worker(settings: Settings, store: ObjectStore) -> Iterator:
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(handler: Handler) -> Worker:
-        worker = Worker("lw", settings, store, Bus(settings, client_id="lw"), {KIND: handler})
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=30)
-        worker.bus.close()
+    with worker_threads(settings, store, KIND) as start:
+        yield lambda handler: start(handler, "lw")
 
 
 def test_a_handler_longer_than_the_poll_interval_runs_once_and_its_lease_is_renewed(jobs: JobService, start_worker, settings: Settings) -> None:

@@ -15,12 +15,12 @@ from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import reconcile_once
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.jobs.service import JobService
-from medsynth.jobs.worker import Handler, JobContext, Worker
+from medsynth.jobs.worker import JobContext, Worker
 from medsynth.bus.messages import DeadLetter, Event, JobKind, decode_command
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 
-from platform_fixtures import consume, wait_for_state
+from platform_fixtures import consume, wait_for_state, worker_threads
 
 KIND = JobKind.prepare_dataset
 
@@ -31,20 +31,8 @@ def spec(name: str = "d") -> jobs_pb2.PrepareDataset:
 
 @pytest.fixture
 def run_worker(platform_settings: Settings, store: ObjectStore) -> Iterator:
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(handler: Handler, name: str = "w") -> Worker:
-        worker = Worker(name, platform_settings, store, Bus(platform_settings, client_id=name), {KIND: handler})
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=30)
-        worker.bus.close()
+    with worker_threads(platform_settings, store, KIND) as start:
+        yield start
 
 
 @pytest.fixture
