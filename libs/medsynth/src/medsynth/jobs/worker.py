@@ -124,6 +124,7 @@ class Worker:
         self.identity = f"{name}@{socket.gethostname()}:{os.getpid()}"
         self._current: JobRecord | None = None  # the job whose attempt runs now (its lease is renewed)
         self._lag_at = 0.0
+        self._lease_lock = threading.Lock()
         declare_worker_series(self.handlers)
 
     # -- loop ------------------------------------------------------------------------------------
@@ -248,7 +249,8 @@ class Worker:
     def _abandon_current(self) -> None:
         """Shutdown with a handler still busy: give up the lease, so that the command's next delivery
         (to a restarted worker or another member) need not wait for it to expire."""
-        current = self._current
+        with self._lease_lock:
+            current, self._current = self._current, None
         if current is not None:
             log.warning("job %s still running %.0f s after the stop signal; leaving it to its next delivery", current.job_id, STOP_GRACE_S)
             try:
@@ -257,13 +259,14 @@ class Worker:
                 log.warning("releasing the lease of job %s failed", current.job_id, exc_info=True)
 
     def _renew_current_lease(self) -> None:
-        current = self._current
-        if current is None:
-            return
-        try:
-            self.records.renew_lease(current.job_id, self.identity, current.attempts, self.settings.lease_s)
-        except Exception:  # noqa: BLE001 - the store may be down for a while; the next renewal retries
-            log.warning("renewing the lease of job %s failed", current.job_id, exc_info=True)
+        with self._lease_lock:
+            current = self._current
+            if current is None:
+                return
+            try:
+                self.records.renew_lease(current.job_id, self.identity, current.attempts, self.settings.lease_s)
+            except Exception:  # noqa: BLE001 - the store may be down for a while; the next renewal retries
+                log.warning("renewing the lease of job %s failed", current.job_id, exc_info=True)
 
     @staticmethod
     def _poll(consumer, timeout_ms: int = 500) -> dict:
@@ -327,11 +330,12 @@ class Worker:
         try:
             return self._run_handler(record, kind, spec, message)
         finally:
-            self._current = None
-            try:
-                self.records.release_lease(record.job_id)
-            except Exception:  # noqa: BLE001 - an unreleased lease only makes a redelivery wait for its expiry
-                log.warning("releasing the lease of job %s failed", record.job_id, exc_info=True)
+            with self._lease_lock:  # no renewal can land after the release
+                self._current = None
+                try:
+                    self.records.release_lease(record.job_id)
+                except Exception:  # noqa: BLE001 - an unreleased lease only makes a redelivery wait for its expiry
+                    log.warning("releasing the lease of job %s failed", record.job_id, exc_info=True)
 
     def _run_handler(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
         self.bus.emit(make_event(record.job_id, kind, started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
