@@ -24,7 +24,7 @@ def test_percentiles_and_table() -> None:
                "ingest": {"scans": 2000, "clients": 50, "wall_s": 50.0, "accepted": 2000, "errors": {}, "manifest_scans": 2000, "lost": 0,
                           "first_window": window, "last_window": window | {"scans_per_s": 38.0}},
                "cohorts": {"clients": 20, "seconds": 60.0, "requested": 400, "post": {"p50_ms": 30.0, "p95_ms": 90.0}, "errors": {},
-                           "end_to_end": {"p50_ms": 2500.0, "p95_ms": 6000.0}, "outcomes": {"succeeded": 400}, "lost": 0}}
+                           "end_to_end": {"p50_ms": 2500.0, "p95_ms": 6000.0}, "outcomes": {"succeeded": 400}, "unfinished": 0}}
     text = table(results)
     assert "| first 1000 | 40.0 | 120 | 300 |" in text and "| last 1000 | 38.0 |" in text
-    assert "400 requested" in text and "lost 0" in text and "p50 2.5 s, p95 6.0 s" in text
+    assert "400 requested" in text and "after the burst 0" in text and "p50 2.5 s, p95 6.0 s" in text
