@@ -115,8 +115,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSYNTH_")}
+    import json
+
+    from pydantic import SecretStr
+
     for name, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, (list, dict)):
+            env[f"MEDSYNTH_{name.upper()}"] = json.dumps(value)
+        elif value is not None:
             env[f"MEDSYNTH_{name.upper()}"] = str(value.value if hasattr(value, "value") else value)
     return env
 
@@ -194,3 +202,16 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def api_key(settings: Settings, role: str, project: str = "default") -> str:
+    """A fresh API key with ``role`` in ``project``, written to the settings' store (as ``medsynth keys create`` does)."""
+    from medsynth.auth.keys import ApiKeys
+    from medsynth.store import open_store
+
+    return ApiKeys(open_store(settings)).create(project, role, name=f"test {role}")[1]
+
+
+def bearer(settings: Settings, role: str, project: str = "default") -> dict[str, str]:
+    """``Authorization`` headers carrying a fresh key (:func:`api_key`)."""
+    return {"Authorization": f"Bearer {api_key(settings, role, project)}"}

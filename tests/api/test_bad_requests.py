@@ -11,10 +11,13 @@ from fastapi.testclient import TestClient
 from medsynth.api.app import create_api_app
 from medsynth.core.settings import Settings
 
+from platform_fixtures import bearer
+
 
 @pytest.fixture
 def api(platform_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_api_app(platform_settings, reconcile=False), raise_server_exceptions=False) as c:
+    with TestClient(create_api_app(platform_settings, reconcile=False), raise_server_exceptions=False,
+                    headers=bearer(platform_settings, "researcher")) as c:
         yield c
 
 
@@ -55,9 +58,22 @@ def test_numbers_past_their_fields_are_a_422(api: TestClient, path: str, body: d
 
 
 def test_a_huge_id_is_refused_without_being_echoed_back(api: TestClient) -> None:
-    huge = "x" * 5_000_000
+    huge = "x" * 500_000
     r = api.post("/v1/cohorts", json={"generator_id": huge, "count": 4})
-    assert r.status_code == 422 and len(r.content) < 2_000 and "5000000 characters" in r.text
+    assert r.status_code == 422 and len(r.content) < 2_000 and "500000 characters" in r.text
+
+
+def test_a_json_body_over_the_cap_is_a_413_declared_or_streamed(api: TestClient, platform_settings: Settings) -> None:
+    body = b'{"generator_id": "' + b"x" * (platform_settings.max_json_bytes + 10) + b'", "count": 4}'
+    r = api.post("/v1/cohorts", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and len(r.content) < 200, r.text[:300]
+
+    def chunks():  # no content-length: the cap holds as the body streams in
+        yield body[:1000]
+        yield body[1000:]
+
+    r = api.post("/v1/cohorts", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:300]
 
 
 def test_not_found_does_not_say_where_the_store_is(api: TestClient, platform_settings: Settings) -> None:

@@ -19,6 +19,8 @@ from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.store.local import LocalStore
 
+from platform_fixtures import bearer
+
 
 def closed_port() -> int:
     with socket.socket() as s:
@@ -33,7 +35,8 @@ def test_post_answers_503_with_retry_after_and_the_job_is_published_later(platfo
     ingest_scan(store, "d", name, Upload(f"{name}.nii.gz", (tmp_path / "msd" / "imagesTr" / f"{name}.nii.gz").read_bytes()),
                 Upload(f"{name}.nii.gz", (tmp_path / "msd" / "labelsTr" / f"{name}.nii.gz").read_bytes()), max_voxels=10**6)
     down = platform_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{closed_port()}", "publish_timeout_s": 1.0})
-    with TestClient(create_api_app(down, reconcile=False), raise_server_exceptions=False) as api:
+    with TestClient(create_api_app(down, reconcile=False), raise_server_exceptions=False,
+                    headers=bearer(down, "researcher")) as api:
         started = time.monotonic()
         r = api.post("/v1/datasets/d/views", json={"size": 16})
         elapsed = time.monotonic() - started

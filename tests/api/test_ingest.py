@@ -19,7 +19,7 @@ from medsynth.bus.messages import Event
 from medsynth.datasets.phantoms import make_phantom
 from medsynth.store import ObjectStore
 
-from platform_fixtures import consume, live_server
+from platform_fixtures import bearer, consume, live_server
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray | None = None, *, gz: bool = True) -> bytes:
@@ -35,7 +35,7 @@ def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def client(platform_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_ingest_app(platform_settings)) as c:
+    with TestClient(create_ingest_app(platform_settings), headers=bearer(platform_settings, "uploader")) as c:
         yield c
 
 
@@ -127,11 +127,11 @@ def test_dataset_name_with_path_characters_is_rejected(client, phantom, store: O
 def test_upload_over_the_size_limit(platform_settings: Settings, phantom, store: ObjectStore) -> None:
     image, _, affine = phantom
     small = platform_settings.model_copy(update={"max_upload_bytes": 2048})
-    with TestClient(create_ingest_app(small)) as c:
+    with TestClient(create_ingest_app(small), headers=bearer(small, "uploader")) as c:
         r = upload(c, "ds", "p", nifti_bytes(image + np.random.default_rng(0).random(image.shape, np.float32), affine))
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     voxels = platform_settings.model_copy(update={"max_voxels": 100})
-    with TestClient(create_ingest_app(voxels)) as c:
+    with TestClient(create_ingest_app(voxels), headers=bearer(voxels, "uploader")) as c:
         r = upload(c, "ds", "p", nifti_bytes(image, affine))
     assert r.status_code == 413, r.text
     assert list(store.list("datasets/")) == []
@@ -197,7 +197,7 @@ class Body:
 @pytest.fixture
 def small_limit_client(platform_settings: Settings) -> Iterator[TestClient]:
     settings = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "max_voxels": 10**6})
-    with TestClient(create_ingest_app(settings)) as c:
+    with TestClient(create_ingest_app(settings), headers=bearer(settings, "uploader")) as c:
         yield c
 
 
@@ -207,17 +207,18 @@ def live_ingest(platform_settings: Settings) -> Iterator[str]:
     sees it), with a 1 MiB upload limit."""
     settings = platform_settings.model_copy(update={"max_upload_bytes": 1024**2, "max_voxels": 10**6})
     with live_server(create_ingest_app(settings)) as url:
-        yield url
+        yield url, bearer(settings, "uploader")
 
 
-def post_stream(url: str, body: Body) -> tuple[int | None, str]:
+def post_stream(live: tuple[str, dict], body: Body) -> tuple[int | None, str]:
     """POST the lazy body; the server may answer and close before taking it all (then the client's
     write fails: status None)."""
     import httpx
 
     try:
+        url, auth = live
         r = httpx.post(f"{url}/v1/datasets/streamed/scans", content=iter(body), timeout=30,
-                       headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"})
+                       headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}", **auth})
     except httpx.TransportError as exc:
         return None, str(exc)
     return r.status_code, r.text

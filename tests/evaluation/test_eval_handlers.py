@@ -56,6 +56,10 @@ class Ctx:
     def progress(self, fraction: float, message: str = "") -> None:
         self.seen.append((fraction, message))
 
+    @property
+    def records(self) -> JobRecords:
+        return JobRecords(self.store)
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:

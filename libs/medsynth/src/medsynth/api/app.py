@@ -7,14 +7,16 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from medsynth import __version__
+from medsynth.auth.guard import Guard, authorize, install_audit
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
+from medsynth.projects import Projects, project_store
 from medsynth.store import open_service_store
 from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers, install_http_metrics
 
@@ -36,11 +38,15 @@ def _store_ok(store) -> bool:
 
 
 def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan)
+    """Every route runs :func:`~medsynth.auth.guard.authorize` first (default deny: a route without a
+    policy is refused) and each guarded request leaves an audit record."""
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan, dependencies=[Depends(authorize)],
+                  max_body_size=settings.max_json_bytes)  # JSON bodies; the upload route has its own limits
     app.state.settings = settings
     install_error_handlers(app)
+    install_audit(app)
     install_http_metrics(app)
-    app.include_router(health_router(lambda: _ready(app)))
+    app.include_router(health_router(lambda: _ready(app), settings.metrics_token_value))
     return app
 
 
@@ -50,6 +56,7 @@ def create_ingest_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_service_store(settings)
+        app.state.guard = Guard(settings, app.state.store)
         app.state.bus = Bus(settings, client_id="ingest")
         yield
         app.state.bus.close()
@@ -60,24 +67,32 @@ def create_ingest_app(settings: Settings) -> FastAPI:
 
 
 def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
-    from medsynth.api.routes import cohorts, datasets, evaluations, generators, jobs, segmentations
+    from medsynth.api.routes import admin, cohorts, datasets, evaluations, generators, jobs, segmentations
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_service_store(settings)
+        app.state.guard = Guard(settings, app.state.store)
         app.state.bus = Bus(settings, client_id="api")
         retry_after = int(settings.reconcile_after_s + settings.reconcile_every_s)
-        app.state.jobs = JobService(JobRecords(app.state.store), app.state.bus, retry_after_s=retry_after)
+
+        def jobs_of(project: str) -> JobService:
+            return JobService(JobRecords(project_store(app.state.store, project), project), app.state.bus, retry_after_s=retry_after)
+
+        def every_project() -> list[JobService]:
+            return [jobs_of(name) for name in Projects(app.state.store).names()]
+
+        app.state.jobs_of = jobs_of
         stop = threading.Event()
         if reconcile:
-            args = (app.state.jobs, settings.reconcile_after_s, settings.reconcile_every_s, stop)
+            args = (every_project, settings.reconcile_after_s, settings.reconcile_every_s, stop)
             threading.Thread(target=run_reconciler, args=args, kwargs={"lease_s": settings.lease_s}, name="reconciler", daemon=True).start()
         yield
         stop.set()
         app.state.bus.close()
 
     app = _base_app("medsynth api", settings, lifespan)
-    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations):
+    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(generators.families_router, responses=ERROR_RESPONSES)
     return app

@@ -6,9 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from medsynth.auth.guard import Guard
+from medsynth.auth.principal import Principal
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.jobs.service import JobService
+from medsynth.projects import project_store
 from medsynth.store import ObjectStore
 
 
@@ -16,8 +19,14 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_project(request: Request) -> str:
+    """The project the request acts on, resolved by the guard (:func:`medsynth.auth.guard.authorize`)."""
+    return request.state.project
+
+
 def get_store(request: Request) -> ObjectStore:
-    return request.app.state.store
+    """The request's project's part of the store: another project's keys cannot be named through it."""
+    return project_store(request.app.state.store, get_project(request))
 
 
 def get_bus(request: Request) -> Bus:
@@ -25,10 +34,21 @@ def get_bus(request: Request) -> Bus:
 
 
 def get_jobs(request: Request) -> JobService:
-    return request.app.state.jobs
+    return request.app.state.jobs_of(get_project(request))
+
+
+def get_guard(request: Request) -> Guard:
+    return request.app.state.guard
+
+
+def get_principal(request: Request) -> Principal:
+    return request.state.principal
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
+ProjectDep = Annotated[str, Depends(get_project)]
+GuardDep = Annotated[Guard, Depends(get_guard)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -9,6 +9,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medsynth.auth.audit import AuditRecord
+from medsynth.auth.keys import ApiKey
+from medsynth.auth.principal import Role
 from medsynth.generators.base import MAX_SEED, MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
 
@@ -186,3 +189,67 @@ class EvaluationCreate(BaseModel):
     cohort_id: Id
     segmentation_run_ids: list[Id] = Field(default_factory=list, max_length=64, description="Runs to put in the utility table.")
     max_samples: int = Field(2000, ge=2, le=50_000)
+
+
+# --- administration: projects, keys, audit -----------------------------------------------------
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="1-64 letters, digits, '.', '_', '-'.")]
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    description: str = Field("", max_length=500)
+
+
+class ProjectPublic(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    roles: list[Role] = Field(description="The caller's roles in the project.")
+
+
+class ProjectsPublic(BaseModel):
+    projects: list[ProjectPublic]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    name: str = Field("", max_length=200, description="What holds the key, e.g. 'PACS gateway, radiology'.")
+    expires_in_days: float | None = Field(90, gt=0, le=3650, description="null: the key does not expire.")
+
+
+class KeyPublic(BaseModel):
+    key_id: str
+    project: str
+    role: Role
+    name: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    state: str = Field(description="active, expired or revoked.")
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyPublic:
+        return cls(**key.model_dump(include=set(cls.model_fields) - {"state"}), state=key.state())
+
+
+class KeyCreated(KeyPublic):
+    token: str = Field(description="The key itself, shown this once: send it as Authorization: Bearer <token>.")
+
+
+class KeysPublic(BaseModel):
+    keys: list[KeyPublic]
+
+
+class ProjectCreated(BaseModel):
+    project: ProjectPublic
+    admin_key: KeyCreated = Field(description="A first admin key of the new project.")
+
+
+class AuditPage(BaseModel):
+    records: list[AuditRecord]
+    count: int
+    next_seq: int = Field(description="Pass as since_seq to read on from here.")

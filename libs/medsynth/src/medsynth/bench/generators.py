@@ -231,7 +231,8 @@ def _samplers(app, registry: dict, source: str, sample_steps: int | None = None)
 
     mode = SampleMode(mask_source=MaskSource(source), sample_steps=sample_steps)
     urls = json.loads((app.home.resolve() / "torchserve" / "state.json").read_text())
-    client = TorchServeClient(urls["inference_url"], urls["management_url"], timeout_s=app.sampler_request_s)
+    client = TorchServeClient(urls["inference_url"], urls["management_url"], timeout_s=app.sampler_request_s,
+                              key_file=urls["key_file"])
     checkpoint = load_checkpoint(open_store(app).get_bytes(registry["checkpoint_key"]))
     device = pick_device(app.device)
     local = InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)

@@ -49,16 +49,22 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50) * 1000), "p95_ms": float(np.percentile(values, 95) * 1000)}
 
 
-def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo) -> dict[str, Any]:
+def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, keys: list[str]) -> dict[str, Any]:
+    """``keys``: one uploader key per client thread (each a modality script of its own)."""
     latencies: list[tuple[int, float, float]] = [None] * scans  # (status, seconds, finished at)
     errors: dict[str, int] = {}
     lock = threading.Lock()
     local = threading.local()
+    handed: list[str] = []
     began = time.monotonic()
 
     def upload(i: int) -> None:
-        client = getattr(local, "client", None) or httpx.Client(timeout=120)
-        local.client = client
+        if getattr(local, "client", None) is None:
+            with lock:
+                token = keys[len(handed)]
+                handed.append(token)
+            local.client = httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"})
+        client = local.client
         image, label = scan_bytes(i)
         t = time.monotonic()
         try:
@@ -92,7 +98,7 @@ def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo) 
             "manifest_scans": dataset.get("scans"), "lost": accepted - int(dataset.get("scans") or 0)}
 
 
-def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, echo) -> dict[str, Any]:
+def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, echo, keys: list[str]) -> dict[str, Any]:
     """Closed loop: each client submits a cohort and follows it to its end before the next, so that
     ``clients`` cohort requests are in flight at once for ``seconds``."""
     posts, ends, errors, outcomes, lost = [], [], {}, {}, []
@@ -104,7 +110,7 @@ def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, 
             table[key] = table.get(key, 0) + 1
 
     def client(k: int) -> None:
-        with httpx.Client(base_url=api_url, timeout=60) as api:
+        with httpx.Client(base_url=api_url, timeout=60, headers={"Authorization": f"Bearer {keys[k]}"}) as api:
             n = 0
             while time.monotonic() < stop_at:
                 n += 1
@@ -173,17 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     stack.up(settings, echo=echo)
     try:
         echo(f"== ingestion: {args.scans} scans, {args.upload_clients} concurrent clients")
-        ingest = ingest_phase(ingest_url, api_url, args.scans, args.upload_clients, echo)
+        uploaders = [stack.issue_key(settings, "uploader", name=f"bench client {i}") for i in range(args.upload_clients)]
+        ingest = ingest_phase(ingest_url, api_url, args.scans, args.upload_clients, echo, uploaders)
         echo("== a small generator for the cohort burst")
         from medsynth.local.demo import wait_for_job
 
-        with httpx.Client(base_url=api_url, timeout=120) as api:
+        researchers = [stack.issue_key(settings, "researcher", name=f"bench client {i}") for i in range(args.cohort_clients + 1)]
+        with httpx.Client(base_url=api_url, timeout=120, headers={"Authorization": f"Bearer {researchers[-1]}"}) as api:
             view = wait_for_job(api, submit(api, "/v1/datasets/load/views", {"size": 32}), echo=lambda *_: None)
             body = {"dataset": "load", "view_id": view["result_keys"]["view"].split("/")[-2],
                     "generator": {"family": "joint-gan", "latent_dim": 16, "base_channels": 8}, "training": {"steps": 20, "batch_size": 8}}
             generator = wait_for_job(api, submit(api, "/v1/generators", body), echo=lambda *_: None)
         echo(f"== cohort burst: {args.cohort_clients} clients for {args.cohort_seconds:.0f}s")
-        cohorts = cohort_phase(api_url, generator["job_id"], args.cohort_clients, args.cohort_seconds, echo)
+        cohorts = cohort_phase(api_url, generator["job_id"], args.cohort_clients, args.cohort_seconds, echo, researchers)
     finally:
         stack.down(settings, echo=lambda *_: None)
     results = {"ingest": ingest, "cohorts": cohorts, "cpu_count": os.cpu_count()}

@@ -44,8 +44,8 @@ class JobKind(str, Enum):
         return type(getattr(Command(), self.field))
 
 
-def make_command(job_id: str, kind: JobKind, spec: Message) -> Command:
-    cmd = Command(schema_version=SCHEMA_VERSION, job_id=job_id, kind=kind.proto)
+def make_command(job_id: str, kind: JobKind, spec: Message, project: str = "") -> Command:
+    cmd = Command(schema_version=SCHEMA_VERSION, job_id=job_id, kind=kind.proto, project=project)
     getattr(cmd, kind.field).CopyFrom(spec)
     return cmd
 
@@ -64,10 +64,10 @@ def decode_command(data: bytes) -> tuple[Command, JobKind, Message]:
     return cmd, kind, getattr(cmd, body)
 
 
-def make_event(job_id: str = "", kind: JobKind | None = None, **body: Message) -> Event:
-    """Build an event with one body field, e.g. ``make_event(job_id, kind, started=JobStarted(...))``."""
+def make_event(job_id: str = "", kind: JobKind | None = None, *, project: str = "", **body: Message) -> Event:
+    """Build an event with one body field, e.g. ``make_event(job_id, kind, project=p, started=JobStarted(...))``."""
     (name, value), = body.items()
-    event = Event(schema_version=SCHEMA_VERSION, event_id=uuid.uuid4().hex, job_id=job_id)
+    event = Event(schema_version=SCHEMA_VERSION, event_id=uuid.uuid4().hex, job_id=job_id, project=project)
     event.time.FromDatetime(datetime.now(timezone.utc))
     if kind is not None:
         event.kind = kind.proto

@@ -33,3 +33,19 @@ class JobCancelled(MedsynthError):
 
 class PermanentJobError(MedsynthError):
     """A handler failure that retrying cannot fix; the job fails and is dead-lettered at once."""
+
+
+class Unauthorized(MedsynthError):
+    """No credentials, or credentials that do not prove who the caller is (expired, forged, revoked)."""
+
+
+class Forbidden(MedsynthError):
+    """The caller is known but its role or project does not allow the request."""
+
+
+class RateLimited(MedsynthError):
+    """Too many requests from one caller; ``retry_after_s`` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s + 0.999))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_S3_SECRET = "medsynth-dev-secret"
@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     torchserve_inference_url: str = "http://127.0.0.1:8080"
     torchserve_management_url: str = "http://127.0.0.1:8081"
     torchserve_model_store: Path | None = Field(None, description="Folder TorchServe loads .mar archives from.")
+    torchserve_key_file: Path | None = Field(
+        None, description="TorchServe's key_file.json (token authorization): the sampler's management and inference keys.",
+    )
     sampler_wait_s: float = Field(60.0, ge=0, description="How long a cohort job waits for TorchServe before failing.")
     sampler_request_s: int = Field(
         600, ge=10, le=86_400,
@@ -109,6 +112,29 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(256 * 1024**2, gt=0)
     max_voxels: int = Field(64 * 1024**2, gt=0)
 
+    # access: who may call the api and ingest services (medsynth.auth)
+    auth_enabled: bool = Field(
+        True, description="Off only in development: every caller is then an anonymous holder of every role."
+    )
+    oidc_issuer: str | None = Field(None, description="OIDC issuer whose bearer tokens are accepted (the `iss` claim).")
+    oidc_audience: str | None = Field(None, description="The `aud` a token must carry: the client id registered for medsynth.")
+    oidc_jwks_url: str | None = Field(None, description="The issuer's JWKS (its `jwks_uri`), fetched and cached.")
+    oidc_roles_claim: str = Field(
+        "roles", description="Claim (dotted path for nested ones, e.g. resource_access.medsynth.roles) listing "
+        "`<project>:<role>` grants.",
+    )
+    oidc_algorithms: list[str] = Field(["RS256", "PS256", "ES256"], min_length=1)
+    oidc_leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp / nbf / iat.")
+    key_cache_s: float = Field(
+        10.0, ge=0, le=300, description="How long a service trusts an API key it looked up (a revocation takes effect within it).",
+    )
+    metrics_token: SecretStr | None = Field(None, description="Bearer token /metrics asks for; unset: open (development only).")
+    rate_limit_per_s: float = Field(20.0, gt=0, description="Requests per second one caller may sustain (per service process).")
+    rate_limit_burst: int = Field(100, ge=1, description="Requests one caller may send at once above the sustained rate.")
+    uploads_per_minute_per_key: int = Field(600, ge=1, description="Scans one key may upload per minute.")
+    uploads_per_minute_per_project: int = Field(3000, ge=1, description="Scans one project may take in per minute.")
+    max_json_bytes: int = Field(1024**2, ge=1024, description="Largest JSON request body (uploads have their own limit).")
+
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:
         if (
@@ -117,7 +143,26 @@ class Settings(BaseSettings):
             and self.s3_secret_key == DEV_S3_SECRET
         ):
             raise ValueError("MEDSYNTH_S3_SECRET_KEY must be set outside development")
+        if self.environment is not Environment.development:
+            if not self.auth_enabled:
+                raise ValueError("MEDSYNTH_AUTH_ENABLED=false is allowed only with MEDSYNTH_ENVIRONMENT=development")
+            if self.metrics_token is None:
+                raise ValueError("MEDSYNTH_METRICS_TOKEN must be set outside development (/metrics is not anonymous)")
+        oidc = {"MEDSYNTH_OIDC_ISSUER": self.oidc_issuer, "MEDSYNTH_OIDC_AUDIENCE": self.oidc_audience,
+                "MEDSYNTH_OIDC_JWKS_URL": self.oidc_jwks_url}
+        if any(oidc.values()) and not all(oidc.values()):
+            missing = ", ".join(name for name, value in oidc.items() if not value)
+            raise ValueError(f"OIDC needs an issuer, an audience and a JWKS URL; {missing} not set")
         return self
+
+    @property
+    def metrics_token_value(self) -> str | None:
+        token = self.metrics_token
+        return token.get_secret_value() if isinstance(token, SecretStr) else token  # model_copy does not validate
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
 
     @property
     def local_store_root(self) -> Path:

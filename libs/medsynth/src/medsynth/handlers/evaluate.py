@@ -44,7 +44,7 @@ FIDELITY_METRICS = ("fid", "kid")
 
 def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, str]:
     options = json.loads(spec.config_json or "{}")
-    records = JobRecords(ctx.store)
+    records = ctx.records
     manifest, fake, fake_masks = cohort_arrays(ctx.store, records, spec.cohort_id, limit=options.get("max_samples"))
     view, splits = view_splits(ctx.store, spec.dataset, spec.view_id, splits=("train",))
     train = splits["train"]

@@ -15,7 +15,6 @@ from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.generators.base import SampleMode
 from medsynth.handlers.artifacts import generator_of, view_splits
-from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.bus.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
@@ -33,7 +32,7 @@ REQUEST_MARGIN_S = 30  # the client waits this much longer than TorchServe lets 
 
 
 def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, str]:
-    generator = generator_of(JobRecords(ctx.store), spec.generator_id)
+    generator = generator_of(ctx.records, spec.generator_id)
     registry = ctx.store.get_json(generator.result_keys["generator"])
     prefix = f"cohorts/{ctx.job_id}/"
     manifest_key = prefix + MANIFEST_NAME
@@ -74,7 +73,7 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
             GATE_WITHHELD.inc(gate.n_flagged)
         COHORT_SAMPLES.labels(ctx.settings.sampler_backend.value).inc(spec.count)
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
-    ctx.emit(make_event(ctx.job_id, ctx.record.kind, cohort_ready=ready))
+    ctx.emit(make_event(ctx.job_id, ctx.record.kind, project=ctx.record.project, cohort_ready=ready))
     return {"manifest": manifest_key}
 
 
@@ -116,7 +115,7 @@ def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sam
         )
     request_s = ctx.settings.sampler_request_s
     client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url,
-                              timeout_s=request_s + REQUEST_MARGIN_S)  # fmt: skip
+                              timeout_s=request_s + REQUEST_MARGIN_S, key_file=ctx.settings.torchserve_key_file)  # fmt: skip
     _wait_for(client, ctx)
     if not client.is_registered(registry["model_name"]):
         client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"],

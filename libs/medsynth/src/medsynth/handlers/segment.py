@@ -17,7 +17,6 @@ import numpy as np
 from medsynth.core.errors import InvalidInput, NotFound
 from medsynth.datasets.manifest import load_manifest
 from medsynth.handlers.artifacts import cohort_arrays, view_splits
-from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
 from medsynth.segmentation.config import SegmentationSpec
 from medsynth.segmentation.evaluate import evaluate_segmenter
@@ -37,7 +36,7 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
     )
     synthetic = None
     if seg_spec.source != "real":
-        _, images, masks = cohort_arrays(ctx.store, JobRecords(ctx.store), spec.cohort_id)
+        _, images, masks = cohort_arrays(ctx.store, ctx.records, spec.cohort_id)
         synthetic = (images, np.minimum(masks, seg_spec.num_classes - 1))
     result = train_segmenter(seg_spec, splits["train"], splits["val"], synthetic, on_progress=lambda f, m: ctx.progress(0.95 * f, m))
     ctx.progress(0.95, "testing on held-out real patients")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from medsynth.core.clock import utcnow
@@ -20,16 +21,28 @@ from medsynth.runtime.telemetry import JOBS_BY_STATE, RECONCILER_ERRORS, RECONCI
 log = logging.getLogger(__name__)
 
 
-def reconcile_once(jobs: JobService, older_than_s: float, now: datetime | None = None, *, lease_s: float = 60.0) -> list[str]:
-    """Republish every queued job whose last publication (or creation) is older than ``older_than_s``,
-    and every running job whose lease expired and that was not republished since (a running job
-    without a lease counts as expired ``lease_s`` after its record last changed).
+def reconcile_once(
+    services: JobService | Iterable[JobService], older_than_s: float, now: datetime | None = None, *, lease_s: float = 60.0
+) -> list[str]:
+    """Over the jobs of every project (one :class:`JobService` each), republish every queued job
+    whose last publication (or creation) is older than ``older_than_s``, and every running job whose
+    lease expired and that was not republished since (a running job without a lease counts as
+    expired ``lease_s`` after its record last changed).
 
     Returns the ids of the jobs republished.
     """
     now = now or utcnow()
     republished = []
     counts: Counter[tuple[str, str]] = Counter()
+    for jobs in [services] if isinstance(services, JobService) else services:
+        republished += _reconcile_project(jobs, older_than_s, now, lease_s, counts)
+    _set_state_gauges(counts)
+    return republished
+
+
+def _reconcile_project(jobs: JobService, older_than_s: float, now: datetime, lease_s: float,
+                       counts: Counter[tuple[str, str]]) -> list[str]:
+    republished = []
     for record in jobs.records.all():
         counts[record.kind.value, record.state.value] += 1
         if record.state not in (JobState.queued, JobState.running) or jobs.records.cancel_requested(record.job_id):
@@ -45,7 +58,6 @@ def reconcile_once(jobs: JobService, older_than_s: float, now: datetime | None =
             log.info("republished job %s (%s)", record.job_id, why)
             RECONCILER_REPUBLISHED.inc()
             republished.append(record.job_id)
-    _set_state_gauges(counts)
     return republished
 
 
@@ -56,11 +68,13 @@ def _set_state_gauges(counts: Counter[tuple[str, str]]) -> None:
             JOBS_BY_STATE.labels(kind.value, state.value).set(counts.get((kind.value, state.value), 0))
 
 
-def run_reconciler(jobs: JobService, older_than_s: float, every_s: float, stop: threading.Event, *, lease_s: float = 60.0) -> None:
-    """Loop :func:`reconcile_once` until ``stop`` is set; errors are logged and the loop goes on."""
+def run_reconciler(services: Callable[[], Iterable[JobService]], older_than_s: float, every_s: float,
+                   stop: threading.Event, *, lease_s: float = 60.0) -> None:
+    """Loop :func:`reconcile_once` over ``services()`` (the projects of the moment) until ``stop`` is
+    set; errors are logged and the loop goes on."""
     while not stop.wait(every_s):
         try:
-            reconcile_once(jobs, older_than_s, lease_s=lease_s)
+            reconcile_once(list(services()), older_than_s, lease_s=lease_s)
         except Exception:  # noqa: BLE001 - a failed pass must not end the loop; the next one retries
             RECONCILER_ERRORS.inc()
             log.exception("reconciler pass failed")

@@ -29,6 +29,7 @@ from medsynth.core.clock import utcnow
 from medsynth.core.errors import NotFound
 from medsynth.core.names import check_name
 from medsynth.bus.messages import JobKind
+from medsynth.projects import DEFAULT_PROJECT
 from medsynth.store import ObjectStore
 
 PREFIX = "jobs/"
@@ -53,6 +54,7 @@ def new_job_id(kind: JobKind) -> str:
 class JobRecord(BaseModel):
     job_id: str
     kind: JobKind
+    project: str = DEFAULT_PROJECT
     spec: dict[str, Any]
     state: JobState = JobState.queued
     attempts: int = 0
@@ -86,10 +88,12 @@ def record_key(job_id: str) -> str:
 
 
 class JobRecords:
-    """Reads and writes job records in an :class:`ObjectStore`."""
+    """Reads and writes the job records of one project, in that project's store
+    (:func:`medsynth.projects.project_store`)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, project: str = DEFAULT_PROJECT) -> None:
         self.store = store
+        self.project = project
 
     def get(self, job_id: str) -> JobRecord:
         try:

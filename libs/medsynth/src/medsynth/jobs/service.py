@@ -46,6 +46,7 @@ class JobService:
         record = JobRecord(
             job_id=new_job_id(kind),
             kind=kind,
+            project=self.records.project,
             spec=MessageToDict(spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),
         )
         self.records.put(record)
@@ -57,9 +58,9 @@ class JobService:
         """(Re)publish a queued job's command; returns whether the broker acknowledged it."""
         spec = ParseDict(record.spec, record.kind.spec_type()(), ignore_unknown_fields=True)
         try:
-            self.bus.send_command(record.kind, make_command(record.job_id, record.kind, spec))
+            self.bus.send_command(record.kind, make_command(record.job_id, record.kind, spec, record.project))
             self.records.mark_published(record.job_id)
-            self.bus.emit(make_event(record.job_id, record.kind, queued=events_pb2.JobQueued()))
+            self.bus.emit(make_event(record.job_id, record.kind, project=record.project, queued=events_pb2.JobQueued()))
         except BusError as exc:
             log.warning("job %s stays queued, publishing failed: %s", record.job_id, exc)
             self._last_error = str(exc)
@@ -75,5 +76,5 @@ class JobService:
         if record.state is JobState.queued:
             record.state, record.finished_at = JobState.cancelled, utcnow()
             self.records.put(record)
-            self.bus.emit(make_event(job_id, record.kind, cancelled=events_pb2.JobCancelled()))
+            self.bus.emit(make_event(job_id, record.kind, project=record.project, cancelled=events_pb2.JobCancelled()))
         return record

@@ -36,6 +36,7 @@ from medsynth.core.errors import InvalidInput, JobCancelled, NotFound, Permanent
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event
+from medsynth.projects import DEFAULT_PROJECT, project_store
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import CONSUMER_LAG, DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
 from medsynth.v1 import events_pb2
@@ -59,9 +60,10 @@ class JobContext:
     """What a handler gets besides its spec: the store, settings, and progress/cancel hooks."""
 
     record: JobRecord
-    store: ObjectStore
+    store: ObjectStore  # the job's project's part of the store
     settings: Settings
     _worker: Worker
+    records: JobRecords
     _last_write: float = field(default=0.0)
 
     @property
@@ -72,7 +74,7 @@ class JobContext:
         """Raise :class:`JobCancelled` if cancellation was requested, :class:`WorkerStopping` on shutdown."""
         if self._worker.stopping.is_set():
             raise WorkerStopping(f"worker {self._worker.name} is stopping")
-        if self._worker.records.cancel_requested(self.job_id):
+        if self.records.cancel_requested(self.job_id):
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def emit(self, event) -> None:
@@ -87,9 +89,9 @@ class JobContext:
             return
         self._last_write = now
         self.record.progress, self.record.message = max(0.0, min(1.0, fraction)), message
-        self._worker.records.put(self.record)
+        self.records.put(self.record)
         self._worker.bus.emit(
-            make_event(self.job_id, self.record.kind, progress=events_pb2.JobProgress(fraction=fraction, message=message))
+            make_event(self.job_id, self.record.kind, project=self.record.project, progress=events_pb2.JobProgress(fraction=fraction, message=message))
         )
 
 
@@ -115,9 +117,9 @@ class Worker:
     ) -> None:
         self.name = name
         self.settings = settings
-        self.store = store
+        self.store = store  # the root: each job reads and writes its project's part (project_store)
         self.bus = bus
-        self.records = JobRecords(store)
+        self._project_records: dict[str, JobRecords] = {}
         self.handlers = dict(handlers)
         self.stopping = threading.Event()
         self.ready = threading.Event()
@@ -254,7 +256,7 @@ class Worker:
         if current is not None:
             log.warning("job %s still running %.0f s after the stop signal; leaving it to its next delivery", current.job_id, STOP_GRACE_S)
             try:
-                self.records.release_lease(current.job_id)
+                self._records(current.project).release_lease(current.job_id)
             except Exception:  # noqa: BLE001 - then the lease simply expires
                 log.warning("releasing the lease of job %s failed", current.job_id, exc_info=True)
 
@@ -264,7 +266,7 @@ class Worker:
             if current is None:
                 return
             try:
-                self.records.renew_lease(current.job_id, self.identity, current.attempts, self.settings.lease_s)
+                self._records(current.project).renew_lease(current.job_id, self.identity, current.attempts, self.settings.lease_s)
             except Exception:  # noqa: BLE001 - the store may be down for a while; the next renewal retries
                 log.warning("renewing the lease of job %s failed", current.job_id, exc_info=True)
 
@@ -293,6 +295,12 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
+    def _records(self, project: str) -> JobRecords:
+        """The job records of ``project``, in its part of the store (a malformed name is InvalidInput)."""
+        if project not in self._project_records:
+            self._project_records[project] = JobRecords(project_store(self.store, project), project)
+        return self._project_records[project]
+
     # -- one message -----------------------------------------------------------------------------
 
     def process(self, message) -> Outcome:
@@ -302,17 +310,18 @@ class Worker:
             self._dead_letter(None, message, str(exc), attempts=0)
             return Outcome.done
         try:
-            record = self.records.get(command.job_id)
-        except NotFound as exc:
+            records = self._records(command.project or DEFAULT_PROJECT)
+            record = records.get(command.job_id)
+        except (NotFound, InvalidInput) as exc:
             self._dead_letter(kind, message, str(exc), attempts=0)
             return Outcome.done
         if record.state.terminal:
             log.info("job %s already %s; skipping redelivered command", record.job_id, record.state.value)
             return Outcome.done
-        if self.records.cancel_requested(record.job_id):
+        if records.cancel_requested(record.job_id):
             self._finish(record, JobState.cancelled)
             return Outcome.done
-        if record.state is JobState.running and (lease := self.records.lease(record.job_id)) is not None:
+        if record.state is JobState.running and (lease := records.lease(record.job_id)) is not None:
             if lease.worker != self.identity and not lease.expired() and not self._holder_gone(lease.worker):
                 log.info("job %s runs under %s until %s; waiting", record.job_id, lease.worker, lease.expires_at.isoformat())
                 return Outcome.retry
@@ -324,8 +333,9 @@ class Worker:
     def _attempt(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
         record.attempts += 1
         record.state, record.started_at, record.message = JobState.running, utcnow(), ""
-        self.records.renew_lease(record.job_id, self.identity, record.attempts, self.settings.lease_s)
-        self.records.put(record)
+        records = self._records(record.project)
+        records.renew_lease(record.job_id, self.identity, record.attempts, self.settings.lease_s)
+        records.put(record)
         self._current = record
         try:
             return self._run_handler(record, kind, spec, message)
@@ -333,13 +343,15 @@ class Worker:
             with self._lease_lock:  # no renewal can land after the release
                 self._current = None
                 try:
-                    self.records.release_lease(record.job_id)
+                    records.release_lease(record.job_id)
                 except Exception:  # noqa: BLE001 - an unreleased lease only makes a redelivery wait for its expiry
                     log.warning("releasing the lease of job %s failed", record.job_id, exc_info=True)
 
     def _run_handler(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
-        self.bus.emit(make_event(record.job_id, kind, started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
-        ctx = JobContext(record=record, store=self.store, settings=self.settings, _worker=self)
+        self.bus.emit(make_event(record.job_id, kind, project=record.project,
+                                 started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
+        records = self._records(record.project)
+        ctx = JobContext(record=record, store=records.store, settings=self.settings, _worker=self, records=records)
         started = time.monotonic()
         try:
             handler = self.handlers[kind]
@@ -348,7 +360,7 @@ class Worker:
         except WorkerStopping:
             record.state, record.attempts = JobState.queued, record.attempts - 1
             record.message = f"interrupted by shutdown of {self.identity}; will resume"
-            self.records.put(record)
+            records.put(record)
             raise
         except JobCancelled:
             self._finish(record, JobState.cancelled)
@@ -365,7 +377,7 @@ class Worker:
                 return Outcome.done
             record.state, record.error = JobState.queued, error
             record.message = f"attempt {record.attempts} failed; retrying"
-            self.records.put(record)
+            records.put(record)
             return Outcome.retry
         finally:
             JOB_SECONDS.labels(kind.value).observe(time.monotonic() - started)
@@ -382,16 +394,16 @@ class Worker:
             body = {"succeeded": events_pb2.JobSucceeded(result_keys=record.result_keys)}
         else:
             body = {"cancelled": events_pb2.JobCancelled()}
-        self.records.put(record)
-        self.bus.emit(make_event(record.job_id, record.kind, **body))
+        self._records(record.project).put(record)
+        self.bus.emit(make_event(record.job_id, record.kind, project=record.project, **body))
         JOBS.labels(record.kind.value, state.value).inc()
 
     def _fail(self, record: JobRecord, message, error: str) -> None:
         self._dead_letter(record.kind, message, error, attempts=record.attempts)
         record.state, record.finished_at, record.error, record.dead_lettered = JobState.failed, utcnow(), error, True
-        self.records.put(record)
+        self._records(record.project).put(record)
         failed = events_pb2.JobFailed(error=error, attempts=record.attempts, dead_lettered=True)
-        self.bus.emit(make_event(record.job_id, record.kind, failed=failed))
+        self.bus.emit(make_event(record.job_id, record.kind, project=record.project, failed=failed))
         JOBS.labels(record.kind.value, "failed").inc()
 
     def _dead_letter(self, kind: JobKind | None, message, error: str, *, attempts: int) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsynth.core.errors import MedsynthError
+from medsynth.core.errors import InvalidInput, MedsynthError
 from medsynth.local.demo import DemoSettings
 
 
@@ -39,10 +39,84 @@ def _ingest(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
     from medsynth.local.ingest_client import ingest_folder
 
+    import os
+
     url = args.url or f"http://127.0.0.1:{load_settings().stack_base_port + 1}"
-    summary = ingest_folder(Path(args.folder), args.dataset, url, workers=args.workers)
+    api_key = args.api_key or os.environ.get("MEDSYNTH_API_KEY")
+    if not api_key:
+        raise InvalidInput("ingest needs an API key with the uploader role: --api-key or MEDSYNTH_API_KEY "
+                           "(medsynth keys create --project P --role uploader)")
+    summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers)
     print("\n".join(summary.lines()))
     return 1 if summary.rejected else 0
+
+
+def _root_store():
+    """The store the stack's services use (``medsynth keys`` / ``projects`` / ``audit`` write and read
+    it directly: whoever holds the store's credentials is the root of trust)."""
+    from medsynth.core.settings import load_settings
+    from medsynth.local.stack import store_settings
+    from medsynth.store import open_store
+
+    return open_store(store_settings(load_settings()))
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from medsynth.auth.keys import ApiKeys
+    from medsynth.projects import Projects
+
+    keys = ApiKeys(_root_store())
+    if args.action == "create":
+        if not args.role:
+            raise InvalidInput("keys create needs --role (uploader, researcher, viewer or admin)")
+        Projects(keys.root).get(args.project)  # an unknown project is an error, not a key for nothing
+        key, token = keys.create(args.project, args.role, name=args.name or "", created_by="cli",
+                                 expires_in_days=None if args.expires_days == 0 else args.expires_days)
+        expiry = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "never"
+        print(f"created key {key.key_id}: project {key.project}, role {key.role.value}, expires {expiry}", file=sys.stderr)
+        print("the key (shown this once; send it as Authorization: Bearer <key>):", file=sys.stderr)
+        print(token)
+    elif args.action == "list":
+        print(f"{'key id':<18} {'role':<11} {'state':<8} {'expires':<20} name")
+        for key in keys.list(args.project):
+            expiry = key.expires_at.isoformat(timespec="seconds")[:19] if key.expires_at else "never"
+            print(f"{key.key_id:<18} {key.role.value:<11} {key.state():<8} {expiry:<20} {key.name}")
+    else:
+        if not args.key_id:
+            raise InvalidInput("keys revoke needs the key's id")
+        key = keys.revoke(args.project, args.key_id, by="cli")
+        print(f"key {key.key_id} of project {key.project} is revoked")
+    return 0
+
+
+def _projects(args: argparse.Namespace) -> int:
+    from medsynth.projects import Projects
+
+    projects = Projects(_root_store())
+    if args.action == "create":
+        if not args.name:
+            raise InvalidInput("projects create needs a name")
+        project = projects.create(args.name, description=args.description or "", created_by="cli")
+        print(f"created project {project.name}")
+    else:
+        for name in projects.names():
+            print(name)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from medsynth.auth.audit import AuditLog
+
+    log = AuditLog(_root_store())
+    if args.action == "verify":
+        check = log.verify()
+        print(f"audit trail: {check.records} records, " + ("intact" if check.ok else f"BROKEN at record {check.broken_at}: {check.reason}"))
+        return 0 if check.ok else 1
+    for r in log.records(since_seq=args.since):
+        if args.project is None or r.project == args.project:
+            print(f"{r.seq:>8} {r.time.isoformat(timespec='seconds')[:19]} {r.outcome} {r.actor:<22} {r.project or '-':<12} "
+                  f"{r.action:<22} {' '.join(f'{k}={v}' for k, v in r.resource.items())} {r.reason}")
+    return 0
 
 
 def _phantoms(args: argparse.Namespace) -> int:
@@ -78,9 +152,9 @@ def _generators(args: argparse.Namespace) -> int:
                 for name, schema in info["options"].items():
                     print(f"{'':<12}{name}: {schema.get('description', '')} (default {json.dumps(schema.get('default'))})")
         return 0
-    from medsynth.store import open_store
+    from medsynth.projects import project_store
 
-    store = open_store(load_settings())
+    store = project_store(_root_store(), args.project)
     entries = [store.get_json(k) for k in sorted(store.list("generators/")) if k.endswith("/generator.json")]
     if not entries:
         print("no trained generators in the store")
@@ -108,7 +182,8 @@ def _torchserve(args: argparse.Namespace) -> int:
     Path(args.model_store).mkdir(parents=True, exist_ok=True)
     with TorchServeProcess(args.model_store, args.workdir, base_port=args.base_port) as server:
         state = {"inference_url": server.inference_url, "management_url": server.management_url,
-                 "metrics_url": server.metrics_url, "model_store": str(server.model_store), "startup_s": server.startup_s}
+                 "metrics_url": server.metrics_url, "model_store": str(server.model_store), "startup_s": server.startup_s,
+                 "key_file": str(server.key_file)}
         tmp = Path(args.state_file).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, args.state_file)
@@ -135,7 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--url", help="ingest service URL (default: the local stack's)")
     p.add_argument("--workers", type=int, default=4, help="concurrent uploads")
+    p.add_argument("--api-key", help="a key with the uploader role (default: $MEDSYNTH_API_KEY)")
     p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("keys", help="create, list or revoke API keys (bootstraps access to the stack)")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("key_id", nargs="?", help="revoke: the key's id")
+    p.add_argument("--project", default="default")
+    p.add_argument("--role", choices=["uploader", "researcher", "viewer", "admin"], help="create: the key's role")
+    p.add_argument("--name", help="create: what will hold the key")
+    p.add_argument("--expires-days", type=float, default=90.0, help="create: days until it expires (0: never)")
+    p.set_defaults(run=_keys)
+
+    p = sub.add_parser("projects", help="create or list projects")
+    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--description")
+    p.set_defaults(run=_projects)
+
+    p = sub.add_parser("audit", help="read or verify the audit trail")
+    p.add_argument("action", choices=["list", "verify"])
+    p.add_argument("--project", help="list: only this project's records")
+    p.add_argument("--since", type=int, default=0, help="list: only records after this number")
+    p.set_defaults(run=_audit)
 
     p = sub.add_parser("phantoms", help="write synthetic phantom scans in the Decathlon layout")
     p.add_argument("out")
@@ -154,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generators", help="list the trained generators in the store, or the families one can train")
     p.add_argument("action", choices=["list", "families"])
     p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
+    p.add_argument("--project", default="default", help="list: the project whose generators to list")
     p.set_defaults(run=_generators)
 
     p = sub.add_parser("torchserve", help="run TorchServe for the sampler in the foreground (used by `stack up`)")

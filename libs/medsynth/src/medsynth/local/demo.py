@@ -202,10 +202,12 @@ def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = Non
                 echo(f"== wrote {knobs.phantoms} phantom scans to {data}")
             t = time.monotonic()
             echo(f"== ingesting {data} into dataset {dataset!r}")
-            summary = ingest_folder(data, dataset, f"http://127.0.0.1:{settings.stack_base_port + 1}")
+            uploader = stack.issue_key(settings, "uploader", name="demo ingest")
+            summary = ingest_folder(data, dataset, f"http://127.0.0.1:{settings.stack_base_port + 1}", api_key=uploader)
             echo("\n".join(summary.lines()))
             timings["ingest"] = time.monotonic() - t
-        with httpx.Client(base_url=f"http://127.0.0.1:{settings.stack_base_port}", timeout=120) as api:
+        researcher = {"Authorization": f"Bearer {stack.issue_key(settings, 'researcher', name='demo pipeline')}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.stack_base_port}", timeout=120, headers=researcher) as api:
             report = run_pipeline(api, dataset, knobs, timings, echo)
     finally:
         echo("== stopping the stack")

@@ -68,12 +68,12 @@ def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> htt
     return client.post(f"{url}/v1/datasets/{dataset}/scans", data={"patient_id": case.patient_id}, files=files)
 
 
-def ingest_folder(root: Path, dataset: str, url: str, *, workers: int = 4, progress: bool = True) -> Summary:
+def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True) -> Summary:
     from tqdm import tqdm
 
     cases = find_cases(root)
     summary = Summary()
-    with httpx.Client(timeout=300) as client, ThreadPoolExecutor(workers) as pool:
+    with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {api_key}"}) as client, ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): c for c in cases}
         for future in tqdm(as_completed(futures), total=len(futures), unit="scan", disable=not progress, desc=dataset):
             case = futures[future]

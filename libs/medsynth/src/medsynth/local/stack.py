@@ -32,7 +32,7 @@ import httpx
 from medsynth.core.errors import MedsynthError
 from medsynth.core.settings import SamplerBackend, Settings, StoreBackend
 from medsynth.local.servers import (
-    TANSU_BUCKET, S3Credentials, kafka_answers, s3_ready, seaweed_command, stop_process, tail, tansu_command, tansu_env,
+    TANSU_BUCKET, S3Credentials, kafka_answers, local_secret, s3_ready, seaweed_command, stop_process, tail, tansu_command, tansu_env,
     write_seaweed_identities,
 )
 from medsynth.local.supervisor import STOP_GRACE_S, ProcessSpec, StackFile
@@ -104,20 +104,45 @@ def plan(settings: Settings, *, names: list[str] | None = None) -> tuple[list[Pr
             env.update(MEDSYNTH_S3_ENDPOINT=s3_endpoint, MEDSYNTH_S3_ACCESS_KEY=credentials.access_key,
                        MEDSYNTH_S3_SECRET_KEY=credentials.secret_key, MEDSYNTH_S3_SECURE="false")
     env["MEDSYNTH_KAFKA_BOOTSTRAP"] = bootstrap
+    env.setdefault("MEDSYNTH_METRICS_TOKEN", local_secret(home, "metrics-token"))
     if settings.store is StoreBackend.local:
         env["MEDSYNTH_STORE_ROOT"] = str(settings.local_store_root.resolve())
     if settings.sampler_backend is SamplerBackend.torchserve:
         specs.append(_torchserve_spec(settings, home, logs))
         ts = base + TORCHSERVE_PORT
-        env.update(MEDSYNTH_TORCHSERVE_INFERENCE_URL=f"http://127.0.0.1:{ts}", MEDSYNTH_TORCHSERVE_MANAGEMENT_URL=f"http://127.0.0.1:{ts + 1}",
-                   MEDSYNTH_TORCHSERVE_MODEL_STORE=str(home / "torchserve" / "model-store"))
+        env.update(MEDSYNTH_TORCHSERVE_INFERENCE_URL=f"http://127.0.0.1:{ts}", MEDSYNTH_TORCHSERVE_MANAGEMENT_URL=f"http://127.0.0.1:{ts + 1}")
     for name in names or list(SERVICES):
         if name not in SERVICES:
             raise StackError(f"unknown service {name!r}; the stack has {', '.join(SERVICES)}")
         port = base + SERVICES[name]
+        own = dict(env, MEDSYNTH_HTTP_PORT=str(port))
+        if name == "sampler" and settings.sampler_backend is SamplerBackend.torchserve:
+            # TorchServe's keys and its model store are the sampler's alone
+            own.update(MEDSYNTH_TORCHSERVE_MODEL_STORE=str(home / "torchserve" / "model-store"),
+                       MEDSYNTH_TORCHSERVE_KEY_FILE=str(home / "torchserve" / "key_file.json"))
         specs.append(ProcessSpec(name, [sys.executable, str(services_dir() / name / "main.py")],
-                                 dict(env, MEDSYNTH_HTTP_PORT=str(port)), str(logs / f"{name}.log"), port=port, layer=3))
+                                 own, str(logs / f"{name}.log"), port=port, layer=3))
     return specs, StackFile(supervisor_pid=os.getpid(), bootstrap=bootstrap, s3_endpoint=s3_endpoint)
+
+
+def store_settings(settings: Settings) -> Settings:
+    """The settings through which the stack's services reach the store: with ``MEDSYNTH_STORE=s3`` and
+    no endpoint of one's own, the stack's SeaweedFS and its keys (``medsynth keys`` writes there)."""
+    if not _store_on_stack_s3(settings) or settings.kafka_bootstrap:
+        return settings
+    credentials = S3Credentials.for_home(settings.home.resolve())
+    return settings.model_copy(update={
+        "s3_endpoint": f"127.0.0.1:{settings.stack_base_port + SEAWEEDFS_PORT}", "s3_access_key": credentials.access_key,
+        "s3_secret_key": credentials.secret_key, "s3_secure": False})
+
+
+def issue_key(settings: Settings, role: str, *, project: str = "default", name: str = "", days: float = 1.0) -> str:
+    """A new API key for the stack's store (what ``medsynth keys create`` does), e.g. for the demo."""
+    from medsynth.auth.keys import ApiKeys
+    from medsynth.store import open_store
+
+    return ApiKeys(open_store(store_settings(settings))).create(project, role, name=name, expires_in_days=days,
+                                                                 created_by="local stack")[1]
 
 
 def _store_on_stack_s3(settings: Settings) -> bool:
@@ -143,7 +168,8 @@ def _broker_ready(settings: Settings, bootstrap: str) -> bool:
 def _torchserve_spec(settings: Settings, home: Path, logs: Path) -> ProcessSpec:
     """TorchServe under a `medsynth torchserve` wrapper (which exits when TorchServe dies)."""
     ts_home = home / "torchserve"
-    (ts_home / "model-store").mkdir(parents=True, exist_ok=True)
+    (ts_home / "model-store").mkdir(parents=True, exist_ok=True, mode=0o700)
+    (ts_home / "model-store").chmod(0o700)  # archives are code TorchServe runs: only this user writes them
     state_file = ts_home / "state.json"
     state_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "medsynth.local.cli", "torchserve", "--model-store", str(ts_home / "model-store"),

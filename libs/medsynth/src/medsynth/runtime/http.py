@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import threading
@@ -14,7 +15,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from medsynth.bus.client import BusError
-from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound, StoreError, TooLarge
+from medsynth.core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MedsynthError,
+    NotFound,
+    RateLimited,
+    StoreError,
+    TooLarge,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +35,9 @@ ReadinessChecks = Callable[[], Mapping[str, bool]]
 STATUS_BY_ERROR: list[tuple[type[MedsynthError], int]] = [
     (TooLarge, 413),
     (InvalidInput, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (NotFound, 404),
     (Conflict, 409),
     (StoreError, 503),
@@ -38,14 +52,19 @@ class ErrorBody(BaseModel):
 
 #: The statuses every route of the two apps may answer besides its own success (documented in OpenAPI).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No credentials, or a token or key that is expired, forged, revoked or for another audience."},
+    403: {"model": ErrorBody, "description": "The caller's role, or the project its credentials are for, does not allow this."},
     404: {"model": ErrorBody, "description": "A named dataset, scan, job, generator, cohort or run does not exist."},
     409: {"model": ErrorBody, "description": "The request collides with existing state."},
     422: {"model": ErrorBody, "description": "The request is invalid; the detail names the field or the problem."},
+    429: {"model": ErrorBody, "description": "Over the caller's request or upload rate; Retry-After says when to try again."},
     503: {"model": ErrorBody, "description": "The store or the broker cannot be reached now (Retry-After where a job was recorded)."},
 }
 
 
-def health_router(checks: ReadinessChecks) -> APIRouter:
+def health_router(checks: ReadinessChecks, metrics_token: str | None = None) -> APIRouter:
+    """``/healthz`` and ``/readyz`` (anonymous, for probes) and ``/metrics``, which asks for
+    ``Authorization: Bearer <metrics_token>`` when a token is set (``MEDSYNTH_METRICS_TOKEN``)."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz")
@@ -58,9 +77,14 @@ def health_router(checks: ReadinessChecks) -> APIRouter:
         status = 200 if results and all(results.values()) else 503
         return JSONResponse({"ready": status == 200, "checks": results}, status_code=status)
 
-    @router.get("/metrics")
-    def metrics() -> Response:
+    @router.get("/metrics", responses={401: {"model": ErrorBody, "description": "The metrics token is missing or wrong."}})
+    def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        given = request.headers.get("authorization", "").encode()
+        if metrics_token is not None and not hmac.compare_digest(given, f"Bearer {metrics_token}".encode()):
+            return JSONResponse({"detail": "/metrics needs Authorization: Bearer <the metrics token>."}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -106,9 +130,15 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(getattr(exc, "http_headers", None) or {})  # e.g. Connection: close from a refused upload
         if (retry := getattr(exc, "retry_after_s", None)) is not None:
             headers["Retry-After"] = str(int(retry))
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="medsynth"'
+        if (audit := getattr(request.state, "audit", None)) is not None:
+            audit.reason = str(exc)
         return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers or None)
 
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if (audit := getattr(request.state, "audit", None)) is not None:
+            audit.reason = "invalid request"
         return JSONResponse({"detail": _printable(exc.errors())}, status_code=422)
 
     app.add_exception_handler(MedsynthError, handle)

@@ -24,6 +24,8 @@ JOBS_BY_STATE = Gauge("medsynth_job_records", "Job records by kind and state (co
 GATE_WITHHELD = Counter("medsynth_sampler_withheld_total", "Draws the memorization gate withheld as near-copies of training images.")
 GATE_REFUSED = Counter("medsynth_sampler_refused_total", "Cohorts the memorization gate refused (block, or a filter past its cap).")
 
+AUDIT_FAILURES = Counter("medsynth_audit_failures_total", "Requests whose audit record could not be written.")
+AUTH_REFUSED = Counter("medsynth_auth_refused_total", "Requests refused by the guard, by status (401, 403, 429).", ["status"])
 HTTP_REQUESTS = Counter("medsynth_http_requests_total", "HTTP requests by method, route template and status.", ["method", "route", "status"])
 HTTP_SECONDS = Histogram(
     "medsynth_http_request_duration_seconds", "HTTP request latency by method and route template.", ["method", "route"],

@@ -28,7 +28,7 @@ def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler
         return {"consumer": worker.ready.is_set(), "kafka": worker.bus.reachable()}
 
     app = FastAPI(title=f"medsynth {name}", version=__version__)
-    app.include_router(health_router(ready))
+    app.include_router(health_router(ready, settings.metrics_token_value))
     serve_in_thread(app, settings.http_host, settings.http_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())

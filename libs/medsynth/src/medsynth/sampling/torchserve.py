@@ -10,9 +10,12 @@ group, with a generated ``config.properties`` in a private work directory:
   ``$TMPDIR/.model_server.pid`` and refuses to start a second server while it names a live one,
   and the frontend puts its worker sockets (``.ts.sock.<port>``) and unpacked archives in
   ``java.io.tmpdir``; private temp dirs let several servers run side by side;
-* token auth off (0.12 turns it on by default and wants a key file), the model-control API on
-  (0.12 turns ``POST /models`` off by default), no config snapshots, no per-model pip installs,
-  no system-metrics collector;
+* token authorization on: TorchServe writes its management, inference and token-API keys to
+  ``<workdir>/key_file.json`` (mode 0600) and asks for them as ``Authorization: Bearer``; keys last
+  ``token_expiration_min`` (:data:`TOKEN_MINUTES`), and the client renews an expired one through the
+  token API. The model-control API on (0.12 turns ``POST /models`` off by default) — registering an
+  archive runs its code, which is why the management key is the sampler's alone; no config
+  snapshots, no per-model pip installs, no system-metrics collector;
 * ``max_response_size`` raised from 6.5 MB to :data:`MAX_RESPONSE_BYTES`: a larger answer does not
   fail cleanly, TorchServe reports the worker dead (HTTP 500) and restarts it;
 * logs (its stdout/stderr, and the log4j files via ``LOG_LOCATION``) under ``<workdir>/logs``.
@@ -113,8 +116,13 @@ class TorchServeProcess:
     def metrics_url(self) -> str:
         return self._url("metrics")
 
+    @property
+    def key_file(self) -> Path:
+        """TorchServe writes it in its working directory once it is up."""
+        return self.workdir / "key_file.json"
+
     def client(self, **kwargs: Any) -> TorchServeClient:
-        return TorchServeClient(self.inference_url, self.management_url, **kwargs)
+        return TorchServeClient(self.inference_url, self.management_url, key_file=self.key_file, **kwargs)
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -247,7 +255,8 @@ class TorchServeProcess:
             "model_store": str(self.model_store),
             "default_workers_per_model": "1",
             "install_py_dep_per_model": "false",
-            "disable_token_authorization": "true",
+            "disable_token_authorization": "false",
+            "token_expiration_min": str(TOKEN_MINUTES),
             "enable_model_api": "true",
             "enable_envvars_config": "false",
             "disable_system_metrics": "true",
@@ -265,7 +274,7 @@ class TorchServeProcess:
     def _command(self, config: Path) -> list[str]:
         return [
             self.python, "-m", "ts.model_server", "--start", "--foreground",
-            "--ncs", "--disable-token-auth", "--enable-model-api",
+            "--ncs", "--enable-model-api",
             "--model-store", str(self.model_store), "--ts-config", str(config),
         ]  # fmt: skip
 
@@ -279,7 +288,8 @@ class TorchServeProcess:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         url = f"{self.inference_url}/ping"
-        with httpx.Client(timeout=2.0) as http:
+        probe = TorchServeClient(self.inference_url, self.management_url, timeout_s=2.0, key_file=self.key_file)
+        with probe:
             while True:
                 assert self._proc is not None
                 code = self._proc.poll()
@@ -287,7 +297,7 @@ class TorchServeProcess:
                     raise SamplerUnavailable(
                         f"TorchServe exited with status {code} while starting (ping {url}); log {self.log_path}:\n{self.log_tail()}"
                     )
-                if _healthy(http, url):
+                if probe.ping():
                     return
                 if time.monotonic() > deadline:
                     raise SamplerUnavailable(
@@ -295,6 +305,9 @@ class TorchServeProcess:
                         f"log {self.log_path}:\n{self.log_tail()}"
                     )
                 time.sleep(0.25)
+
+
+TOKEN_MINUTES = 60  # TorchServe's own default lifetime of a management or inference key
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -322,9 +335,9 @@ def _port_taken(log_path: Path, offset: int) -> bool:
     return "Address already in use" in text or "BindException" in text
 
 
-def _healthy(http: httpx.Client, url: str) -> bool:
+def _healthy(http: httpx.Client, url: str, headers: Mapping[str, str] | None = None) -> bool:
     try:
-        response = http.get(url)
+        response = http.get(url, headers=headers)
         return response.status_code == 200 and response.json().get("status") == "Healthy"
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
@@ -363,11 +376,16 @@ def _wait_gone(proc: subprocess.Popen[bytes], members: list[Any], timeout_s: flo
 
 
 class TorchServeClient:
-    """The management and inference APIs of one TorchServe server (token auth off)."""
+    """The management and inference APIs of one TorchServe server. ``key_file`` is the server's
+    ``key_file.json`` (token authorization); without one, requests go without a token, which only a
+    server with token authorization disabled answers."""
 
-    def __init__(self, inference_url: str, management_url: str, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+    def __init__(self, inference_url: str, management_url: str, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 key_file: str | Path | None = None) -> None:
         self.inference_url = inference_url.rstrip("/")
         self.management_url = management_url.rstrip("/")
+        self.key_file = Path(key_file) if key_file else None
+        self._keys: dict[str, str] = {}
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0))
 
     def close(self) -> None:
@@ -384,7 +402,15 @@ class TorchServeClient:
 
     def ping(self) -> bool:
         """Whether the inference API answers Healthy (never raises)."""
-        return _healthy(self._http, f"{self.inference_url}/ping")
+        url = f"{self.inference_url}/ping"
+        try:
+            headers = {"Authorization": f"Bearer {self._key('inference')}"} if self.key_file is not None else {}
+        except SamplerUnavailable:  # no key file yet: the server is not up
+            return False
+        if _healthy(self._http, url, headers):
+            return True
+        self._keys = {}  # a restarted server has written new keys: read them at the next call
+        return False
 
     def register(
         self,
@@ -459,10 +485,48 @@ class TorchServeClient:
         return response
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One call with the API's key; an answer of 401 (the key expired) renews it and tries again once."""
+        api = "management" if url.startswith(self.management_url) else "inference"
+        response = self._send(method, url, api, **kwargs)
+        if response.status_code == 401 and self.key_file is not None:
+            self._renew(api)
+            response = self._send(method, url, api, **kwargs)
+            if response.status_code == 401:
+                raise SamplerUnavailable(f"TorchServe at {url} refuses the {api} key of {self.key_file}: {_error_text(response)}")
+        return response
+
+    def _send(self, method: str, url: str, api: str, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", None) or {})
+        if self.key_file is not None:
+            headers["Authorization"] = f"Bearer {self._key(api)}"
         try:
-            return self._http.request(method, url, **kwargs)
+            return self._http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise _unavailable(url, exc, self._http.timeout.read) from exc
+
+    def _key(self, api: str) -> str:
+        if api not in self._keys:
+            self._read_keys()
+        return self._keys[api]
+
+    def _read_keys(self) -> None:
+        assert self.key_file is not None
+        try:
+            raw = json.loads(self.key_file.read_text())
+            self._keys = {"management": raw["management"]["key"], "inference": raw["inference"]["key"], "api": raw["API"]["key"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SamplerUnavailable(f"TorchServe's key file {self.key_file} cannot be read: {exc}") from exc
+
+    def _renew(self, api: str) -> None:
+        """Ask the token API for a fresh ``api`` key (TorchServe rewrites its key file), then reread it."""
+        self._read_keys()  # another client may have renewed it already
+        url = f"{self.management_url}/token"
+        try:
+            self._http.get(url, params={"type": api}, headers={"Authorization": f"Bearer {self._keys['api']}"})
+        except httpx.HTTPError as exc:
+            raise _unavailable(url, exc, self._http.timeout.read) from exc
+        self._read_keys()
+        log.info("renewed the TorchServe %s key", api)
 
 
 def _unavailable(url: str, exc: httpx.HTTPError, read_timeout: float | None) -> SamplerUnavailable:

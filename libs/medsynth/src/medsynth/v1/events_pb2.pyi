@@ -86,12 +86,13 @@ class CohortReady(_message.Message):
     def __init__(self, cohort_id: _Optional[str] = ..., generator_id: _Optional[str] = ..., count: _Optional[int] = ..., manifest_key: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("schema_version", "event_id", "time", "job_id", "kind", "queued", "started", "progress", "succeeded", "failed", "cancelled", "scan_ingested", "cohort_ready")
+    __slots__ = ("schema_version", "event_id", "time", "job_id", "kind", "project", "queued", "started", "progress", "succeeded", "failed", "cancelled", "scan_ingested", "cohort_ready")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +106,7 @@ class Event(_message.Message):
     time: _timestamp_pb2.Timestamp
     job_id: str
     kind: _jobs_pb2.JobKind
+    project: str
     queued: JobQueued
     started: JobStarted
     progress: JobProgress
@@ -113,7 +115,7 @@ class Event(_message.Message):
     cancelled: JobCancelled
     scan_ingested: ScanIngested
     cohort_ready: CohortReady
-    def __init__(self, schema_version: _Optional[int] = ..., event_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[_jobs_pb2.JobKind, str]] = ..., queued: _Optional[_Union[JobQueued, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., succeeded: _Optional[_Union[JobSucceeded, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., scan_ingested: _Optional[_Union[ScanIngested, _Mapping]] = ..., cohort_ready: _Optional[_Union[CohortReady, _Mapping]] = ...) -> None: ...
+    def __init__(self, schema_version: _Optional[int] = ..., event_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[_jobs_pb2.JobKind, str]] = ..., project: _Optional[str] = ..., queued: _Optional[_Union[JobQueued, _Mapping]] = ..., started: _Optional[_Union[JobStarted, _Mapping]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., succeeded: _Optional[_Union[JobSucceeded, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., scan_ingested: _Optional[_Union[ScanIngested, _Mapping]] = ..., cohort_ready: _Optional[_Union[CohortReady, _Mapping]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("command", "topic", "partition", "offset", "error", "attempts", "time")

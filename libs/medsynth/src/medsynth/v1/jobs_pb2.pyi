@@ -320,10 +320,11 @@ class Evaluate(_message.Message):
     def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("schema_version", "job_id", "kind", "prepare_dataset", "train_generator", "sample_cohort", "train_segmenter", "evaluate")
+    __slots__ = ("schema_version", "job_id", "kind", "project", "prepare_dataset", "train_generator", "sample_cohort", "train_segmenter", "evaluate")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     PREPARE_DATASET_FIELD_NUMBER: _ClassVar[int]
     TRAIN_GENERATOR_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COHORT_FIELD_NUMBER: _ClassVar[int]
@@ -332,9 +333,10 @@ class Command(_message.Message):
     schema_version: int
     job_id: str
     kind: JobKind
+    project: str
     prepare_dataset: PrepareDataset
     train_generator: TrainGenerator
     sample_cohort: SampleCohort
     train_segmenter: TrainSegmenter
     evaluate: Evaluate
-    def __init__(self, schema_version: _Optional[int] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., prepare_dataset: _Optional[_Union[PrepareDataset, _Mapping]] = ..., train_generator: _Optional[_Union[TrainGenerator, _Mapping]] = ..., sample_cohort: _Optional[_Union[SampleCohort, _Mapping]] = ..., train_segmenter: _Optional[_Union[TrainSegmenter, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ...) -> None: ...
+    def __init__(self, schema_version: _Optional[int] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., project: _Optional[str] = ..., prepare_dataset: _Optional[_Union[PrepareDataset, _Mapping]] = ..., train_generator: _Optional[_Union[TrainGenerator, _Mapping]] = ..., sample_cohort: _Optional[_Union[SampleCohort, _Mapping]] = ..., train_segmenter: _Optional[_Union[TrainSegmenter, _Mapping]] = ..., evaluate: _Optional[_Union[Evaluate, _Mapping]] = ...) -> None: ...

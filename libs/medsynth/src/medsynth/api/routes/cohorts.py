@@ -7,7 +7,7 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from medsynth.api.deps import JobsDep, StoreDep
@@ -64,9 +64,11 @@ def cohort_closest_pairs(cohort_id: str, store: StoreDep, jobs: JobsDep) -> Resp
 
 
 @router.get("/{cohort_id}/download")
-def download_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> StreamingResponse:
-    """The whole cohort (samples, contact sheet, manifest) as a zip, streamed."""
+def download_cohort(cohort_id: str, request: Request, store: StoreDep, jobs: JobsDep) -> StreamingResponse:
+    """The whole cohort (samples, contact sheet, manifest) as a zip, streamed. Its audit record
+    carries the SHA-256 of the cohort's manifest, which lists every sample's digest."""
     record = finished(jobs.records, cohort_id, JobKind.sample_cohort)
+    request.state.audit.detail["manifest_sha256"] = store.stat(record.result_keys["manifest"]).sha256
     prefix = record.result_keys["manifest"].rsplit("/", 1)[0] + "/"
     return StreamingResponse(
         _zip_stream(store, prefix, cohort_id),

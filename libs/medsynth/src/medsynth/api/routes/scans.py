@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from medsynth.api.deps import BusDep, SettingsDep, StoreDep
+from medsynth.api.deps import BusDep, GuardDep, PrincipalDep, ProjectDep, SettingsDep, StoreDep
 from medsynth.api.schemas import ScanPublic
 from medsynth.bus.client import BusError
 from medsynth.api.upload_stream import ScanForm, read_scan_form
@@ -35,13 +35,25 @@ UPLOAD_BODY = {
 }
 
 
+# The app caps request bodies at MEDSYNTH_MAX_JSON_BYTES; this route lifts that cap and applies its own
+# while the form streams in (MEDSYNTH_MAX_UPLOAD_BYTES per file, checked in read_scan_form).
+STREAMED = 2**50
+
+
 @router.post("/{dataset}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanPublic,
-             openapi_extra={"requestBody": UPLOAD_BODY},
+             openapi_extra={"requestBody": UPLOAD_BODY}, max_body_size=STREAMED,
              responses={413: {"description": "The body or a file is over MEDSYNTH_MAX_UPLOAD_BYTES, or a header declares too many voxels."},
                         422: {"description": "Not a scan: bad form, name, NIfTI header or content."}})
-async def upload_scan(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep) -> ScanPublic:
+async def upload_scan(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep,
+                      guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> ScanPublic:
     """Upload one scan (multipart: ``patient_id``, ``image``, optional ``label``). The body is read as
-    it streams in, with a running size cap; each file's NIfTI header is checked from its first bytes."""
+    it streams in, with a running size cap; each file's NIfTI header is checked from its first bytes.
+    A key and a project may each upload MEDSYNTH_UPLOADS_PER_MINUTE_PER_KEY / _PER_PROJECT scans a minute (429 past it)."""
+    try:
+        guard.limit_upload(principal, project)
+    except Exception as exc:
+        exc.http_headers = {"Connection": "close"}  # the body stays unread
+        raise
     declared = request.headers.get("content-length")
     try:
         form = await read_scan_form(request.headers.get("content-type", ""), int(declared) if declared and declared.isdigit() else None,
@@ -51,12 +63,12 @@ async def upload_scan(dataset: str, request: Request, settings: SettingsDep, sto
         exc.http_headers = {"Connection": "close"}  # the rest of the body stays unread: end the connection
         raise
     try:
-        return await _ingest(dataset, form, settings, store, bus)
+        return await _ingest(dataset, project, form, settings, store, bus)
     finally:
         form.close()
 
 
-async def _ingest(dataset: str, form: ScanForm, settings, store, bus) -> ScanPublic:
+async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, bus) -> ScanPublic:
     image_upload, label_upload = form.image, form.label
 
     def announce(entry: ScanEntry, manifest: ManifestVersion) -> None:
@@ -69,7 +81,7 @@ async def _ingest(dataset: str, form: ScanForm, settings, store, bus) -> ScanPub
             label_key=entry.label_key or "",
         )
         try:
-            bus.emit(make_event(scan_ingested=ingested))
+            bus.emit(make_event(project=project, scan_ingested=ingested))
         except BusError as exc:  # the manifest is the record; the event is a notification
             log.warning("scan %s ingested but scan-ingested event not sent: %s", entry.scan_id, exc)
 

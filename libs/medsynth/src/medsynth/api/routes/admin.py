@@ -1,0 +1,101 @@
+"""Administration: projects, API keys and the audit trail (the admin role; listing projects: anyone)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+from fastapi.concurrency import run_in_threadpool
+
+from medsynth.api.deps import GuardDep, PrincipalDep, ProjectDep
+from medsynth.api.schemas import (
+    AuditPage,
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+    KeysPublic,
+    ProjectCreate,
+    ProjectCreated,
+    ProjectPublic,
+    ProjectsPublic,
+)
+from medsynth.auth.audit import ChainCheck, matches
+from medsynth.auth.principal import Role
+from medsynth.core.errors import Conflict, NotFound
+from medsynth.projects import Project
+
+router = APIRouter(tags=["administration"])
+
+
+def _public(project: Project, roles) -> ProjectPublic:
+    return ProjectPublic(name=project.name, description=project.description, created_at=project.created_at,
+                         roles=sorted(roles, key=lambda r: r.value))
+
+
+@router.get("/v1/projects", response_model=ProjectsPublic)
+def list_projects(guard: GuardDep, principal: PrincipalDep) -> ProjectsPublic:
+    """The caller's projects, with its roles in each (never another's)."""
+    names = guard.projects.names() if principal.every_project else principal.projects()
+    found = []
+    for name in names:
+        try:
+            found.append(_public(guard.projects.get(name), principal.roles_in(name)))
+        except NotFound:  # a grant in an OIDC token for a project not created (yet)
+            continue
+    return ProjectsPublic(projects=found)
+
+
+@router.post("/v1/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectCreated)
+def create_project(body: ProjectCreate, guard: GuardDep, principal: PrincipalDep) -> ProjectCreated:
+    """A new project (409 if the name is taken), with a first admin key for it, shown once."""
+    project = guard.projects.create(body.name, description=body.description, created_by=principal.actor)
+    key, token = guard.keys.create(project.name, Role.admin, name=f"first admin key of {project.name}",
+                                   created_by=principal.actor)
+    return ProjectCreated(project=_public(project, {Role.admin}), admin_key=KeyCreated(**KeyPublic.of(key).model_dump(), token=token))
+
+
+@router.get("/v1/keys", response_model=KeysPublic)
+def list_keys(guard: GuardDep, project: ProjectDep) -> KeysPublic:
+    """The project's keys (never their secrets, which are not kept)."""
+    return KeysPublic(keys=[KeyPublic.of(k) for k in guard.keys.list(project)])
+
+
+@router.post("/v1/keys", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+def create_key(body: KeyCreate, guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> KeyCreated:
+    """A key of the project with one role; its token is in this answer and nowhere else."""
+    key, token = guard.keys.create(project, body.role, name=body.name, expires_in_days=body.expires_in_days,
+                                   created_by=principal.actor)
+    return KeyCreated(**KeyPublic.of(key).model_dump(), token=token)
+
+
+@router.delete("/v1/keys/{key_id}", response_model=KeyPublic)
+def revoke_key(key_id: str, guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> KeyPublic:
+    """Revoke a key of the project (404 for a key of another project). Every service stops taking it
+    within MEDSYNTH_KEY_CACHE_S."""
+    return KeyPublic.of(guard.keys.revoke(project, key_id, by=principal.actor))
+
+
+@router.get("/v1/audit", response_model=AuditPage)
+async def read_audit(
+    guard: GuardDep,
+    project: ProjectDep,
+    since_seq: int = Query(0, ge=0, description="Only records after this number."),
+    limit: int = Query(200, ge=1, le=1000),
+    actor: str | None = Query(None, max_length=300),
+    action: str | None = Query(None, max_length=100),
+    outcome: int | None = Query(None, ge=100, le=599, description="An HTTP status, e.g. 403."),
+    unattributed: bool = Query(False, description="Also refusals that named no project (bad or missing credentials)."),
+) -> AuditPage:
+    """The project's audit records, oldest first, filtered."""
+    filters = {"actor": actor, "action": action, "outcome": outcome}
+    records = await run_in_threadpool(guard.audit.records, since_seq=since_seq)
+    mine = [r for r in records if (r.project == project or (unattributed and r.project is None)) and matches(r, filters)]
+    page = mine[:limit]
+    return AuditPage(records=page, count=len(page), next_seq=page[-1].seq if page else since_seq)
+
+
+@router.get("/v1/audit/verify", response_model=ChainCheck, responses={409: {"description": "The chain is broken."}})
+async def verify_audit(guard: GuardDep) -> ChainCheck:
+    """Walk the whole chain (every project's records: the chain is one). 409 names the first broken record."""
+    check = await run_in_threadpool(guard.audit.verify)
+    if not check.ok:
+        raise Conflict(f"the audit trail is broken at record {check.broken_at}: {check.reason}")
+    return check

@@ -1,0 +1,85 @@
+"""The one policy table: for every route of the api and ingest services, who may call it.
+
+A route that is not in the table is refused (default deny), and ``tests/auth/test_policy_matrix.py``
+fails on it, so a new route cannot ship without a line here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from medsynth.auth.principal import Role
+
+
+class Access(str, Enum):
+    public = "public"    # anonymous: probes and the API description
+    metrics = "metrics"  # the metrics token, not a user's credentials
+    roles = "roles"      # an authenticated caller holding one of the policy's roles
+
+
+@dataclass(frozen=True)
+class Policy:
+    action: str
+    roles: frozenset[Role] = frozenset()
+    access: Access = Access.roles
+    project: bool = True  # acts on one project's resources (the caller's, or the one named in X-Medsynth-Project)
+
+
+def _p(action: str, *roles: Role, project: bool = True) -> Policy:
+    return Policy(action, frozenset(roles), project=project)
+
+
+UPLOADER, RESEARCHER, VIEWER, ADMIN = Role.uploader, Role.researcher, Role.viewer, Role.admin
+READERS = (RESEARCHER, VIEWER)            # reports, metrics, states
+STATUS = (RESEARCHER, VIEWER, ADMIN)      # job states
+
+#: (method, route template) → policy, for both apps.
+POLICIES: dict[tuple[str, str], Policy] = {
+    ("GET", "/healthz"): Policy("health", access=Access.public, project=False),
+    ("GET", "/readyz"): Policy("readiness", access=Access.public, project=False),
+    ("GET", "/metrics"): Policy("metrics", access=Access.metrics, project=False),
+    # ingest
+    ("POST", "/v1/datasets/{dataset}/scans"): _p("scan.upload", UPLOADER, RESEARCHER),
+    # datasets and views
+    ("GET", "/v1/datasets"): _p("dataset.list", *READERS),
+    ("GET", "/v1/datasets/{dataset}"): _p("dataset.read", *READERS),
+    ("GET", "/v1/datasets/{dataset}/versions"): _p("dataset.versions", *READERS),
+    ("GET", "/v1/datasets/{dataset}/manifest"): _p("dataset.manifest", RESEARCHER),
+    ("POST", "/v1/datasets/{dataset}/views"): _p("view.create", RESEARCHER),
+    ("GET", "/v1/datasets/{dataset}/views/{view_id}"): _p("view.read", RESEARCHER),
+    # jobs
+    ("GET", "/v1/jobs"): _p("job.list", *STATUS),
+    ("GET", "/v1/jobs/{job_id}"): _p("job.read", *STATUS),
+    ("POST", "/v1/jobs/{job_id}/cancel"): _p("job.cancel", RESEARCHER, ADMIN),
+    # generators
+    ("POST", "/v1/generators"): _p("generator.create", RESEARCHER),
+    ("GET", "/v1/generators"): _p("generator.list", *READERS),
+    ("GET", "/v1/generators/{generator_id}"): _p("generator.read", *READERS),
+    ("GET", "/v1/generator-families"): _p("generator.families", *Role, project=False),
+    # cohorts
+    ("POST", "/v1/cohorts"): _p("cohort.create", RESEARCHER),
+    ("GET", "/v1/cohorts/{cohort_id}"): _p("cohort.read", *READERS),
+    ("GET", "/v1/cohorts/{cohort_id}/closest-pairs.png"): _p("cohort.closest-pairs", RESEARCHER),
+    ("GET", "/v1/cohorts/{cohort_id}/download"): _p("cohort.download", RESEARCHER),
+    # segmentation runs and evaluations
+    ("POST", "/v1/segmentations"): _p("segmentation.create", RESEARCHER),
+    ("GET", "/v1/segmentations/{run_id}"): _p("segmentation.read", *READERS),
+    ("POST", "/v1/evaluations"): _p("evaluation.create", RESEARCHER),
+    ("GET", "/v1/evaluations/{evaluation_id}"): _p("evaluation.read", *READERS),
+    ("GET", "/v1/evaluations/{evaluation_id}/report"): _p("evaluation.report", *READERS),
+    # administration
+    ("GET", "/v1/projects"): _p("project.list", *Role, project=False),
+    ("POST", "/v1/projects"): _p("project.create", ADMIN, project=False),
+    ("GET", "/v1/keys"): _p("key.list", ADMIN),
+    ("POST", "/v1/keys"): _p("key.create", ADMIN),
+    ("DELETE", "/v1/keys/{key_id}"): _p("key.revoke", ADMIN),
+    ("GET", "/v1/audit"): _p("audit.read", ADMIN),
+    ("GET", "/v1/audit/verify"): _p("audit.verify", ADMIN),
+}
+
+#: Served by FastAPI itself, outside the routers: anonymous.
+PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def policy_for(method: str, path: str) -> Policy | None:
+    return POLICIES.get((method.upper(), path))
