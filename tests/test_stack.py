@@ -4,6 +4,7 @@ prepare-dataset job through Kafka and the trainer worker; `stack down` stops eve
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -36,6 +37,29 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     medsynth("stack", "down", env=env)
 
 
+def key(env: dict, role: str, project: str = "default") -> str:
+    """A key made the way the README bootstraps the stack: ``medsynth keys create``; one per role and project."""
+    name = f"TEST_KEY_{role}_{project}".upper()
+    if name not in env:
+        if project != "default" and project not in medsynth("projects", "list", env=env).stdout.split():
+            assert medsynth("projects", "create", project, env=env).returncode == 0
+        made = medsynth("keys", "create", "--project", project, "--role", role, "--name", "test_stack", env=env)
+        assert made.returncode == 0 and made.stdout.startswith("msk_"), made.stdout + made.stderr
+        env[name] = made.stdout.strip()
+    return env[name]
+
+
+def client(env: dict, role: str = "researcher", *, timeout: float = 60, project: str = "default") -> httpx.Client:
+    return httpx.Client(base_url="http://127.0.0.1:18700", timeout=timeout,
+                        headers={"Authorization": f"Bearer {key(env, role, project)}"})
+
+
+def metrics(env: dict, port: int) -> str:
+    token = (Path(env["MEDSYNTH_HOME"]) / "secrets" / "metrics-token").read_text()
+    assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 401
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"}).text
+
+
 def readme_curl_line() -> str:
     lines = [l for l in (REPO / "README.md").read_text().splitlines() if l.strip().startswith("curl ") and "/scans" in l]
     assert len(lines) == 1, "README should document exactly one curl line for ingesting a scan"
@@ -55,17 +79,19 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
     write_phantom_dataset(data, n=6, seed=5, shape=(24, 24, 10))
     # the README's curl line, run inside the phantom folder, pointed at this test's port
     curl = readme_curl_line().replace(":8701/", ":18701/")
-    result = subprocess.run(curl, shell=True, cwd=data, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(curl, shell=True, cwd=data, capture_output=True, text=True, timeout=60,
+                            env={**stack_env, "MEDSYNTH_API_KEY": key(stack_env, "uploader")})
     assert result.returncode == 0 and '"scan_id"' in result.stdout, (curl, result.stdout, result.stderr)
 
     (data / "imagesTr" / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     (data / "imagesTr" / "._phantom_001.nii.gz").write_bytes(b"macOS resource fork")  # must be ignored
-    ingest = medsynth("ingest", str(data), "--dataset", "demo", env=stack_env)
+    assert medsynth("ingest", str(data), "--dataset", "demo", env=stack_env).returncode == 2  # no key: refused at once
+    ingest = medsynth("ingest", str(data), "--dataset", "demo", env={**stack_env, "MEDSYNTH_API_KEY": key(stack_env, "uploader")})
     assert ingest.returncode == 1, ingest.stdout + ingest.stderr  # one rejection
     assert "accepted 5, already present 1, rejected 1" in ingest.stdout
     assert re.search(r"broken: HTTP 422: .*not a readable NIfTI", ingest.stdout), ingest.stdout
 
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=30) as api:
+    with client(stack_env, timeout=30) as api:
         ds = api.get("/v1/datasets/demo").json()
         assert ds["scans"] == 6 and ds["patients"] == 6 and ds["labelled_scans"] == 6
         job = api.post("/v1/datasets/demo/views", json={"size": 32, "val_fraction": 0.2, "test_fraction": 0.2}).json()
@@ -76,9 +102,13 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
         assert job["state"] == "succeeded", job
         view = api.get(f"/v1/datasets/demo/views/{job['result_keys']['view'].split('/')[-2]}").json()
         assert sum(len(v) for v in view["patients"].values()) == 6
-        metrics = httpx.get("http://127.0.0.1:18711/metrics").text
-        assert 'medsynth_jobs_total{kind="prepare-dataset",outcome="succeeded"} 1.0' in metrics
-        assert "medsynth_ingest_scans_total" in httpx.get("http://127.0.0.1:18701/metrics").text
+        metrics_text = metrics(stack_env, 18711)
+        assert 'medsynth_jobs_total{kind="prepare-dataset",outcome="succeeded"} 1.0' in metrics_text
+        assert "medsynth_ingest_scans_total" in metrics(stack_env, 18701)
+        with client(stack_env, project="other") as other:  # a researcher of another project sees none of it
+            assert other.get("/v1/datasets").json() == {"datasets": []}
+            assert other.get("/v1/datasets/demo").status_code == 404
+            assert other.get(f"/v1/jobs/{job['job_id']}").status_code == 404
 
 
 
@@ -95,7 +125,7 @@ SMALL = {
 
 
 def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp_path: Path) -> None:
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+    with client(stack_env, timeout=60) as api:
         timings: dict[str, float] = {}
         report = run_pipeline(api, "demo", TINY, timings, echo=lambda *_: None)
         assert [r["metric"] for r in report["fidelity"]] == ["fid", "kid"]
@@ -119,9 +149,14 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
         pairs = api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png")
         assert pairs.status_code == 200 and pairs.content.startswith(b"\x89PNG") and not any("closest" in n for n in names)
         assert "Release gate" in html and f"{release['thresholds']['pixel']:.4g}" in html
-        metrics = httpx.get("http://127.0.0.1:18711/metrics").text
-        assert "medsynth_trainer_steps_per_second" in metrics
-        assert 'medsynth_trainer_loss{family="joint-gan",loss="loss_d"}' in metrics
+        metrics_text = metrics(stack_env, 18711)
+        assert "medsynth_trainer_steps_per_second" in metrics_text
+        assert 'medsynth_trainer_loss{family="joint-gan",loss="loss_d"}' in metrics_text
+        with client(stack_env, "admin") as admin:  # the download is in the audit trail with the manifest's digest
+            (audited,) = admin.get("/v1/audit", params={"action": "cohort.download"}).json()["records"]
+        digest = hashlib.sha256(zipfile.ZipFile(tmp_path / "c.zip").read(f"{cohort_id}/manifest.json")).hexdigest()
+        assert audited["detail"] == {"manifest_sha256": digest} and audited["resource"] == {"cohort_id": cohort_id}
+        assert audited["outcome"] == 200 and audited["role"] == "researcher"
         assert report["generator"]["family"] == "joint-gan" and report["generator"]["options"]["loss"] == "hinge"
         assert "<h2>Generator</h2>" in html
 
@@ -129,7 +164,7 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
 @pytest.mark.parametrize("family", sorted(SMALL))
 def test_other_families_through_the_stack(family: str, stack_env: dict) -> None:
     """Train through REST/Kafka, sample every mask source through TorchServe, train a U-Net on the cohort."""
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+    with client(stack_env, timeout=60) as api:
         view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
         body = {"dataset": "demo", "view_id": view_id, "generator": SMALL[family], "training": {"steps": 6, "batch_size": 8},
                 "condition_on": "slice-position" if SMALL[family].get("conditional") else "none"}
@@ -151,7 +186,7 @@ def test_other_families_through_the_stack(family: str, stack_env: dict) -> None:
 
 
 def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+    with client(stack_env, timeout=60) as api:
         families = {f["family"]: f for f in api.get("/v1/generator-families").json()["families"]}
         assert set(families) == {"diffusion", "joint-gan", "spade", "stylegan2"}
         assert families["spade"]["mask_sources"] == ["generated", "real-deformed"]
@@ -179,7 +214,7 @@ def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
 
 def test_a_blocked_cohort_fails_with_its_reason_and_is_not_downloadable(stack_env: dict) -> None:
     """A threshold ten times the default anchors flags ordinary samples: under block the job fails."""
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+    with client(stack_env, timeout=60) as api:
         joint = next(j for j in api.get("/v1/generators").json()["jobs"] if j["state"] == "succeeded")
         body = {"generator_id": joint["job_id"], "count": 8, "release": {"policy": "block", "threshold_ratio": 10}}
         job_id = api.post("/v1/cohorts", json=body).raise_for_status().json()["job_id"]
@@ -189,7 +224,7 @@ def test_a_blocked_cohort_fails_with_its_reason_and_is_not_downloadable(stack_en
 
 
 def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
-    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=60) as api:
+    with client(stack_env, timeout=60) as api:
         r = api.post("/v1/cohorts", json={"generator_id": "train-generator-doesnotexist", "count": 4})
         assert r.status_code == 404 and "unknown generator" in r.json()["detail"]
         for count in (0, -1, 10**9):

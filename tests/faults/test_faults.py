@@ -53,18 +53,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                MEDSYNTH_RETRY_BACKOFF_S="2", MEDSYNTH_SAMPLER_WAIT_S="90")
     up = medsynth("stack", "up", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
+    for role in ("uploader", "researcher"):  # keys in the stack's SeaweedFS store, as the README bootstraps them
+        made = medsynth("keys", "create", "--role", role, env=env)
+        assert made.returncode == 0, made.stdout + made.stderr
+        env[f"TEST_KEY_{role.upper()}"] = made.stdout.strip()
     try:
         data = root / "msd"
         write_phantom_dataset(data, n=6, seed=3, shape=(24, 24, 10))
-        ingest = medsynth("ingest", str(data), "--dataset", "f", "--url", f"http://127.0.0.1:{BASE + 1}", env=env)
+        ingest = medsynth("ingest", str(data), "--dataset", "f", "--url", f"http://127.0.0.1:{BASE + 1}",
+                          env={**env, "MEDSYNTH_API_KEY": env["TEST_KEY_UPLOADER"]})
         assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-        with httpx.Client(base_url=API, timeout=30) as api:
+        with httpx.Client(base_url=API, timeout=30, headers=auth(env)) as api:
             view = wait_done(api, post(api, "/v1/datasets/f/views", {"size": 32, "val_fraction": 0.2, "test_fraction": 0.2}))
         yield {"env": env, "root": root, "view_id": view["result_keys"]["view"].split("/")[-2], "table": root / "fault-table.json"}
     finally:
         down = medsynth("stack", "down", env=env)
         print(f"fault table: {root / 'fault-table.json'}")
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def auth(env: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {env['TEST_KEY_RESEARCHER']}"}
 
 
 def post(api: httpx.Client, path: str, body: dict) -> str:
@@ -163,7 +172,7 @@ def generator_body(stack: dict, steps: int) -> dict:
 
 @pytest.fixture(scope="module")
 def generator_id(stack: dict) -> str:
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         return wait_done(api, post(api, "/v1/generators", generator_body(stack, 30)))["job_id"]
 
 
@@ -172,7 +181,7 @@ def generator_id(stack: dict) -> str:
 
 @pytest.mark.parametrize(("victim", "kind"), [("trainer", "generator"), ("sampler", "cohort"), ("segmenter", "segmentation"), ("evaluator", "evaluation")])
 def test_a_worker_killed_mid_job(stack: dict, generator_id: str, victim: str, kind: str) -> None:
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         if kind == "generator":
             body, path = generator_body(stack, 60), "/v1/generators"
         elif kind == "cohort":
@@ -198,7 +207,7 @@ def test_a_worker_killed_mid_job(stack: dict, generator_id: str, victim: str, ki
 
 
 def test_the_broker_restarted_mid_cohort(stack: dict, generator_id: str) -> None:
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         job_id = post(api, "/v1/cohorts", {"generator_id": generator_id, "count": 96, "seed": 4})
         killed = kill_when_running(api, stack["env"], job_id, "broker")
         fault_at = datetime.now(timezone.utc)
@@ -209,7 +218,7 @@ def test_the_broker_restarted_mid_cohort(stack: dict, generator_id: str) -> None
 
 
 def test_torchserve_killed_mid_cohort(stack: dict, generator_id: str) -> None:
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         job_id = post(api, "/v1/cohorts", {"generator_id": generator_id, "count": 96, "seed": 5})
         wait_for(api, job_id, ("running", *TERMINAL))
         # the Java frontend itself, not the medsynth wrapper: TorchServe dies as it would on its own
@@ -227,7 +236,7 @@ def test_torchserve_killed_mid_cohort(stack: dict, generator_id: str) -> None:
 def test_the_s3_server_frozen_for_30s_mid_training(stack: dict) -> None:
     """SIGSTOP on SeaweedFS: connections open but nothing answers — the store and the broker's
     storage both hang, as in a network partition — then SIGCONT after 30 s."""
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         job_id = post(api, "/v1/generators", generator_body(stack, 80))
         wait_for(api, job_id, ("running", *TERMINAL))
         weed = psutil.Process(pid_of(stack["env"], "seaweedfs"))
@@ -252,7 +261,7 @@ def test_the_api_killed_during_a_burst_of_submissions(stack: dict) -> None:
     lock = threading.Lock()
 
     def client(i: int) -> None:
-        with httpx.Client(base_url=API, timeout=30) as api:
+        with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
             for _ in range(120):
                 try:
                     r = api.post("/v1/datasets/f/views", json={"size": 16, "seed": i})
@@ -279,7 +288,7 @@ def test_the_api_killed_during_a_burst_of_submissions(stack: dict) -> None:
     assert len(answered) == 24
     created = sorted(k.split("/")[1] for k in set(s3.list("jobs/")) - before if k.endswith("/record.json"))
     assert set(answered) <= set(created)
-    with httpx.Client(base_url=API, timeout=30) as api:
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
         records = [wait_for(api, j, TERMINAL, timeout=300) for j in created]
     recovery = time.monotonic() - killed
     row_note = f"{len(created) - len(set(answered))} records whose POST got no answer"

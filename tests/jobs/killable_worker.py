@@ -24,7 +24,7 @@ def handler(spec, ctx):
     if ctx.record.attempts == 1:
         while True:  # the test kills us here, mid-handler, before any output is written
             time.sleep(0.1)
-    key = f"outputs/{ctx.job_id}/result.txt"
+    key = f"jobs/{ctx.job_id}/outputs/result.txt"
     ctx.store.put_bytes(key, b"done")
     with open(OUT / "output-writes.log", "a") as log:
         log.write(f"{key} by {os.getpid()}\n")

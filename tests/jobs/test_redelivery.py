@@ -65,7 +65,7 @@ def test_job_finishes_once_after_its_worker_is_killed(platform_settings: Setting
     assert done.attempts == 2
     assert sorted(p.name.split("-pid-")[0] for p in out.glob("attempt-*")) == ["attempt-1", "attempt-2"]
     writes = (out / "output-writes.log").read_text().splitlines()
-    assert writes == [f"outputs/{record.job_id}/result.txt by {second.pid}"]
+    assert writes == [f"jobs/{record.job_id}/outputs/result.txt by {second.pid}"]
     assert store.get_bytes(done.result_keys["result"]) == b"done"
     events = consume(platform_settings, events_topic(platform_settings.topic_prefix),
                      until=lambda ms: any(Event.FromString(m.value).WhichOneof("body") == "succeeded" for m in ms))

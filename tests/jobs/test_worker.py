@@ -45,7 +45,7 @@ def jobs(platform_settings: Settings, store: ObjectStore) -> Iterator[JobService
 def test_command_round_trip_writes_outputs_and_events(jobs: JobService, run_worker, store: ObjectStore, platform_settings: Settings) -> None:
     def handler(s: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[str, str]:
         ctx.progress(0.5, "half")
-        key = f"outputs/{ctx.job_id}/result.txt"
+        key = f"jobs/{ctx.job_id}/outputs/result.txt"
         store.put_bytes(key, f"dataset={s.dataset} size={s.size}".encode())
         return {"result": key}
 

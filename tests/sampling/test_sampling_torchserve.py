@@ -3,6 +3,7 @@ pixels must equal the in-process path bit for bit. Also: TorchServe down -> Samp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,35 @@ def test_torchserve_metrics_are_served_in_prometheus_format(torchserve: TorchSer
     text = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
     line = next(l for l in text.splitlines() if l.startswith("ts_inference_requests_total{"))
     assert float(line.rsplit(" ", 1)[1]) >= 1, line
+
+
+def test_torchserve_answers_only_with_the_right_key(torchserve: TorchServeProcess, client: TorchServeClient) -> None:
+    """Token authorization is on: no key, or the inference key on the management API, is refused;
+    the key file is the owner's alone."""
+    keys = json.loads(torchserve.key_file.read_text())
+    assert oct(torchserve.key_file.stat().st_mode & 0o777) == "0o600"
+    models = f"{torchserve.management_url}/models"
+    assert httpx.get(models, timeout=10).status_code in (400, 401)
+    wrong = {"Authorization": f"Bearer {keys['inference']['key']}"}
+    assert httpx.get(models, headers=wrong, timeout=10).status_code in (400, 401)
+    right = {"Authorization": f"Bearer {keys['management']['key']}"}
+    assert httpx.get(models, headers=right, timeout=10).status_code == 200
+    assert httpx.get(f"{torchserve.inference_url}/ping", timeout=10).status_code in (400, 401)
+    assert client.ping()
+    with TorchServeClient(torchserve.inference_url, torchserve.management_url, timeout_s=10) as keyless:
+        with pytest.raises(SamplerUnavailable):
+            keyless.is_registered("fam-diffusion")
+
+
+def test_a_refused_key_is_renewed_through_the_token_api(torchserve: TorchServeProcess) -> None:
+    """A client whose key TorchServe no longer takes (expired after token_expiration_min, or replaced)
+    asks the token API for a new one with the API key, rereads the key file and retries."""
+    with torchserve.client(timeout_s=10) as c:
+        assert c.is_registered("no-such-model") is False  # the client now holds the current management key
+        keys = json.loads(torchserve.key_file.read_text())
+        replaced = httpx.get(f"{torchserve.management_url}/token", params={"type": "management"},
+                             headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=10)
+        assert replaced.status_code == 200, replaced.text  # the key the client holds is void now
+        stale = {"Authorization": f"Bearer {keys['management']['key']}"}
+        assert httpx.get(f"{torchserve.management_url}/models", headers=stale, timeout=10).status_code in (400, 401)
+        assert c.is_registered("no-such-model") is False  # answered: the client renewed and retried

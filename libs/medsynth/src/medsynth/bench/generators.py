@@ -98,9 +98,11 @@ def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = N
             if data is None:
                 data = Path(tmp) / "phantoms"
                 write_phantom_dataset(data, n=settings.phantoms, seed=settings.seed)
-            summary = ingest_folder(Path(data), settings.dataset, f"http://127.0.0.1:{app.stack_base_port + 1}")
+            summary = ingest_folder(Path(data), settings.dataset, f"http://127.0.0.1:{app.stack_base_port + 1}",
+                                    api_key=stack.issue_key(app, "uploader", name="bench-generators"))
             echo("\n".join(summary.lines()))
-        with httpx.Client(base_url=f"http://127.0.0.1:{app.stack_base_port}", timeout=120) as api:
+        researcher = {"Authorization": f"Bearer {stack.issue_key(app, 'researcher', name='bench-generators')}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{app.stack_base_port}", timeout=120, headers=researcher) as api:
             result = _bench(api, app, settings, echo)
     finally:
         stack.down(app, echo=echo)

@@ -485,13 +485,13 @@ class TorchServeClient:
         return response
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One call with the API's key; an answer of 401 (the key expired) renews it and tries again once."""
+        """One call with the API's key; a refused key (expired) is renewed and the call tried again once."""
         api = "management" if url.startswith(self.management_url) else "inference"
         response = self._send(method, url, api, **kwargs)
-        if response.status_code == 401 and self.key_file is not None:
+        if _key_refused(response) and self.key_file is not None:
             self._renew(api)
             response = self._send(method, url, api, **kwargs)
-            if response.status_code == 401:
+            if _key_refused(response):
                 raise SamplerUnavailable(f"TorchServe at {url} refuses the {api} key of {self.key_file}: {_error_text(response)}")
         return response
 
@@ -542,6 +542,12 @@ def _archive_url(mar: str | Path) -> str:
     if isinstance(mar, Path):
         return mar.resolve().as_uri()
     return mar
+
+
+def _key_refused(response: httpx.Response) -> bool:
+    """TorchServe 0.12 answers a missing, wrong or expired key with 400 ("Token Authorization failed. Token
+    either incorrect, expired, or not provided correctly"; "Authentication" on some routes)."""
+    return response.status_code == 401 or (response.status_code == 400 and "Token either incorrect, expired" in response.text)
 
 
 def _raise_for_status(response: httpx.Response, url: str, doing: str) -> None:
