@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from medsynth import __version__
-from medsynth.auth.guard import Guard, authorize, install_audit
+from medsynth.auth.guard import Guard, authorize, document_public_routes, install_audit
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import run_reconciler
@@ -47,6 +47,7 @@ def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
     install_audit(app)
     install_http_metrics(app)
     app.include_router(health_router(lambda: _ready(app), settings.metrics_token_value))
+    document_public_routes(app)
     return app
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -73,9 +74,13 @@ class Guard:
                 raise RateLimited(f"{what} uploaded too many scans in the last minute; try again in {wait:.0f} s", wait)
 
 
-def authorize(request: Request) -> None:
+BEARER = HTTPBearer(auto_error=False, description="An API key (msk_…) or an OIDC access token.")
+
+
+def authorize(request: Request, _: HTTPAuthorizationCredentials | None = Security(BEARER)) -> None:
     """The dependency every route runs first; it leaves ``request.state.principal`` and, for routes
-    that act on a project, ``request.state.project``."""
+    that act on a project, ``request.state.project``. (``BEARER`` only describes the scheme in the
+    OpenAPI document, so that /docs can send a key; the header is read here.)"""
     route = request.scope.get("route")
     policy = policy_for(request.method, getattr(route, "path", ""))
     if policy is None:
@@ -119,6 +124,24 @@ def _role_named(held: frozenset[Role], policy: Policy) -> str | None:
     """The role the audit record names: the one that grants the request, else the caller's first."""
     granting = sorted(r.value for r in held & policy.roles) or sorted(r.value for r in held)
     return granting[0] if granting else None
+
+
+def document_public_routes(app: FastAPI) -> None:
+    """The OpenAPI document marks every route as needing the bearer scheme except the public ones."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    policy = policy_for(method, path)
+                    if policy is not None and policy.access is not Access.roles:
+                        operation.pop("security", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def install_audit(app: FastAPI) -> None:
