@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from medsynth import __version__
-from medsynth.auth.guard import Guard, authorize, document_public_routes, install_audit
+from medsynth.auth.guard import AuditMiddleware, Guard, authorize, document_public_routes
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.jobs.reconciler import run_reconciler
@@ -44,8 +44,8 @@ def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
                   max_body_size=settings.max_json_bytes)  # JSON bodies; the upload route has its own limits
     app.state.settings = settings
     install_error_handlers(app)
-    install_audit(app)
     install_http_metrics(app)
+    app.add_middleware(AuditMiddleware)
     app.include_router(health_router(lambda: _ready(app), settings.metrics_token_value))
     document_public_routes(app)
     return app

@@ -144,27 +144,44 @@ def document_public_routes(app: FastAPI) -> None:
     app.openapi = openapi
 
 
-def install_audit(app: FastAPI) -> None:
-    """Append each guarded request's audit record once its status is known."""
+class AuditMiddleware:
+    """ASGI middleware: append each guarded request's audit record when its status is known (at the
+    response's start, before any of its body is sent), so that a read whose record cannot be written
+    is answered 503 instead. Plain ASGI rather than an ``@app.middleware`` function: it sees the
+    messages without re-streaming the request and response bodies."""
 
-    @app.middleware("http")
-    async def audit(request: Request, call_next):
-        response = await call_next(request)
-        entry: AuditEntry | None = getattr(request.state, "audit", None)
-        if entry is None:
-            return response
-        if response.status_code in (401, 403, 429):
-            from medsynth.runtime.telemetry import AUTH_REFUSED
+    def __init__(self, app) -> None:
+        self.app = app
 
-            AUTH_REFUSED.labels(str(response.status_code)).inc()
-        try:
-            await run_in_threadpool(request.app.state.guard.audit.append, entry, response.status_code)
-        except Exception:  # noqa: BLE001 - the store is down or refuses; never serve a read unrecorded
-            from medsynth.runtime.telemetry import AUDIT_FAILURES
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refused = False
+        state = scope.setdefault("state", {})  # shared with the route's request.state, where authorize leaves the entry
 
-            AUDIT_FAILURES.inc()
-            log.exception("audit record of %s %s not written", request.method, request.url.path)
-            if request.method == "GET":
-                return JSONResponse({"detail": "the audit trail cannot be written now; the request was not served"},
-                                    status_code=503, headers={"Retry-After": "5"})
-        return response
+        async def recorded(message):
+            nonlocal refused
+            if refused:
+                return  # the body of a response replaced by the 503
+            entry: AuditEntry | None = state.get("audit")
+            if message["type"] == "http.response.start" and entry is not None:
+                status = message["status"]
+                if status in (401, 403, 429):
+                    from medsynth.runtime.telemetry import AUTH_REFUSED
+
+                    AUTH_REFUSED.labels(str(status)).inc()
+                try:
+                    await run_in_threadpool(scope["app"].state.guard.audit.append, entry, status)
+                except Exception:  # noqa: BLE001 - the store is down or refuses; never serve a read unrecorded
+                    from medsynth.runtime.telemetry import AUDIT_FAILURES
+
+                    AUDIT_FAILURES.inc()
+                    log.exception("audit record of %s %s not written", scope["method"], scope["path"])
+                    if scope["method"] == "GET":
+                        refused = True
+                        response = JSONResponse({"detail": "the audit trail cannot be written now; the request was not served"},
+                                                status_code=503, headers={"Retry-After": "5"})
+                        return await response(scope, receive, send)
+            await send(message)
+
+        await self.app(scope, receive, recorded)

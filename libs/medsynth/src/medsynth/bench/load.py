@@ -49,8 +49,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50) * 1000), "p95_ms": float(np.percentile(values, 95) * 1000)}
 
 
-def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, keys: list[str]) -> dict[str, Any]:
-    """``keys``: one uploader key per client thread (each a modality script of its own)."""
+def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, keys: list[str], reader: str) -> dict[str, Any]:
+    """``keys``: one uploader key per client thread (each a modality script of its own); ``reader``
+    reads the dataset's summary afterwards."""
     latencies: list[tuple[int, float, float]] = [None] * scans  # (status, seconds, finished at)
     errors: dict[str, int] = {}
     lock = threading.Lock()
@@ -92,7 +93,7 @@ def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, 
 
     first, last = sorted(latencies[:window], key=lambda r: r[2]), sorted(latencies[-window:], key=lambda r: r[2])
     accepted = sum(st == 201 for st, *_ in latencies)
-    dataset = httpx.get(f"{api_url}/v1/datasets/load", timeout=120).json()
+    dataset = httpx.get(f"{api_url}/v1/datasets/load", timeout=120, headers={"Authorization": f"Bearer {reader}"}).json()
     return {"scans": scans, "clients": clients, "wall_s": wall, "accepted": accepted, "errors": errors,
             "first_window": stats(first), "last_window": stats(last), "overall": percentiles([s for st, s, _ in latencies if st == 201]),
             "manifest_scans": dataset.get("scans"), "lost": accepted - int(dataset.get("scans") or 0)}
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         echo(f"== ingestion: {args.scans} scans, {args.upload_clients} concurrent clients")
         uploaders = [stack.issue_key(settings, "uploader", name=f"bench client {i}") for i in range(args.upload_clients)]
-        ingest = ingest_phase(ingest_url, api_url, args.scans, args.upload_clients, echo, uploaders)
+        reader = stack.issue_key(settings, "viewer", name="bench reader")
+        ingest = ingest_phase(ingest_url, api_url, args.scans, args.upload_clients, echo, uploaders, reader)
         echo("== a small generator for the cohort burst")
         from medsynth.local.demo import wait_for_job
 
