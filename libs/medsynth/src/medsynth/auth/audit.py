@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -85,6 +87,28 @@ class AuditLog:
         self.root = root
         self._lock = threading.Lock()
         self._end: tuple[int, str] | None = None  # (seq, hash) of the last record this process knows
+        self._queue: queue.SimpleQueue | None = None
+
+    def submit(self, entry: AuditEntry, outcome: int) -> Future:
+        """:meth:`append` on this log's one writer thread; the future holds the record (or the error).
+        A service's requests wait on it without each holding a worker thread while records are
+        written one after another."""
+        with self._lock:
+            if self._queue is None:
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._write_queued, name="audit-writer", daemon=True).start()
+        done: Future = Future()
+        self._queue.put((entry, outcome, done))
+        return done
+
+    def _write_queued(self) -> None:
+        assert self._queue is not None
+        while True:
+            entry, outcome, done = self._queue.get()
+            try:
+                done.set_result(self.append(entry, outcome))
+            except Exception as exc:  # noqa: BLE001 - handed to the request that waits for it
+                done.set_exception(exc)
 
     def append(self, entry: AuditEntry, outcome: int) -> AuditRecord:
         with self._lock:

@@ -8,11 +8,11 @@ be written is answered 503 rather than served unrecorded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from medsynth.auth.audit import AuditEntry, AuditLog
@@ -171,7 +171,7 @@ class AuditMiddleware:
 
                     AUTH_REFUSED.labels(str(status)).inc()
                 try:
-                    await run_in_threadpool(scope["app"].state.guard.audit.append, entry, status)
+                    await asyncio.wrap_future(scope["app"].state.guard.audit.submit(entry, status))
                 except Exception:  # noqa: BLE001 - the store is down or refuses; never serve a read unrecorded
                     from medsynth.runtime.telemetry import AUDIT_FAILURES
 
