@@ -5,7 +5,6 @@ verifier fetches it as it would from Keycloak or Entra ID); API keys are created
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 

@@ -7,7 +7,7 @@ and holds what was written before projects did.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
@@ -56,7 +56,7 @@ class Projects:
     def get(self, name: str) -> Project:
         if name == DEFAULT_PROJECT:
             return Project(name=DEFAULT_PROJECT, description="Data written before projects existed.",
-                           created_at=datetime(1970, 1, 1, tzinfo=utcnow().tzinfo))
+                           created_at=datetime(1970, 1, 1, tzinfo=timezone.utc))
         check_name(name, "project name")
         try:
             return Project.model_validate(self.root.get_json(f"{REGISTRY}{name}.json"))

@@ -140,7 +140,6 @@ def _generators(args: argparse.Namespace) -> int:
     """``list``: the trained generators in the store (no stack needed); ``families``: what can be trained."""
     import json
 
-    from medsynth.core.settings import load_settings
     from medsynth.generators.registry import FAMILIES
 
     if args.action == "families":

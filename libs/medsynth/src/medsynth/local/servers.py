@@ -57,13 +57,18 @@ class S3Credentials:
         if path.exists():
             raw = json.loads(path.read_text())
             return cls(raw["access_key"], raw["secret_key"])
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         creds = cls("medsynth-" + secrets.token_hex(6), secrets.token_urlsafe(30))
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"access_key": creds.access_key, "secret_key": creds.secret_key}, f)
-        os.replace(path.with_suffix(".tmp"), path)
+        _write_secret(path, json.dumps({"access_key": creds.access_key, "secret_key": creds.secret_key}))
         return creds
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 (its folder 0700), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(path.with_suffix(".tmp"), path)
 
 
 def local_secret(home: Path, name: str) -> str:
@@ -72,11 +77,7 @@ def local_secret(home: Path, name: str) -> str:
     path = home / "secrets" / name
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token := secrets.token_urlsafe(32))
-    os.replace(path.with_suffix(".tmp"), path)
+    _write_secret(path, token := secrets.token_urlsafe(32))
     return token
 
 
