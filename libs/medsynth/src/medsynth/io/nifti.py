@@ -8,6 +8,7 @@ with a message that names the problem; no parsing exception from nibabel, zlib o
   gzip bombs and oversized volumes before any voxel data is decoded.
 * :func:`validate_scan` checks an image (and an optional label map) and returns a
   :class:`CanonicalScan`: RAS-oriented arrays, the canonical affine, spacing and label values.
+* :func:`canonicalise` turns checked arrays and an affine into that :class:`CanonicalScan`.
 * :func:`to_nifti_bytes` serialises an array and its affine as deterministic ``.nii.gz`` bytes.
 """
 
@@ -206,15 +207,22 @@ def validate_scan(image_bytes: bytes, label_bytes: bytes | None, *, max_voxels: 
         _check_label_affine(affine, np.asarray(lbl.affine, dtype=np.float64), image.ndim)
         label = _check_label_values(label)
 
-    ornt = _canonical_ornt(affine, image.ndim)
-    canonical_affine = _full_rank(affine @ inv_ornt_aff(ornt, _as3d(image).shape), image.ndim)
+    return canonicalise(image, affine, label)
+
+
+def canonicalise(image: np.ndarray, affine: np.ndarray, label: np.ndarray | None = None) -> CanonicalScan:
+    """Reorient a checked float32 image (2D or 3D; 4D for a time series, whose last axis stays last)
+    and its optional checked label map into RAS order. Every reader of scans (NIfTI, DICOM) ends here."""
+    spatial = min(image.ndim, 3)
+    ornt = _canonical_ornt(affine, spatial)
+    canonical_affine = _full_rank(affine @ inv_ornt_aff(ornt, _as3d(image).shape[:3]), spatial)
     image = _reorient(image, ornt)
     label = _reorient(label, ornt) if label is not None else None
     return CanonicalScan(
         image=image,
         label=label,
         affine=canonical_affine,
-        spacing=_spacing(canonical_affine, image.ndim),
+        spacing=_spacing(canonical_affine, spatial),
         shape=tuple(int(n) for n in image.shape),
         orientation="".join(nib.aff2axcodes(canonical_affine)),
         label_values=tuple(int(v) for v in np.unique(label)) if label is not None else (),
@@ -303,7 +311,7 @@ def _check_label_values(label: np.ndarray) -> np.ndarray:
 
 
 def _as3d(array: np.ndarray) -> np.ndarray:
-    return array if array.ndim == 3 else array[..., np.newaxis]
+    return array if array.ndim >= 3 else array[..., np.newaxis]
 
 
 def _full_rank(affine: np.ndarray, ndim: int) -> np.ndarray:

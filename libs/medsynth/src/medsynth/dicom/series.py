@@ -1,0 +1,280 @@
+"""DICOM series → canonical volume.
+
+:func:`read_instance` parses one Part 10 file (or checks a dataset received over the network) and
+refuses what is not an image medsynth can decode, naming the file. :func:`assemble_series` turns the
+instances of one series into a :class:`~medsynth.io.nifti.CanonicalScan`, the same object the NIfTI
+path makes:
+
+* slices are sorted along the slice normal (the cross product of ImageOrientationPatient's row and
+  column directions) by the projection of ImagePositionPatient; several instances at one position are
+  the temporal positions of a time series (ordered by TemporalPositionIdentifier, else InstanceNumber);
+* pixels are decoded through pydicom's plugins (JPEG baseline and lossless, JPEG-LS, JPEG 2000, RLE,
+  deflate), MONOCHROME1 is inverted to MONOCHROME2, RescaleSlope/Intercept are applied per frame;
+* the affine maps voxel (column, row, slice) to patient LPS millimetres and is flipped to RAS, then
+  reoriented like any NIfTI upload. Enhanced (multi-frame) objects contribute one slice per frame from
+  their functional groups.
+
+A missing slice, uneven spacing, mixed orientation, size or spacing, duplicate instances, a localizer
+or a non-image object is an :class:`~medsynth.core.errors.InvalidInput` that names the series and why.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from medsynth.core.errors import InvalidInput, TooLarge
+from medsynth.io.nifti import CanonicalScan, canonicalise
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Directions (unit vectors) agree within this; positions and spacings within SPACING_RTOL of the step.
+ORIENTATION_ATOL = 1e-4
+SPACING_RTOL = 0.05
+PIXEL_SPACING_ATOL = 1e-4
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM-SEG (segmentation) object",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set",
+}
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One frame of one instance, with its geometry and value transform."""
+
+    source: str
+    dataset: Dataset
+    frame: int | None  # None for a single-frame instance
+    position: np.ndarray  # ImagePositionPatient (LPS mm)
+    orientation: np.ndarray  # ImageOrientationPatient: row direction, column direction
+    pixel_spacing: tuple[float, float]  # between rows, between columns
+    slope: float
+    intercept: float
+    order: float  # temporal order among slices at one position
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+
+def read_instance(data: bytes, what: str) -> Dataset:
+    """Parse DICOM Part 10 bytes into a dataset; :class:`InvalidInput` naming ``what`` when they are
+    not DICOM, are truncated, or hold pixels no installed decoder reads."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise InvalidInput(f"{what} is not a DICOM file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+        raise InvalidInput(f"{what} is not a readable DICOM file: {type(exc).__name__}: {exc}") from None
+    check_instance(ds, what)
+    return ds
+
+
+def check_instance(ds: Dataset, what: str) -> None:
+    """The checks every instance passes before it is buffered: identity attributes present, and, for
+    an image, a transfer syntax a decoder is installed for."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not str(ds.get(keyword, "") or "").strip():
+            raise InvalidInput(f"{what} has no {keyword}.")
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return  # a non-image object (SEG is checked as a mask, RTSTRUCT too); assemble_series refuses the rest
+    syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise InvalidInput(f"{what} uses transfer syntax {syntax} ({syntax.name}), which medsynth cannot decode.") from None
+    if not decoder.is_available:
+        raise InvalidInput(f"{what} uses transfer syntax {syntax} ({syntax.name}), for which no decoder is installed.")
+
+
+def series_label(ds: Dataset) -> str:
+    """How a rejection names a series: its number and description where present."""
+    parts = [f"series {ds.get('SeriesNumber', '?')}"]
+    if description := str(ds.get("SeriesDescription", "") or "").strip():
+        parts.append(f"({description})")
+    return " ".join(parts)
+
+
+def assemble_series(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) -> CanonicalScan:
+    """Build the canonical volume of one series from ``(name, dataset)`` pairs (all one
+    SeriesInstanceUID). A 2D scan for one slice, 3D for a stack, 4D (time last) for a time series."""
+    if not instances:
+        raise InvalidInput("a series needs at least one instance.")
+    first = instances[0][1]
+    label = series_label(first)
+    _refuse_non_images(instances, label)
+    slices = [s for name, ds in instances for s in _slices(name, ds, label)]
+    ref = slices[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    for s in slices:
+        ds = s.dataset
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise InvalidInput(f"{label}: {s.source} is {ds.Rows}x{ds.Columns} pixels, the series {rows}x{cols}.")
+        if not np.allclose(s.orientation, ref.orientation, atol=ORIENTATION_ATOL):
+            raise InvalidInput(f"{label}: mixed orientations ({s.source} differs from {ref.source}).")
+        if not np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=PIXEL_SPACING_ATOL):
+            raise InvalidInput(f"{label}: mixed pixel spacing ({s.source} {s.pixel_spacing}, {ref.source} {ref.pixel_spacing}).")
+    stack, times = _order(slices, label)
+    voxels = rows * cols * len(stack) * times
+    if voxels > max_voxels:
+        raise TooLarge(f"{label} has {voxels} voxels, more than the limit of {max_voxels}.")
+
+    volume = np.empty((cols, rows, len(stack), times), dtype=np.float32)
+    for k, at_position in enumerate(stack):
+        for t, s in enumerate(at_position):
+            volume[:, :, k, t] = _values(s, label).T
+    affine = LPS_TO_RAS @ _affine(stack, ref)
+    if times > 1:
+        return canonicalise(volume, affine)
+    if len(stack) == 1:
+        return canonicalise(volume[:, :, 0, 0], affine)
+    return canonicalise(volume[..., 0], affine)
+
+
+def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], label: str) -> None:
+    for name, ds in instances:
+        sop = str(ds.SOPClassUID)
+        if sop in NON_IMAGE_SOP_CLASSES:
+            raise InvalidInput(f"{label}: {name} is {NON_IMAGE_SOP_CLASSES[sop]}, not an image.")
+        if "PixelData" not in ds:
+            raise InvalidInput(f"{label}: {name} holds no pixel data (SOP class {sop} {UID(sop).name}), not an image.")
+        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+        if "LOCALIZER" in image_type:
+            raise InvalidInput(f"{label} is a localizer (ImageType {'/'.join(image_type)}), not a scan.")
+        if int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+            raise InvalidInput(f"{label}: {name} is a {ds.get('PhotometricInterpretation', '?')} image; only greyscale "
+                               "(MONOCHROME1/2) series are accepted.")
+
+
+def _slices(name: str, ds: Dataset, label: str) -> list[Slice]:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    shared = _first(ds.get("SharedFunctionalGroupsSequence"))
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        if frames != 1:
+            raise InvalidInput(f"{label}: {name} has {frames} frames but no per-frame functional groups.")
+        return [_slice(name, ds, None, ds, ds, ds, float(ds.get("TemporalPositionIdentifier", ds.get("InstanceNumber", 0)) or 0))]
+    if len(per_frame) != frames:
+        raise InvalidInput(f"{label}: {name} declares {frames} frames but describes {len(per_frame)}.")
+    out = []
+    for f, groups in enumerate(per_frame):
+        def group(keyword: str) -> Dataset | None:
+            return _first(groups.get(keyword)) or _first(shared.get(keyword) if shared else None)
+
+        content = _first(groups.get("FrameContentSequence"))
+        order = float(content.get("TemporalPositionIndex", f)) if content is not None else float(f)
+        out.append(_slice(f"{name} frame {f + 1}", ds, f, group("PlanePositionSequence"), group("PlaneOrientationSequence"),
+                          group("PixelMeasuresSequence"), order, transform=group("PixelValueTransformationSequence") or ds))
+    return out
+
+
+def _first(seq) -> Dataset | None:
+    return seq[0] if seq else None
+
+
+def _slice(source: str, ds: Dataset, frame: int | None, position: Dataset | None, orientation: Dataset | None,
+           measures: Dataset | None, order: float, transform: Dataset | None = None) -> Slice:
+    transform = transform if transform is not None else ds
+    try:
+        ipp = np.array([float(v) for v in position.ImagePositionPatient], dtype=np.float64)
+        iop = np.array([float(v) for v in orientation.ImageOrientationPatient], dtype=np.float64)
+        spacing = tuple(float(v) for v in measures.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidInput(f"{source} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing.") from None
+    if ipp.shape != (3,) or iop.shape != (6,) or len(spacing) != 2 or min(spacing) <= 0 or not np.all(np.isfinite([*ipp, *iop])):
+        raise InvalidInput(f"{source} has an unusable geometry (position {ipp.tolist()}, orientation {iop.tolist()}, spacing {spacing}).")
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise InvalidInput(f"{source}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors.")
+    slope = float(transform.get("RescaleSlope", 1) or 1)
+    intercept = float(transform.get("RescaleIntercept", 0) or 0)
+    return Slice(source, ds, frame, ipp, iop, (spacing[0], spacing[1]), slope, intercept, order)
+
+
+def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
+    """Group slices by position along the normal and sort; returns the stack and the number of
+    temporal positions. Refuses duplicates, missing slices and uneven spacing."""
+    normal = slices[0].normal
+    by_distance = sorted(slices, key=lambda s: (float(s.position @ normal), s.order))
+    stack: list[list[Slice]] = []
+    tolerance = 0.01  # mm: two slices this close share a position
+    for s in by_distance:
+        if stack and abs(float(s.position @ normal) - float(stack[-1][0].position @ normal)) < tolerance:
+            stack[-1].append(s)
+        else:
+            stack.append([s])
+    counts = {len(group) for group in stack}
+    if len(counts) > 1:
+        worst = max(stack, key=len)
+        raise InvalidInput(f"{label}: positions hold different numbers of instances ({sorted(counts)}): a missing or duplicate "
+                           f"instance (e.g. {len(worst)} at {_fmt(worst[0].position)}).")
+    times = counts.pop()
+    for group in stack:
+        orders = [s.order for s in group]
+        if len(set(orders)) != len(orders):
+            raise InvalidInput(f"{label}: duplicate instances at position {_fmt(group[0].position)} "
+                               f"({', '.join(s.source for s in group)}).")
+        # every slice at one position must sit on the same in-plane origin
+        for s in group[1:]:
+            if not np.allclose(s.position, group[0].position, atol=tolerance):
+                raise InvalidInput(f"{label}: {s.source} and {group[0].source} share a slice position but not an origin.")
+    if len(stack) > 2:
+        distances = np.array([float(g[0].position @ normal) for g in stack])
+        gaps = np.diff(distances)
+        step = float(np.median(gaps))
+        for i, gap in enumerate(gaps):
+            if abs(gap - step) > SPACING_RTOL * step:
+                what = "a missing slice" if abs(gap / step - round(gap / step)) < SPACING_RTOL and gap > step else "uneven slice spacing"
+                raise InvalidInput(f"{label}: {what} between {stack[i][0].source} and {stack[i + 1][0].source} "
+                                   f"({gap:.4g} mm apart, the series steps {step:.4g} mm).")
+        # the stack must run along the normal, not sideways (a sheared or mixed series)
+        direction = (stack[-1][0].position - stack[0][0].position) / (len(stack) - 1)
+        if np.linalg.norm(np.cross(direction / np.linalg.norm(direction), normal)) > 0.02:
+            raise InvalidInput(f"{label}: slice positions do not advance along the slice normal (a sheared or mixed series).")
+    return stack, times
+
+
+def _values(s: Slice, label: str) -> np.ndarray:
+    """The slice's pixel values: decoded, MONOCHROME1 inverted, rescaled (float32)."""
+    try:
+        pixels = s.dataset.pixel_array if s.frame is None else s.dataset.pixel_array[s.frame]
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
+        raise InvalidInput(f"{label}: the pixels of {s.source} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    if s.dataset.get("NumberOfFrames") and int(s.dataset.NumberOfFrames) > 1 and s.frame is None:
+        raise InvalidInput(f"{label}: {s.source} is multi-frame without functional groups.")
+    raw = np.asarray(pixels)
+    if str(s.dataset.PhotometricInterpretation) == "MONOCHROME1":
+        bits = int(s.dataset.get("BitsStored", raw.dtype.itemsize * 8))
+        if int(s.dataset.get("PixelRepresentation", 0)):
+            raw = -1 - raw.astype(np.int64)
+        else:
+            raw = (1 << bits) - 1 - raw.astype(np.int64)
+    values = raw.astype(np.float64) * s.slope + s.intercept
+    return values.astype(np.float32)
+
+
+def _affine(stack: list[list[Slice]], ref: Slice) -> np.ndarray:
+    row_dir, col_dir = ref.orientation[:3], ref.orientation[3:]
+    row_spacing, col_spacing = ref.pixel_spacing
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * col_spacing  # voxel axis 0 runs along a row (column index)
+    affine[:3, 1] = col_dir * row_spacing  # voxel axis 1 runs down the columns (row index)
+    first = stack[0][0]
+    if len(stack) > 1:
+        affine[:3, 2] = (stack[-1][0].position - first.position) / (len(stack) - 1)
+    else:
+        thickness = float(first.dataset.get("SliceThickness", 1) or 1)
+        affine[:3, 2] = ref.normal * thickness
+    affine[:3, 3] = first.position
+    return affine
+
+
+def _fmt(position: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in position) + ")"

@@ -1,0 +1,90 @@
+"""Test series: phantom volumes written as DICOM with pydicom (and dcmtk for JPEG), and the external
+converters they are checked against (dcm2niix, dcmtk). The tools are Debian packages `.ci/run` installs."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless,
+                         JPEGLSLossless, RLELossless)
+
+from medsynth.dicom.series import assemble_series, read_instance
+from medsynth.dicom.write import SeriesIdentity, series_from_volume
+from medsynth.io.nifti import CanonicalScan, canonicalise
+
+# How each transfer syntax is made: pydicom's own encoders, or a dcmtk command applied to the file.
+PYDICOM_ENCODED = {"rle": RLELossless, "jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}
+DCMTK_ENCODED = {"jpeg-lossless": ["dcmcjpeg", "--encode-lossless-sv1"], "jpeg-baseline": ["dcmcjpeg", "--encode-baseline"]}
+PLAIN = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian, "deflate": DeflatedExplicitVRLittleEndian}
+# dcm2niix (Debian's build) reads neither of these; they are decoded by dcmtk first, then converted.
+DCMTK_DECODE = {"deflate": ["dcmconv", "+te"], "jpeg-ls": ["dcmdjpls"]}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (Debian packages dcmtk and dcm2niix; .ci/run installs them)"
+    return path
+
+
+def phantom(shape=(40, 36, 7), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """An integer volume and an oblique, anisotropic RAS affine."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(-1000, 3000, shape).astype(np.float32)
+    q, _ = np.linalg.qr(np.array([[0.1, -1.0, 0.1], [1.0, 0.05, 0.0], [0.0, 0.1, 1.0]]))
+    affine = np.eye(4)
+    affine[:3, :3] = q * np.array([1.1, 0.9, 2.5])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    return image, affine
+
+
+def write_series(folder: Path, image: np.ndarray, affine: np.ndarray, *, syntax: str = "explicit",
+                 identity: SeriesIdentity | None = None, edit=None) -> list[Path]:
+    """Write ``image`` as one DICOM file per slice in ``syntax``; ``edit(ds, k)`` may change each dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    identity = identity or SeriesIdentity("PID-0001", "Doe^Jane", series_description="phantom")
+    paths = []
+    for k, ds in enumerate(series_from_volume(image, affine, identity)):
+        if edit is not None:
+            edit(ds, k)
+        if syntax in PYDICOM_ENCODED:
+            ds.compress(PYDICOM_ENCODED[syntax])
+        else:
+            ds.file_meta.TransferSyntaxUID = PLAIN.get(syntax, ExplicitVRLittleEndian)
+        path = folder / f"{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        if syntax in DCMTK_ENCODED:
+            cmd = DCMTK_ENCODED[syntax]
+            subprocess.run([tool(cmd[0]), *cmd[1:], str(path), f"{path}.tmp"], check=True, capture_output=True)
+            Path(f"{path}.tmp").replace(path)
+        paths.append(path)
+    return paths
+
+
+def read_folder(folder: Path, max_voxels: int = 10**8) -> CanonicalScan:
+    files = sorted(Path(folder).glob("*.dcm"))
+    return assemble_series([(f.name, read_instance(f.read_bytes(), f.name)) for f in files], max_voxels=max_voxels)
+
+
+def dcm2niix(folder: Path, out: Path) -> CanonicalScan:
+    """Convert ``folder`` with dcm2niix and canonicalise its NIfTI (orientation only; voxels untouched)."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([tool("dcm2niix"), "-b", "n", "-z", "n", "-o", str(out), "-f", "%s", str(folder)],
+                            capture_output=True, text=True)
+    found = glob.glob(str(out / "*.nii"))
+    assert len(found) == 1, f"dcm2niix made {found}: {result.stdout[-2000:]}"
+    ref = nib.load(found[0])
+    return canonicalise(np.asarray(ref.dataobj, dtype=np.float32), np.asarray(ref.affine, dtype=np.float64))
+
+
+def dcmtk_decoded(folder: Path, out: Path, syntax: str) -> Path:
+    """``folder`` decompressed by dcmtk, for the syntaxes dcm2niix cannot read itself."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = DCMTK_DECODE[syntax]
+    for f in sorted(folder.glob("*.dcm")):
+        subprocess.run([tool(cmd[0]), *cmd[1:], str(f), str(out / f.name)], check=True, capture_output=True)
+    return out
