@@ -39,7 +39,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
-METHOD = "DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile"
+METHOD = ("PS3.15 E.1 Basic Application Confidentiality Profile", "Retain Longitudinal Modified Dates Option")
 #: Dates move back by 1..MAX_SHIFT_DAYS days, a fixed number per patient.
 MAX_SHIFT_DAYS = 3650
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants below it
@@ -155,7 +155,7 @@ class Deidentifier:
         out.PatientID = pseudonym
         out.PatientName = pseudonym
         out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = METHOD + (" + Modified Dates Option" if self.policy.retain_dates else "")
+        out.DeidentificationMethod = list(METHOD if self.policy.retain_dates else METHOD[:1])
         codes = [BASIC_PROFILE_CODE] + ([MODIFIED_DATES_CODE] if self.policy.retain_dates else [])
         out.DeidentificationMethodCodeSequence = Sequence([_code(*c) for c in codes])
         out.LongitudinalTemporalInformationModified = "MODIFIED" if self.policy.retain_dates else "REMOVED"
