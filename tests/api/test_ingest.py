@@ -56,7 +56,10 @@ def test_phantom_is_ingested_with_original_canonical_and_manifest(client, phanto
     body = r.json()
     assert body["dataset_version"] == 1 and body["orientation"] == "RAS"
     assert body["label_values"] == [0, 1, 2] and body["shape"] == list(image.shape)
-    assert store.get_bytes(body["original_image_key"]) == raw_image  # untouched
+    stored = nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(body["original_image_key"])))
+    sent = nib.Nifti1Image.from_bytes(gzip.decompress(raw_image))
+    assert np.array_equal(np.asanyarray(stored.dataobj), np.asanyarray(sent.dataobj))  # voxels and affine as sent
+    assert np.array_equal(stored.affine, sent.affine) and stored.get_data_dtype() == sent.get_data_dtype()
     canonical = nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(body["image_key"])))
     assert canonical.get_data_dtype() == np.float32
     assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
@@ -269,3 +272,17 @@ def test_a_form_without_a_patient_id_or_an_image_is_a_422(client, phantom) -> No
     assert r.status_code == 422 and "image" in r.json()["detail"]
     r = client.post("/v1/datasets/d/scans", content=b"{}", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "multipart/form-data" in r.json()["detail"]
+
+
+def test_free_text_header_fields_never_reach_the_store(client, phantom, store: ObjectStore) -> None:
+    image, label, affine = phantom
+    img = nib.Nifti1Image(image, affine)
+    img.header["descrip"], img.header["aux_file"], img.header["intent_name"] = b"Doe^John 1970-01-01", b"MRN-99731", b"acc-4411"
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"patient Doe^John MRN-99731".ljust(32, b"\0")))
+    r = upload(client, "freetext", "p001", gzip.compress(img.to_bytes()), nifti_bytes(label, affine))
+    assert r.status_code == 201, r.text
+    for key in store.list("datasets/freetext/"):
+        data = store.get_bytes(key)
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        for needle in (b"Doe^John", b"MRN-99731", b"acc-4411"):
+            assert needle not in data, (key, needle)

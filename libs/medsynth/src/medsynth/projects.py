@@ -7,6 +7,7 @@ and holds what was written before projects did.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
@@ -14,16 +15,29 @@ from pydantic import BaseModel, Field
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
 from medsynth.core.names import check_name
+from medsynth.dicom.deid import DeidPolicy
 from medsynth.store import ObjectStore
 from medsynth.store.scoped import ScopedStore
 
 DEFAULT_PROJECT = "default"
 REGISTRY = "auth/projects/"
+#: One secret per project (hex), made on first use: it keys the pseudonyms and UIDs of de-identified DICOM.
+DEID_KEYS = "auth/deid-keys/"
+
+
+class DicomOptions(BaseModel):
+    """How the project's DICOM is de-identified on the way in (DICOM PS3.15 Annex E)."""
+
+    retain_dates: bool = Field(False, description="Retain Longitudinal Temporal Information with Modified Dates: "
+                                                   "dates shifted by a fixed number of days per patient instead of removed.")
+    allow_burned_in: bool = Field(False, description="Ingest images that may show identifying text in their pixels "
+                                                      "(BurnedInAnnotation YES, secondary captures, ultrasound) instead of quarantining them.")
 
 
 class Project(BaseModel):
     name: str
     description: str = ""
+    dicom: DicomOptions = Field(default_factory=DicomOptions)
     created_at: datetime = Field(default_factory=utcnow)
     created_by: str = ""
 
@@ -44,9 +58,9 @@ class Projects:
     def __init__(self, root: ObjectStore) -> None:
         self.root = root
 
-    def create(self, name: str, *, description: str = "", created_by: str = "") -> Project:
+    def create(self, name: str, *, description: str = "", created_by: str = "", dicom: DicomOptions | None = None) -> Project:
         check_name(name, "project name")
-        project = Project(name=name, description=description, created_by=created_by)
+        project = Project(name=name, description=description, created_by=created_by, dicom=dicom or DicomOptions())
         if name == DEFAULT_PROJECT or not self.root.put_if_absent(
             f"{REGISTRY}{name}.json", project.model_dump_json(indent=2).encode(), content_type="application/json"
         ):
@@ -73,3 +87,13 @@ class Projects:
     def names(self) -> list[str]:
         found = [key[len(REGISTRY):-len(".json")] for key in self.root.list(REGISTRY) if key.endswith(".json")]
         return [DEFAULT_PROJECT, *sorted(n for n in found if n != DEFAULT_PROJECT)]
+
+
+def deid_policy(root: ObjectStore, name: str) -> DeidPolicy:
+    """The project's DICOM de-identification: its key (created on first use; concurrent first uses
+    agree through create-if-absent) and its options."""
+    project = Projects(root).get(name)
+    key = f"{DEID_KEYS}{name}.key"
+    root.put_if_absent(key, secrets.token_hex(32).encode(), content_type="text/plain")
+    secret = bytes.fromhex(root.get_bytes(key).decode().strip())
+    return DeidPolicy(secret, retain_dates=project.dicom.retain_dates, allow_burned_in=project.dicom.allow_burned_in)

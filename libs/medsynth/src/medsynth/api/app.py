@@ -51,19 +51,31 @@ def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
     return app
 
 
-def create_ingest_app(settings: Settings) -> FastAPI:
-    from medsynth.api.routes import scans
+def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True) -> FastAPI:
+    from medsynth.api.routes import dicom, scans
+    from medsynth.dicom.listener import StoreSCP, run_quiet_committer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_service_store(settings)
         app.state.guard = Guard(settings, app.state.store)
         app.state.bus = Bus(settings, client_id="ingest")
+        stop = threading.Event()
+        if assemble_quiet_series:
+            threading.Thread(target=run_quiet_committer, args=(settings, app.state.store, app.state.bus, stop),
+                             name="dicom-committer", daemon=True).start()
+        scp = StoreSCP(settings, app.state.store) if settings.dicom_port else None
+        if scp is not None:
+            scp.start()
         yield
+        stop.set()
+        if scp is not None:
+            scp.stop()
         app.state.bus.close()
 
     app = _base_app("medsynth ingest", settings, lifespan)
     app.include_router(scans.router, responses=ERROR_RESPONSES)
+    app.include_router(dicom.router, responses=ERROR_RESPONSES)
     return app
 
 

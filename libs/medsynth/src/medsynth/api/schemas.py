@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medsynth.auth.audit import AuditRecord
 from medsynth.auth.keys import ApiKey
 from medsynth.auth.principal import Role
+from medsynth.datasets.manifest import DicomSource
 from medsynth.generators.base import MAX_SEED, MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
 
@@ -88,6 +89,8 @@ class ScanPublic(BaseModel):
     spacing: list[float]
     orientation: str
     label_values: list[int]
+    source_format: str = "nifti"
+    dicom: DicomSource | None = None
 
 
 class DatasetPublic(BaseModel):

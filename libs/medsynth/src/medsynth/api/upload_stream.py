@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from medsynth.core.errors import InvalidInput, TooLarge
+from medsynth.core.errors import InvalidInput, TooLarge, UnsupportedMediaType
 from medsynth.datasets.ingest import Upload
 from medsynth.io.nifti import GZIP_MAGIC, NIFTI2_HEADER_SIZE, check_header
 
@@ -39,6 +39,7 @@ class _FilePart:
     head: bytearray = field(default_factory=bytearray)
     inflater: zlib._Decompress | None = None
     checked: bool = False
+    probe: bool = True  # check a NIfTI header in the first bytes
 
     def __post_init__(self) -> None:
         self.file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
@@ -49,7 +50,7 @@ class _FilePart:
             raise TooLarge(f"{self.what} is larger than the {self.limit}-byte limit.")
         self.digest.update(data)
         self.file.write(data)
-        if not self.checked:
+        if self.probe and not self.checked:
             self._probe(data)
 
     def _probe(self, data: bytes) -> None:
@@ -66,7 +67,7 @@ class _FilePart:
             self.finish_probe()
 
     def finish_probe(self) -> None:
-        if not self.checked:
+        if self.probe and not self.checked:
             self.checked = True
             check_header(bytes(self.head[:_PROBE_BYTES]), self.what, self.max_voxels)
 
@@ -94,14 +95,78 @@ class ScanForm:
 async def read_scan_form(content_type: str, declared: int | None, body: AsyncIterator[bytes], *, file_limit: int, max_voxels: int) -> ScanForm:
     """Parse the upload from ``body`` chunk by chunk; raises :class:`TooLarge` or :class:`InvalidInput`
     the moment the body, a file or a header says so. The caller must :meth:`ScanForm.close` it."""
-    mime, options = parse_options_header(content_type or "")
-    if mime != b"multipart/form-data" or b"boundary" not in options:
-        raise InvalidInput("the upload must be multipart/form-data with fields patient_id, image and optional label.")
-    body_limit = 2 * file_limit + MULTIPART_OVERHEAD
+    form = ScanForm(tempfile.TemporaryDirectory(prefix="medsynth-upload-"))
+
+    def open_file(name: str, filename: str) -> _FilePart | None:
+        if name not in FILE_FIELDS:
+            return None
+        return _FilePart(FILE_FIELDS[name], filename, Path(form.folder.name) / name, file_limit, max_voxels)
+
+    def on_file(part: _FilePart) -> None:
+        setattr(form, "image" if part.what == "image" else "label", part.upload())
+
+    def on_field(name: str, value: str) -> None:
+        if name == "patient_id":
+            form.patient_id = value
+
+    usage = "the upload must be multipart/form-data with fields patient_id, image and optional label."
+    form.received = await _parse(content_type, declared, body, 2 * file_limit + MULTIPART_OVERHEAD, usage,
+                                 open_file, on_file, on_field, form.close)
+    return form
+
+
+@dataclass
+class FilesForm:
+    """Every file of a multipart upload, on disk in ``folder``, in the order they came, and its fields."""
+
+    folder: tempfile.TemporaryDirectory
+    files: list[Upload] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    part_types: dict[str, str] = field(default_factory=dict)  # multipart/related: file name → the part's Content-Type
+    received: int = 0
+
+    def close(self) -> None:
+        self.folder.cleanup()
+
+
+async def read_files_form(content_type: str, declared: int | None, body: AsyncIterator[bytes], *, file_limit: int,
+                          total_limit: int, usage: str, related: bool = False) -> FilesForm:
+    """Parse a multipart body of any number of files (each capped at ``file_limit``, the body at
+    ``total_limit``) streamed to disk. multipart/form-data, or with ``related`` multipart/related, whose
+    every part is a file (its name is its position; its Content-Type is kept as the upload's
+    ``content_type``). The caller must :meth:`FilesForm.close` it."""
+    form = FilesForm(tempfile.TemporaryDirectory(prefix="medsynth-upload-"))
+
+    def open_file(name: str, filename: str) -> _FilePart:
+        path = Path(form.folder.name) / f"{len(form.files):06d}"
+        if related:
+            form.part_types[filename] = name
+        return _FilePart(f"file {filename!r}", filename, path, file_limit, 0, probe=False)
+
+    def on_field(name: str, value: str) -> None:
+        form.fields[name] = value
+
+    form.received = await _parse(content_type, declared, body, total_limit, usage, open_file,
+                                 lambda part: form.files.append(part.upload()), on_field, form.close,
+                                 mime=b"multipart/related" if related else b"multipart/form-data")
+    return form
+
+
+async def _parse(content_type: str, declared: int | None, body: AsyncIterator[bytes], body_limit: int, usage: str,
+                 open_file: Callable[[str, str], _FilePart | None], on_file: Callable[[_FilePart], None],
+                 on_field: Callable[[str, str], None], cleanup: Callable[[], None], *,
+                 mime: bytes = b"multipart/form-data") -> int:
+    """Stream ``body`` through a multipart parser: file parts into :class:`_FilePart` s, other fields
+    (at most :data:`FIELD_LIMIT` bytes) to ``on_field``. Returns the bytes received."""
+    got, options = parse_options_header(content_type or "")
+    if got != mime or b"boundary" not in options:
+        raise (UnsupportedMediaType if mime == b"multipart/related" else InvalidInput)(usage)
+    related = mime == b"multipart/related"
+    parts = 0
     if declared is not None and declared > body_limit:
         raise TooLarge(f"upload of {declared} bytes exceeds the limit of {body_limit} bytes.")
-    form = ScanForm(tempfile.TemporaryDirectory(prefix="medsynth-upload-"))
     state: dict[str, object] = {"headers": {}, "part": None, "field": None}
+    received = 0
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["name"] = data[start:end].decode("latin-1").lower()
@@ -110,13 +175,16 @@ async def read_scan_form(content_type: str, declared: int | None, body: AsyncIte
         state["headers"][state["name"]] = state["headers"].get(state["name"], "") + data[start:end].decode("latin-1")
 
     def on_headers_finished() -> None:
+        nonlocal parts
         _, disp = parse_options_header(state["headers"].get("content-disposition", ""))
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         filename = disp.get(b"filename")
-        if name in FILE_FIELDS and filename:
-            path = Path(form.folder.name) / name
-            state["part"] = _FilePart(FILE_FIELDS[name], filename.decode("utf-8", "replace"), path, file_limit, max_voxels)
-        elif name == "patient_id":
+        parts += 1
+        if related:
+            state["part"] = open_file(state["headers"].get("content-type", "").strip(), f"part {parts}")
+        elif filename:
+            state["part"] = open_file(name, filename.decode("utf-8", "replace"))
+        else:
             state["field"] = bytearray()
         state["current"] = name
 
@@ -127,16 +195,16 @@ async def read_scan_form(content_type: str, declared: int | None, body: AsyncIte
         elif (value := state["field"]) is not None:
             value += chunk
             if len(value) > FIELD_LIMIT:
-                raise InvalidInput(f"patient_id is longer than {FIELD_LIMIT} bytes.")
+                raise InvalidInput(f"{state['current']} is longer than {FIELD_LIMIT} bytes.")
 
     def on_part_end() -> None:
         if (part := state["part"]) is not None:
             part.finish_probe()  # a file shorter than a header is refused here
             part.close()
             if part.size:
-                setattr(form, "image" if part.what == "image" else "label", part.upload())
+                on_file(part)
         elif (value := state["field"]) is not None:
-            form.patient_id = value.decode("utf-8", "replace")
+            on_field(state["current"], value.decode("utf-8", "replace"))
         state.update(headers={}, part=None, field=None)
 
     parser = MultipartParser(options[b"boundary"], {
@@ -145,17 +213,17 @@ async def read_scan_form(content_type: str, declared: int | None, body: AsyncIte
     })
     try:
         async for chunk in body:
-            form.received += len(chunk)
-            if form.received > body_limit:
+            received += len(chunk)
+            if received > body_limit:
                 raise TooLarge(f"upload exceeds the limit of {body_limit} bytes.")
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
-        form.close()
+        cleanup()
         raise InvalidInput(f"the upload is not well-formed multipart/form-data: {exc}") from None
     except BaseException:
         if (part := state.get("part")) is not None:
             part.close()
-        form.close()
+        cleanup()
         raise
-    return form
+    return received

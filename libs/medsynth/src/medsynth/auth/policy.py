@@ -40,6 +40,10 @@ POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", "/metrics"): Policy("metrics", access=Access.metrics, project=False),
     # ingest
     ("POST", "/v1/datasets/{dataset}/scans"): _p("scan.upload", UPLOADER, RESEARCHER),
+    ("POST", "/v1/datasets/{dataset}/dicom"): _p("dicom.upload", UPLOADER, RESEARCHER),
+    ("POST", "/v1/datasets/{dataset}/dicomweb/studies"): _p("dicom.stow", UPLOADER, RESEARCHER),
+    ("POST", "/v1/datasets/{dataset}/dicom/commit"): _p("dicom.commit", UPLOADER, RESEARCHER),
+    ("GET", "/v1/datasets/{dataset}/dicom/series"): _p("dicom.series", UPLOADER, RESEARCHER),
     # datasets and views
     ("GET", "/v1/datasets"): _p("dataset.list", *READERS),
     ("GET", "/v1/datasets/{dataset}"): _p("dataset.read", *READERS),

@@ -15,6 +15,10 @@ class TooLarge(InvalidInput):
     """An upload or volume exceeds a configured size limit."""
 
 
+class UnsupportedMediaType(InvalidInput):
+    """The request body is of a content type the route does not take (e.g. a STOW-RS request that is not DICOM)."""
+
+
 class Conflict(MedsynthError):
     """The request collides with existing state (a duplicate scan, a concurrent write)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_S3_SECRET = "medsynth-dev-secret"
@@ -24,6 +24,14 @@ class StoreBackend(str, Enum):
 class SamplerBackend(str, Enum):
     torchserve = "torchserve"
     inprocess = "inprocess"
+
+
+class DicomPeer(BaseModel):
+    """A DICOM node allowed to push instances (C-STORE) and where they go."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    project: str = "default"
+    dataset: str
 
 
 class Settings(BaseSettings):
@@ -111,6 +119,18 @@ class Settings(BaseSettings):
     # ingestion limits
     max_upload_bytes: int = Field(256 * 1024**2, gt=0)
     max_voxels: int = Field(64 * 1024**2, gt=0)
+
+    # DICOM (ingest service): uploads, STOW-RS and the C-STORE listener
+    max_dicom_upload_bytes: int = Field(2 * 1024**3, gt=0, description="One DICOM upload or STOW-RS request, all parts.")
+    dicom_quiet_s: float = Field(30.0, gt=0, description="A staged series with no new instance for this long is assembled.")
+    dicom_port: int = Field(0, ge=0, le=65535, description="C-STORE SCP port; 0: no listener.")
+    dicom_host: str = Field("127.0.0.1", description="Address the C-STORE SCP listens on.")
+    dicom_ae_title: str = Field("MEDSYNTH", min_length=1, max_length=16)
+    dicom_peers: list[DicomPeer] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to send, each with the project and dataset its instances go to "
+                    '(JSON: [{"ae_title": "PACS", "project": "default", "dataset": "brain"}]); others are refused.',
+    )
 
     # access: who may call the api and ingest services (medsynth.auth)
     auth_enabled: bool = Field(

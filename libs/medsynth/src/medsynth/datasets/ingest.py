@@ -1,8 +1,8 @@
 """Ingest one NIfTI scan (with an optional label map) into a dataset.
 
 Order of work, so that a failure leaves nothing half-done behind:
-validate everything in memory → write the untouched original and the canonical copy under keys
-derived from the image's content hash → commit a new manifest version → emit ``scan-ingested``.
+validate everything in memory → write the original (free-text header fields cleared) and the
+canonical copy under keys derived from the image's content hash → commit a new manifest version → emit ``scan-ingested``.
 If the commit fails, the objects written are removed again (unless an identical upload of the same
 scan, which shares their keys, owns them).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from medsynth.core.errors import Conflict, InvalidInput
 from medsynth.core.names import check_name
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry, add_scan, dataset_prefix, find_scan, refuse_duplicate
-from medsynth.io.nifti import to_nifti_bytes, validate_scan
+from medsynth.io.nifti import scrub_free_text, to_nifti_bytes, validate_scan
 from medsynth.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ class Upload:
     def size(self) -> int:
         return len(self.data) if self.data is not None else Path(self.path).stat().st_size
 
-    def put(self, store: ObjectStore, key: str) -> None:
-        if self.data is not None:
-            store.put_bytes(key, self.data)
-        else:
-            store.put_file(key, self.path)
-
 
 def check_nifti_name(upload: Upload, what: str) -> None:
     if not upload.filename.lower().endswith(NIFTI_SUFFIXES):
@@ -86,11 +80,12 @@ def ingest_scan(
     refuse_duplicate(store, dataset, scan_id)  # early, one read; add_scan claims the id atomically
 
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
-    objects: dict[str, Upload | bytes] = {
-        f"{base}original/image{image.suffix}": image, f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine),
+    objects: dict[str, bytes] = {
+        f"{base}original/image{image.suffix}": scrub_free_text(image.read()),
+        f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine),
     }
     if label is not None and scan.label is not None:
-        objects[f"{base}original/label{label.suffix}"] = label
+        objects[f"{base}original/label{label.suffix}"] = scrub_free_text(label.read())
         objects[f"{base}canonical/label.nii.gz"] = to_nifti_bytes(scan.label, scan.affine)
     keys = list(objects)
     entry = ScanEntry(
@@ -108,19 +103,23 @@ def ingest_scan(
         label_values=list(scan.label_values),
         original_filename=image.filename,
     )
+    return entry, commit_scan(store, dataset, entry, objects, on_ingested)
+
+
+def commit_scan(store: ObjectStore, dataset: str, entry: ScanEntry, objects: dict[str, bytes],
+                on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None) -> ManifestVersion:
+    """Write a validated scan's objects and register it; on any failure remove what was written
+    (unless a concurrent identical upload owns the same keys). Every format's ingest ends here."""
     try:
         for key, data in objects.items():
-            if isinstance(data, Upload):
-                data.put(store, key)
-            else:
-                store.put_bytes(key, data)
+            store.put_bytes(key, data)
         manifest = add_scan(store, dataset, entry)
     except BaseException as exc:
-        _remove_unless_registered(store, dataset, entry, keys, exc)
+        _remove_unless_registered(store, dataset, entry, list(objects), exc)
         raise
     if on_ingested is not None:
         on_ingested(entry, manifest)
-    return entry, manifest
+    return manifest
 
 
 def _remove_unless_registered(store: ObjectStore, dataset: str, entry: ScanEntry, keys: list[str], exc: BaseException) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,12 +38,25 @@ MAX_COMMIT_TRIES = 1000
 STALE_CLAIM = timedelta(minutes=10)
 
 
+class DicomSource(BaseModel):
+    """Where a scan ingested from DICOM came from, in de-identified terms (UIDs as remapped)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str = ""
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instances: int = Field(description="De-identified instances stored under original_image_key.")
+    deidentification: list[str] = Field(default_factory=list, description="DeidentificationMethod of the stored instances.")
+
+
 class ScanEntry(BaseModel):
-    scan_id: str = Field(description="First 16 hex digits of the original image's SHA-256.")
+    scan_id: str = Field(description="First 16 hex digits of image_sha256.")
     patient_id: str
-    image_sha256: str
+    image_sha256: str = Field(description="SHA-256 of the uploaded NIfTI image, or for DICOM of the canonical volume.")
     label_sha256: str | None = None
-    original_image_key: str
+    original_image_key: str = Field(description="The NIfTI as uploaded (free-text header fields cleared), or for DICOM "
+                                    "the folder of its de-identified instances.")
     original_label_key: str | None = None
     image_key: str = Field(description="Canonical copy: RAS orientation, float32, .nii.gz.")
     label_key: str | None = None
@@ -52,6 +66,8 @@ class ScanEntry(BaseModel):
     label_values: list[int] = Field(default_factory=list)
     original_filename: str
     ingested_at: datetime = Field(default_factory=utcnow)
+    source_format: Literal["nifti", "dicom"] = "nifti"
+    dicom: DicomSource | None = None
 
 
 class DatasetManifest(BaseModel):

@@ -9,6 +9,7 @@ with a message that names the problem; no parsing exception from nibabel, zlib o
 * :func:`validate_scan` checks an image (and an optional label map) and returns a
   :class:`CanonicalScan`: RAS-oriented arrays, the canonical affine, spacing and label values.
 * :func:`canonicalise` turns checked arrays and an affine into that :class:`CanonicalScan`.
+* :func:`scrub_free_text` clears the header's free-text fields and extensions of a stored original.
 * :func:`to_nifti_bytes` serialises an array and its affine as deterministic ``.nii.gz`` bytes.
 """
 
@@ -351,6 +352,31 @@ def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
 
 
 # --- writing -------------------------------------------------------------------------------------
+
+#: Header fields where software and people put free text (names, ids, dates); extensions may hold whole
+#: DICOM headers. Cleared in every stored original.
+FREE_TEXT_FIELDS = ("descrip", "aux_file", "intent_name")
+
+
+def scrub_free_text(data: bytes) -> bytes:
+    """``.nii``/``.nii.gz`` bytes (already validated) with :data:`FREE_TEXT_FIELDS` emptied and header
+    extensions dropped; voxels, affine, data type and scaling are unchanged. gzip stays gzip."""
+    raw = bytes(data)
+    compressed = raw[:2] == GZIP_MAGIC
+    if compressed:
+        raw = b"".join(_inflate(raw, "image"))
+    image_class, _ = _peek_header(raw, "image", 2**62)
+    size = NIFTI1_HEADER_SIZE if image_class is nib.Nifti1Image else NIFTI2_HEADER_SIZE
+    header_class = nib.Nifti1Header if image_class is nib.Nifti1Image else nib.Nifti2Header
+    header = header_class(binaryblock=raw[:size], check=False)
+    offset = int(header["vox_offset"])
+    for name in FREE_TEXT_FIELDS:
+        header[name] = b""
+    new_offset = size + 4  # header, then the 4-byte extension flag (all zero: no extensions)
+    header["vox_offset"] = new_offset
+    out = header.binaryblock + b"\x00\x00\x00\x00" + raw[max(offset, size + 4):]
+    return gzip.compress(out, compresslevel=6, mtime=0) if compressed else out
+
 
 
 def to_nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:

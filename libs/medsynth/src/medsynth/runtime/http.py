@@ -25,6 +25,7 @@ from medsynth.core.errors import (
     StoreError,
     TooLarge,
     Unauthorized,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ ReadinessChecks = Callable[[], Mapping[str, bool]]
 # Most specific first: TooLarge is an InvalidInput.
 STATUS_BY_ERROR: list[tuple[type[MedsynthError], int]] = [
     (TooLarge, 413),
+    (UnsupportedMediaType, 415),
     (InvalidInput, 422),
     (Unauthorized, 401),
     (Forbidden, 403),

@@ -16,6 +16,8 @@ RECONCILER_REPUBLISHED = Counter("medsynth_reconciler_republished_total", "Queue
 RECONCILER_ERRORS = Counter("medsynth_reconciler_errors_total", "Reconciler passes that raised.")
 INGESTED = Counter("medsynth_ingest_scans_total", "Scan uploads by outcome.", ["outcome"])
 INGESTED_BYTES = Counter("medsynth_ingest_bytes_total", "Bytes of accepted scan uploads.")
+DICOM_INSTANCES = Counter("medsynth_ingest_dicom_instances_total", "DICOM instances received, by way in and outcome.",
+                          ["via", "outcome"])
 TRAIN_STEPS_PER_S = Gauge("medsynth_trainer_steps_per_second", "Generator training speed of the current job.")
 TRAIN_LOSS = Gauge("medsynth_trainer_loss", "Latest logged generator-training loss, by family and loss name.", ["family", "loss"])
 TRAIN_STEP = Gauge("medsynth_trainer_step", "Step of the current generator-training job.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -68,8 +69,8 @@ async def upload_scan(dataset: str, request: Request, settings: SettingsDep, sto
         form.close()
 
 
-async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, bus) -> ScanPublic:
-    image_upload, label_upload = form.image, form.label
+def scan_announcer(bus, project: str, dataset: str) -> Callable[[ScanEntry, ManifestVersion], None]:
+    """Emits ``scan-ingested`` for each scan a dataset gains (whatever format it came in)."""
 
     def announce(entry: ScanEntry, manifest: ManifestVersion) -> None:
         ingested = events_pb2.ScanIngested(
@@ -85,6 +86,20 @@ async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, b
         except BusError as exc:  # the manifest is the record; the event is a notification
             log.warning("scan %s ingested but scan-ingested event not sent: %s", entry.scan_id, exc)
 
+    return announce
+
+
+def scan_public(dataset: str, entry: ScanEntry, manifest: ManifestVersion) -> ScanPublic:
+    return ScanPublic(
+        dataset=dataset,
+        dataset_version=manifest.version,
+        **entry.model_dump(include=set(ScanPublic.model_fields) - {"dataset", "dataset_version"}),
+    )
+
+
+async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, bus) -> ScanPublic:
+    image_upload, label_upload = form.image, form.label
+    announce = scan_announcer(bus, project, dataset)
     try:
         if not form.patient_id:
             raise InvalidInput("the form field patient_id is missing or empty.")
@@ -99,8 +114,4 @@ async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, b
         raise
     INGESTED.labels("accepted").inc()
     INGESTED_BYTES.inc(image_upload.size + (label_upload.size if label_upload else 0))
-    return ScanPublic(
-        dataset=dataset,
-        dataset_version=manifest.version,
-        **entry.model_dump(include=set(ScanPublic.model_fields) - {"dataset", "dataset_version"}),
-    )
+    return scan_public(dataset, entry, manifest)

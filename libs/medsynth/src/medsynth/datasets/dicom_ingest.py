@@ -1,0 +1,152 @@
+"""Ingest DICOM: instances de-identified on arrival, series assembled into scans.
+
+Every way in (REST upload, STOW-RS, C-STORE) goes through :func:`receive`, which de-identifies an
+instance in memory (or quarantines it when its pixels may show identity) before anything is written,
+and then :func:`ingest_series`, which turns one series' de-identified instances into a canonical scan,
+stores them (they are the scan's "original") beside the canonical copy, and registers it in the dataset
+through the same commit as a NIfTI upload. The raw bytes of an instance never reach the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from medsynth.core.errors import InvalidInput
+from medsynth.core.names import check_name
+from medsynth.datasets.ingest import commit_scan
+from medsynth.datasets.manifest import DicomSource, ManifestVersion, ScanEntry, dataset_prefix, refuse_duplicate
+from medsynth.dicom.deid import Deidentifier
+from medsynth.dicom.series import assemble_series, check_instance, series_label
+from medsynth.io.nifti import to_nifti_bytes
+
+
+@dataclass(frozen=True)
+class Received:
+    """One instance after :func:`receive`: de-identified, or quarantined with the reason."""
+
+    name: str
+    dataset: Dataset | None
+    series_uid: str  # as de-identified
+    quarantined: str | None = None
+
+
+def receive(ds: Dataset, name: str, deid: Deidentifier) -> Received:
+    """Check and de-identify one instance (in memory). Raises :class:`InvalidInput` for an unusable one."""
+    check_instance(ds, name)
+    if not str(ds.get("PatientID", "") or "").strip():
+        raise InvalidInput(f"{name} has no PatientID: without it, scans of one patient cannot be kept together.")
+    series = deid.uid(str(ds.SeriesInstanceUID))
+    reason = deid.burned_in_reason(ds)
+    if reason is not None and not deid.policy.allow_burned_in:
+        return Received(name, None, series, f"{name} may show identifying text in its pixels ({reason}); quarantined, not "
+                                            "ingested (a project can opt in to such images)")
+    return Received(name, deid.apply(ds), series)
+
+
+def quarantined_series(received: Sequence[Received]) -> list[Received]:
+    """``received`` with every instance of a series that has a quarantined instance quarantined too: a
+    volume with a slice taken out would be silently wrong."""
+    bad = {r.series_uid: r for r in received if r.quarantined}
+    return [r if r.quarantined or r.series_uid not in bad else
+            Received(r.name, None, r.series_uid, f"{r.name}: its series is quarantined ({bad[r.series_uid].quarantined})")
+            for r in received]
+
+
+def group_series(received: Sequence[Received]) -> dict[str, list[Received]]:
+    """De-identified instances by (remapped) SeriesInstanceUID, series with a quarantined instance left
+    out; refuses duplicate SOP instances and, in one upload, more than one patient."""
+    kept = [r for r in quarantined_series(received) if r.dataset is not None]
+    patients = {str(r.dataset.PatientID) for r in kept}
+    if len(patients) > 1:
+        raise InvalidInput(f"the upload holds instances of {len(patients)} patients; upload one patient's study at a time.")
+    seen: dict[str, str] = {}
+    series: dict[str, list[Received]] = {}
+    for r in kept:
+        uid = str(r.dataset.SOPInstanceUID)
+        if uid in seen:
+            raise InvalidInput(f"{r.name} and {seen[uid]} are the same instance (one SOPInstanceUID): duplicate instances.")
+        seen[uid] = r.name
+        series.setdefault(r.series_uid, []).append(r)
+    return series
+
+
+def instance_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """A series assembled and checked, not yet written: its manifest entry and the objects to store."""
+
+    entry: ScanEntry
+    objects: dict[str, bytes]
+
+
+def ingest_series(
+    store,
+    dataset: str,
+    instances: Sequence[Received],
+    *,
+    max_voxels: int,
+    on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
+) -> tuple[ScanEntry, ManifestVersion]:
+    """Assemble one series of de-identified instances into a scan and register it. Raises
+    :class:`InvalidInput` (naming the series), :class:`TooLarge` or :class:`Conflict` (already in the
+    dataset) before anything is written."""
+    prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels)
+    return prepared.entry, commit_scan(store, dataset, prepared.entry, prepared.objects, on_ingested)
+
+
+def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_voxels: int) -> PreparedScan:
+    """The checks and the work of :func:`ingest_series` short of writing (one read: the duplicate check)."""
+    check_name(dataset, "dataset name")
+    ordered = sorted(instances, key=lambda r: (int(r.dataset.get("InstanceNumber", 0) or 0), str(r.dataset.SOPInstanceUID)))
+    first = ordered[0].dataset
+    scan = assemble_series([(r.name, r.dataset) for r in ordered], max_voxels=max_voxels)
+    if scan.image.ndim > 3:
+        raise InvalidInput(f"{series_label(first)} is a time series ({scan.shape[-1]} temporal positions); medsynth ingests 2D "
+                           "and 3D scans.")
+    patient_id = check_name(str(first.PatientID), "patient pseudonym")
+    canonical = to_nifti_bytes(scan.image, scan.affine)
+    image_sha = hashlib.sha256(canonical).hexdigest()
+    scan_id = image_sha[:16]
+    refuse_duplicate(store, dataset, scan_id)
+    base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
+    folder = f"{base}original/dicom/"
+    objects = {f"{folder}{i:05d}.dcm": instance_bytes(r.dataset) for i, r in enumerate(ordered)}
+    objects[f"{base}canonical/image.nii.gz"] = canonical
+    entry = ScanEntry(
+        scan_id=scan_id,
+        patient_id=patient_id,
+        image_sha256=image_sha,
+        original_image_key=folder,
+        image_key=f"{base}canonical/image.nii.gz",
+        shape=list(scan.shape),
+        spacing=[float(s) for s in scan.spacing],
+        orientation=scan.orientation,
+        original_filename=series_label(first),
+        source_format="dicom",
+        dicom=DicomSource(
+            study_instance_uid=str(first.StudyInstanceUID),
+            series_instance_uid=str(first.SeriesInstanceUID),
+            modality=str(first.get("Modality", "") or ""),
+            sop_class_uid=str(first.SOPClassUID),
+            transfer_syntax_uid=str(first.file_meta.TransferSyntaxUID),
+            instances=len(ordered),
+            deidentification=_values(first.get("DeidentificationMethod")),
+        ),
+    )
+    return PreparedScan(entry, objects)
+
+
+def _values(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]

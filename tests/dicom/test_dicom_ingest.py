@@ -1,0 +1,224 @@
+"""DICOM into a dataset three ways — REST upload, DICOMweb STOW-RS (dicomweb-client), C-STORE (dcmtk's
+storescu) — each through the running ingest service, with a real store and broker, each giving the same
+canonical volume; de-identified before anything is stored."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from dicom_helpers import phantom, read_folder, tool, write_series
+from fastapi.testclient import TestClient
+
+from medsynth.api.app import create_ingest_app
+from medsynth.core.settings import DicomPeer, Settings
+from medsynth.datasets.manifest import load_manifest
+from medsynth.dicom.write import SeriesIdentity
+from medsynth.store import ObjectStore
+
+from platform_fixtures import bearer, live_server
+
+IDENTITY = SeriesIdentity("HOSP-778899", "Smith^Alice", series_description="T1 brain Smith", series_number=3,
+                          extra={"InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor",
+                                 "StudyDate": "20190305", "AccessionNumber": "ACC123456", "PatientBirthDate": "19610412"})
+SECRETS = [b"HOSP-778899", b"Smith^Alice", b"St Example Hospital", b"Who^Doctor", b"20190305", b"ACC123456", b"19610412",
+           b"T1 brain Smith"]
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    image, affine = phantom(shape=(40, 36, 6))
+    write_series(tmp_path / "series", image, affine, identity=IDENTITY)
+    return tmp_path / "series", image, affine
+
+
+@pytest.fixture
+def client(platform_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_ingest_app(platform_settings), headers=bearer(platform_settings, "uploader")) as c:
+        yield c
+
+
+def _files(folder: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("file", (f.name, f.read_bytes(), "application/dicom")) for f in sorted(folder.glob("*.dcm"))]
+
+
+def _canonical(store: ObjectStore, key: str) -> np.ndarray:
+    return np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(key))).dataobj)
+
+
+def assert_no_identifier_stored(store: ObjectStore) -> None:
+    for key in store.list(""):
+        if key.startswith("auth/"):
+            continue
+        data = store.get_bytes(key)
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        for needle in SECRETS:
+            assert needle not in data, (key, needle)
+
+
+def test_rest_upload_ingests_a_deidentified_series(client: TestClient, series, store: ObjectStore) -> None:
+    folder, _, _ = series
+    r = client.post("/v1/datasets/brain/dicom", files=_files(folder))
+    assert r.status_code == 201, r.text
+    (scan,) = r.json()["scans"]
+    assert scan["source_format"] == "dicom" and scan["dicom"]["instances"] == 6
+    assert scan["patient_id"].startswith("P") and scan["patient_id"] != "HOSP-778899"
+    assert np.array_equal(_canonical(store, scan["image_key"]), read_folder(folder).image)
+    stored = sorted(store.list(scan["original_image_key"]))
+    assert len(stored) == 6
+    first = pydicom.dcmread(io.BytesIO(store.get_bytes(stored[0])))
+    assert first.PatientIdentityRemoved == "YES" and first.PatientID == scan["patient_id"]
+    assert load_manifest(store, "brain").scans[0].dicom.series_instance_uid == str(first.SeriesInstanceUID)
+    assert_no_identifier_stored(store)
+    again = client.post("/v1/datasets/brain/dicom", files=_files(folder))
+    assert again.status_code == 409  # the same series twice
+
+
+def test_a_zip_upload_gives_the_same_volume(client: TestClient, series, store: ObjectStore) -> None:
+    folder, _, _ = series
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for f in sorted(folder.glob("*.dcm")):
+            archive.write(f, f"study/{f.name}")
+    r = client.post("/v1/datasets/zipped/dicom", files=[("file", ("study.zip", buffer.getvalue(), "application/zip"))])
+    assert r.status_code == 201, r.text
+    direct = client.post("/v1/datasets/direct/dicom", files=_files(folder)).json()["scans"][0]
+    assert r.json()["scans"][0]["scan_id"] == direct["scan_id"]  # same canonical volume, same content hash
+
+
+@pytest.mark.parametrize("case", ["not-dicom", "truncated", "missing-slice", "two-patients", "one-file-bad"])
+def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, series, store: ObjectStore, tmp_path: Path,
+                                                          case: str) -> None:
+    folder, image, affine = series
+    files = _files(folder)
+    if case == "not-dicom":
+        files = [("file", ("scan.nii.gz", b"\x1f\x8b" + b"x" * 400, "application/octet-stream"))]
+        match = "scan.nii.gz is not a DICOM file"
+    elif case == "truncated":
+        name, (fname, data, kind) = files[2]
+        files[2] = (name, (fname, data[:-300], kind))
+        match = "0002.dcm"
+    elif case == "missing-slice":
+        del files[3]
+        match = "a missing slice between 0002.dcm and 0004.dcm"
+    elif case == "two-patients":
+        other = SeriesIdentity("HOSP-000001", "Other^Bob", series_description="other")
+        files += _files(write_series(tmp_path / "other", image, affine, identity=other)[0].parent)
+        match = "2 patients"
+    else:
+        files.append(("file", ("notes.txt", b"not an image", "text/plain")))
+        match = "notes.txt is not a DICOM file"
+    r = client.post("/v1/datasets/bad/dicom", files=files)
+    assert r.status_code == 422, r.text
+    assert match in r.json()["detail"]
+    assert not [k for k in store.list("datasets/bad/")]
+    assert_no_identifier_stored(store)
+
+
+def test_possible_burned_in_text_is_quarantined(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
+    image, affine = phantom(shape=(40, 36, 3))
+    folder = tmp_path / "burned"
+    write_series(folder, image, affine, identity=IDENTITY, edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES" if k == 2 else "NO"))
+    r = client.post("/v1/datasets/burned/dicom", files=_files(folder))
+    assert r.status_code == 422, r.text  # one instance flagged: its whole series is held back, not shortened
+    assert "all 3 instances were quarantined" in r.json()["detail"]
+    assert not list(store.list("datasets/burned/"))
+    assert_no_identifier_stored(store)
+
+
+# --- STOW-RS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def live(platform_settings: Settings) -> Iterator[tuple[str, dict]]:
+    settings = platform_settings.model_copy(update={"dicom_quiet_s": 3600})
+    with live_server(create_ingest_app(settings)) as url:
+        yield url, bearer(settings, "uploader")
+
+
+def test_stow_rs_with_dicomweb_client_then_commit(live, series, store: ObjectStore) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    url, auth = live
+    folder, _, _ = series
+    client = DICOMwebClient(f"{url}/v1/datasets/stowed/dicomweb", headers=auth)
+    response = client.store_instances([pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))])
+    assert len(response.ReferencedSOPSequence) == 6 and "FailedSOPSequence" not in response
+    import httpx
+
+    staged = httpx.get(f"{url}/v1/datasets/stowed/dicom/series", headers=auth).json()["series"]
+    assert [(s["state"], s["instances"], s["source"]) for s in staged] == [("staged", 6, "stow-rs")]
+    done = httpx.post(f"{url}/v1/datasets/stowed/dicom/commit", headers=auth).json()["series"]
+    assert done[0]["state"] == "ingested", done
+    (entry,) = load_manifest(store, "stowed").scans
+    assert np.array_equal(_canonical(store, entry.image_key), read_folder(folder).image)
+    assert not list(store.list("dicom/staging/"))
+    assert_no_identifier_stored(store)
+
+
+def test_stow_rs_refuses_the_wrong_content_type_and_reports_bad_parts(live, series) -> None:
+    import httpx
+
+    url, auth = live
+    folder, _, _ = series
+    r = httpx.post(f"{url}/v1/datasets/stowed/dicomweb/studies", content=b"{}", timeout=30,
+                   headers={**auth, "content-type": 'multipart/related; type="application/dicom+json"; boundary=x'})
+    assert r.status_code == 415, r.text
+    good = sorted(folder.glob("*.dcm"))[0].read_bytes()
+    body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + good + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\n"
+            + b"garbage" * 30 + b"\r\n--b--\r\n")
+    r = httpx.post(f"{url}/v1/datasets/stowed/dicomweb/studies", content=body, timeout=30,
+                   headers={**auth, "content-type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 202, r.text
+    result = r.json()
+    assert len(result["00081199"]["Value"]) == 1 and result["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert "part 2 is not a DICOM file" in r.headers["warning"]
+
+
+# --- C-STORE --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_c_store_from_storescu_matches_the_rest_upload(platform_settings: Settings, series, store: ObjectStore) -> None:
+    folder, _, _ = series
+    port = _free_port()
+    settings = platform_settings.model_copy(update={
+        "dicom_port": port, "dicom_ae_title": "MEDSYNTH", "dicom_quiet_s": 1.0,
+        "dicom_peers": [DicomPeer(ae_title="HOSPPACS", dataset="pushed")],
+    })
+    with TestClient(create_ingest_app(settings), headers=bearer(settings, "uploader")) as client:
+        echo = subprocess.run([tool("echoscu"), "-aet", "HOSPPACS", "-aec", "MEDSYNTH", "127.0.0.1", str(port)], capture_output=True, text=True)
+        assert echo.returncode == 0, echo.stderr
+        refused = subprocess.run([tool("storescu"), "-aet", "STRANGER", "-aec", "MEDSYNTH", "127.0.0.1", str(port),
+                                  *map(str, sorted(folder.glob("*.dcm")))], capture_output=True, text=True)
+        assert refused.returncode != 0 and "Association Rejected" in refused.stdout + refused.stderr
+        sent = subprocess.run([tool("storescu"), "-aet", "HOSPPACS", "-aec", "MEDSYNTH", "127.0.0.1", str(port),
+                               *map(str, sorted(folder.glob("*.dcm")))], capture_output=True, text=True)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # assembled by the quiet-period committer, no commit call
+            states = client.get("/v1/datasets/pushed/dicom/series").json()["series"]
+            if states and states[0]["state"] != "staged":
+                break
+            time.sleep(0.5)
+        assert states[0]["state"] == "ingested" and states[0]["source"] == "c-store:HOSPPACS", states
+        uploaded = client.post("/v1/datasets/uploaded/dicom", files=_files(folder)).json()["scans"][0]
+    (entry,) = load_manifest(store, "pushed").scans
+    assert entry.scan_id == uploaded["scan_id"]  # the same canonical volume as the REST upload
+    assert_no_identifier_stored(store)
