@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo protos bench bench-generators bench-gate bench-load clean help
+.PHONY: install tools test demo protos bench bench-generators bench-gate bench-load bench-ingest clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
@@ -28,7 +28,15 @@ $(STAMP): requirements.lock libs/medsynth/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e libs/medsynth
 	touch $(STAMP)
 
-test: install
+# Real DICOM peers and the reference converter the tests and bench-ingest check against (Debian packages).
+DEBIAN_TOOLS := dcmtk dcm2niix
+tools:
+	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null; }; \
+	  else echo "the DICOM tests need dcmtk and dcm2niix: sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
+
+test: install tools
 	$(PY) -m pytest tests
 
 demo: install

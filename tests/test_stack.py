@@ -74,6 +74,9 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
     status = medsynth("stack", "status", env=stack_env)
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("running, ready") == 6
+    assert "DICOM C-STORE SCP: AE title MEDSYNTH at 127.0.0.1:18702" in status.stdout
+    echo = subprocess.run(["echoscu", "-aet", "ANYONE", "-aec", "MEDSYNTH", "127.0.0.1", "18702"], capture_output=True, text=True)
+    assert "Association Rejected" in echo.stdout + echo.stderr  # the listener runs, and refuses AE titles it was not given
 
     data = tmp_path / "msd"
     write_phantom_dataset(data, n=6, seed=5, shape=(24, 24, 10))

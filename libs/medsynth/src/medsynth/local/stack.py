@@ -9,6 +9,7 @@ base+30..39 seaweedfs        S3 server (``weed mini``); data in ``<home>/seaweed
 base+20     broker           tansu, a Kafka-protocol broker keeping its log and offsets in SeaweedFS
 base+40..44 torchserve       the sampler's model server (when ``MEDSYNTH_SAMPLER_BACKEND=torchserve``)
 base+0, +1  api, ingest      the two HTTP services
+base+2      ingest (DICOM)   the C-STORE SCP (``MEDSYNTH_DICOM_PORT`` overrides; AE title ``MEDSYNTH_DICOM_AE_TITLE``)
 base+11..14 trainer, sampler, segmenter, evaluator (health and metrics on these ports)
 =========== ================ =====================================================================
 
@@ -39,6 +40,12 @@ from medsynth.local.supervisor import STOP_GRACE_S, ProcessSpec, StackFile
 
 # service name → port offset from settings.stack_base_port
 SERVICES: dict[str, int] = {"api": 0, "ingest": 1, "trainer": 11, "sampler": 12, "segmenter": 13, "evaluator": 14}
+DICOM_PORT = 2  # the ingest service's C-STORE listener
+
+
+def dicom_listener(settings: Settings) -> tuple[str, int, str]:
+    """Where the stack's ingest service takes C-STORE: host, port, AE title."""
+    return settings.dicom_host, settings.dicom_port or settings.stack_base_port + DICOM_PORT, settings.dicom_ae_title
 BROKER_PORT = 20
 SEAWEEDFS_PORT = 30
 TORCHSERVE_PORT = 40
@@ -116,6 +123,8 @@ def plan(settings: Settings, *, names: list[str] | None = None) -> tuple[list[Pr
             raise StackError(f"unknown service {name!r}; the stack has {', '.join(SERVICES)}")
         port = base + SERVICES[name]
         own = dict(env, MEDSYNTH_HTTP_PORT=str(port))
+        if name == "ingest":
+            own["MEDSYNTH_DICOM_PORT"] = str(dicom_listener(settings)[1])
         if name == "sampler" and settings.sampler_backend is SamplerBackend.torchserve:
             # TorchServe's keys and its model store are the sampler's alone
             own.update(MEDSYNTH_TORCHSERVE_MODEL_STORE=str(home / "torchserve" / "model-store"),
