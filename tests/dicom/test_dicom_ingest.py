@@ -222,3 +222,97 @@ def test_c_store_from_storescu_matches_the_rest_upload(platform_settings: Settin
     (entry,) = load_manifest(store, "pushed").scans
     assert entry.scan_id == uploaded["scan_id"]  # the same canonical volume as the REST upload
     assert_no_identifier_stored(store)
+
+
+# --- masks -----------------------------------------------------------------------------------------------
+
+
+def _seg(folder: Path, label: np.ndarray) -> bytes:
+    """A DICOM-SEG (highdicom) of ``label`` (x, y, z; values 1 and 2) on the series in ``folder``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=name, segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for n, name in ((1, "hippocampus head"), (2, "hippocampus body"))]
+    pixels = np.stack([label[:, :, k].T for k in range(label.shape[2])]).astype(np.uint8)
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                              segment_descriptions=descriptions, series_instance_uid=pydicom.uid.generate_uid(), series_number=99,
+                              sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1, manufacturer="test",
+                              manufacturer_model_name="test", software_versions="1", device_serial_number="1")
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+def _rtstruct(folder: Path, affine: np.ndarray, box: tuple[int, int, int, int], k: int) -> bytes:
+    """An RT Structure Set with one square contour (voxels i0..i1, j0..j1 on slice k) on ``folder``'s series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+
+    from medsynth.dicom.series import LPS_TO_RAS
+
+    ref = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0])
+    i0, i1, j0, j1 = box
+    corners = [(i0 - 0.5, j0 - 0.5), (i1 + 0.5, j0 - 0.5), (i1 + 0.5, j1 + 0.5), (i0 - 0.5, j1 + 0.5)]
+    points = [LPS_TO_RAS @ affine @ np.array([i, j, k, 1.0]) for i, j in corners]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.Modality, ds.PatientID, ds.PatientName = "RTSTRUCT", ref.PatientID, ref.PatientName
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = ref.StudyInstanceUID, pydicom.uid.generate_uid()
+    series, study, frame, roi, contours, contour = Dataset(), Dataset(), Dataset(), Dataset(), Dataset(), Dataset()
+    series.SeriesInstanceUID = ref.SeriesInstanceUID
+    study.ReferencedSOPInstanceUID, study.RTReferencedSeriesSequence = ref.StudyInstanceUID, Sequence([series])
+    frame.FrameOfReferenceUID, frame.RTReferencedStudySequence = ref.FrameOfReferenceUID, Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = 7, "tumour", ref.FrameOfReferenceUID
+    ds.StructureSetROISequence = Sequence([roi])
+    contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 4
+    contour.ContourData = [f"{v:.6f}" for p in points for v in p[:3]]
+    contours.ReferencedROINumber, contours.ContourSequence = 7, Sequence([contour])
+    ds.ROIContourSequence = Sequence([contours])
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_dicom_seg_becomes_the_label_map(client: TestClient, series, store: ObjectStore) -> None:
+    from medsynth.io.nifti import canonicalise
+
+    folder, image, affine = series
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:5] = 1, 2
+    files = _files(folder) + [("file", ("seg.dcm", _seg(folder, label), "application/dicom"))]
+    r = client.post("/v1/datasets/segmented/dicom", files=files)
+    assert r.status_code == 201, r.text
+    (scan,) = r.json()["scans"]
+    assert scan["label_values"] == [0, 1, 2] and scan["label_names"] == {"1": "hippocampus head", "2": "hippocampus body"}
+    expected = canonicalise(image, affine, label).label
+    assert np.array_equal(_canonical(store, scan["label_key"]), expected)
+    assert load_manifest(store, "segmented").scans[0].dicom.mask == "DICOM-SEG"
+
+
+def test_an_rtstruct_is_rasterised_onto_the_series(client: TestClient, series, store: ObjectStore) -> None:
+    from medsynth.io.nifti import canonicalise
+
+    folder, image, affine = series
+    files = _files(folder) + [("file", ("rt.dcm", _rtstruct(folder, affine, (5, 15, 4, 10), 2), "application/dicom"))]
+    r = client.post("/v1/datasets/contoured/dicom", files=files)
+    assert r.status_code == 201, r.text
+    (scan,) = r.json()["scans"]
+    assert scan["label_names"] == {"1": "roi 7"}  # ROI Name is free text: the basic profile empties it
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[5:16, 4:11, 2] = 1
+    assert np.array_equal(_canonical(store, scan["label_key"]), canonicalise(image, affine, label).label)
+
+
+def test_an_rtstruct_without_its_series_is_refused(client: TestClient, series, store: ObjectStore) -> None:
+    folder, _, affine = series
+    r = client.post("/v1/datasets/orphan/dicom", files=[("file", ("rt.dcm", _rtstruct(folder, affine, (5, 15, 4, 10), 2), "application/dicom"))])
+    assert r.status_code == 422 and "rt.dcm (RTSTRUCT) references series" in r.json()["detail"], r.text
+    assert not list(store.list("datasets/orphan/"))

@@ -89,6 +89,7 @@ class ScanPublic(BaseModel):
     spacing: list[float]
     orientation: str
     label_values: list[int]
+    label_names: dict[int, str] = {}
     source_format: str = "nifti"
     dicom: DicomSource | None = None
 

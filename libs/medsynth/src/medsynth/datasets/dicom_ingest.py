@@ -21,8 +21,9 @@ from medsynth.core.names import check_name
 from medsynth.datasets.ingest import commit_scan
 from medsynth.datasets.manifest import DicomSource, ManifestVersion, ScanEntry, dataset_prefix, refuse_duplicate
 from medsynth.dicom.deid import Deidentifier
-from medsynth.dicom.series import assemble_series, check_instance, series_label
-from medsynth.io.nifti import to_nifti_bytes
+from medsynth.dicom.masks import MASK_SOP_CLASSES, is_mask, label_map, referenced_series
+from medsynth.dicom.series import check_instance, series_label, series_volume
+from medsynth.io.nifti import check_label_values, to_nifti_bytes
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ def receive(ds: Dataset, name: str, deid: Deidentifier) -> Received:
     check_instance(ds, name)
     if not str(ds.get("PatientID", "") or "").strip():
         raise InvalidInput(f"{name} has no PatientID: without it, scans of one patient cannot be kept together.")
-    series = deid.uid(str(ds.SeriesInstanceUID))
+    # a mask travels with the series it was drawn on
+    series = deid.uid(referenced_series(ds, name) if is_mask(ds) else str(ds.SeriesInstanceUID))
     reason = deid.burned_in_reason(ds)
     if reason is not None and not deid.policy.allow_burned_in:
         return Received(name, None, series, f"{name} may show identifying text in its pixels ({reason}); quarantined, not "
@@ -105,14 +107,28 @@ def ingest_series(
 
 
 def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_voxels: int) -> PreparedScan:
-    """The checks and the work of :func:`ingest_series` short of writing (one read: the duplicate check)."""
+    """The checks and the work of :func:`ingest_series` short of writing (one read: the duplicate check).
+    ``instances`` may include one mask (DICOM-SEG or RTSTRUCT) drawn on the series: it becomes the label map."""
     check_name(dataset, "dataset name")
-    ordered = sorted(instances, key=lambda r: (int(r.dataset.get("InstanceNumber", 0) or 0), str(r.dataset.SOPInstanceUID)))
-    first = ordered[0].dataset
-    scan = assemble_series([(r.name, r.dataset) for r in ordered], max_voxels=max_voxels)
-    if scan.image.ndim > 3:
-        raise InvalidInput(f"{series_label(first)} is a time series ({scan.shape[-1]} temporal positions); medsynth ingests 2D "
-                           "and 3D scans.")
+    masks = [r for r in instances if is_mask(r.dataset)]
+    images = sorted((r for r in instances if not is_mask(r.dataset)),
+                    key=lambda r: (int(r.dataset.get("InstanceNumber", 0) or 0), str(r.dataset.SOPInstanceUID)))
+    if not images:
+        kind = MASK_SOP_CLASSES[str(masks[0].dataset.SOPClassUID)]
+        raise InvalidInput(f"{masks[0].name} ({kind}) references series {masks[0].series_uid}, which is not here: send the "
+                           "images with their mask.")
+    if len(masks) > 1:
+        raise InvalidInput(f"{len(masks)} masks ({', '.join(m.name for m in masks)}) reference one series; send one.")
+    first = images[0].dataset
+    volume = series_volume([(r.name, r.dataset) for r in images], max_voxels=max_voxels)
+    if volume.image.shape[3] > 1:
+        raise InvalidInput(f"{series_label(first)} is a time series ({volume.image.shape[3]} temporal positions); medsynth "
+                           "ingests 2D and 3D scans.")
+    label, names = (None, {})
+    if masks:
+        raw, names = label_map(masks[0].dataset, volume, masks[0].name)
+        label = check_label_values(raw)
+    scan = volume.canonical(label)
     patient_id = check_name(str(first.PatientID), "patient pseudonym")
     canonical = to_nifti_bytes(scan.image, scan.affine)
     image_sha = hashlib.sha256(canonical).hexdigest()
@@ -120,17 +136,29 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     refuse_duplicate(store, dataset, scan_id)
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
     folder = f"{base}original/dicom/"
-    objects = {f"{folder}{i:05d}.dcm": instance_bytes(r.dataset) for i, r in enumerate(ordered)}
+    objects = {f"{folder}{i:05d}.dcm": instance_bytes(r.dataset) for i, r in enumerate(images)}
     objects[f"{base}canonical/image.nii.gz"] = canonical
+    label_keys: dict[str, str | None] = {"original_label_key": None, "label_key": None}
+    label_sha = None
+    if scan.label is not None:
+        mask_bytes = instance_bytes(masks[0].dataset)
+        label_sha = hashlib.sha256(mask_bytes).hexdigest()
+        label_keys = {"original_label_key": f"{base}original/mask.dcm", "label_key": f"{base}canonical/label.nii.gz"}
+        objects[label_keys["original_label_key"]] = mask_bytes
+        objects[label_keys["label_key"]] = to_nifti_bytes(scan.label, scan.affine)
     entry = ScanEntry(
         scan_id=scan_id,
         patient_id=patient_id,
         image_sha256=image_sha,
+        label_sha256=label_sha,
         original_image_key=folder,
         image_key=f"{base}canonical/image.nii.gz",
+        **label_keys,
         shape=list(scan.shape),
         spacing=[float(s) for s in scan.spacing],
         orientation=scan.orientation,
+        label_values=list(scan.label_values),
+        label_names={value: names[value] for value in scan.label_values if value in names},
         original_filename=series_label(first),
         source_format="dicom",
         dicom=DicomSource(
@@ -139,8 +167,9 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
             modality=str(first.get("Modality", "") or ""),
             sop_class_uid=str(first.SOPClassUID),
             transfer_syntax_uid=str(first.file_meta.TransferSyntaxUID),
-            instances=len(ordered),
+            instances=len(images),
             deidentification=_values(first.get("DeidentificationMethod")),
+            mask=MASK_SOP_CLASSES[str(masks[0].dataset.SOPClassUID)] if masks else None,
         ),
     )
     return PreparedScan(entry, objects)

@@ -48,6 +48,7 @@ class DicomSource(BaseModel):
     transfer_syntax_uid: str
     instances: int = Field(description="De-identified instances stored under original_image_key.")
     deidentification: list[str] = Field(default_factory=list, description="DeidentificationMethod of the stored instances.")
+    mask: Literal["DICOM-SEG", "RTSTRUCT"] | None = Field(None, description="What the label map was made from.")
 
 
 class ScanEntry(BaseModel):
@@ -64,6 +65,7 @@ class ScanEntry(BaseModel):
     spacing: list[float]
     orientation: str
     label_values: list[int] = Field(default_factory=list)
+    label_names: dict[int, str] = Field(default_factory=dict, description="Segment or ROI name of each label value (DICOM masks).")
     original_filename: str
     ingested_at: datetime = Field(default_factory=utcnow)
     source_format: Literal["nifti", "dicom"] = "nifti"

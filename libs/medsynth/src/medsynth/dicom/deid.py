@@ -8,8 +8,8 @@ Temporal Information with Modified Dates Option:
   UID with one derived from it by HMAC under the project's key, so the same source UID maps to the same
   new UID in every instance of the project and references between instances keep working.
 * A compound action (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``, ``X/Z/U*``) takes the option that keeps the
-  dataset conformant whatever the attribute's type: ``D`` where allowed, else ``Z``, else ``U`` (a
-  sequence whose contained UIDs are replaced).
+  dataset conformant whatever the attribute's type: ``U`` where allowed (a reference sequence kept, its
+  UIDs replaced — a DICOM-SEG still finds its source images), else ``D``, else ``Z``.
 * Private attributes (odd groups) are removed at every level; sequences are walked recursively.
 * PatientID and PatientName become a keyed pseudonym (HMAC of the patient id): the same patient gets
   the same pseudonym, and a hospital holding the key can link back. With the modified-dates option
@@ -64,7 +64,7 @@ class Rule:
     def chosen(self) -> str:
         """The one action applied for this row (see the module docstring for compound actions)."""
         options = self.action.replace("*", "").split("/")
-        for preferred in ("D", "Z", "U", "X"):
+        for preferred in ("U", "D", "Z", "X"):
             if preferred in options:
                 return preferred
         return options[0]

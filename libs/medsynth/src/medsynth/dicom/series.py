@@ -102,9 +102,35 @@ def series_label(ds: Dataset) -> str:
     return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class SeriesVolume:
+    """A series' voxels on its own grid, before reorientation: ``image`` is (column, row, slice, time);
+    ``affine`` maps those indices to RAS mm; ``slices[k]`` are the SOPInstanceUIDs (and frame numbers)
+    at slice ``k``, which masks that reference instances are matched against."""
+
+    image: np.ndarray
+    affine: np.ndarray
+    slices: list[list[tuple[str, int | None]]]
+
+    def canonical(self, label: np.ndarray | None = None) -> CanonicalScan:
+        """The canonical scan (2D for one slice, 3D, or 4D with time last); ``label`` on this grid
+        (column, row, slice) is reoriented with it."""
+        image = self.image
+        if image.shape[3] > 1:
+            return canonicalise(image, self.affine)
+        if image.shape[2] == 1:
+            return canonicalise(image[:, :, 0, 0], self.affine, None if label is None else label[:, :, 0])
+        return canonicalise(image[..., 0], self.affine, label)
+
+
 def assemble_series(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) -> CanonicalScan:
     """Build the canonical volume of one series from ``(name, dataset)`` pairs (all one
     SeriesInstanceUID). A 2D scan for one slice, 3D for a stack, 4D (time last) for a time series."""
+    return series_volume(instances, max_voxels=max_voxels).canonical()
+
+
+def series_volume(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) -> SeriesVolume:
+    """The checks and the voxels of :func:`assemble_series`, on the series' own grid."""
     if not instances:
         raise InvalidInput("a series needs at least one instance.")
     first = instances[0][1]
@@ -131,11 +157,8 @@ def assemble_series(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int
         for t, s in enumerate(at_position):
             volume[:, :, k, t] = _values(s, label).T
     affine = LPS_TO_RAS @ _affine(stack, ref)
-    if times > 1:
-        return canonicalise(volume, affine)
-    if len(stack) == 1:
-        return canonicalise(volume[:, :, 0, 0], affine)
-    return canonicalise(volume[..., 0], affine)
+    slices = [[(str(s.dataset.SOPInstanceUID), s.frame) for s in at_position] for at_position in stack]
+    return SeriesVolume(volume, affine, slices)
 
 
 def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], label: str) -> None:

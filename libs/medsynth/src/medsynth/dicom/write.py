@@ -35,6 +35,9 @@ class SeriesIdentity:
     series_number: int = 1
     modality: str = "MR"
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY")
+    study_date: str = ""
+    study_time: str = ""
+    manufacturer: str = ""
     extra: dict[str, object] = field(default_factory=dict)  # keyword → value, set on every instance
 
 
@@ -72,6 +75,10 @@ def series_from_volume(image: np.ndarray, affine: np.ndarray, identity: SeriesId
         ds.file_meta.MediaStorageSOPClassUID = sop_class
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID, ds.PatientName = identity.patient_id, identity.patient_name
+        ds.PatientBirthDate, ds.PatientSex = "", ""  # type 2: present, unknown
+        ds.StudyDate, ds.StudyTime = identity.study_date, identity.study_time
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", ""
+        ds.Manufacturer, ds.PositionReferenceIndicator = identity.manufacturer, ""
         ds.StudyInstanceUID, ds.SeriesInstanceUID = identity.study_uid, identity.series_uid
         ds.FrameOfReferenceUID = identity.frame_of_reference_uid
         ds.Modality = identity.modality

@@ -206,7 +206,7 @@ def validate_scan(image_bytes: bytes, label_bytes: bytes | None, *, max_voxels: 
         if label.shape != image.shape:
             raise InvalidInput(f"label map must have the image's shape {raw_image.shape}, got {raw_label.shape}.")
         _check_label_affine(affine, np.asarray(lbl.affine, dtype=np.float64), image.ndim)
-        label = _check_label_values(label)
+        label = check_label_values(label)
 
     return canonicalise(image, affine, label)
 
@@ -286,7 +286,7 @@ def _check_finite(array: np.ndarray, what: str, context: str) -> None:
         raise InvalidInput(f"{what} must contain only finite values{context}, got {found}.")
 
 
-def _check_label_values(label: np.ndarray) -> np.ndarray:
+def check_label_values(label: np.ndarray) -> np.ndarray:
     if label.dtype.kind == "f":
         _check_finite(label, "label map", "")
         rounded = np.rint(label)
