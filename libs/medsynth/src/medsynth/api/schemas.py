@@ -144,6 +144,7 @@ class GeneratorFamiliesPublic(BaseModel):
 class OutputFormat(str, Enum):
     nifti = "nifti"
     png = "png"
+    dicom = "dicom"  # each sample a DICOM image (synthetic identity) and its mask a DICOM-SEG
 
 
 class CohortCreate(BaseModel):

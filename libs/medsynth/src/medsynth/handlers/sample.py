@@ -10,9 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medsynth import __version__
 from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
+from medsynth.datasets.manifest import load_manifest
+from medsynth.dicom.export import CohortIdentity
 from medsynth.generators.base import SampleMode
 from medsynth.handlers.artifacts import generator_of, view_splits
 from medsynth.jobs.worker import JobContext
@@ -64,7 +67,7 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
                 count=spec.count, seed=spec.seed, batch_size=request_batch(registry, mode, spec.batch_size or 64, ctx.settings),
                 formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
                 progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
-                gate=gate, audit_key=audit_key,
+                gate=gate, audit_key=audit_key, dicom=_dicom_identity(ctx, registry, spec),
             )  # fmt: skip
         except ReleaseRefused:
             GATE_REFUSED.inc()
@@ -75,6 +78,18 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     ready = events_pb2.CohortReady(cohort_id=ctx.job_id, generator_id=spec.generator_id, count=spec.count, manifest_key=manifest_key)
     ctx.emit(make_event(ctx.job_id, ctx.record.kind, project=ctx.record.project, cohort_ready=ready))
     return {"manifest": manifest_key}
+
+
+def _dicom_identity(ctx: JobContext, registry: dict[str, Any], spec: jobs_pb2.SampleCohort) -> CohortIdentity | None:
+    """What the cohort's DICOM files say they are: the training data's modality (MR when it came as
+    NIfTI) and its label names, under a synthetic identity."""
+    if "dicom" not in spec.formats:
+        return None
+    manifest = load_manifest(ctx.store, registry["dataset"], registry["dataset_version"])
+    modality = next((s.dicom.modality for s in manifest.scans if s.dicom is not None and s.dicom.modality), "MR")
+    names = {v: n for s in manifest.scans for v, n in s.label_names.items()}
+    return CohortIdentity(cohort_id=ctx.job_id, generator_id=spec.generator_id, family=registry.get("family", "joint-gan"),
+                          modality=modality, label_names=tuple(sorted(names.items())), software_version=__version__)
 
 
 def request_batch(registry: dict[str, Any], mode: SampleMode, asked: int, settings: Settings) -> int:

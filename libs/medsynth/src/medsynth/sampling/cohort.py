@@ -4,6 +4,8 @@ Layout under ``prefix`` (which ends with ``/``)::
 
     samples/00000/image.nii.gz     2D NIfTI-1, float32 in [0, 1], identity affine (1 mm spacing)
     samples/00000/label.nii.gz     2D NIfTI-1, uint8 class ids, same affine
+    samples/00000/image.dcm        with format "dicom": the image as a DICOM instance (synthetic identity)
+    samples/00000/seg.dcm          and its mask as a DICOM-SEG referencing it (:mod:`medsynth.dicom.export`)
     ...
     contact_sheet.png              the first samples in a grid, masks as colour overlay + contours
     manifest.json                  written last: a cohort is complete iff its manifest exists
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError
+from medsynth.dicom.export import CohortIdentity, sample_files
 from medsynth.io.nifti import to_nifti_bytes
 from medsynth.sampling.backends import Sampler
 from medsynth.sampling.gate import ReleaseGate
@@ -57,7 +60,8 @@ MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact_sheet.png"
 CLAIM_NAME = ".writing.json"
 SAMPLE_DIR = "samples/{index:05d}/"
-FORMATS = ("nifti", "png")
+FORMATS = ("nifti", "png")  # the default; "dicom" on request
+ALL_FORMATS = ("nifti", "png", "dicom")
 SHEET_MAX_TILES = 64
 SHEET_TILE_PX = 64
 SHEET_GAP_PX = 2
@@ -93,6 +97,7 @@ def write_cohort(
     sheet_tiles: int = SHEET_MAX_TILES,
     gate: ReleaseGate | None = None,
     audit_key: str | None = None,
+    dicom: CohortIdentity | None = None,
 ) -> str:
     """Draw samples ``0..count-1`` of ``seed`` in batches of ``batch_size`` and write them under
     ``prefix``; return the manifest key.
@@ -105,13 +110,16 @@ def write_cohort(
     closest-pairs figure.
 
     ``formats``: ``"nifti"`` writes the per-sample image/label files, ``"png"`` the contact sheet of
-    the first ``sheet_tiles`` samples. ``provenance`` (generator id, checkpoint key/sha, dataset
+    the first ``sheet_tiles`` samples, ``"dicom"`` each sample as a DICOM image and DICOM-SEG with the
+    synthetic identity ``dicom`` describes. ``provenance`` (generator id, checkpoint key/sha, dataset
     version, ...) is copied into the manifest as given; it must be JSON-serialisable. ``progress``
     is called with ``(done, count)`` after every batch. Raises :class:`Conflict` if ``prefix`` holds
     anything; on failure nothing is left under ``prefix`` (see the module docstring).
     """
     _check_prefix(prefix)
     fmts = _check_formats(formats)
+    if "dicom" in fmts and dicom is None:
+        raise InvalidInput("the dicom format needs the cohort's DICOM identity (CohortIdentity).")
     seed = check_seed(seed)
     count = _check_positive(count, "count", MAX_INDEX + 1)
     batch_size = _check_positive(batch_size, "batch_size", MAX_BATCH)
@@ -124,7 +132,7 @@ def write_cohort(
     writes = _Writes(store, prefix)
     writes.claim()
     try:
-        samples, tiles = _write_samples(writes, sampler, seed, plan, layout, count, fmts, sheet_tiles, progress, gate)
+        samples, tiles = _write_samples(writes, sampler, seed, plan, layout, count, fmts, sheet_tiles, progress, gate, dicom)
         sheet = _write_sheet(writes, *tiles) if "png" in fmts else None
         release = _release(writes, gate, count, audit_key)
         manifest = _manifest(
@@ -164,6 +172,7 @@ def _write_samples(
     sheet_tiles: int,
     progress: Progress | None,
     gate: ReleaseGate | None,
+    dicom: CohortIdentity | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
     """Draw the planned batches (appending each to ``layout``) and write the released samples."""
     samples: list[dict[str, Any]] = []
@@ -182,6 +191,8 @@ def _write_samples(
                 entry["memorization"] = gate.sample_entry(index)
             if "nifti" in formats:
                 entry.update(_write_nifti_pair(writes, index, images[k], masks[k]))
+            if "dicom" in formats:
+                entry["dicom"] = _write_dicom_pair(writes, index, images[k], masks[k], dicom)
             samples.append(entry)
         take = kept[: max(0, sheet_tiles - len(tile_images))]
         tile_images.extend(images[take].copy())
@@ -216,6 +227,15 @@ def _write_nifti_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.n
     return {
         "image": {"key": writes.put(folder + "image.nii.gz", image_bytes), "sha256": _sha(image_bytes)},
         "label": {"key": writes.put(folder + "label.nii.gz", label_bytes), "sha256": _sha(label_bytes)},
+    }
+
+
+def _write_dicom_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.ndarray, who: CohortIdentity) -> dict[str, Any]:
+    folder = SAMPLE_DIR.format(index=index)
+    image_bytes, seg_bytes = sample_files(image, mask, index, who)
+    return {
+        "image": {"key": writes.put(folder + "image.dcm", image_bytes, "application/dicom"), "sha256": _sha(image_bytes)},
+        "seg": {"key": writes.put(folder + "seg.dcm", seg_bytes, "application/dicom"), "sha256": _sha(seg_bytes)},
     }
 
 
@@ -521,9 +541,9 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
     if isinstance(formats, str):
         formats = (formats,)
     chosen = list(dict.fromkeys(formats))
-    unknown = [f for f in chosen if f not in FORMATS]
+    unknown = [f for f in chosen if f not in ALL_FORMATS]
     if unknown or not chosen:
-        raise InvalidInput(f"formats must be a non-empty subset of {FORMATS}, got {tuple(formats)!r}.")
+        raise InvalidInput(f"formats must be a non-empty subset of {ALL_FORMATS}, got {tuple(formats)!r}.")
     return chosen
 
 

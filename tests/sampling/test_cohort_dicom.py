@@ -1,0 +1,71 @@
+"""Cohorts out as DICOM: each sample a DICOM image with an unmistakably synthetic identity and its mask
+a DICOM-SEG referencing it; read back by pydicom and highdicom, converted by dcm2niix to the same voxels."""
+
+from __future__ import annotations
+
+import glob
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from medsynth.dicom.export import CohortIdentity
+from medsynth.dicom.series import assemble_series
+from medsynth.io.nifti import canonicalise, load_nifti
+from medsynth.sampling.backends import InProcessSampler
+from medsynth.sampling.cohort import read_manifest, write_cohort
+from medsynth.store.local import LocalStore
+from sampling_helpers import PROVENANCE
+
+PREFIX = "cohorts/c-dicom/"
+WHO = CohortIdentity(cohort_id="c-dicom-0001", generator_id="g-123456789abc", family="joint-gan", modality="MR",
+                     label_names=((1, "hippocampus head"),))
+
+
+def test_a_dicom_cohort_reads_back_and_converts_to_the_same_voxels(store: LocalStore, in_process: InProcessSampler, tmp_path: Path) -> None:
+    write_cohort(store, PREFIX, in_process, count=3, seed=4, batch_size=2, provenance=PROVENANCE, formats=("nifti", "dicom"), dicom=WHO)
+    manifest = read_manifest(store, PREFIX)
+    assert manifest["formats"] == ["nifti", "dicom"]
+    uids = set()
+    for entry in manifest["samples"]:
+        image_bytes = store.get_bytes(entry["dicom"]["image"]["key"])
+        seg_bytes = store.get_bytes(entry["dicom"]["seg"]["key"])
+        image = pydicom.dcmread(io.BytesIO(image_bytes))
+        assert str(image.PatientName) == "SYNTHETIC^c-dicom-0001" and image.PatientID == f"SYN-c-dicom-0001-{entry['index']:05d}"
+        assert list(image.ImageType)[:2] == ["DERIVED", "SECONDARY"] and image.BurnedInAnnotation == "NO"
+        assert "g-123456789a" in image.SeriesDescription and "c-dicom-0001" in image.DerivationDescription
+        assert image.Modality == "MR"
+        uids.add(image.StudyInstanceUID)
+        seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(seg_bytes)))
+        assert seg.SegmentSequence[0].SegmentLabel == "hippocampus head"
+        mask = seg.get_pixels_by_source_instance([image.SOPInstanceUID], combine_segments=True)[0]
+        nifti_label = np.asanyarray(load_nifti(store.get_bytes(entry["label"]["key"]), what="label", max_voxels=10**7).dataobj)
+        assert np.array_equal(mask.T, nifti_label)  # the SEG holds the cohort's mask, referenced to its image
+
+        folder = tmp_path / f"s{entry['index']}"
+        folder.mkdir()
+        (folder / "image.dcm").write_bytes(image_bytes)
+        out = tmp_path / f"o{entry['index']}"
+        out.mkdir()
+        subprocess.run([shutil.which("dcm2niix"), "-b", "n", "-z", "n", "-o", str(out), "-f", "x", str(folder)], check=True,
+                       capture_output=True)
+        (converted,) = glob.glob(str(out / "*.nii"))
+        ref = nib.load(converted)
+        ours = canonicalise(np.asarray(ref.dataobj, dtype=np.float32).reshape(ref.shape[:2]), ref.affine)
+        stored = load_nifti(store.get_bytes(entry["image"]["key"]), what="image", max_voxels=10**7)
+        sample = canonicalise(np.asanyarray(stored.dataobj).astype(np.float32), stored.affine)
+        slope, intercept = float(image.RescaleSlope), float(image.RescaleIntercept)
+        # the same stored integers as dcm2niix (its NIfTI header keeps the slope only as float32, so the
+        # comparison applies the DICOM's own slope to both)
+        unscaled = np.asarray(ref.dataobj.get_unscaled(), dtype=np.float64).reshape(ref.shape[:2])
+        d2n = canonicalise((unscaled * slope + intercept).astype(np.float32), ref.affine)
+        read = assemble_series([("image.dcm", image)], max_voxels=10**7)
+        assert np.array_equal(read.image, d2n.image) and np.allclose(read.affine, d2n.affine, atol=1e-4)
+        assert np.abs(ours.image - sample.image).max() <= slope  # 16-bit storage of a float image: within one step
+        assert np.allclose(ours.affine, sample.affine, atol=1e-4)
+    assert len(uids) == 3  # fresh UIDs per sample
