@@ -69,3 +69,53 @@ def test_a_dicom_cohort_reads_back_and_converts_to_the_same_voxels(store: LocalS
         assert np.abs(ours.image - sample.image).max() <= slope  # 16-bit storage of a float image: within one step
         assert np.allclose(ours.affine, sample.affine, atol=1e-4)
     assert len(uids) == 3  # fresh UIDs per sample
+
+
+def test_a_dicom_cohort_is_sent_to_a_real_storescp(platform_settings, in_process: InProcessSampler, tmp_path: Path) -> None:
+    """POST /v1/cohorts/{id}/send: C-STORE to dcmtk's storescp, started here; only listed destinations."""
+    import socket
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from medsynth.api.app import create_api_app
+    from medsynth.bus.messages import JobKind
+    from medsynth.core.settings import DicomNode
+    from medsynth.jobs.records import JobRecord, JobRecords, JobState
+    from platform_fixtures import bearer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    received = tmp_path / "received"
+    received.mkdir()
+    scp = subprocess.Popen([shutil.which("storescp"), "-aet", "VIEWER", "-od", str(received), "--accept-all", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        store = LocalStore(platform_settings.local_store_root)
+        job_id = "sample-cohort-dicom01"
+        key = write_cohort(store, f"cohorts/{job_id}/", in_process, count=2, seed=1, batch_size=2, provenance=PROVENANCE,
+                           formats=("dicom",), dicom=WHO)
+        JobRecords(store).put(JobRecord(job_id=job_id, kind=JobKind.sample_cohort, spec={}, state=JobState.succeeded,
+                                        result_keys={"manifest": key}))
+        settings = platform_settings.model_copy(update={"dicom_destinations": [DicomNode(ae_title="VIEWER", host="127.0.0.1", port=port)]})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # storescp binds its port
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        with TestClient(create_api_app(settings, reconcile=False), headers=bearer(settings, "researcher")) as api:
+            elsewhere = api.post(f"/v1/cohorts/{job_id}/send", json={"host": "10.1.2.3", "port": port, "ae_title": "VIEWER"})
+            assert elsewhere.status_code == 403, elsewhere.text
+            r = api.post(f"/v1/cohorts/{job_id}/send", json={"host": "127.0.0.1", "port": port, "ae_title": "VIEWER"})
+            assert r.status_code == 200, r.text
+            assert r.json()["sent"] == 4 and r.json()["failed"] == []
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+    files = sorted(received.iterdir())
+    assert len(files) == 4
+    kinds = sorted(pydicom.dcmread(f).Modality for f in files)
+    assert kinds == ["MR", "MR", "SEG", "SEG"]
+    assert all(str(pydicom.dcmread(f).PatientName) == "SYNTHETIC^c-dicom-0001" for f in files)

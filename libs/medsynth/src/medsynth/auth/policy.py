@@ -62,6 +62,7 @@ POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", "/v1/generator-families"): _p("generator.families", *Role, project=False),
     # cohorts
     ("POST", "/v1/cohorts"): _p("cohort.create", RESEARCHER),
+    ("POST", "/v1/cohorts/{cohort_id}/send"): _p("cohort.send", RESEARCHER),
     ("GET", "/v1/cohorts/{cohort_id}"): _p("cohort.read", *READERS),
     ("GET", "/v1/cohorts/{cohort_id}/closest-pairs.png"): _p("cohort.closest-pairs", RESEARCHER),
     ("GET", "/v1/cohorts/{cohort_id}/download"): _p("cohort.download", RESEARCHER),

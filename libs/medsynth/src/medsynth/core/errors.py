@@ -27,6 +27,10 @@ class NotFound(MedsynthError):
     """A named object (dataset, job, key) does not exist."""
 
 
+class PeerUnavailable(MedsynthError):
+    """A remote node medsynth was asked to talk to (a DICOM destination) cannot be reached or refuses."""
+
+
 class StoreError(MedsynthError):
     """The object store failed or is unreachable."""
 

@@ -34,6 +34,14 @@ class DicomPeer(BaseModel):
     dataset: str
 
 
+class DicomNode(BaseModel):
+    """A DICOM node cohorts may be sent to (C-STORE)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
 class Settings(BaseSettings):
     """Every knob of every service; each is read from ``MEDSYNTH_<NAME>`` in the environment."""
 
@@ -126,6 +134,11 @@ class Settings(BaseSettings):
     dicom_port: int = Field(0, ge=0, le=65535, description="C-STORE SCP port; 0: no listener.")
     dicom_host: str = Field("127.0.0.1", description="Address the C-STORE SCP listens on.")
     dicom_ae_title: str = Field("MEDSYNTH", min_length=1, max_length=16)
+    dicom_destinations: list[DicomNode] = Field(
+        default_factory=list,
+        description='Nodes `POST /v1/cohorts/{id}/send` may send to (JSON: [{"ae_title": "VIEWER", "host": "10.0.0.5", '
+                    '"port": 104}]); any other is refused, so the api cannot be made to connect anywhere.',
+    )
     dicom_peers: list[DicomPeer] = Field(
         default_factory=list,
         description="Calling AE titles allowed to send, each with the project and dataset its instances go to "

@@ -1,4 +1,4 @@
-"""Synthetic cohorts: request one from a trained generator, follow it, download it as a zip."""
+"""Synthetic cohorts: request one from a trained generator, follow it, download it as a zip, send it to a DICOM node."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
 
-from medsynth.api.deps import JobsDep, StoreDep
+from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
-from medsynth.core.errors import NotFound
+from medsynth.core.errors import Forbidden, InvalidInput, NotFound
 from medsynth.jobs.lookup import finished
 from medsynth.bus.messages import JobKind
+from medsynth.dicom.send import send_instances
 from medsynth.sampling.gate import gate_to_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
@@ -75,6 +77,41 @@ def download_cohort(cohort_id: str, request: Request, store: StoreDep, jobs: Job
         media_type="application/zip",
         headers={"content-disposition": f'attachment; filename="{cohort_id}.zip"'},
     )
+
+
+class CohortSend(BaseModel):
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(min_length=1, max_length=16, description="The receiving node's (called) AE title.")
+
+
+class CohortSent(BaseModel):
+    cohort_id: str
+    destination: str
+    sent: int
+    failed: list[dict[str, str]]
+
+
+@router.post("/{cohort_id}/send", response_model=CohortSent,
+             responses={502: {"description": "The DICOM node cannot be reached or refuses the association."}})
+def send_cohort(cohort_id: str, body: CohortSend, request: Request, store: StoreDep, jobs: JobsDep, settings: SettingsDep) -> CohortSent:
+    """C-STORE a cohort made with ``formats: ["dicom"]`` (every image and its DICOM-SEG) to a DICOM node;
+    only nodes listed in MEDSYNTH_DICOM_DESTINATIONS may be named (403 otherwise)."""
+    request.state.audit.detail["destination"] = f"{body.ae_title}@{body.host}:{body.port}"
+    allowed = [(n.host, n.port, n.ae_title) for n in settings.dicom_destinations]
+    if (body.host, body.port, body.ae_title) not in allowed:
+        raise Forbidden(f"{body.ae_title}@{body.host}:{body.port} is not among the DICOM destinations this service may send "
+                        "to (MEDSYNTH_DICOM_DESTINATIONS).")
+    record = finished(jobs.records, cohort_id, JobKind.sample_cohort)
+    manifest = store.get_json(record.result_keys["manifest"])
+    if "dicom" not in manifest.get("formats", []):
+        raise InvalidInput(f"cohort {cohort_id} was made with formats {manifest.get('formats')}; request it with "
+                           "formats [\"dicom\"] to send it as DICOM.")
+    files = [(sample["dicom"][part]["key"], store.get_bytes(sample["dicom"][part]["key"]))
+             for sample in manifest["samples"] for part in ("image", "seg")]
+    result = send_instances(files, host=body.host, port=body.port, called_ae=body.ae_title, calling_ae=settings.dicom_ae_title)
+    return CohortSent(cohort_id=cohort_id, destination=f"{body.ae_title}@{body.host}:{body.port}", sent=result.sent,
+                      failed=[{"key": name, "reason": why} for name, why in result.failed])
 
 
 def _zip_stream(store: ObjectStore, prefix: str, name: str) -> Iterator[bytes]:
