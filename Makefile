@@ -17,6 +17,8 @@ help:
 	@echo "               (ARGS=\"--dataset D --view-id V\": a view in the local store)"
 	@echo "make bench-load  the supervised stack under load: 10,000 uploads by 50 clients, 20 clients requesting cohorts"
 	@echo "               (ARGS=\"--scans 2000 --cohort-seconds 30\"); run it alone"
+	@echo "make bench-ingest  DICOM series -> canonical volumes beside dcm2niix (dcm_qa_nih when present), and NIfTI/DICOM"
+	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
 install: $(STAMP)
@@ -52,6 +54,9 @@ bench-gate: install
 
 bench-load: install
 	$(VENV)/bin/python -m medsynth.bench.load $(ARGS)
+
+bench-ingest: install tools
+	$(VENV)/bin/python -m medsynth.bench.ingest $(ARGS)
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto
