@@ -34,6 +34,10 @@ class Received:
     dataset: Dataset | None
     series_uid: str  # as de-identified
     quarantined: str | None = None
+    data: bytes | None = None  # the de-identified Part 10 bytes, when already written out (staged instances)
+
+    def payload(self) -> bytes:
+        return self.data if self.data is not None else instance_bytes(self.dataset)
 
 
 def receive(ds: Dataset, name: str, deid: Deidentifier) -> Received:
@@ -136,12 +140,12 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     refuse_duplicate(store, dataset, scan_id)
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
     folder = f"{base}original/dicom/"
-    objects = {f"{folder}{i:05d}.dcm": instance_bytes(r.dataset) for i, r in enumerate(images)}
+    objects = {f"{folder}{i:05d}.dcm": r.payload() for i, r in enumerate(images)}
     objects[f"{base}canonical/image.nii.gz"] = canonical
     label_keys: dict[str, str | None] = {"original_label_key": None, "label_key": None}
     label_sha = None
     if scan.label is not None:
-        mask_bytes = instance_bytes(masks[0].dataset)
+        mask_bytes = masks[0].payload()
         label_sha = hashlib.sha256(mask_bytes).hexdigest()
         label_keys = {"original_label_key": f"{base}original/mask.dcm", "label_key": f"{base}canonical/label.nii.gz"}
         objects[label_keys["original_label_key"]] = mask_bytes

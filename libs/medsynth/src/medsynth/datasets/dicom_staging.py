@@ -26,6 +26,7 @@ from medsynth.core.errors import Conflict, InvalidInput, NotFound, TooLarge
 from medsynth.core.names import check_name
 from medsynth.datasets.dicom_ingest import Received, commit_scan, instance_bytes, prepare_series
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry
+from medsynth.dicom.masks import is_mask
 from medsynth.dicom.series import read_instance
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,7 @@ def _commit_one(store, dataset: str, record: SeriesRecord, max_voxels: int, on_i
     keys = _staged_keys(store, dataset, series)
     prepared = None
     try:
-        instances = [Received(key.rsplit("/", 1)[-1], read_instance(store.get_bytes(key), key.rsplit("/", 1)[-1]), series)
-                     for key in keys]
+        instances = [_staged(key.rsplit("/", 1)[-1], store.get_bytes(key), series) for key in keys]
         if not instances:
             raise InvalidInput(f"series {series} has no staged instances left.")
         prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels)
@@ -127,6 +127,15 @@ def _commit_one(store, dataset: str, record: SeriesRecord, max_voxels: int, on_i
         store.delete(key)
     log.info("DICOM series %s of dataset %s: %s %s", series, dataset, record.state, record.scan_id or record.reason or "")
     return record
+
+
+def _staged(name: str, data: bytes, series: str) -> Received:
+    """A staged (already de-identified) instance: parsed for geometry and pixels only — masks in full —
+    and stored later as the very bytes that were staged."""
+    ds = read_instance(data, name, geometry_only=True)
+    if is_mask(ds):
+        ds = read_instance(data, name)
+    return Received(name, ds, series, data=data)
 
 
 def commit_quiet(stores: Mapping[str, object], quiet_s: float, *, max_voxels: int,

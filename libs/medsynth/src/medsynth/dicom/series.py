@@ -68,7 +68,7 @@ class Slice:
 #: What :func:`series_volume` reads of an instance; ``read_instance(..., geometry_only=True)`` parses only these.
 GEOMETRY_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType",
-    "PatientID", "Modality", "InstanceNumber", "TemporalPositionIdentifier", "Rows", "Columns", "SamplesPerPixel",
+    "PatientID", "Modality", "DeidentificationMethod", "InstanceNumber", "TemporalPositionIdentifier", "Rows", "Columns", "SamplesPerPixel",
     "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
     "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope",
     "RescaleIntercept", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "PixelData",
