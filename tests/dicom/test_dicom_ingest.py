@@ -316,3 +316,31 @@ def test_an_rtstruct_without_its_series_is_refused(client: TestClient, series, s
     r = client.post("/v1/datasets/orphan/dicom", files=[("file", ("rt.dcm", _rtstruct(folder, affine, (5, 15, 4, 10), 2), "application/dicom"))])
     assert r.status_code == 422 and "rt.dcm (RTSTRUCT) references series" in r.json()["detail"], r.text
     assert not list(store.list("datasets/orphan/"))
+
+
+def test_project_options_and_the_key_that_links_pseudonyms_back(platform_settings: Settings, tmp_path: Path, store: ObjectStore) -> None:
+    """A project that retains (shifted) dates and accepts possible burned-in text; the hospital's key,
+    printed by `medsynth projects deid-key`, recomputes the pseudonym of its patient."""
+    import hashlib
+    import hmac
+    import sys
+
+    from medsynth.projects import DicomOptions, Projects
+    from platform_fixtures import settings_env
+
+    Projects(store).create("hosp", dicom=DicomOptions(retain_dates=True, allow_burned_in=True))
+    image, affine = phantom(shape=(40, 36, 3))
+    folder = tmp_path / "us"
+    write_series(folder, image, affine, identity=IDENTITY, edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES"))
+    with TestClient(create_ingest_app(platform_settings), headers=bearer(platform_settings, "uploader", project="hosp")) as c:
+        r = c.post("/v1/datasets/kept/dicom", files=_files(folder))
+    assert r.status_code == 201 and r.json()["quarantined"] == [], r.text
+    scan = r.json()["scans"][0]
+    first_key = sorted(store.list("projects/hosp/" + scan["original_image_key"]))[0]  # the project's part of the store
+    instance = pydicom.dcmread(io.BytesIO(store.get_bytes(first_key)))
+    assert [c.CodeValue for c in instance.DeidentificationMethodCodeSequence] == ["113100", "113107"]
+    assert instance.StudyDate and instance.StudyDate != "20190305"  # shifted, not removed
+    printed = subprocess.run([sys.executable, "-m", "medsynth.local.cli", "projects", "deid-key", "hosp"], env=settings_env(platform_settings),
+                             capture_output=True, text=True, check=True).stdout.strip()
+    linked = "P" + hmac.new(bytes.fromhex(printed), b"patient\x00HOSP-778899", hashlib.sha256).hexdigest()[:20]
+    assert linked == scan["patient_id"]

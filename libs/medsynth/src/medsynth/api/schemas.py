@@ -13,6 +13,7 @@ from medsynth.auth.audit import AuditRecord
 from medsynth.auth.keys import ApiKey
 from medsynth.auth.principal import Role
 from medsynth.datasets.manifest import DicomSource
+from medsynth.projects import DicomOptions
 from medsynth.generators.base import MAX_SEED, MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
 
@@ -205,12 +206,14 @@ class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     description: str = Field("", max_length=500)
+    dicom: DicomOptions = Field(default_factory=DicomOptions, description="How the project's DICOM is de-identified.")
 
 
 class ProjectPublic(BaseModel):
     name: str
     description: str
     created_at: datetime
+    dicom: DicomOptions
     roles: list[Role] = Field(description="The caller's roles in the project.")
 
 

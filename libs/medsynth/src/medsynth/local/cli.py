@@ -94,14 +94,18 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _projects(args: argparse.Namespace) -> int:
-    from medsynth.projects import Projects
+    from medsynth.projects import DEFAULT_PROJECT, DicomOptions, Projects, deid_policy
 
     projects = Projects(_root_store())
     if args.action == "create":
         if not args.name:
             raise InvalidInput("projects create needs a name")
-        project = projects.create(args.name, description=args.description or "", created_by="cli")
+        options = DicomOptions(retain_dates=args.retain_dates, allow_burned_in=args.allow_burned_in)
+        project = projects.create(args.name, description=args.description or "", created_by="cli", dicom=options)
         print(f"created project {project.name}")
+    elif args.action == "deid-key":
+        # the hospital's way back from pseudonyms: HMAC-SHA256(key, "patient\0" + PatientID), "P" + first 20 hex digits
+        print(deid_policy(_root_store(), args.name or DEFAULT_PROJECT).key.hex())
     else:
         for name in projects.names():
             print(name)
@@ -225,10 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires-days", type=float, default=90.0, help="create: days until it expires (0: never)")
     p.set_defaults(run=_keys)
 
-    p = sub.add_parser("projects", help="create or list projects")
-    p.add_argument("action", choices=["create", "list"])
+    p = sub.add_parser("projects", help="create or list projects; print a project's DICOM de-identification key")
+    p.add_argument("action", choices=["create", "list", "deid-key"])
     p.add_argument("name", nargs="?")
     p.add_argument("--description")
+    p.add_argument("--retain-dates", action="store_true",
+                   help="create: DICOM dates shifted per patient instead of removed (the modified-dates option)")
+    p.add_argument("--allow-burned-in", action="store_true",
+                   help="create: ingest DICOM that may show identifying text in its pixels instead of quarantining it")
     p.set_defaults(run=_projects)
 
     p = sub.add_parser("audit", help="read or verify the audit trail")

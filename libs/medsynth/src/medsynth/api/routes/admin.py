@@ -27,7 +27,7 @@ router = APIRouter(tags=["administration"])
 
 def _public(project: Project, roles) -> ProjectPublic:
     return ProjectPublic(name=project.name, description=project.description, created_at=project.created_at,
-                         roles=sorted(roles, key=lambda r: r.value))
+                         dicom=project.dicom, roles=sorted(roles, key=lambda r: r.value))
 
 
 @router.get("/v1/projects", response_model=ProjectsPublic)
@@ -46,7 +46,7 @@ def list_projects(guard: GuardDep, principal: PrincipalDep) -> ProjectsPublic:
 @router.post("/v1/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectCreated)
 def create_project(body: ProjectCreate, guard: GuardDep, principal: PrincipalDep) -> ProjectCreated:
     """A new project (409 if the name is taken), with a first admin key for it, shown once."""
-    project = guard.projects.create(body.name, description=body.description, created_by=principal.actor)
+    project = guard.projects.create(body.name, description=body.description, created_by=principal.actor, dicom=body.dicom)
     key, token = guard.keys.create(project.name, Role.admin, name=f"first admin key of {project.name}",
                                    created_by=principal.actor)
     return ProjectCreated(project=_public(project, {Role.admin}), admin_key=KeyCreated(**KeyPublic.of(key).model_dump(), token=token))
