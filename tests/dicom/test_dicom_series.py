@@ -3,7 +3,6 @@ the volume the series was written from."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from dicom_helpers import DCMTK_DECODE, dcm2niix, dcmtk_decoded, phantom, read_folder, tool, write_series
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medsynth.core.errors import InvalidInput, TooLarge
 from medsynth.dicom.series import assemble_series, read_instance

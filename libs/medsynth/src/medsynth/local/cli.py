@@ -41,7 +41,7 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     from medsynth.core.settings import load_settings
-    from medsynth.local.ingest_client import ingest_folder
+    from medsynth.local.ingest_client import ingest_folder, patient_mapping
 
     import os
 
@@ -50,7 +50,8 @@ def _ingest(args: argparse.Namespace) -> int:
     if not api_key:
         raise InvalidInput("ingest needs an API key with the uploader role: --api-key or MEDSYNTH_API_KEY "
                            "(medsynth keys create --project P --role uploader)")
-    summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers)
+    patient_of = patient_mapping(Path(args.patients) if args.patients else None, args.patient_pattern)
+    summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers, patient_of=patient_of)
     print("\n".join(summary.lines()))
     return 1 if summary.rejected else 0
 
@@ -212,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(run=_stack)
 
-    p = sub.add_parser("ingest", help="upload a Decathlon-layout folder (imagesTr/ + labelsTr/)")
+    p = sub.add_parser("ingest", help="upload a Decathlon-layout folder (imagesTr/ + labelsTr/) or a folder of DICOM files")
     p.add_argument("folder")
+    p.add_argument("--patients", help="NIfTI: CSV with columns case,patient_id (several scans of one patient stay together)")
+    p.add_argument("--patient-pattern", help="NIfTI: regex whose first (or 'patient') group of the case name is the patient id")
     p.add_argument("--dataset", required=True)
     p.add_argument("--url", help="ingest service URL (default: the local stack's)")
     p.add_argument("--workers", type=int, default=4, help="concurrent uploads")

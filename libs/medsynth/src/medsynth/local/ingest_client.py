@@ -1,13 +1,23 @@
-"""`medsynth ingest DIR`: upload a Medical Segmentation Decathlon folder through the ingest service.
+"""`medsynth ingest DIR`: upload a folder through the ingest service.
 
-``DIR/imagesTr/<case>.nii.gz`` (+ ``DIR/labelsTr/<case>.nii.gz`` when present); the patient id is the
-case name. Uploads run concurrently; a duplicate (409) counts as already present, every other
-rejection is listed with the service's reason.
+* A Medical Segmentation Decathlon folder: ``DIR/imagesTr/<case>.nii.gz`` (+ ``DIR/labelsTr/<case>.nii.gz``
+  when present). The patient id is the case name unless a mapping says otherwise — one patient often
+  has several scans, and a split that takes each file for its own patient leaks patients between
+  training and test: ``--patients map.csv`` (columns ``case,patient_id``) or ``--patient-pattern REGEX``
+  (the first group, or the group named ``patient``, of a match against the case name).
+* A folder of DICOM files (any depth; no ``imagesTr/``): one upload per patient (PatientID) to the
+  DICOM route, each series becoming a scan, de-identified by the service.
+
+Uploads run concurrently; a duplicate (409) counts as already present, every other rejection is
+listed with the service's reason.
 """
 
 from __future__ import annotations
 
+import csv
+import re
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,17 +58,71 @@ def case_name(path: Path) -> str | None:
     return next((name[: -len(s)] for s in SUFFIXES if name.endswith(s)), None)
 
 
-def find_cases(root: Path) -> list[Case]:
+PatientOf = Callable[[str], str]
+
+
+def patient_mapping(csv_path: Path | None = None, pattern: str | None = None) -> PatientOf:
+    """case name → patient id: from a CSV (``case,patient_id``; every case must be listed), a regex, or
+    the case name itself."""
+    if csv_path is not None and pattern is not None:
+        raise InvalidInput("give a patient CSV or a patient pattern, not both")
+    if csv_path is not None:
+        with open(csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"case", "patient_id"} <= set(rows[0]):
+            raise InvalidInput(f"{csv_path} needs the columns case and patient_id")
+        table = {r["case"].strip(): r["patient_id"].strip() for r in rows}
+
+        def from_csv(case: str) -> str:
+            if case not in table:
+                raise InvalidInput(f"case {case!r} is not in {csv_path}")
+            return table[case]
+
+        return from_csv
+    if pattern is not None:
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise InvalidInput(f"patient pattern {pattern!r} is not a regular expression: {exc}") from None
+        if regex.groups < 1:
+            raise InvalidInput(f"patient pattern {pattern!r} needs a group that captures the patient id")
+
+        def from_pattern(case: str) -> str:
+            match = regex.search(case)
+            if match is None:
+                raise InvalidInput(f"case {case!r} does not match the patient pattern {pattern!r}")
+            return match.group("patient") if "patient" in regex.groupindex else match.group(1)
+
+        return from_pattern
+    return lambda case: case
+
+
+def find_cases(root: Path, patient_of: PatientOf | None = None) -> list[Case]:
     images = root / "imagesTr"
     if not images.is_dir():
         raise InvalidInput(f"{root} is not in the Decathlon layout: no imagesTr/ folder")
+    patient_of = patient_of or (lambda case: case)
     labels = {case_name(p): p for p in (root / "labelsTr").glob("*")} if (root / "labelsTr").is_dir() else {}
     cases = []
     for path in sorted(images.iterdir()):
         name = case_name(path)
         if name is not None:
-            cases.append(Case(name, path, labels.get(name)))
+            cases.append(Case(patient_of(name), path, labels.get(name)))
     return cases
+
+
+def dicom_patients(root: Path) -> dict[str, list[Path]]:
+    """The DICOM files under ``root`` by PatientID (headers only are read; non-DICOM files are skipped)."""
+    import pydicom
+
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        except Exception:  # noqa: BLE001 - not DICOM: not ours to upload
+            continue
+        found.setdefault(str(ds.get("PatientID", "") or ""), []).append(path)
+    return found
 
 
 def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> httpx.Response:
@@ -68,10 +132,13 @@ def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> htt
     return client.post(f"{url}/v1/datasets/{dataset}/scans", data={"patient_id": case.patient_id}, files=files)
 
 
-def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True) -> Summary:
+def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True,
+                  patient_of: PatientOf | None = None) -> Summary:
     from tqdm import tqdm
 
-    cases = find_cases(root)
+    if not (root / "imagesTr").is_dir() and (patients := dicom_patients(root)):
+        return _ingest_dicom(patients, dataset, url, api_key=api_key, workers=workers, progress=progress)
+    cases = find_cases(root, patient_of)
     summary = Summary()
     with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {api_key}"}) as client, ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): c for c in cases}
@@ -88,6 +155,36 @@ def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: 
                 summary.duplicates.append(case.patient_id)
             else:
                 summary.rejected[case.patient_id] = f"HTTP {response.status_code}: {_detail(response)}"
+    return summary
+
+
+def _ingest_dicom(patients: dict[str, list[Path]], dataset: str, url: str, *, api_key: str, workers: int, progress: bool) -> Summary:
+    """One upload per patient; the summary names patients by their files' folder (never the PatientID,
+    which is an identifier)."""
+    from tqdm import tqdm
+
+    summary = Summary()
+
+    def upload(files: list[Path]) -> httpx.Response:
+        parts = [("file", (f.name, f.read_bytes(), "application/dicom")) for f in files]
+        with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {api_key}"}) as client:
+            return client.post(f"{url.rstrip('/')}/v1/datasets/{dataset}/dicom", files=parts)
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(upload, files): f"{files[0].parent.name} ({len(files)} files)" for files in patients.values()}
+        for future in tqdm(as_completed(futures), total=len(futures), unit="patient", disable=not progress, desc=dataset):
+            name = futures[future]
+            try:
+                response = future.result()
+            except httpx.HTTPError as exc:
+                summary.rejected[name] = f"upload failed: {exc}"
+                continue
+            if response.status_code == 201:
+                summary.accepted.extend(s["scan_id"] for s in response.json()["scans"])
+            elif response.status_code == 409:
+                summary.duplicates.append(name)
+            else:
+                summary.rejected[name] = f"HTTP {response.status_code}: {_detail(response)}"
     return summary
 
 
