@@ -130,20 +130,21 @@ def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]
     from medsynth.local import stack
 
     home = Path(tempfile.mkdtemp(prefix="medsynth-bench-ingest-home-"))
-    os.environ.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT=str(BASE_PORT))
+    # only what ingestion needs: no TorchServe, no workers
+    os.environ.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT=str(BASE_PORT), MEDSYNTH_SAMPLER_BACKEND="inprocess")
     settings = load_settings()
     url = f"http://127.0.0.1:{BASE_PORT + 1}"
     echo(f"== starting the stack in {home}")
     stack.up(settings, echo=echo, names=["api", "ingest"])
     try:
-        key = stack.issue_key(settings, "uploader", name="bench-ingest")
-        headers = {"Authorization": f"Bearer {key}"}
+        # one key per client, as bench-load: a key may upload MEDSYNTH_UPLOADS_PER_MINUTE_PER_KEY scans a minute
+        keys = [stack.issue_key(settings, "uploader", name=f"bench-ingest {k}") for k in range(clients)]
         payloads = [scan_bytes(i) for i in range(scans)]
         statuses: list[int] = []
 
         def nifti(i: int) -> None:
             image, label = payloads[i]
-            with httpx.Client(timeout=120, headers=headers) as client:
+            with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {keys[i % clients]}"}) as client:
                 r = client.post(f"{url}/v1/datasets/bench-nifti/scans", data={"patient_id": f"p{i:05d}"},
                                 files={"image": ("s.nii.gz", image), "label": ("l.nii.gz", label)})
             statuses.append(r.status_code)
@@ -158,7 +159,7 @@ def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]
         dicom_statuses: list[int] = []
 
         def dicom(i: int) -> None:
-            with httpx.Client(timeout=300, headers=headers) as client:
+            with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {keys[i % clients]}"}) as client:
                 dicom_statuses.append(client.post(f"{url}/v1/datasets/bench-dicom/dicom", files=uploads[i]).status_code)
 
         echo(f"== {series} DICOM series (30 files each) by REST upload, {min(clients, series)} clients")
@@ -170,7 +171,7 @@ def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]
         stack.down(settings, echo=lambda *_: None)
         shutil.rmtree(home, ignore_errors=True)
     return {"nifti": {"scans": scans, "clients": clients, "seconds": nifti_s, "scans_per_s": scans / nifti_s,
-                      "accepted": statuses.count(201)},
+                      "accepted": statuses.count(201), "refused": {str(c): statuses.count(c) for c in set(statuses) - {201}}},
             "dicom": {"series": series, "files": series * 30, "seconds": dicom_s, "series_per_s": series / dicom_s,
                       "files_per_s": series * 30 / dicom_s, "accepted": dicom_statuses.count(201)}}
 

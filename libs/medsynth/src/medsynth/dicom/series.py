@@ -52,6 +52,7 @@ class Slice:
 
     source: str
     dataset: Dataset
+    header: Header
     frame: int | None  # None for a single-frame instance
     position: np.ndarray  # ImagePositionPatient (LPS mm)
     orientation: np.ndarray  # ImageOrientationPatient: row direction, column direction
@@ -93,10 +94,11 @@ def read_instance(data: bytes, what: str, *, geometry_only: bool = False) -> Dat
 def check_instance(ds: Dataset, what: str) -> None:
     """The checks every instance passes before it is buffered: identity attributes present, and, for
     an image, a transfer syntax a decoder is installed for."""
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if not str(ds.get(keyword, "") or "").strip():
+    for keyword, tag in (("SOPClassUID", 0x00080016), ("SOPInstanceUID", 0x00080018), ("StudyInstanceUID", 0x0020000D),
+                         ("SeriesInstanceUID", 0x0020000E)):
+        if not _text(ds, tag):
             raise InvalidInput(f"{what} has no {keyword}.")
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    if 0x7FE00010 not in ds and 0x7FE00008 not in ds and 0x7FE00009 not in ds:  # (float, double float) pixel data
         return  # a non-image object (SEG is checked as a mask, RTSTRUCT too); assemble_series refuses the rest
     syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
     problem = _decoding_problem(syntax)
@@ -154,17 +156,17 @@ def series_volume(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) 
         raise InvalidInput("a series needs at least one instance.")
     first = instances[0][1]
     label = series_label(first)
-    _refuse_non_images(instances, label)
-    slices = [s for name, ds in instances for s in _slices(name, ds, label)]
+    headers = [Header.of(ds) for _, ds in instances]
+    _refuse_non_images(instances, headers, label)
+    slices = [s for (name, ds), header in zip(instances, headers, strict=True) for s in _slices(name, ds, header, label)]
     ref = slices[0]
-    rows, cols = int(first.Rows), int(first.Columns)
+    rows, cols = headers[0].rows, headers[0].columns
     for s in slices:
-        ds = s.dataset
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise InvalidInput(f"{label}: {s.source} is {ds.Rows}x{ds.Columns} pixels, the series {rows}x{cols}.")
-        if not np.allclose(s.orientation, ref.orientation, atol=ORIENTATION_ATOL):
+        if (s.header.rows, s.header.columns) != (rows, cols):
+            raise InvalidInput(f"{label}: {s.source} is {s.header.rows}x{s.header.columns} pixels, the series {rows}x{cols}.")
+        if np.abs(s.orientation - ref.orientation).max() > ORIENTATION_ATOL:
             raise InvalidInput(f"{label}: mixed orientations ({s.source} differs from {ref.source}).")
-        if not np.allclose(s.pixel_spacing, ref.pixel_spacing, atol=PIXEL_SPACING_ATOL):
+        if max(abs(a - b) for a, b in zip(s.pixel_spacing, ref.pixel_spacing)) > PIXEL_SPACING_ATOL:
             raise InvalidInput(f"{label}: mixed pixel spacing ({s.source} {s.pixel_spacing}, {ref.source} {ref.pixel_spacing}).")
     stack, times = _order(slices, label)
     voxels = rows * cols * len(stack) * times
@@ -180,32 +182,30 @@ def series_volume(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) 
     return SeriesVolume(volume, affine, slices)
 
 
-def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], label: str) -> None:
-    for name, ds in instances:
-        sop = str(ds.SOPClassUID)
-        if sop in NON_IMAGE_SOP_CLASSES:
-            raise InvalidInput(f"{label}: {name} is {NON_IMAGE_SOP_CLASSES[sop]}, not an image.")
-        if "PixelData" not in ds:
-            raise InvalidInput(f"{label}: {name} holds no pixel data (SOP class {sop} {UID(sop).name}), not an image.")
-        image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-        if "MOSAIC" in image_type:
+def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], headers: Sequence[Header], label: str) -> None:
+    for (name, _), h in zip(instances, headers, strict=True):
+        if h.sop_class in NON_IMAGE_SOP_CLASSES:
+            raise InvalidInput(f"{label}: {name} is {NON_IMAGE_SOP_CLASSES[h.sop_class]}, not an image.")
+        if not h.has_pixels:
+            raise InvalidInput(f"{label}: {name} holds no pixel data (SOP class {h.sop_class} {UID(h.sop_class).name}), not an image.")
+        if "MOSAIC" in h.image_type:
             raise InvalidInput(f"{label} is a Siemens mosaic (ImageType MOSAIC: several slices tiled in one image), which "
                                "medsynth does not unpack; convert it with dcm2niix and upload the NIfTI.")
-        if "LOCALIZER" in image_type:
-            raise InvalidInput(f"{label} is a localizer (ImageType {'/'.join(image_type)}), not a scan.")
-        if int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
-            raise InvalidInput(f"{label}: {name} is a {ds.get('PhotometricInterpretation', '?')} image; only greyscale "
+        if "LOCALIZER" in h.image_type:
+            raise InvalidInput(f"{label} is a localizer (ImageType {'/'.join(h.image_type)}), not a scan.")
+        if h.samples != 1 or h.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise InvalidInput(f"{label}: {name} is a {h.photometric or '?'} image; only greyscale "
                                "(MONOCHROME1/2) series are accepted.")
 
 
-def _slices(name: str, ds: Dataset, label: str) -> list[Slice]:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    shared = _first(ds.get("SharedFunctionalGroupsSequence"))
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is None:
+def _slices(name: str, ds: Dataset, header: Header, label: str) -> list[Slice]:
+    frames = header.frames
+    if 0x52009230 not in ds:  # PerFrameFunctionalGroupsSequence
         if frames != 1:
             raise InvalidInput(f"{label}: {name} has {frames} frames but no per-frame functional groups.")
-        return [_slice(name, ds, None, ds, ds, ds, float(ds.get("TemporalPositionIdentifier", ds.get("InstanceNumber", 0)) or 0))]
+        return [_slice(name, ds, header, None, ds, ds, ds, header.order)]
+    shared = _first(ds.get("SharedFunctionalGroupsSequence"))
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if len(per_frame) != frames:
         raise InvalidInput(f"{label}: {name} declares {frames} frames but describes {len(per_frame)}.")
     out = []
@@ -215,32 +215,123 @@ def _slices(name: str, ds: Dataset, label: str) -> list[Slice]:
 
         content = _first(groups.get("FrameContentSequence"))
         order = float(content.get("TemporalPositionIndex", f)) if content is not None else float(f)
-        out.append(_slice(f"{name} frame {f + 1}", ds, f, group("PlanePositionSequence"), group("PlaneOrientationSequence"),
+        out.append(_slice(f"{name} frame {f + 1}", ds, header, f, group("PlanePositionSequence"), group("PlaneOrientationSequence"),
                           group("PixelMeasuresSequence"), order, transform=group("PixelValueTransformationSequence") or ds))
     return out
+
+
+IMAGE_POSITION, IMAGE_ORIENTATION, PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
+RESCALE_INTERCEPT, RESCALE_SLOPE = 0x00281052, 0x00281053
+
+
+def _decimals(ds: Dataset | None, tag: int, default: list[float] | None = None) -> list[float]:
+    """A decimal-string (DS) attribute's values as floats, parsed from the raw bytes when the element
+    has not been converted yet: pydicom's conversion of every DS value costs more than reading the file.
+    ``default`` when absent (KeyError without one)."""
+    if ds is None:
+        raise KeyError(tag)
+    if tag not in ds:
+        if default is None:
+            raise KeyError(tag)
+        return default
+    elem = ds.get_item(tag)
+    value = elem.value
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("ascii", "replace").strip(" \x00")
+        return [float(v) for v in text.split("\\")] if text else list(default or [])
+    if value is None or value == "":
+        return list(default or [])
+    return [float(v) for v in value] if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [float(value)]
+
+
+def _raw(ds: Dataset, tag: int):
+    """The element's value without pydicom's conversion where it is still raw: (bytes, little-endian)."""
+    elem = ds.get_item(tag) if tag in ds else None
+    if elem is None:
+        return None, True
+    return elem.value, getattr(elem, "is_little_endian", True)
+
+
+def _us(ds: Dataset, tag: int, default: int) -> int:
+    value, little = _raw(ds, tag)
+    if value is None or value == b"":
+        return default
+    if isinstance(value, bytes | bytearray):
+        return int.from_bytes(bytes(value[:2]), "little" if little else "big")
+    return int(value)
+
+
+def _integer_string(ds: Dataset, tag: int, default: int) -> int:
+    value, _ = _raw(ds, tag)
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("ascii", "replace").strip(" \x00")
+        return int(float(text.split("\\")[0])) if text else default
+    return default if value in (None, "") else int(value)
+
+
+def _text(ds: Dataset, tag: int) -> str:
+    value, _ = _raw(ds, tag)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("latin-1").strip(" \x00")
+    if value is None:
+        return ""
+    return "\\".join(str(v) for v in value) if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else str(value)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What assembling a series reads of each instance, read once (from raw bytes where possible)."""
+
+    sop_class: str
+    rows: int
+    columns: int
+    samples: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    frames: int
+    image_type: tuple[str, ...]
+    order: float  # TemporalPositionIdentifier, else InstanceNumber
+    has_pixels: bool
+    syntax: str
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Header:
+        temporal = _integer_string(ds, 0x00200100, -1)
+        return cls(
+            sop_class=_text(ds, 0x00080016), rows=_us(ds, 0x00280010, 0), columns=_us(ds, 0x00280011, 0),
+            samples=_us(ds, 0x00280002, 1), photometric=_text(ds, 0x00280004).upper(),
+            bits_allocated=_us(ds, 0x00280100, 0), bits_stored=_us(ds, 0x00280101, 0), signed=bool(_us(ds, 0x00280103, 0)),
+            frames=_integer_string(ds, 0x00280008, 1) or 1,
+            image_type=tuple(v.strip().upper() for v in _text(ds, 0x00080008).split("\\") if v.strip()),
+            order=float(temporal if temporal >= 0 else _integer_string(ds, 0x00200013, 0)),
+            has_pixels=0x7FE00010 in ds,
+            syntax=str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"),
+        )
 
 
 def _first(seq) -> Dataset | None:
     return seq[0] if seq else None
 
 
-def _slice(source: str, ds: Dataset, frame: int | None, position: Dataset | None, orientation: Dataset | None,
+def _slice(source: str, ds: Dataset, header: Header, frame: int | None, position: Dataset | None, orientation: Dataset | None,
            measures: Dataset | None, order: float, transform: Dataset | None = None) -> Slice:
     transform = transform if transform is not None else ds
     try:
-        ipp = np.array([float(v) for v in position.ImagePositionPatient], dtype=np.float64)
-        iop = np.array([float(v) for v in orientation.ImageOrientationPatient], dtype=np.float64)
-        spacing = tuple(float(v) for v in measures.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
+        ipp = np.array(_decimals(position, IMAGE_POSITION), dtype=np.float64)
+        iop = np.array(_decimals(orientation, IMAGE_ORIENTATION), dtype=np.float64)
+        spacing = tuple(_decimals(measures, PIXEL_SPACING))
+    except (AttributeError, TypeError, ValueError, KeyError):
         raise InvalidInput(f"{source} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing.") from None
     if ipp.shape != (3,) or iop.shape != (6,) or len(spacing) != 2 or min(spacing) <= 0 or not np.all(np.isfinite([*ipp, *iop])):
         raise InvalidInput(f"{source} has an unusable geometry (position {ipp.tolist()}, orientation {iop.tolist()}, spacing {spacing}).")
     row, col = iop[:3], iop[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise InvalidInput(f"{source}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors.")
-    slope = float(transform.get("RescaleSlope", 1) or 1)
-    intercept = float(transform.get("RescaleIntercept", 0) or 0)
-    return Slice(source, ds, frame, ipp, iop, (spacing[0], spacing[1]), slope, intercept, order)
+    slope = (_decimals(transform, RESCALE_SLOPE, default=[1.0]) or [1.0])[0]
+    intercept = (_decimals(transform, RESCALE_INTERCEPT, default=[0.0]) or [0.0])[0]
+    return Slice(source, ds, header, frame, ipp, iop, (spacing[0], spacing[1]), slope, intercept, order)
 
 
 def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
@@ -268,12 +359,12 @@ def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
                                f"({', '.join(s.source for s in group)}).")
         # every slice at one position must sit on the same in-plane origin
         for s in group[1:]:
-            if not np.allclose(s.position, group[0].position, atol=tolerance):
+            if np.abs(s.position - group[0].position).max() > tolerance:
                 raise InvalidInput(f"{label}: {s.source} and {group[0].source} share a slice position but not an origin.")
     if len(stack) > 2:
         distances = np.array([float(g[0].position @ normal) for g in stack])
         gaps = np.diff(distances)
-        step = float(np.median(gaps))
+        step = float(np.sort(gaps)[len(gaps) // 2])  # the median gap
         for i, gap in enumerate(gaps):
             if abs(gap - step) > SPACING_RTOL * step:
                 what = "a missing slice" if abs(gap / step - round(gap / step)) < SPACING_RTOL and gap > step else "uneven slice spacing"
@@ -289,39 +380,35 @@ def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
-def _native_pixels(ds: Dataset) -> np.ndarray | None:
+def _native_pixels(ds: Dataset, h: Header) -> np.ndarray | None:
     """Uncompressed little-endian single-frame pixels whose stored bits fill their allocation, read
     straight from the buffer (most CT/MR files); None for anything else, which pydicom decodes."""
-    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    bits = int(ds.get("BitsAllocated", 0) or 0)
-    if (syntax not in NATIVE_LITTLE_ENDIAN or bits not in (8, 16, 32) or int(ds.get("BitsStored", 0) or 0) != bits
-            or int(ds.get("NumberOfFrames", 1) or 1) != 1 or "PixelData" not in ds):
+    bits = h.bits_allocated
+    if h.syntax not in NATIVE_LITTLE_ENDIAN or bits not in (8, 16, 32) or h.bits_stored != bits or h.frames != 1 or not h.has_pixels:
         return None
-    dtype = np.dtype(f"<{'i' if int(ds.get('PixelRepresentation', 0) or 0) else 'u'}{bits // 8}")
-    data = ds.PixelData
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    if len(data) < rows * cols * dtype.itemsize:
-        raise ValueError(f"the pixel data holds {len(data)} bytes, {rows}x{cols} pixels of {bits} bits need {rows * cols * dtype.itemsize}")
-    return np.frombuffer(data, dtype=dtype, count=rows * cols).reshape(rows, cols)
+    dtype = np.dtype(f"<{'i' if h.signed else 'u'}{bits // 8}")
+    data, _ = _raw(ds, 0x7FE00010)
+    need = h.rows * h.columns * dtype.itemsize
+    if len(data) < need:
+        raise ValueError(f"the pixel data holds {len(data)} bytes, {h.rows}x{h.columns} pixels of {bits} bits need {need}")
+    return np.frombuffer(data, dtype=dtype, count=h.rows * h.columns).reshape(h.rows, h.columns)
 
 
 def _values(s: Slice, label: str) -> np.ndarray:
     """The slice's pixel values: decoded, MONOCHROME1 inverted, rescaled (float32)."""
+    h = s.header
     try:
-        pixels = _native_pixels(s.dataset) if s.frame is None else None
+        pixels = _native_pixels(s.dataset, h) if s.frame is None else None
         if pixels is None:
             pixels = s.dataset.pixel_array if s.frame is None else s.dataset.pixel_array[s.frame]
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
         raise InvalidInput(f"{label}: the pixels of {s.source} cannot be decoded: {type(exc).__name__}: {exc}") from None
-    if s.dataset.get("NumberOfFrames") and int(s.dataset.NumberOfFrames) > 1 and s.frame is None:
+    if h.frames > 1 and s.frame is None:
         raise InvalidInput(f"{label}: {s.source} is multi-frame without functional groups.")
     raw = np.asarray(pixels)
-    if str(s.dataset.PhotometricInterpretation) == "MONOCHROME1":
-        bits = int(s.dataset.get("BitsStored", raw.dtype.itemsize * 8))
-        if int(s.dataset.get("PixelRepresentation", 0)):
-            raw = -1 - raw.astype(np.int64)
-        else:
-            raw = (1 << bits) - 1 - raw.astype(np.int64)
+    if h.photometric == "MONOCHROME1":
+        bits = h.bits_stored or raw.dtype.itemsize * 8
+        raw = -1 - raw.astype(np.int64) if h.signed else (1 << bits) - 1 - raw.astype(np.int64)
     values = raw.astype(np.float64) * s.slope + s.intercept
     return values.astype(np.float32)
 
