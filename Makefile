@@ -31,12 +31,12 @@ $(STAMP): requirements.lock libs/medsynth/pyproject.toml
 	touch $(STAMP)
 
 # Real DICOM peers and the reference converter the tests and bench-ingest check against (Debian packages).
-DEBIAN_TOOLS := dcmtk dcm2niix
+DEBIAN_TOOLS := dcmtk dcm2niix dicom3tools
 tools:
-	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null || { \
+	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null; }; \
-	  else echo "the DICOM tests need dcmtk and dcm2niix: sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
+	  else echo "the DICOM tests need dcmtk, dcm2niix and dicom3tools: sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
 
 test: install tools
 	$(PY) -m pytest tests

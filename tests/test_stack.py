@@ -32,7 +32,8 @@ def medsynth(*args: str, env: dict, timeout: float = 240) -> subprocess.Complete
 def stack_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSYNTH_")}
     home = tmp_path_factory.mktemp("stack") / "home"
-    env.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT="18700", MEDSYNTH_RECONCILE_EVERY_S="2")
+    env.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT="18700", MEDSYNTH_RECONCILE_EVERY_S="2",
+               MEDSYNTH_DICOM_PEERS='[{"ae_title": "HOSPPACS", "dataset": "pushed"}]')
     yield env
     medsynth("stack", "down", env=env)
 
@@ -74,9 +75,11 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
     status = medsynth("stack", "status", env=stack_env)
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("running, ready") == 6
-    assert "DICOM C-STORE SCP: AE title MEDSYNTH at 127.0.0.1:18702" in status.stdout
-    echo = subprocess.run(["echoscu", "-aet", "ANYONE", "-aec", "MEDSYNTH", "127.0.0.1", "18702"], capture_output=True, text=True)
-    assert "Association Rejected" in echo.stdout + echo.stderr  # the listener runs, and refuses AE titles it was not given
+    assert "DICOM C-STORE SCP: AE title MEDSYNTH at 127.0.0.1:18702; calling AE titles allowed: HOSPPACS -> default/pushed" in status.stdout
+    echo = subprocess.run(["echoscu", "-aet", "HOSPPACS", "-aec", "MEDSYNTH", "127.0.0.1", "18702"], capture_output=True, text=True)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    stranger = subprocess.run(["echoscu", "-aet", "ANYONE", "-aec", "MEDSYNTH", "127.0.0.1", "18702"], capture_output=True, text=True)
+    assert "Association Rejected" in stranger.stdout + stranger.stderr  # AE titles it was not given are refused
 
     data = tmp_path / "msd"
     write_phantom_dataset(data, n=6, seed=5, shape=(24, 24, 10))

@@ -95,7 +95,7 @@ def test_a_zip_upload_gives_the_same_volume(client: TestClient, series, store: O
     assert r.json()["scans"][0]["scan_id"] == direct["scan_id"]  # same canonical volume, same content hash
 
 
-@pytest.mark.parametrize("case", ["not-dicom", "truncated", "missing-slice", "two-patients", "one-file-bad"])
+@pytest.mark.parametrize("case", ["not-dicom", "truncated", "missing-slice", "two-patients", "one-file-bad", "duplicate"])
 def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, series, store: ObjectStore, tmp_path: Path,
                                                           case: str) -> None:
     folder, image, affine = series
@@ -114,6 +114,9 @@ def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, ser
         other = SeriesIdentity("HOSP-000001", "Other^Bob", series_description="other")
         files += _files(write_series(tmp_path / "other", image, affine, identity=other)[0].parent)
         match = "2 patients"
+    elif case == "duplicate":
+        files.append(("file", ("again.dcm", files[1][1][1], "application/dicom")))
+        match = "are the same instance (one SOPInstanceUID): duplicate instances"
     else:
         files.append(("file", ("notes.txt", b"not an image", "text/plain")))
         match = "notes.txt is not a DICOM file"

@@ -69,6 +69,12 @@ def test_a_dicom_cohort_reads_back_and_converts_to_the_same_voxels(store: LocalS
         assert np.abs(ours.image - sample.image).max() <= slope  # 16-bit storage of a float image: within one step
         assert np.allclose(ours.affine, sample.affine, atol=1e-4)
     assert len(uids) == 3  # fresh UIDs per sample
+    for part in ("image", "seg"):  # the IOD checker of dicom3tools finds no error in either object
+        path = tmp_path / f"check-{part}.dcm"
+        path.write_bytes(store.get_bytes(manifest["samples"][0]["dicom"][part]["key"]))
+        checked = subprocess.run([shutil.which("dciodvfy"), str(path)], capture_output=True, text=True)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, errors
 
 
 def test_a_dicom_cohort_is_sent_to_a_real_storescp(platform_settings, in_process: InProcessSampler, tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True)
         if assemble_quiet_series:
             threading.Thread(target=run_quiet_committer, args=(settings, app.state.store, app.state.bus, stop),
                              name="dicom-committer", daemon=True).start()
-        scp = StoreSCP(settings, app.state.store) if settings.dicom_port else None
+        # no peers, no listener: an empty allowlist would let any AE title associate
+        scp = StoreSCP(settings, app.state.store) if settings.dicom_port and settings.dicom_peers else None
         if scp is not None:
             scp.start()
         yield

@@ -65,8 +65,7 @@ def stage(store, dataset: str, received: Received, *, source: str) -> SeriesReco
     now = utcnow()
     if record is None or record.state != "staged":  # a new series, or instances again after a decision
         record = SeriesRecord(series_instance_uid=series, state="staged", source=source, first_received_at=now)
-    record.last_received_at = now
-    record.instances = len(_staged_keys(store, dataset, series))
+    record.last_received_at = now  # one write per instance; counting them is left to whoever asks (records())
     _write(store, dataset, record)
     return record
 
@@ -90,6 +89,9 @@ def _write(store, dataset: str, record: SeriesRecord) -> None:
 def records(store, dataset: str) -> list[SeriesRecord]:
     prefix = f"{RECORDS}{check_name(dataset, 'dataset name')}/"
     found = [_read(store, dataset, key[len(prefix):-len(".json")]) for key in store.list(prefix) if key.endswith(".json")]
+    for record in found:
+        if record is not None and record.state == "staged":
+            record.instances = len(_staged_keys(store, dataset, record.series_instance_uid))
     return sorted((r for r in found if r is not None), key=lambda r: r.first_received_at)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -49,9 +50,11 @@ def sample_files(image: np.ndarray, mask: np.ndarray, index: int, who: CohortIde
     """One sample (image ``(1, S, S)`` float, mask ``(S, S)`` class ids) as DICOM Part 10 bytes: the
     image instance and a DICOM-SEG of its mask that references it."""
     modality = who.modality if who.modality in SUPPORTED_MODALITIES else "MR"
+    now = datetime.now(timezone.utc)
     identity = SeriesIdentity(
         who.patient_id(index), who.patient_name, series_description=who.description, series_number=1, modality=modality,
         image_type=("DERIVED", "SECONDARY", "SYNTHETIC"), manufacturer=SEG_MANUFACTURER,
+        study_date=now.strftime("%Y%m%d"), study_time=now.strftime("%H%M%S"), study_id="SYNTH",  # when it was made
         extra={"BurnedInAnnotation": "NO", "ContentLabel": "SYNTHETIC",
                "DerivationDescription": f"Synthetic image sampled by medsynth generator {who.generator_id} "
                                         f"(family {who.family}), sample {index} of cohort {who.cohort_id}; no real patient."},

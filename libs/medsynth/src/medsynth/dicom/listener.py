@@ -49,6 +49,8 @@ class StoreSCP:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
+        if not self.peers:
+            raise ValueError("a C-STORE listener needs MEDSYNTH_DICOM_PEERS (an empty list would admit every AE title)")
         ae.require_calling_aet = list(self.peers)  # any other calling AE title is rejected at association
         ae.maximum_pdu_size = 0
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]

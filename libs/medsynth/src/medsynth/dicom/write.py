@@ -20,6 +20,13 @@ SOP_CLASSES = {
     "CT": UID("1.2.840.10008.5.1.4.1.1.2"),
 }
 SIGNED_RANGE = (-32768, 32767)
+# The image modules' type 1 and 2 attributes a written volume cannot know: "research mode", no sequence
+# variant, and the type 2 ones present but empty (unknown), so the instances pass dciodvfy.
+MODALITY_MODULES: dict[str, dict[str, object]] = {
+    "MR": {"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "2D",
+           "RepetitionTime": "", "EchoTime": "", "EchoTrainLength": "", "PatientPosition": "", "Laterality": ""},
+    "CT": {"KVP": "", "AcquisitionNumber": "", "PatientPosition": "", "Laterality": ""},
+}
 
 
 @dataclass
@@ -37,6 +44,7 @@ class SeriesIdentity:
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY")
     study_date: str = ""
     study_time: str = ""
+    study_id: str = ""
     manufacturer: str = ""
     extra: dict[str, object] = field(default_factory=dict)  # keyword → value, set on every instance
 
@@ -77,7 +85,7 @@ def series_from_volume(image: np.ndarray, affine: np.ndarray, identity: SeriesId
         ds.PatientID, ds.PatientName = identity.patient_id, identity.patient_name
         ds.PatientBirthDate, ds.PatientSex = "", ""  # type 2: present, unknown
         ds.StudyDate, ds.StudyTime = identity.study_date, identity.study_time
-        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", ""
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = identity.study_id, "", ""
         ds.Manufacturer, ds.PositionReferenceIndicator = identity.manufacturer, ""
         ds.StudyInstanceUID, ds.SeriesInstanceUID = identity.study_uid, identity.series_uid
         ds.FrameOfReferenceUID = identity.frame_of_reference_uid
@@ -93,6 +101,8 @@ def series_from_volume(image: np.ndarray, affine: np.ndarray, identity: SeriesId
         ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
+        for keyword, value in MODALITY_MODULES.get(identity.modality, {}).items():
+            setattr(ds, keyword, value)
         for keyword, value in identity.extra.items():
             setattr(ds, keyword, value)
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()

@@ -33,8 +33,11 @@ def _stack(args: argparse.Namespace) -> int:
             print(f"{r['name']:<10} {r['pid'] or '-':>7} {r['port'] or '':>5} {r['restarts']:>8}  {state}")
         if any(r["name"] == "ingest" for r in rows):
             host, port, ae_title = stack.dicom_listener(settings)
-            peers = ", ".join(f"{p.ae_title} -> {p.project}/{p.dataset}" for p in settings.dicom_peers) or "none (set MEDSYNTH_DICOM_PEERS)"
-            print(f"DICOM C-STORE SCP: AE title {ae_title} at {host}:{port}; calling AE titles allowed: {peers}")
+            if settings.dicom_peers:
+                peers = ", ".join(f"{p.ae_title} -> {p.project}/{p.dataset}" for p in settings.dicom_peers)
+                print(f"DICOM C-STORE SCP: AE title {ae_title} at {host}:{port}; calling AE titles allowed: {peers}")
+            else:
+                print("DICOM C-STORE SCP: not listening (no MEDSYNTH_DICOM_PEERS: no calling AE title is allowed)")
         return 0 if all(r["alive"] and r["ready"] in ("ready", "-") for r in rows) else 1
     return 0
 
