@@ -176,6 +176,9 @@ def test_stow_rs_refuses_the_wrong_content_type_and_reports_bad_parts(live, seri
     r = httpx.post(f"{url}/v1/datasets/stowed/dicomweb/studies", content=b"{}", timeout=30,
                    headers={**auth, "content-type": 'multipart/related; type="application/dicom+json"; boundary=x'})
     assert r.status_code == 415, r.text
+    r = httpx.post(f"{url}/v1/datasets/bad..name/dicomweb/studies", content=b"--b--", timeout=30,
+                   headers={**auth, "content-type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 422 and "dataset name" in r.json()["detail"], r.text
     good = sorted(folder.glob("*.dcm"))[0].read_bytes()
     body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + good + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\n"
             + b"garbage" * 30 + b"\r\n--b--\r\n")

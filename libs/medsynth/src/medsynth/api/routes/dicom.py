@@ -21,6 +21,7 @@ from medsynth.api.routes.scans import STREAMED, scan_announcer, scan_public
 from medsynth.api.schemas import ScanPublic
 from medsynth.api.upload_stream import FilesForm, read_files_form
 from medsynth.core.errors import InvalidInput, MedsynthError, TooLarge, UnsupportedMediaType
+from medsynth.core.names import check_name
 from medsynth.datasets.dicom_ingest import group_series, prepare_series, quarantined_series, receive
 from medsynth.datasets.dicom_staging import SeriesRecord, commit, records, stage
 from medsynth.datasets.ingest import commit_scan
@@ -105,7 +106,7 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
     """Upload one patient's DICOM (files or zips, multipart field ``file``, repeated). Each series becomes
     a scan; all are checked before any is stored, so a bad series leaves nothing of the upload behind.
     Instances that may show identity in their pixels are quarantined (listed, not stored)."""
-    guard.limit_upload(principal, project)
+    _before_body(dataset, guard, principal, project)
     deid = deidentifier(request, project)
     form = await _read(request, settings, related=False,
                        usage="the upload must be multipart/form-data with one or more `file` parts (DICOM files or zips).")
@@ -137,6 +138,16 @@ def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifi
     DICOM_INSTANCES.labels("upload", "ingested").inc(len(received) - len(quarantined))
     DICOM_INSTANCES.labels("upload", "quarantined").inc(len(quarantined))
     return DicomUploadPublic(dataset=dataset, scans=scans, quarantined=quarantined)
+
+
+def _before_body(dataset: str, guard, principal, project: str) -> None:
+    """The checks made before the body is read: the dataset name and the caller's upload rate."""
+    try:
+        check_name(dataset, "dataset name")
+        guard.limit_upload(principal, project)
+    except Exception as exc:
+        exc.http_headers = {"Connection": "close"}  # the body stays unread
+        raise
 
 
 async def _read(request: Request, settings, *, related: bool, usage: str) -> FilesForm:
@@ -173,7 +184,7 @@ async def stow_rs(dataset: str, request: Request, settings: SettingsDep, store: 
     scan when it is committed (``POST …/dicom/commit``) or after MEDSYNTH_DICOM_QUIET_S without new
     instances. The response is the PS3.18 store-instances dataset; a failure's reason is also in a
     ``Warning: 299`` header."""
-    guard.limit_upload(principal, project)
+    _before_body(dataset, guard, principal, project)  # a bad name is the request's fault, not each instance's
     kind = request.headers.get("content-type", "")
     if "multipart/related" in kind and 'type="application/dicom"' not in kind.replace("'", '"') and "type=application/dicom" not in kind:
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom" (Part 10 instances); '
