@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test demo protos bench bench-generators bench-gate bench-load bench-ingest clean help
+.PHONY: install tools test demo images protos bench bench-generators bench-gate bench-load bench-ingest clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
@@ -19,6 +19,7 @@ help:
 	@echo "               (ARGS=\"--scans 2000 --cohort-seconds 30\"); run it alone"
 	@echo "make bench-ingest  DICOM series -> canonical volumes beside dcm2niix (dcm_qa_nih when present), and NIfTI/DICOM"
 	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
+	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages); needs Docker"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
 install: $(STAMP)
@@ -57,6 +58,20 @@ bench-load: install
 
 bench-ingest: install tools
 	$(VENV)/bin/python -m medsynth.bench.ingest $(ARGS)
+
+# The service images (deploy/images/Dockerfile), where a Docker engine exists: VARIANT=cuda for the GPU stages.
+IMAGE_TARGETS := api ingest trainer sampler segmenter evaluator torchserve
+GPU_TARGETS := trainer segmenter torchserve
+VERSION ?= 0.1.0
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine" >&2; exit 1; }
+	for t in $(IMAGE_TARGETS); do \
+	  docker build -f deploy/images/Dockerfile --target $$t --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION) . || exit 1; \
+	done
+	for t in $(GPU_TARGETS); do \
+	  docker build -f deploy/images/Dockerfile --target $$t --build-arg VARIANT=cuda --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION)-cuda . || exit 1; \
+	done
+	docker image ls 'medsynth/*'
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto

