@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test demo images protos bench bench-generators bench-gate bench-load bench-ingest clean help
+.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-ingest  DICOM series -> canonical volumes beside dcm2niix (dcm_qa_nih when present), and NIfTI/DICOM"
 	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
 	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages); needs Docker"
+	@echo "make dashboards  regenerate the Grafana dashboards (helm/medsynth/files/dashboards) from deploy/grafana/dashboards.py"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
 install: $(STAMP)
@@ -31,13 +32,14 @@ $(STAMP): requirements.lock libs/medsynth/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e libs/medsynth
 	touch $(STAMP)
 
-# Real DICOM peers and the reference converter the tests and bench-ingest check against (Debian packages).
-DEBIAN_TOOLS := dcmtk dcm2niix dicom3tools
+# Real DICOM peers and the reference converter the tests and bench-ingest check against, and Prometheus
+# (promtool for the alert rules' unit tests, the server to run every dashboard query on the stack): Debian packages.
+DEBIAN_TOOLS := dcmtk dcm2niix dicom3tools prometheus
 tools:
-	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null || { \
+	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null && command -v promtool >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null; }; \
-	  else echo "the DICOM tests need dcmtk, dcm2niix and dicom3tools: sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
+	  else echo "the DICOM and monitoring tests need $(DEBIAN_TOOLS): sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
 
 test: install tools
 	$(PY) -m pytest tests
@@ -72,6 +74,9 @@ images:
 	  docker build -f deploy/images/Dockerfile --target $$t --build-arg VARIANT=cuda --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION)-cuda . || exit 1; \
 	done
 	docker image ls 'medsynth/*'
+
+dashboards: install
+	$(PY) deploy/grafana/dashboards.py
 
 protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=libs/medsynth/src --pyi_out=libs/medsynth/src protos/medsynth/v1/*.proto

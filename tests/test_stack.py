@@ -251,6 +251,71 @@ def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
         assert r.status_code == 404
 
 
+EXTERNAL_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}  # NVIDIA's DCGM exporter, on GPU nodes only
+
+
+def test_dashboards_and_alerts_on_a_prometheus_scraping_the_stack(stack_env: dict, tmp_path: Path) -> None:
+    """A real Prometheus (Debian's) scrapes every service and TorchServe of the stack the tests above
+    exercised, with the metrics token, and loads the alert rules; every dashboard query runs on it,
+    names only metrics it scraped (DCGM's excepted) and returns series."""
+    import json
+    import shutil
+    import socket
+
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "Debian's prometheus package is a test tool (make tools installs it)"
+    with httpx.Client(base_url="http://127.0.0.1:18700", timeout=10) as anonymous:
+        assert anonymous.get("/v1/datasets").status_code == 401  # one refusal for the guard's counter
+    token_file = Path(stack_env["MEDSYNTH_HOME"]) / "secrets" / "metrics-token"
+    services = [f"127.0.0.1:{18700 + offset}" for offset in (0, 1, 11, 12, 13, 14)]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(REPO / "helm" / "medsynth" / "files" / "alerts.yaml")],
+        "scrape_configs": [
+            {"job_name": "medsynth", "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+             "static_configs": [{"targets": services}]},
+            {"job_name": "torchserve", "static_configs": [{"targets": ["127.0.0.1:18742"]}]},
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "wb"))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as prom:
+            deadline = time.monotonic() + 60
+            while True:  # every target up, then a few more scrapes for rate() windows
+                try:
+                    targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
+                except httpx.HTTPError:
+                    targets = []
+                if len(targets) == 7 and all(t["health"] == "up" for t in targets):
+                    break
+                assert time.monotonic() < deadline, [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets] or (tmp_path / "log").read_text()
+                time.sleep(0.5)
+            time.sleep(4)
+            rules = [r for g in prom.get("/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
+            assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+            scraped = set(prom.get("/api/v1/label/__name__/values").json()["data"])
+            for path in sorted((REPO / "helm" / "medsynth" / "files" / "dashboards").glob("*.json")):
+                for panel in json.loads(path.read_text())["panels"]:
+                    for target in panel["targets"]:
+                        expr = target["expr"]
+                        names = set(re.findall(r"\b(?:medsynth|ts|DCGM)_[A-Za-z_]+\b", expr)) - {"medsynth_"}
+                        assert names, (path.name, panel["title"], expr)
+                        assert names - EXTERNAL_METRICS <= scraped, (path.name, panel["title"], sorted(names - EXTERNAL_METRICS - scraped))
+                        answer = prom.get("/api/v1/query", params={"query": expr}).json()
+                        assert answer["status"] == "success", (path.name, panel["title"], answer)
+                        if not names & EXTERNAL_METRICS:
+                            assert answer["data"]["result"], (path.name, panel["title"], expr)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+
 def test_stack_down_stops_everything(stack_env: dict) -> None:
     down = medsynth("stack", "down", env=stack_env)
     assert down.returncode == 0

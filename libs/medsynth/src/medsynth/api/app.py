@@ -18,6 +18,7 @@ from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
 from medsynth.projects import Projects, project_store
 from medsynth.store import open_service_store
+from medsynth.runtime.telemetry import declare_ingest_series
 from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers, install_http_metrics
 
 
@@ -75,6 +76,7 @@ def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True)
         app.state.bus.close()
 
     app = _base_app("medsynth ingest", settings, lifespan)
+    declare_ingest_series()
     app.include_router(scans.router, responses=ERROR_RESPONSES)
     app.include_router(dicom.router, responses=ERROR_RESPONSES)
     return app

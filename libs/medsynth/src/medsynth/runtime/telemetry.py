@@ -33,6 +33,13 @@ HTTP_SECONDS = Histogram(
     "medsynth_http_request_duration_seconds", "HTTP request latency by method and route template.", ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+TORCHSERVE_REQUESTS = Counter("medsynth_torchserve_requests_total",
+                              "Requests the sampler sent to TorchServe, by API (inference, management) and status "
+                              "(the HTTP status, or 'unreachable').", ["api", "status"])
+TORCHSERVE_SECONDS = Histogram(
+    "medsynth_torchserve_request_duration_seconds", "TorchServe request latency seen by the sampler, by API.", ["api"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 CONSUMER_LAG = Gauge("medsynth_consumer_lag", "Commands not yet consumed by this worker's group, per assigned partition.",
                      ["group", "topic", "partition"])
 
@@ -46,3 +53,16 @@ def declare_worker_series(kinds) -> None:
         DEAD_LETTERS.labels(kind.value)
         for outcome in OUTCOMES:
             JOBS.labels(kind.value, outcome)
+
+
+#: The DICOM ways in and what each counts (medsynth.api.routes.dicom, medsynth.dicom.listener).
+DICOM_OUTCOMES = {"upload": ("ingested", "quarantined"), "stow-rs": ("staged", "failed"),
+                  "c-store": ("staged", "quarantined", "failed")}
+
+
+def declare_ingest_series() -> None:
+    """The ingest service's zero-valued series (accepted scans, DICOM instances by way in and outcome)."""
+    INGESTED.labels("accepted")
+    for via, outcomes in DICOM_OUTCOMES.items():
+        for outcome in outcomes:
+            DICOM_INSTANCES.labels(via, outcome)

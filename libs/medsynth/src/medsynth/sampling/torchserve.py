@@ -45,6 +45,7 @@ import httpx
 import numpy as np
 
 from medsynth.core.errors import InvalidInput, MedsynthError
+from medsynth.runtime.telemetry import TORCHSERVE_REQUESTS, TORCHSERVE_SECONDS
 from medsynth.sampling.archive import check_model_name
 
 log = logging.getLogger(__name__)
@@ -499,10 +500,15 @@ class TorchServeClient:
         headers = dict(kwargs.pop("headers", None) or {})
         if self.key_file is not None:
             headers["Authorization"] = f"Bearer {self._key(api)}"
+        started = time.perf_counter()
         try:
-            return self._http.request(method, url, headers=headers, **kwargs)
+            response = self._http.request(method, url, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
+            TORCHSERVE_REQUESTS.labels(api, "unreachable").inc()
             raise _unavailable(url, exc, self._http.timeout.read) from exc
+        TORCHSERVE_SECONDS.labels(api).observe(time.perf_counter() - started)
+        TORCHSERVE_REQUESTS.labels(api, str(response.status_code)).inc()
+        return response
 
     def _key(self, api: str) -> str:
         if api not in self._keys:
