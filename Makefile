@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest clean help
 
 help:
-	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock) and medsynth"
+	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock, requirements-tools.lock) and medsynth"
 	@echo "make test     install, then run the test suite"
 	@echo "make demo     install, then run the main job end to end on phantom scans (DATA=dir to use your own)"
 	@echo "make bench-generators  train every generator family under one wall-clock budget and compare them"
@@ -25,10 +25,10 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock libs/medsynth/pyproject.toml
+$(STAMP): requirements.lock requirements-tools.lock libs/medsynth/pyproject.toml
 	@java -version 2>&1 | grep -q 'version "17' || { echo "Java 17 is required (TorchServe): install openjdk-17-jre-headless" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-tools.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e libs/medsynth
 	touch $(STAMP)
 

@@ -65,3 +65,11 @@ def test_images_are_pinned_non_root_checked_and_labelled() -> None:
         assert found[name][0].split()[1] == "runtime", name
     assert re.search(r"^USER 10001", "\n".join(found["torchserve"]), re.M)  # back to non-root after apt
     assert "VARIANT=cpu" in text and '"$VARIANT" = cuda' in text
+
+
+def test_images_carry_the_runtime_lock_not_the_deployment_check_tools() -> None:
+    text = DOCKERFILE.read_text()
+    assert "COPY requirements.lock" in text and "requirements-tools.lock" not in text
+    runtime = {line.split("==")[0].lower() for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line}
+    tools = {line.split("==")[0].lower() for line in (REPO / "requirements-tools.lock").read_text().splitlines() if "==" in line}
+    assert tools and not runtime & tools, runtime & tools
