@@ -228,6 +228,12 @@ def test_network_policies_expose_only_api_and_ingest() -> None:
         targets = [rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in spec["egress"] if "to" in rule]
         assert targets == ["kafka", "minio"]  # the trial backends by selector, not any address
     assert {p["port"] for p in policies["medsynth-ingest"]["spec"]["ingress"][0]["ports"]} == {"http", "dicom"}
+    bucket = by_kind(render(VALUE_SETS["trial-backends-dicom"]), "Job")["medsynth-minio-bucket-1"]
+    assert "annotations" not in bucket["metadata"]  # not a hook: `helm install --wait` waits on services that need the bucket
+    jwks = {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+    policies = by_kind(render({"networkPolicy": {"publicEgress": [jwks]}}), "NetworkPolicy")
+    for name in SERVICES:  # the OIDC issuer's JWKS: api and ingest check tokens, the workers reach nothing else
+        assert (jwks in policies[f"medsynth-{name}"]["spec"]["egress"]) is (name in ("api", "ingest")), name
 
 
 def test_monitoring_pdbs_topics_and_helm_test() -> None:
