@@ -251,6 +251,83 @@ def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
         assert r.status_code == 404
 
 
+def _study_spec(view_id: str) -> dict:
+    return {
+        "name": "phantom-grid", "dataset": "demo", "view_id": view_id, "seeds": [0, 1], "cohort_size": 16, "max_eval_samples": 32,
+        "families": [{"label": "joint-gan", "generator": SMALL_JOINT, "training": {"steps": 4, "batch_size": 8}},
+                     {"label": "spade", "generator": SMALL["spade"], "training": {"steps": 4, "batch_size": 8}, "mask_source": "real-deformed"}],
+        "arms": {"synthetic": True, "ratios": [0.5], "augmentation": [False]},
+        "segmentation": {"models": ["unet"], "steps": 4, "batch_size": 8},
+    }
+
+
+SMALL_JOINT = {"family": "joint-gan", "latent_dim": 16, "base_channels": 8}
+
+
+def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) -> None:
+    """Two families, two seeds, three arms (real, synthetic, mixed 0.5): the study fans out into jobs over
+    Kafka, ends with per-arm statistics, CSV and a report; the same study again reuses every job."""
+    from medsynth.local.study_client import run_study, save_results
+
+    with client(stack_env, timeout=60) as api:
+        view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
+        spec = _study_spec(view_id)
+        lines: list[str] = []
+        study = run_study(api, spec, poll_s=1.0, timeout_s=900, echo=lines.append)
+        assert study["state"] == "succeeded", (study, lines)
+        assert study["jobs"] == {"succeeded": 2 + 4 + 4 + 8 + 4}
+        assert any("arm joint-gan · mixed 0.5 · unet · aug off: succeeded (2/2 runs)" in l for l in lines), lines
+        results = api.get(study["results"]["json"]).json()
+        arms = {a["arm_id"]: a for a in results["arms"]}
+        assert set(arms) == {"real · real · unet · aug off"} | {f"{f} · {a} · unet · aug off" for f in ("joint-gan", "spade")
+                                                                  for a in ("synthetic", "mixed 0.5")}
+        for arm in arms.values():
+            assert arm["seeds_succeeded"] == 2 and arm["dice"]["n_seeds"] == 2 and arm["dice"]["n_patients"] == len(results["test_patients"])
+            assert arm["dice"]["ci_low"] <= arm["dice"]["mean"] <= arm["dice"]["ci_high"]
+        real = arms["real · real · unet · aug off"]["dice"]["mean"]
+        spade = arms["spade · synthetic · unet · aug off"]
+        if real > 0:
+            assert spade["relative_dice"] == pytest.approx(spade["dice"]["mean"] / real)
+        (group,) = results["comparisons"]
+        assert {r["a"] for r in group["rows"]} == set(arms) - {group["against"]} and all(0 <= r["p_holm"] <= 1 for r in group["rows"])
+        assert "skipped" in results["friedman"]  # two families: the Friedman test needs three
+        assert len(results["generators"]) == 4 and all(g["fid"] is not None for g in results["generators"])
+        paths = save_results(api, study, tmp_path)
+        csv_rows = (tmp_path / "results.csv").read_text().splitlines()
+        assert len(csv_rows) == 1 + 10 and csv_rows[0].startswith("arm_id,family,arm,ratio")
+        html = (tmp_path / "report.html").read_text()
+        for text in ("What the numbers mean", "Too small for conclusions", "Relative Dice", "spade · mixed 0.5 · unet · aug off", "<svg"):
+            assert text in html, text
+        assert len(paths) == 3
+
+        jobs_before = len(api.get("/v1/jobs").json()["jobs"])
+        again = run_study(api, spec, poll_s=0.5, timeout_s=120, echo=lambda *_: None)
+        assert again["state"] == "succeeded" and again["study_id"] != study["study_id"]
+        assert len(api.get("/v1/jobs").json()["jobs"]) == jobs_before  # every job reused, none submitted
+        assert api.get(again["results"]["json"]).json()["arms"] == results["arms"]
+
+
+def test_bad_studies_are_refused(stack_env: dict) -> None:
+    with client(stack_env, timeout=60) as api:
+        view_id = api.get("/v1/generators").json()["jobs"][0]["spec"]["view_id"]
+        spec = _study_spec(view_id)
+        cases = [
+            ({**spec, "seeds": list(range(10)), "arms": {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "augmentation": [False, True]},
+              "segmentation": {"models": ["unet", "swin-unetr"]}}, 422, "more than the 500 allowed"),
+            ({**spec, "arms": {"synthetic": False, "ratios": []}}, 422, "only real data"),
+            ({**spec, "view_id": "no-such-view"}, 404, "no-such-view"),
+            ({**spec, "families": [{"generator": {"family": "stylegan2", "conditional": True}}]}, 422, "conditional"),
+        ]
+        studies_before = api.get("/v1/studies").json()["count"]
+        for body, code, named in cases:
+            r = api.post("/v1/studies", json=body)
+            assert r.status_code == code and named in r.text, (code, r.status_code, r.text[:400])
+        assert api.get("/v1/studies").json()["count"] == studies_before  # nothing half-written
+        assert api.get("/v1/studies/study-0000").status_code == 404
+        unfinished = api.get("/v1/studies").json()["studies"][0]["study_id"]
+        assert api.get(f"/v1/studies/{unfinished}/report").status_code in (200, 409)
+
+
 EXTERNAL_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}  # NVIDIA's DCGM exporter, on GPU nodes only
 
 

@@ -13,6 +13,7 @@ from medsynth import __version__
 from medsynth.auth.guard import AuditMiddleware, Guard, authorize, document_public_routes
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
+from medsynth.api.studies.runner import run_study_loop
 from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
@@ -83,7 +84,7 @@ def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True)
 
 
 def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
-    from medsynth.api.routes import admin, cohorts, datasets, evaluations, generators, jobs, segmentations
+    from medsynth.api.routes import admin, cohorts, datasets, evaluations, generators, jobs, segmentations, studies
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,12 +104,18 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
         if reconcile:
             args = (every_project, settings.reconcile_after_s, settings.reconcile_every_s, stop)
             threading.Thread(target=run_reconciler, args=args, kwargs={"lease_s": settings.lease_s}, name="reconciler", daemon=True).start()
+
+            def studies_of_every_project():
+                return [(project_store(app.state.store, name), jobs_of(name)) for name in Projects(app.state.store).names()]
+
+            threading.Thread(target=run_study_loop, args=(studies_of_every_project, settings.study_every_s, stop),
+                             name="studies", daemon=True).start()
         yield
         stop.set()
         app.state.bus.close()
 
     app = _base_app("medsynth api", settings, lifespan)
-    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations, admin):
+    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations, studies, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(generators.families_router, responses=ERROR_RESPONSES)
     return app

@@ -72,6 +72,13 @@ POLICIES: dict[tuple[str, str], Policy] = {
     ("POST", "/v1/evaluations"): _p("evaluation.create", RESEARCHER),
     ("GET", "/v1/evaluations/{evaluation_id}"): _p("evaluation.read", *READERS),
     ("GET", "/v1/evaluations/{evaluation_id}/report"): _p("evaluation.report", *READERS),
+    # studies
+    ("POST", "/v1/studies"): _p("study.create", RESEARCHER),
+    ("GET", "/v1/studies"): _p("study.list", *READERS),
+    ("GET", "/v1/studies/{study_id}"): _p("study.read", *READERS),
+    ("GET", "/v1/studies/{study_id}/results"): _p("study.results", *READERS),
+    ("GET", "/v1/studies/{study_id}/results.csv"): _p("study.results", *READERS),
+    ("GET", "/v1/studies/{study_id}/report"): _p("study.report", *READERS),
     # administration
     ("GET", "/v1/projects"): _p("project.list", *Role, project=False),
     ("POST", "/v1/projects"): _p("project.create", ADMIN, project=False),

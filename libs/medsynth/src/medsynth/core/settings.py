@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         "stays within this, e.g. 16 samples at 250 steps; one-pass families keep the requested batch size.",
     )
 
+    # studies
+    study_max_jobs: int = Field(500, ge=1, le=100_000, description="Most jobs one study may expand into (POST /v1/studies answers 422 past it).")
+    study_every_s: float = Field(5.0, gt=0, description="How often the api moves running studies on (submits jobs whose inputs finished).")
+
     # evaluation
     inception_weights: Path | None = Field(
         None, description="Local inception-2015-12-05.pt for ImageNet FID/KID; never downloaded."

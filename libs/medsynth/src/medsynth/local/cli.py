@@ -78,6 +78,12 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from medsynth.local.study_client import main_run
+
+    return main_run(args)
+
+
 def _root_store():
     """The store the stack's services use (``medsynth keys`` / ``projects`` / ``audit`` write and read
     it directly: whoever holds the store's credentials is the root of trust)."""
@@ -289,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
     p.add_argument("--project", default="default", help="list: the project whose generators to list")
     p.set_defaults(run=_generators)
+
+    p = sub.add_parser("study", help="run a study (families x seeds x segmenters x arms) from a YAML spec and save its results")
+    p.add_argument("action", choices=["run"])
+    p.add_argument("spec", help="the study as YAML or JSON (the body of POST /v1/studies)")
+    p.add_argument("--url", help="the api (default: the local stack's)")
+    p.add_argument("--api-key", help="a key with the researcher role (default: $MEDSYNTH_API_KEY)")
+    p.add_argument("--out", help="folder for results.json, results.csv and report.html (default: study-<id>)")
+    p.add_argument("--timeout", type=float, default=None, help="stop following after this many seconds (the study goes on)")
+    p.set_defaults(run=_study)
 
     p = sub.add_parser("topics", help="create the system's Kafka topics on MEDSYNTH_KAFKA_BOOTSTRAP (a deployment's first step)")
     p.set_defaults(run=_topics)

@@ -13,14 +13,12 @@ from pydantic import BaseModel, Field
 
 from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
+from medsynth.api.submissions import cohort_command
 from medsynth.core.errors import Forbidden, InvalidInput, NotFound
 from medsynth.jobs.lookup import finished
 from medsynth.bus.messages import JobKind
 from medsynth.dicom.send import send_instances
-from medsynth.sampling.gate import gate_to_proto
-from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
-from medsynth.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
 CHUNK = 1024 * 1024
@@ -30,22 +28,7 @@ CHUNK = 1024 * 1024
 def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
     """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
     source or condition the generator cannot serve."""
-    generator = finished(jobs.records, body.generator_id, JobKind.train_generator)
-    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition,
-                body.sample_steps, body.eta)
-    spec = jobs_pb2.SampleCohort(
-        generator_id=body.generator_id,
-        count=body.count,
-        seed=body.seed,
-        formats=[f.value for f in body.formats],
-        batch_size=body.batch_size,
-        mask_source=body.mask_source.value,
-        condition=body.condition,
-        sample_steps=body.sample_steps,
-        eta=body.eta,
-        release=gate_to_proto(body.release),
-    )
-    return JobPublic.of(jobs.submit(JobKind.sample_cohort, spec))
+    return JobPublic.of(jobs.submit(JobKind.sample_cohort, cohort_command(body, store, jobs.records)))
 
 
 @router.get("/{cohort_id}")

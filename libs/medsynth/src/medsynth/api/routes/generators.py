@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
+from medsynth.api.submissions import generator_command
 from medsynth.api.schemas import (
-    ConditionOn,
     GeneratorCreate,
     GeneratorFamiliesPublic,
     GeneratorFamilyPublic,
@@ -17,13 +17,7 @@ from medsynth.api.schemas import (
     JobsPublic,
     job_with_result,
 )
-from medsynth.core.errors import InvalidInput
-from medsynth.datasets.conditions import CONDITION_SOURCES
-from medsynth.datasets.manifest import load_manifest
-from medsynth.datasets.views import view_key
-from medsynth.generators.base import DataSpec
-from medsynth.generators.proto import to_proto
-from medsynth.generators.registry import FAMILIES, GeneratorSpec
+from medsynth.generators.registry import FAMILIES
 from medsynth.jobs.records import JobState
 from medsynth.bus.messages import JobKind
 
@@ -34,24 +28,7 @@ families_router = APIRouter(prefix="/v1/generator-families", tags=["generators"]
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def create_generator(body: GeneratorCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
     """422 for options the family does not have or cannot use with this view (image size, conditioning)."""
-    view = store.get_json(view_key(body.dataset, body.view_id))
-    if view["counts"]["train"] == 0:
-        raise InvalidInput(f"view {body.view_id} has no training items to learn from")
-    if view["spec"]["mode"] != "slices2d":
-        raise InvalidInput(f"generators train on 2D slices; view {body.view_id} holds {view['spec']['mode']}")
-    manifest = load_manifest(store, body.dataset, view["dataset_version"])
-    labels = {v for s in manifest.scans for v in s.label_values}
-    condition_on = "" if body.condition_on is ConditionOn.none else body.condition_on.value
-    data = DataSpec(
-        image_size=view["spec"]["size"],
-        num_classes=max(2, max(labels, default=0) + 1),
-        num_conditions=CONDITION_SOURCES.get(condition_on, 0),
-    )
-    spec = GeneratorSpec(options=body.generator, training=body.training, data=data)
-    if condition_on and not spec.family.conditional(spec.options):
-        raise InvalidInput(f"condition_on={condition_on!r} needs a class-conditioned generator; these {spec.options.family} options are not.")
-    command = to_proto(spec, dataset=body.dataset, view_id=body.view_id, condition_on=condition_on)
-    return JobPublic.of(jobs.submit(JobKind.train_generator, command))
+    return JobPublic.of(jobs.submit(JobKind.train_generator, generator_command(body, store)))
 
 
 @router.get("", response_model=JobsPublic)

@@ -1,0 +1,108 @@
+"""Studies: a grid of generator families × seeds × segmenters × arms as one request; progress per
+arm while it runs; results (JSON, CSV) and the report once it ends."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, status
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
+
+from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
+from medsynth.api.studies.results import arm_id
+from medsynth.api.studies.runner import ENDED, StudyRecord, create_study, list_studies, load_study
+from medsynth.api.studies.spec import StudyCreate
+from medsynth.core.errors import Conflict
+
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+
+class StudyPublic(BaseModel):
+    study_id: str
+    name: str | None
+    state: str
+    progress: float
+    jobs: dict[str, int]
+    arms: list[dict[str, Any]]
+    stages: dict[str, dict[str, int]]
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    error: str | None
+    results: dict[str, str]
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: StudyRecord) -> StudyPublic:
+        nodes = record.nodes.values()
+        jobs: dict[str, int] = defaultdict(int)
+        stages: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        arms: dict[str, dict[str, Any]] = {}
+        for n in nodes:
+            jobs[n.state] += 1
+            stages[n.kind][n.state] += 1
+            if n.kind == "train-segmenter":
+                arm = arms.setdefault(arm_id(n.labels), {"arm_id": arm_id(n.labels), "runs": 0, "succeeded": 0, "failed": 0,
+                                                        "blocked": 0, "state": "waiting"})
+                arm["runs"] += 1
+                arm[n.state] = arm.get(n.state, 0) + 1
+        for arm in arms.values():
+            ended = arm["succeeded"] + arm["failed"] + arm.get("blocked", 0) + arm.get("cancelled", 0)
+            arm["state"] = ("running" if ended < arm["runs"] else "succeeded" if arm["succeeded"] == arm["runs"]
+                            else "partial" if arm["succeeded"] else "failed")
+        progress = sum(1.0 if n.state in ENDED else n.progress for n in nodes) / max(1, len(record.nodes))
+        base = f"/v1/studies/{record.study_id}"
+        results = {"json": f"{base}/results", "csv": f"{base}/results.csv", "html": f"{base}/report"} if record.results_keys else {}
+        return cls(study_id=record.study_id, name=record.name, state=record.state, progress=round(progress, 4), jobs=dict(jobs),
+                   arms=sorted(arms.values(), key=lambda a: a["arm_id"]), stages={k: dict(v) for k, v in stages.items()},
+                   created_at=record.created_at.isoformat(), updated_at=record.updated_at.isoformat(),
+                   finished_at=record.finished_at.isoformat() if record.finished_at else None, error=record.error,
+                   results=results, spec=record.spec)
+
+
+class StudiesPublic(BaseModel):
+    studies: list[StudyPublic]
+    count: int
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyPublic)
+def start_study(body: StudyCreate, store: StoreDep, jobs: JobsDep, settings: SettingsDep) -> StudyPublic:
+    """422 for a grid past MEDSYNTH_STUDY_MAX_JOBS jobs, fewer than two arms, or a family the view cannot train."""
+    return StudyPublic.of(create_study(body, store, jobs, max_jobs=settings.study_max_jobs))
+
+
+@router.get("", response_model=StudiesPublic)
+def get_studies(store: StoreDep) -> StudiesPublic:
+    studies = [StudyPublic.of(r) for r in sorted(list_studies(store), key=lambda r: r.created_at)]
+    return StudiesPublic(studies=studies, count=len(studies))
+
+
+@router.get("/{study_id}", response_model=StudyPublic)
+def get_study(study_id: str, store: StoreDep) -> StudyPublic:
+    """State, progress per arm and per stage (generators, cohorts, segmentations, evaluations)."""
+    return StudyPublic.of(load_study(store, study_id))
+
+
+def _ended(store, study_id: str) -> StudyRecord:
+    record = load_study(store, study_id)
+    if not record.results_keys:
+        raise Conflict(f"study {study_id} is {record.state}; its results come when every job has ended")
+    return record
+
+
+@router.get("/{study_id}/results")
+def get_study_results(study_id: str, store: StoreDep) -> dict[str, Any]:
+    """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice."""
+    return store.get_json(_ended(store, study_id).results_keys["json"])
+
+
+@router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+def get_study_csv(study_id: str, store: StoreDep) -> Response:
+    return Response(store.get_bytes(_ended(store, study_id).results_keys["csv"]), media_type="text/csv")
+
+
+@router.get("/{study_id}/report", response_class=HTMLResponse)
+def get_study_report(study_id: str, store: StoreDep) -> HTMLResponse:
+    return HTMLResponse(store.get_bytes(_ended(store, study_id).results_keys["html"]).decode())

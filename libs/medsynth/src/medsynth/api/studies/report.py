@@ -1,0 +1,208 @@
+"""The study report: one HTML page that opens with no server, written for a hospital data team.
+
+Each number is explained once (what it measures, which way is better, what to read it against), the
+study's settings are shown, and a caveat says when they are too small for conclusions. Figures are
+inline SVG: Dice against the synthetic share of training batches with intervals, and the
+critical-difference diagram of the families.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from medsynth.metrics.statistics import cd_diagram_svg
+
+#: Below these, the report says the numbers check the pipeline rather than answer the question.
+SMALL = {"seeds": 3, "segmentation_steps": 2000, "cohort_size": 500}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:.92em;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.caveat{background:#fff4e0;border-left:4px solid #e0a000;padding:.6em 1em}
+.failed{background:#fde8e8;border-left:4px solid #c33;padding:.6em 1em}
+dl dt{font-weight:600;margin-top:.5em} dl dd{margin-left:1.2em}
+figure{margin:1em 0} figcaption{font-size:.9em;color:#555}
+"""
+
+EXPLAINED = [
+    ("Dice", "overlap between the segmenter's prediction and the expert mask on held-out real patients, averaged over the "
+             "foreground classes: 0 is no overlap, 1 perfect. Higher is better. Read it against the real-data-only arm."),
+    ("HD95", "the 95th percentile of the distance between predicted and true mask boundaries (in mm when the scans' "
+             "spacing is known, else pixels). Lower is better."),
+    ("Relative Dice", "an arm's Dice divided by the Dice of real data only with the same segmenter and augmentation: "
+                      "1.0 means the synthetic data served as well as the real data; the seed studies report 0.86-1.00."),
+    ("95% interval", "a two-level bootstrap: seeds resampled, then test patients, so the interval holds both the "
+                     "randomness of training and the choice of test patients."),
+    ("Paired test", "Wilcoxon signed-rank on the same test patients (each patient's Dice averaged over seeds), each arm "
+                    "against real data only; p-values Holm-corrected for the number of arms compared. Small p: the "
+                    "difference is unlikely to be chance."),
+    ("Friedman / Nemenyi", "the families ranked within each seed × segmenter × augmentation block by synthetic-only Dice "
+                           "(rank 1 best). Families whose average ranks differ by less than the critical difference (CD) "
+                           "cannot be told apart at α = 0.05; the diagram joins them with a bar."),
+    ("FID", "Fréchet distance between the features of real and synthetic images (extractor named): 0 for identical "
+            "distributions, lower is better; read it against the real-versus-real baseline (two halves of the real "
+            "data). FID and Dice need not agree (seed 000): the rank correlation says whether they did here."),
+    ("Memorized", "the fraction of synthetic samples the audit flagged as near-copies of a training image. Lower is safer."),
+]
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(summary: dict[str, Any] | None, digits: int = 3) -> str:
+    if not summary or summary.get("mean") is None:
+        return "–"
+    return f"{summary['mean']:.{digits}f} [{_num(summary.get('ci_low'), digits)}, {_num(summary.get('ci_high'), digits)}]"
+
+
+def _caveats(spec: dict[str, Any]) -> list[str]:
+    out = []
+    if len(spec["seeds"]) < SMALL["seeds"]:
+        out.append(f"{len(spec['seeds'])} seed(s): intervals over seeds need at least {SMALL['seeds']}.")
+    if spec["segmentation"]["steps"] < SMALL["segmentation_steps"]:
+        out.append(f"segmenters trained for {spec['segmentation']['steps']} steps (far from converged below about "
+                   f"{SMALL['segmentation_steps']}).")
+    if spec["cohort_size"] < SMALL["cohort_size"]:
+        out.append(f"cohorts of {spec['cohort_size']} samples (FID is biased upwards on small samples).")
+    steps = {f.get("label") or f["generator"]["family"]: f["training"].get("steps") for f in spec["families"]}
+    out += [f"generator {name} trained for {n} steps only." for name, n in steps.items() if n is not None and n < 2000]
+    return out
+
+
+def _settings(spec: dict[str, Any]) -> str:
+    families = ", ".join(escape(f.get("label") or f["generator"]["family"]) for f in spec["families"])
+    rows = [("Dataset / view", f"{escape(spec['dataset'])} / {escape(spec['view_id'])}"), ("Families", families),
+            ("Seeds", ", ".join(map(str, spec["seeds"]))),
+            ("Segmenters", ", ".join(spec["segmentation"]["models"]) + f"; {spec['segmentation']['steps']} steps, batch "
+             f"{spec['segmentation']['batch_size']}"),
+            ("Arms", "real only" + (", synthetic only" if spec["arms"]["synthetic"] else "")
+             + "".join(f", real + synthetic at {r:g}" for r in spec["arms"]["ratios"])
+             + "; augmentation " + " and ".join("on" if a else "off" for a in spec["arms"]["augmentation"])),
+            ("Cohort size", str(spec["cohort_size"]))]
+    return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _arms_table(arms: list[dict[str, Any]]) -> str:
+    head = ("<tr><th>Arm</th><th>Dice [95% CI]</th><th>HD95 [95% CI]</th><th>Relative Dice</th>"
+            "<th>Seeds</th><th>Test patients</th></tr>")
+    rows = []
+    for a in arms:
+        failed = len(a.get("seeds_failed", []))
+        seeds = f"{a['seeds_succeeded']}" + (f" ({failed} failed)" if failed else "")
+        unit = f" {a['hd95_unit']}" if a.get("hd95_unit") else ""
+        rows.append(f"<tr><td>{escape(a['arm_id'])}</td><td class=n>{_interval(a.get('dice'))}</td>"
+                    f"<td class=n>{_interval(a.get('hd95'), 2)}{escape(unit)}</td><td class=n>{_num(a.get('relative_dice'))}</td>"
+                    f"<td class=n>{seeds}</td><td class=n>{(a.get('dice') or {}).get('n_patients', '–')}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _comparisons_table(groups: list[dict[str, Any]]) -> str:
+    parts = []
+    for g in groups:
+        title = f"{escape(g['model'])}, augmentation {'on' if g['augment'] else 'off'}"
+        if "skipped" in g:
+            parts.append(f"<p>{title}: {escape(g['skipped'])}.</p>")
+            continue
+        rows = "".join(f"<tr><td>{escape(r['a'])}</td><td class=n>{_num(r['median_difference'])}</td><td class=n>{r['n']}</td>"
+                       f"<td class=n>{_num(r['p'], 4)}</td><td class=n>{_num(r['p_holm'], 4)}</td></tr>" for r in g["rows"])
+        parts.append(f"<h3>{title}: against {escape(g['against'])}</h3><table><tr><th>Arm</th><th>Median Dice difference</th>"
+                     f"<th>Patients</th><th>p</th><th>p (Holm)</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _ratio_plot(arms: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
+    """Dice against the synthetic share (0 = real only, 1 = synthetic only), one line per family and
+    segmenter, each point with its 95% interval."""
+    series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    reals = {(a["model"], a["augment"]): a for a in arms if a["arm"] == "real" and a.get("dice")}
+    for a in arms:
+        if a["arm"] == "real" or not a.get("dice"):
+            continue
+        x = 1.0 if a["arm"] == "synthetic" else float(a["ratio"])
+        name = f"{a['family']} · {a['model']} · aug {'on' if a['augment'] else 'off'}"
+        series.setdefault(name, [])
+        if (a["model"], a["augment"]) in reals and not any(p[0] == 0.0 for p in series[name]):
+            series[name].append((0.0, reals[(a["model"], a["augment"])]["dice"]))
+        series[name].append((x, a["dice"]))
+    if not series:
+        return ""
+    left, right, top, bottom = 50, 200, 15, 40
+    px = lambda x: left + x * (width - left - right)  # noqa: E731
+    py = lambda y: top + (1 - y) * (height - top - bottom)  # noqa: E731
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+           f'<line x1="{left}" y1="{py(0)}" x2="{px(1)}" y2="{py(0)}" stroke="black"/><line x1="{left}" y1="{py(0)}" x2="{left}" y2="{py(1)}" stroke="black"/>']
+    for t in (0, 0.25, 0.5, 0.75, 1):
+        out.append(f'<text x="{px(t)}" y="{py(0) + 14}" text-anchor="middle">{t:g}</text>'
+                   f'<text x="{left - 6}" y="{py(t) + 4}" text-anchor="end">{t:g}</text>')
+    out.append(f'<text x="{(left + px(1)) / 2}" y="{height - 6}" text-anchor="middle">synthetic share of training batches '
+               '(0: real only, 1: synthetic only)</text>')
+    for i, (name, points) in enumerate(sorted(series.items())):
+        colour = colours[i % len(colours)]
+        points.sort(key=lambda p: p[0])
+        path = " ".join(f"{px(x)},{py(d['mean'])}" for x, d in points)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        for x, d in points:
+            lo, hi = d.get("ci_low"), d.get("ci_high")
+            if lo is not None and hi is not None:
+                out.append(f'<line x1="{px(x)}" y1="{py(lo)}" x2="{px(x)}" y2="{py(hi)}" stroke="{colour}"/>')
+            out.append(f'<circle cx="{px(x)}" cy="{py(d["mean"])}" r="3" fill="{colour}"/>')
+        out.append(f'<text x="{px(1) + 10}" y="{top + 14 * i + 10}" fill="{colour}">{escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _generators_table(generators: list[dict[str, Any]]) -> str:
+    if not generators:
+        return "<p>No cohort was evaluated.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(g['family'])}</td><td class=n>{g['seed']}</td><td class=n>{_num(g['fid'])}</td>"
+        f"<td class=n>{_num(g['fid_real_baseline'])}</td><td class=n>{_num(g['kid'], 4)}</td>"
+        f"<td class=n>{_num(None if g['memorized_fraction'] is None else 100 * g['memorized_fraction'], 1)} %</td>"
+        f"<td>{escape(str(g['extractor']))}; {g['n_real']} real / {g['n_fake']} synthetic</td></tr>" for g in generators)
+    return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID real vs real</th><th>KID</th><th>Memorized</th>"
+            f"<th>Extractor, samples</th></tr>{rows}</table>")
+
+
+def render_study_report(results: dict[str, Any]) -> str:
+    spec = results["spec"]
+    title = escape(results.get("name") or results["study_id"])
+    caveats = _caveats(spec)
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>medsynth study {title}</title>"
+             f"<style>{STYLE}</style></head><body><h1>Study {title}</h1>",
+             f"<p>Which generator to trust for this data, how much its synthetic data helps a segmenter, and whether it "
+             f"copies training images. Study <code>{escape(results['study_id'])}</code>, computed {escape(results['computed_at'])}.</p>"]
+    if caveats:
+        parts.append("<div class=caveat><strong>Too small for conclusions:</strong> " + " ".join(map(escape, caveats))
+                     + " Read the numbers as a check of the pipeline.</div>")
+    if results["failed_arms"]:
+        parts.append("<div class=failed><strong>Arms with no result:</strong> " + "; ".join(
+            f"{escape(f['arm_id'])} ({escape(str(f['failures'][0]['error'] or f['failures'][0]['state']))})"
+            for f in results["failed_arms"]) + ". The other arms are reported.</div>")
+    parts += ["<h2>Settings</h2>", _settings(spec),
+              "<h2>What the numbers mean</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{escape(v)}</dd>" for k, v in EXPLAINED) + "</dl>",
+              "<h2>Arms</h2>", _arms_table(results["arms"])]
+    plot = _ratio_plot(results["arms"])
+    if plot:
+        parts.append(f"<figure>{plot}<figcaption>Mean Dice on held-out real patients against the synthetic share of "
+                     "training batches, with 95% intervals.</figcaption></figure>")
+    parts += ["<h2>Paired tests against real data only</h2>", _comparisons_table(results["comparisons"]), "<h2>Families compared</h2>"]
+    friedman = results["friedman"]
+    if "skipped" in friedman:
+        parts.append(f"<p>{escape(friedman['skipped'])}.</p>")
+    else:
+        parts.append(f"<p>Friedman χ² = {friedman['statistic']:.2f}, p = {friedman['p']:.4f} over {friedman['n_blocks']} blocks; "
+                     f"Nemenyi CD = {friedman['critical_difference']:.2f}.</p><figure>{cd_diagram_svg(friedman)}"
+                     "<figcaption>Average rank of each family by synthetic-only Dice (1 = best); a bar joins families that "
+                     "do not differ significantly.</figcaption></figure>")
+    parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"])]
+    corr = results["fid_vs_dice"]
+    parts.append(f"<p>FID against synthetic-only Dice across generators: "
+                 + (escape(corr["skipped"]) if "skipped" in corr else f"Spearman ρ = {corr['rho']:.2f} (p = {corr['p']:.3f}, n = {corr['n']}); {escape(corr['reading'])}")
+                 + ".</p>")
+    parts.append("<p>Every number is also in <code>results.json</code> and, per arm and seed, <code>results.csv</code>.</p></body></html>")
+    return "".join(parts)

@@ -1,0 +1,213 @@
+"""A finished study's numbers: per arm, Dice and HD95 over test patients and seeds with bootstrap
+intervals and relative Dice; paired tests of each arm against real data only; the Friedman test with
+Nemenyi's critical difference across families; the rank correlation of FID and Dice across
+generators. Written as ``results.json``, ``results.csv`` (one row per arm and seed) and the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medsynth.core.clock import utcnow
+from medsynth.core.errors import InvalidInput
+from medsynth.jobs.records import JobRecords
+from medsynth.metrics.statistics import (
+    bootstrap_over_seeds_and_patients,
+    friedman_nemenyi,
+    paired_comparisons,
+    rank_correlation,
+)
+from medsynth.store import ObjectStore
+
+if TYPE_CHECKING:
+    from medsynth.api.studies.runner import StudyRecord
+
+CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients", "run_id"]
+
+
+def arm_id(labels: dict[str, Any]) -> str:
+    """``<family or real> · <arm> · <model> · aug on|off``: one arm of the grid across its seeds."""
+    return " · ".join([labels.get("family") or "real", labels["arm"], labels["model"], "aug on" if labels["augment"] else "aug off"])
+
+
+def _case_hd95(case: dict[str, Any]) -> float:
+    values = [v for v in (case.get("hd95") or {}).values() if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _runs(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, list[dict[str, Any]]]:
+    """arm id → one entry per seed: its labels, state, and per-patient scores when it succeeded."""
+    arms: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for state in record.nodes.values():
+        if state.kind != "train-segmenter":
+            continue
+        entry: dict[str, Any] = {"labels": state.labels, "state": state.state, "run_id": state.job_id, "error": state.error}
+        if state.state == "succeeded":
+            metrics = store.get_json(records.get(state.job_id).result_keys["metrics"])
+            cases = metrics["test"]["per_case"]
+            entry["dice"] = {str(c["patient"]): float(c["mean_dice"]) for c in cases}
+            entry["hd95"] = {str(c["patient"]): _case_hd95(c) for c in cases}
+            entry["hd95_unit"] = metrics["test"].get("hd95_unit") or metrics.get("hd95_unit")
+        arms[arm_id(state.labels)].append(entry)
+    return arms
+
+
+def _table(entries: list[dict[str, Any]], metric: str, patients: list[str]) -> np.ndarray:
+    done = [e for e in entries if metric in e]
+    return np.array([[e[metric].get(p, np.nan) for p in patients] for e in done]) if done else np.empty((0, len(patients)))
+
+
+def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) -> list[dict[str, Any]]:
+    out = []
+    for node_id, state in record.nodes.items():
+        if state.kind != "evaluate" or state.state != "succeeded":
+            continue
+        report = store.get_json(records.get(state.job_id).result_keys["report_json"])
+        fid = next((r for r in report.get("fidelity", []) if r["metric"] == "fid"), None)
+        kid = next((r for r in report.get("fidelity", []) if r["metric"] == "kid"), None)
+        out.append({"family": state.labels["family"], "seed": state.labels["seed"], "evaluation_id": state.job_id,
+                    "generator_id": report.get("generator_id"), "cohort_id": report.get("cohort_id"),
+                    "fid": fid and fid["value"], "fid_real_baseline": fid and fid.get("real_baseline"),
+                    "kid": kid and kid["value"], "extractor": fid and fid["extractor"],
+                    "n_real": fid and fid["n_real"], "n_fake": fid and fid["n_fake"],
+                    "memorized_fraction": (report.get("memorization") or {}).get("fraction_flagged"),
+                    "manifold": report.get("manifold", [])})
+    return sorted(out, key=lambda g: (g["family"], g["seed"]))
+
+
+def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, Any]:
+    runs = _runs(record, store, records)
+    patients = sorted({p for entries in runs.values() for e in entries for p in e.get("dice", {})})
+    arms, failed = [], []
+    for aid, entries in sorted(runs.items()):
+        labels = dict(entries[0]["labels"])
+        labels.pop("seed", None)
+        bad = [{"seed": e["labels"]["seed"], "state": e["state"], "error": e["error"]} for e in entries if e["state"] != "succeeded"]
+        row: dict[str, Any] = {"arm_id": aid, **labels, "seeds_succeeded": len(entries) - len(bad), "seeds_failed": bad}
+        dice = _table(entries, "dice", patients)
+        if len(dice):
+            row["dice"] = bootstrap_over_seeds_and_patients(dice)
+            row["hd95"] = bootstrap_over_seeds_and_patients(_table(entries, "hd95", patients))
+            row["hd95_unit"] = next((e.get("hd95_unit") for e in entries if "dice" in e), None)
+            row["per_seed"] = [{"seed": e["labels"]["seed"], "run_id": e["run_id"], "mean_dice": float(np.nanmean(list(e["dice"].values())))}
+                               for e in entries if "dice" in e]
+            row["per_patient_dice"] = dict(zip(patients, np.nanmean(dice, axis=0).tolist()))
+        else:
+            failed.append({"arm_id": aid, "failures": bad})
+        arms.append(row)
+    by_id = {a["arm_id"]: a for a in arms}
+    for arm in arms:  # relative Dice: against real data only with the same segmenter and augmentation
+        base = by_id.get(arm_id({"family": None, "arm": "real", "model": arm["model"], "augment": arm["augment"]}))
+        if "dice" in arm and base is not None and "dice" in base and base["dice"]["mean"] > 0:
+            arm["relative_dice"] = arm["dice"]["mean"] / base["dice"]["mean"]
+    generators = _generators(record, store, records)
+    return {
+        "study_id": record.study_id, "name": record.name, "spec": record.spec, "computed_at": utcnow().isoformat(),
+        "test_patients": patients, "arms": arms, "failed_arms": failed,
+        "comparisons": _comparisons(arms), "friedman": _friedman(arms, runs), "generators": generators,
+        "fid_vs_dice": _fid_vs_dice(generators, runs),
+    }
+
+
+def _comparisons(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per segmenter model and augmentation: each arm against real data only, on the test patients'
+    seed-averaged Dice (Wilcoxon signed-rank, Holm-corrected within the group)."""
+    out = []
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
+    for arm in arms:
+        if "per_patient_dice" in arm:
+            groups[(arm["model"], arm["augment"])].append(arm)
+    for (model, augment), members in sorted(groups.items()):
+        real = next((a for a in members if a["arm"] == "real"), None)
+        others = [a for a in members if a is not real]
+        if real is None or not others:
+            out.append({"model": model, "augment": augment, "skipped": "needs real data only and one other arm scored"})
+            continue
+        values = {a["arm_id"]: list(a["per_patient_dice"].values()) for a in members}
+        rows = paired_comparisons(values, pairs=[(o["arm_id"], real["arm_id"]) for o in others])
+        out.append({"model": model, "augment": augment, "against": real["arm_id"], "rows": rows})
+    return out
+
+
+def _synthetic_scores(runs: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, int, str, bool], float]:
+    """(family, seed, model, augment) → mean Dice of its synthetic-only run."""
+    out = {}
+    for entries in runs.values():
+        for e in entries:
+            lab = e["labels"]
+            if lab["arm"] == "synthetic" and "dice" in e:
+                out[(lab["family"], lab["seed"], lab["model"], lab["augment"])] = float(np.nanmean(list(e["dice"].values())))
+    return out
+
+
+def _friedman(arms: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Families ranked by synthetic-only Dice within each (seed, model, augmentation) block."""
+    scores = _synthetic_scores(runs)
+    families = sorted({k[0] for k in scores})
+    blocks = sorted({k[1:] for k in scores}, key=str)
+    complete = [b for b in blocks if all((f, *b) in scores for f in families)]
+    if len(families) < 3 or len(complete) < 2:
+        return {"skipped": f"the Friedman test needs 3 families scored in 2 blocks (seed × model × augmentation); "
+                           f"this study has {len(families)} families and {len(complete)} complete blocks"}
+    table = np.array([[scores[(f, *b)] for f in families] for b in complete])
+    try:
+        return {"score": "synthetic-only mean Dice", "blocks": [list(b) for b in complete], **friedman_nemenyi(table, families)}
+    except InvalidInput as exc:
+        return {"skipped": str(exc)}
+
+
+def _fid_vs_dice(generators: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    scores = _synthetic_scores(runs)
+    pairs = []
+    for g in generators:
+        dice = [v for (f, s, _, _), v in scores.items() if f == g["family"] and s == g["seed"]]
+        if g["fid"] is not None and dice:
+            pairs.append((g["fid"], float(np.mean(dice))))
+    if len(pairs) < 3:
+        return {"skipped": f"needs 3 generators with FID and synthetic-only Dice, has {len(pairs)}"}
+    fid, dice = zip(*pairs)
+    return {"x": "FID (lower is better)", "y": "synthetic-only mean Dice", **rank_correlation(fid, dice),
+            "reading": "a negative rho means lower FID went with higher Dice; near zero, FID did not predict usefulness"}
+
+
+def results_csv(results: dict[str, Any], record: StudyRecord, store: ObjectStore, records: JobRecords) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_FIELDS)
+    writer.writeheader()
+    for aid, entries in sorted(_runs(record, store, records).items()):
+        for e in sorted(entries, key=lambda e: e["labels"]["seed"]):
+            lab = e["labels"]
+            writer.writerow({"arm_id": aid, "family": lab.get("family") or "", "arm": lab["arm"], "ratio": lab.get("ratio") or "",
+                             "model": lab["model"], "augment": lab["augment"], "seed": lab["seed"], "state": e["state"],
+                             "mean_dice": f"{np.nanmean(list(e['dice'].values())):.6f}" if "dice" in e else "",
+                             "mean_hd95": f"{np.nanmean(list(e['hd95'].values())):.6f}" if "hd95" in e else "",
+                             "n_patients": len(e.get("dice", {})), "run_id": e["run_id"] or ""})
+    return out.getvalue()
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: results.json is read by browsers and other languages too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_results(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, str]:
+    from medsynth.api.studies.report import render_study_report
+
+    results = _finite(compute_results(record, store, records))
+    prefix = f"studies/{record.study_id}/"
+    keys = {"json": f"{prefix}results.json", "csv": f"{prefix}results.csv", "html": f"{prefix}report.html"}
+    store.put_json(keys["json"], results)
+    store.put_bytes(keys["csv"], results_csv(results, record, store, records).encode(), content_type="text/csv")
+    store.put_bytes(keys["html"], render_study_report(results).encode(), content_type="text/html")
+    return keys

@@ -1,0 +1,202 @@
+"""Running a study: its record in the store, and ``advance``, which moves it on from whatever state it
+is in (called by the api's background loop, and once when the study is created).
+
+``advance`` is idempotent and needs nothing but the store and the job service: for each node whose
+inputs have finished it submits the node's job, unless an identical request already has a job that
+did not fail (``studies/cache/<key>.json``, claimed create-if-absent so that two api processes never
+both keep one); a node whose input failed is ``blocked`` and the rest go on. When every node has
+ended, the study's results are computed and it ends ``succeeded`` (every node did), ``partial`` or
+``failed`` (no arm beyond real data could be scored).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from medsynth.api.studies.plan import Node, check_size, expand, node_keys
+from medsynth.api.studies.spec import StudyCreate
+from medsynth.api.submissions import SUBMISSIONS
+from medsynth.core.clock import utcnow
+from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
+from medsynth.jobs.records import JobState
+from medsynth.jobs.service import JobDeferred, JobService
+from medsynth.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+NodeStateName = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled", "blocked"]
+StudyStateName = Literal["running", "succeeded", "partial", "failed"]
+ENDED = ("succeeded", "failed", "cancelled", "blocked")
+
+
+class NodeState(BaseModel):
+    kind: str
+    key: str
+    labels: dict[str, Any]
+    state: NodeStateName = "waiting"
+    job_id: str | None = None
+    reused: bool = False
+    progress: float = 0.0
+    error: str | None = None
+
+
+class StudyRecord(BaseModel):
+    study_id: str
+    name: str | None
+    spec: dict[str, Any]
+    state: StudyStateName = "running"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    nodes: dict[str, NodeState]
+    results_keys: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+
+def study_key(study_id: str) -> str:
+    return f"studies/{study_id}/study.json"
+
+
+def cache_key(key: str) -> str:
+    return f"studies/cache/{key}.json"
+
+
+def new_study_id() -> str:
+    return f"study-{uuid.uuid4().hex[:16]}"
+
+
+def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max_jobs: int) -> StudyRecord:
+    """Check the grid (its size, the view, each family against the view), record the study, start it."""
+    nodes = expand(spec)
+    check_size(nodes, max_jobs)
+    for node in nodes.values():  # every generator request is checked now: a bad family is a 422, not a failed study
+        if node.kind.value == "train-generator":
+            body_type, command = SUBMISSIONS[node.kind]
+            command(body_type(**node.body), store, jobs.records)
+    keys = node_keys(nodes)
+    record = StudyRecord(
+        study_id=new_study_id(), name=spec.name, spec=spec.model_dump(mode="json"),
+        nodes={n.id: NodeState(kind=n.kind.value, key=keys[n.id], labels=n.labels) for n in nodes.values()},
+    )
+    store.put_json(study_key(record.study_id), record.model_dump(mode="json"))
+    return advance(record, store, jobs)
+
+
+def load_study(store: ObjectStore, study_id: str) -> StudyRecord:
+    try:
+        return StudyRecord.model_validate(store.get_json(study_key(study_id)))
+    except (NotFound, InvalidInput) as exc:
+        raise NotFound(f"unknown study {study_id!r}") from exc
+
+
+def list_studies(store: ObjectStore) -> list[StudyRecord]:
+    ids = sorted({k.split("/")[1] for k in store.list("studies/") if k.endswith("/study.json")})
+    return [load_study(store, i) for i in ids]
+
+
+def advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> StudyRecord:
+    """Refresh every node from its job, submit those whose inputs are ready, and finish the study
+    when nothing is left to run. Writes the record back when anything changed."""
+    if record.state != "running":
+        return record
+    before = record.model_dump_json()
+    nodes = expand(StudyCreate.model_validate(record.spec))
+    for node_id, node in nodes.items():
+        state = record.nodes[node_id]
+        if state.job_id is not None:
+            _refresh(state, jobs)
+            continue
+        needed = [record.nodes[d] for d in node.needs()]
+        stopped = [d for d, s in zip(node.needs(), needed) if s.state in ("failed", "cancelled", "blocked")]
+        if stopped:
+            state.state, state.error = "blocked", f"needs {stopped[0]}, which {record.nodes[stopped[0]].state}"
+        elif all(s.state == "succeeded" for s in needed):
+            _start(node, state, record, store, jobs)
+    if all(s.state in ENDED for s in record.nodes.values()):
+        _finish(record, store, jobs)
+    if record.model_dump_json() != before:
+        record.updated_at = utcnow()
+        store.put_json(study_key(record.study_id), record.model_dump(mode="json"))
+    return record
+
+
+def _refresh(state: NodeState, jobs: JobService) -> None:
+    job = jobs.records.get(state.job_id)
+    state.state, state.progress, state.error = job.state.value, job.progress, job.error
+
+
+def _usable(jobs: JobService, job_id: str) -> bool:
+    try:
+        return jobs.records.get(job_id).state not in (JobState.failed, JobState.cancelled)
+    except (NotFound, InvalidInput):
+        return False
+
+
+def _start(node: Node, state: NodeState, record: StudyRecord, store: ObjectStore, jobs: JobService) -> None:
+    """Adopt the job an identical request already has, or submit one and claim the key for it."""
+    cached = store.get_json(cache_key(state.key)) if store.exists(cache_key(state.key)) else None
+    if cached and _usable(jobs, cached["job_id"]):
+        state.job_id, state.reused = cached["job_id"], True
+        _refresh(state, jobs)
+        return
+    body_type, command = SUBMISSIONS[node.kind]
+    filled = {name: ([record.nodes[d].job_id for d in value] if isinstance(value, list) else record.nodes[value].job_id)
+              for name, value in node.deps.items()}
+    try:
+        spec = command(body_type(**node.body, **filled), store, jobs.records)
+    except (MedsynthError, ValidationError) as exc:  # e.g. a mask source the trained generator cannot serve
+        state.state, state.error = "failed", f"not submitted: {exc}"
+        return
+    try:
+        job_id = jobs.submit(node.kind, spec).job_id
+    except JobDeferred as exc:  # recorded and queued: the reconciler publishes it
+        job_id = exc.job_id
+    if not store.put_if_absent(cache_key(state.key), f'{{"job_id": "{job_id}"}}'.encode(), content_type="application/json"):
+        other = store.get_json(cache_key(state.key))["job_id"]
+        if _usable(jobs, other):  # another api process got there first: keep its job, drop ours
+            try:
+                jobs.cancel(job_id)
+            except Conflict:
+                pass
+            job_id = other
+        else:  # the key named a failed job: this one replaces it
+            store.put_json(cache_key(state.key), {"job_id": job_id})
+    state.job_id = job_id
+    _refresh(state, jobs)
+
+
+def _finish(record: StudyRecord, store: ObjectStore, jobs: JobService) -> None:
+    from medsynth.api.studies.results import write_results
+
+    try:
+        record.results_keys = write_results(record, store, jobs.records)
+    except MedsynthError as exc:
+        log.exception("study %s: results could not be computed", record.study_id)
+        record.error = f"results could not be computed: {exc}"
+    scored = [s for s in record.nodes.values() if s.kind == "train-segmenter" and s.labels.get("arm") != "real"]
+    if all(s.state == "succeeded" for s in record.nodes.values()) and record.error is None:
+        record.state = "succeeded"
+    elif any(s.state == "succeeded" for s in scored) and record.results_keys:
+        record.state = "partial"
+    else:
+        record.state = "failed"
+    record.finished_at = utcnow()
+
+
+def run_study_loop(projects: Callable[[], Iterable[tuple[ObjectStore, JobService]]], every_s: float, stop: threading.Event) -> None:
+    """Advance every running study of every project, every ``every_s`` seconds, until ``stop``."""
+    while not stop.wait(every_s):
+        for store, jobs in projects():
+            try:
+                for record in list_studies(store):
+                    if record.state == "running":
+                        advance(record, store, jobs)
+            except Exception:  # noqa: BLE001 - one project's failure must not stop the others; the next pass retries
+                log.exception("advancing studies failed")

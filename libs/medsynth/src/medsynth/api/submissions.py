@@ -1,0 +1,115 @@
+"""From a request body to the job it asks for: the checks and the command of each job kind, in one
+place for the REST routes and the study runner (``medsynth.api.studies``), which submits the same jobs.
+
+Each function checks the body against the store (views, finished upstream jobs) and returns the
+command's spec; ``InvalidInput`` (422), ``NotFound`` (404) and ``Conflict`` (409) name what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.message import Message
+
+from medsynth.api.schemas import CohortCreate, ConditionOn, EvaluationCreate, GeneratorCreate, SegmentationCreate
+from medsynth.bus.messages import JobKind
+from medsynth.core.errors import InvalidInput
+from medsynth.datasets.conditions import CONDITION_SOURCES
+from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.views import view_key
+from medsynth.generators.base import DataSpec
+from medsynth.generators.proto import to_proto
+from medsynth.generators.registry import GeneratorSpec
+from medsynth.jobs.lookup import finished
+from medsynth.jobs.records import JobRecords
+from medsynth.sampling.gate import gate_to_proto
+from medsynth.sampling.modes import sample_mode
+from medsynth.store import ObjectStore
+from medsynth.v1 import jobs_pb2
+
+
+def generator_command(body: GeneratorCreate, store: ObjectStore) -> Message:
+    """422 for options the family does not have or cannot use with this view (image size, conditioning)."""
+    view = store.get_json(view_key(body.dataset, body.view_id))
+    if view["counts"]["train"] == 0:
+        raise InvalidInput(f"view {body.view_id} has no training items to learn from")
+    if view["spec"]["mode"] != "slices2d":
+        raise InvalidInput(f"generators train on 2D slices; view {body.view_id} holds {view['spec']['mode']}")
+    manifest = load_manifest(store, body.dataset, view["dataset_version"])
+    labels = {v for s in manifest.scans for v in s.label_values}
+    condition_on = "" if body.condition_on is ConditionOn.none else body.condition_on.value
+    data = DataSpec(
+        image_size=view["spec"]["size"],
+        num_classes=max(2, max(labels, default=0) + 1),
+        num_conditions=CONDITION_SOURCES.get(condition_on, 0),
+    )
+    spec = GeneratorSpec(options=body.generator, training=body.training, data=data)
+    if condition_on and not spec.family.conditional(spec.options):
+        raise InvalidInput(f"condition_on={condition_on!r} needs a class-conditioned generator; these {spec.options.family} options are not.")
+    return to_proto(spec, dataset=body.dataset, view_id=body.view_id, condition_on=condition_on)
+
+
+def cohort_command(body: CohortCreate, store: ObjectStore, records: JobRecords) -> Message:
+    """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
+    source or condition the generator cannot serve."""
+    generator = finished(records, body.generator_id, JobKind.train_generator)
+    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition,
+                body.sample_steps, body.eta)
+    return jobs_pb2.SampleCohort(
+        generator_id=body.generator_id,
+        count=body.count,
+        seed=body.seed,
+        formats=[f.value for f in body.formats],
+        batch_size=body.batch_size,
+        mask_source=body.mask_source.value,
+        condition=body.condition,
+        sample_steps=body.sample_steps,
+        eta=body.eta,
+        release=gate_to_proto(body.release),
+    )
+
+
+def segmentation_command(body: SegmentationCreate, store: ObjectStore, records: JobRecords) -> Message:
+    view = store.get_json(view_key(body.dataset, body.view_id))
+    for split in ("val", "test"):
+        if view["counts"][split] == 0:
+            raise InvalidInput(f"view {body.view_id} has no {split} items; prepare it with a non-zero {split} fraction")
+    if body.source != "real":
+        if not body.cohort_id:
+            raise InvalidInput(f"{body.source.value} training needs a cohort_id")
+        finished(records, body.cohort_id, JobKind.sample_cohort)
+    config = body.model_dump(include={"source", "synthetic_ratio", "augment", "model", "steps", "batch_size", "seed"}, mode="json")
+    return jobs_pb2.TrainSegmenter(
+        dataset=body.dataset,
+        view_id=body.view_id,
+        cohort_id=body.cohort_id or "",
+        synthetic_ratio=body.synthetic_ratio,
+        augment=body.augment,
+        config_json=json.dumps(config),
+    )
+
+
+def evaluation_command(body: EvaluationCreate, store: ObjectStore, records: JobRecords) -> Message:
+    cohort = finished(records, body.cohort_id, JobKind.sample_cohort)
+    generator = finished(records, cohort.spec["generator_id"], JobKind.train_generator)
+    dataset, view_id = generator.spec["dataset"], generator.spec["view_id"]
+    if store.get_json(view_key(dataset, view_id))["counts"]["train"] == 0:
+        raise InvalidInput(f"reference view {view_id} of dataset {dataset!r} is empty")
+    for run in body.segmentation_run_ids:
+        finished(records, run, JobKind.train_segmenter)
+    return jobs_pb2.Evaluate(
+        cohort_id=body.cohort_id,
+        view_id=view_id,
+        dataset=dataset,
+        segmentation_run_ids=body.segmentation_run_ids,
+        config_json=body.model_dump_json(include={"max_samples"}),
+    )
+
+
+#: Each job kind a client (or a study) can ask for: its request body and how it becomes a command.
+SUBMISSIONS = {
+    JobKind.train_generator: (GeneratorCreate, lambda body, store, records: generator_command(body, store)),
+    JobKind.sample_cohort: (CohortCreate, cohort_command),
+    JobKind.train_segmenter: (SegmentationCreate, segmentation_command),
+    JobKind.evaluate: (EvaluationCreate, evaluation_command),
+}
