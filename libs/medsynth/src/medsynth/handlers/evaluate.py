@@ -33,6 +33,7 @@ from medsynth.metrics.fidelity import (
     real_baseline,
     split_halves,
 )
+from medsynth.metrics.manifold import ManifoldMetric
 from medsynth.metrics.memorization import memorization_audit
 from medsynth.metrics.report import grid_png, render_html
 from medsynth.segmentation.io import load_segmenter
@@ -111,7 +112,8 @@ def evaluation_results(
     seed: int = 0,
     progress: Callable[[float, str], None] = lambda f, m: None,
 ) -> dict[str, Any]:
-    """Every number of the report from the arrays: ``fidelity``, ``diversity``, ``memorization``,
+    """Every number of the report from the arrays: ``fidelity``, ``manifold`` (precision, recall,
+    density, coverage), ``diversity``, ``memorization``,
     ``utility``, ``relative_dice`` and ``segmentation_curves``.
 
     Args:
@@ -130,6 +132,7 @@ def evaluation_results(
         f_real, f_fake = extract_features(real_t, extractor), extract_features(fake_t, extractor)
         features[extractor.name] = (f_real, f_fake)
         fidelity += _fidelity_rows(extractor, f_real, f_fake, real_patients, seed)
+    manifold = [row for name, (f_real, f_fake) in features.items() for row in _manifold_rows(name, f_real, f_fake)]
     progress(0.4, "diversity")
     in_domain = next((e for e in extractors if isinstance(e, EncoderExtractor)), None)
     f_real, f_fake = features[in_domain.name] if in_domain is not None else (None, None)
@@ -150,6 +153,7 @@ def evaluation_results(
     relative = syn_dice / real_dice if real_dice and syn_dice is not None else math.nan
     return {
         "fidelity": fidelity,
+        "manifold": manifold,
         "diversity": diversity,
         "utility": utility,
         "relative_dice": relative,
@@ -185,6 +189,16 @@ def _fidelity_rows(extractor: FeatureExtractor, f_real: np.ndarray, f_fake: np.n
             }  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _manifold_rows(extractor: str, f_real: np.ndarray, f_fake: np.ndarray) -> list[dict[str, Any]]:
+    """Precision, recall (k = 3), density and coverage (k = 5) in one extractor's feature space; none
+    when either side has too few samples for the neighbourhoods."""
+    metric = ManifoldMetric(extractor, k_pr=3, k_dc=5)
+    if min(len(f_real), len(f_fake)) <= max(metric.k_pr, metric.k_dc):
+        return []
+    metric.update(real=f_real, fake=f_fake)
+    return metric.aggregate()
 
 
 def _curve(run: Mapping[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,19 @@ def _fidelity_section(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _manifold_section(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "<p>Too few images on one side for k-nearest-neighbour manifolds.</p>"
+    table = _table([{"metric": r["metric"], "value": r["value"], "k": r["k"], "extractor": r["extractor"],
+                     "n real / synthetic": f"{r['n_real']} / {r['n_fake']}"} for r in rows])
+    return (f"{table}<p>Each image's neighbourhood reaches its k-th nearest neighbour in the same set. <b>Precision</b>: the "
+            "share of synthetic images inside the real images' neighbourhoods (realism; 1 is best). <b>Recall</b>: the share "
+            "of real images inside the synthetic ones' (variety covered; 1 is best). <b>Density</b>: how many real "
+            "neighbourhoods hold a synthetic image, over k (about 1 when both come from one distribution). "
+            "<b>Coverage</b>: the share of real neighbourhoods holding at least one synthetic image (1 is best). "
+            "Kynkäänniemi et al. 2019; Naeem et al. 2020.</p>")
+
+
 def _samples_used(samples: Mapping[str, Any] | None) -> str:
     if not samples:
         return ""
@@ -223,6 +236,8 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h2>Fidelity</h2>",
         _samples_used(results.get("samples")),
         _fidelity_section(results.get("fidelity", [])),
+        "<h3>Precision, recall, density, coverage</h3>",
+        _manifold_section(results.get("manifold", [])),
         "<h2>Diversity</h2>",
         _diversity_section(diversity),
         "<h2>Utility (segmentation on held-out real patients)</h2>",

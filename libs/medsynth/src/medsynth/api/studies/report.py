@@ -45,6 +45,10 @@ EXPLAINED = [
     ("FID", "Fréchet distance between the features of real and synthetic images (extractor named): 0 for identical "
             "distributions, lower is better; read it against the real-versus-real baseline (two halves of the real "
             "data). FID and Dice need not agree (seed 000): the rank correlation says whether they did here."),
+    ("Precision / recall / density / coverage", "in the same feature space as FID: precision is the share of synthetic "
+     "images that fall among real ones (realism), recall the share of real images that fall among synthetic ones "
+     "(variety); coverage the share of real neighbourhoods holding a synthetic image; density about 1 when the two "
+     "match. Higher is better for precision, recall and coverage (at most 1)."),
     ("Memorized", "the fraction of synthetic samples the audit flagged as near-copies of a training image. Lower is safer."),
 ]
 
@@ -162,9 +166,11 @@ def _generators_table(generators: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{escape(g['family'])}</td><td class=n>{g['seed']}</td><td class=n>{_num(g['fid'])}</td>"
         f"<td class=n>{_num(g['fid_real_baseline'])}</td><td class=n>{_num(g['kid'], 4)}</td>"
+        + "".join(f"<td class=n>{_num(g.get(m))}</td>" for m in ("precision", "recall", "density", "coverage")) +
         f"<td class=n>{_num(None if g['memorized_fraction'] is None else 100 * g['memorized_fraction'], 1)} %</td>"
         f"<td>{escape(str(g['extractor']))}; {g['n_real']} real / {g['n_fake']} synthetic</td></tr>" for g in generators)
-    return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID real vs real</th><th>KID</th><th>Memorized</th>"
+    return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID real vs real</th><th>KID</th><th>Precision</th>"
+            "<th>Recall</th><th>Density</th><th>Coverage</th><th>Memorized</th>"
             f"<th>Extractor, samples</th></tr>{rows}</table>")
 
 

@@ -76,7 +76,7 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
                     "kid": kid and kid["value"], "extractor": fid and fid["extractor"],
                     "n_real": fid and fid["n_real"], "n_fake": fid and fid["n_fake"],
                     "memorized_fraction": (report.get("memorization") or {}).get("fraction_flagged"),
-                    "manifold": report.get("manifold", [])})
+                    **{r["metric"]: r["value"] for r in report.get("manifold", []) if fid and r["extractor"] == fid["extractor"]}})
     return sorted(out, key=lambda g: (g["family"], g["seed"]))
 
 
