@@ -32,14 +32,15 @@ $(STAMP): requirements.lock requirements-tools.lock libs/medsynth/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e libs/medsynth
 	touch $(STAMP)
 
-# Real DICOM peers and the reference converter the tests and bench-ingest check against, and Prometheus
-# (promtool for the alert rules' unit tests, the server to run every dashboard query on the stack): Debian packages.
-DEBIAN_TOOLS := dcmtk dcm2niix dicom3tools prometheus
+# Real DICOM peers and the reference converter the tests and bench-ingest check against, Prometheus
+# (promtool for the alert rules' unit tests, the server to run every dashboard query on the stack) and
+# Chromium (the browser tests, driven by Playwright): Debian packages.
+DEBIAN_TOOLS := dcmtk dcm2niix dicom3tools prometheus chromium
 tools:
-	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null && command -v promtool >/dev/null || { \
+	@command -v storescu >/dev/null && command -v dcm2niix >/dev/null && command -v dciodvfy >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_TOOLS) >/dev/null; }; \
-	  else echo "the DICOM and monitoring tests need $(DEBIAN_TOOLS): sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
+	  else echo "the DICOM, monitoring and browser tests need $(DEBIAN_TOOLS): sudo apt-get install $(DEBIAN_TOOLS)" >&2; exit 1; fi; }
 
 test: install tools
 	$(PY) -m pytest tests

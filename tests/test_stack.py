@@ -256,7 +256,7 @@ def _study_spec(view_id: str) -> dict:
         "name": "phantom-grid", "dataset": "demo", "view_id": view_id, "seeds": [0, 1], "cohort_size": 16, "max_eval_samples": 32,
         "families": [{"label": "joint-gan", "generator": SMALL_JOINT, "training": {"steps": 4, "batch_size": 8}},
                      {"label": "spade", "generator": SMALL["spade"], "training": {"steps": 4, "batch_size": 8}, "mask_source": "real-deformed"}],
-        "arms": {"synthetic": True, "ratios": [0.5], "augmentation": [False]},
+        "arms": {"synthetic": True, "ratios": [0.5], "synthetic_patients": [1], "augmentation": [False]},
         "segmentation": {"models": ["unet"], "steps": 4, "batch_size": 8},
     }
 
@@ -265,7 +265,7 @@ SMALL_JOINT = {"family": "joint-gan", "latent_dim": 16, "base_channels": 8}
 
 
 def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) -> None:
-    """Two families, two seeds, three arms (real, synthetic, mixed 0.5): the study fans out into jobs over
+    """Two families, two seeds, four arms (real, synthetic, mixed 0.5, +1 patient): the study fans out into jobs over
     Kafka, ends with per-arm statistics, CSV and a report; the same study again reuses every job."""
     from medsynth.local.study_client import run_study, save_results
 
@@ -275,12 +275,12 @@ def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) 
         lines: list[str] = []
         study = run_study(api, spec, poll_s=1.0, timeout_s=900, echo=lines.append)
         assert study["state"] == "succeeded", (study, lines)
-        assert study["jobs"] == {"succeeded": 2 + 4 + 4 + 8 + 4}
+        assert study["jobs"] == {"succeeded": 2 + 4 + 4 + 12 + 4}
         assert any("arm joint-gan · mixed 0.5 · unet · aug off: succeeded (2/2 runs)" in l for l in lines), lines
         results = api.get(study["results"]["json"]).json()
         arms = {a["arm_id"]: a for a in results["arms"]}
         assert set(arms) == {"real · real · unet · aug off"} | {f"{f} · {a} · unet · aug off" for f in ("joint-gan", "spade")
-                                                                  for a in ("synthetic", "mixed 0.5")}
+                                                                  for a in ("synthetic", "mixed 0.5", "+1 patients")}
         for arm in arms.values():
             assert arm["seeds_succeeded"] == 2 and arm["dice"]["n_seeds"] == 2 and arm["dice"]["n_patients"] == len(results["test_patients"])
             assert arm["dice"]["ci_low"] <= arm["dice"]["mean"] <= arm["dice"]["ci_high"]
@@ -294,7 +294,10 @@ def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) 
         assert len(results["generators"]) == 4 and all(g["fid"] is not None for g in results["generators"])
         paths = save_results(api, study, tmp_path)
         csv_rows = (tmp_path / "results.csv").read_text().splitlines()
-        assert len(csv_rows) == 1 + 10 and csv_rows[0].startswith("arm_id,family,arm,ratio")
+        assert len(csv_rows) == 1 + 14 and csv_rows[0].startswith("arm_id,family,arm,ratio,synthetic_patients")
+        plus_one = api.get(f"/v1/segmentations/{arms['spade · +1 patients · unet · aug off']['per_seed'][0]['run_id']}").json()["metrics"]
+        assert plus_one["source"] == "mixed" and plus_one["spec"]["synthetic_patients"] == 1
+        assert 0 < plus_one["spec"]["synthetic_ratio"] < 0.5  # one patient's worth beside several real ones
         html = (tmp_path / "report.html").read_text()
         for text in ("What the numbers mean", "Too small for conclusions", "Relative Dice", "spade · mixed 0.5 · unet · aug off", "<svg"):
             assert text in html, text
@@ -315,6 +318,7 @@ def test_bad_studies_are_refused(stack_env: dict) -> None:
             ({**spec, "seeds": list(range(10)), "arms": {"ratios": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "augmentation": [False, True]},
               "segmentation": {"models": ["unet", "swin-unetr"]}}, 422, "more than the 500 allowed"),
             ({**spec, "arms": {"synthetic": False, "ratios": []}}, 422, "only real data"),
+            ({**spec, "arms": {"synthetic_patients": [50]}}, 422, "cohort_size is 16"),
             ({**spec, "view_id": "no-such-view"}, 404, "no-such-view"),
             ({**spec, "families": [{"generator": {"family": "stylegan2", "conditional": True}}]}, 422, "conditional"),
         ]

@@ -7,7 +7,7 @@ from enum import Enum
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medsynth.auth.audit import AuditRecord
 from medsynth.auth.keys import ApiKey
@@ -182,11 +182,24 @@ class SegmentationCreate(BaseModel):
     source: SegmentationSource = SegmentationSource.real
     cohort_id: Id | None = Field(None, description="Required for synthetic and mixed training.")
     synthetic_ratio: float = Field(0.5, ge=0, le=1, description="Mixed: share of each batch drawn from the cohort.")
+    synthetic_patients: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Mixed: real data plus this many patients' worth of synthetic slices (the cohort's first N x the view's "
+                    "training slices per patient); batches draw from the union uniformly, so the synthetic share follows the "
+                    "pool sizes and synthetic_ratio is not used.",
+    )
     augment: bool = False
     model: str = Field("unet", pattern="^(unet|swin-unetr)$")
     steps: int = Field(600, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=1, le=1024)
     seed: Seed = 0
+
+
+    @model_validator(mode="after")
+    def _patients_only_when_mixed(self) -> SegmentationCreate:
+        if self.synthetic_patients is not None and self.source is not SegmentationSource.mixed:
+            raise ValueError(f"synthetic_patients adds synthetic data to real data: it needs source mixed, not {self.source.value}")
+        return self
 
 
 class EvaluationCreate(BaseModel):

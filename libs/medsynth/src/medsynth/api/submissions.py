@@ -78,7 +78,8 @@ def segmentation_command(body: SegmentationCreate, store: ObjectStore, records: 
         if not body.cohort_id:
             raise InvalidInput(f"{body.source.value} training needs a cohort_id")
         finished(records, body.cohort_id, JobKind.sample_cohort)
-    config = body.model_dump(include={"source", "synthetic_ratio", "augment", "model", "steps", "batch_size", "seed"}, mode="json")
+    config = body.model_dump(include={"source", "synthetic_ratio", "synthetic_patients", "augment", "model", "steps", "batch_size", "seed"},
+                             mode="json", exclude_none=True)
     return jobs_pb2.TrainSegmenter(
         dataset=body.dataset,
         view_id=body.view_id,

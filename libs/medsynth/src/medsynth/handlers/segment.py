@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from medsynth.core.errors import InvalidInput, NotFound
+from medsynth.core.errors import InvalidInput, NotFound, PermanentJobError
 from medsynth.datasets.manifest import load_manifest
 from medsynth.handlers.artifacts import cohort_arrays, view_splits
 from medsynth.jobs.worker import JobContext
@@ -31,13 +31,15 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
     options = json.loads(spec.config_json)
     view, splits = view_splits(ctx.store, spec.dataset, spec.view_id)
     num_classes = int(max(s["masks"].max() for s in splits.values() if len(s)) + 1)
+    synthetic = None
+    if options["source"] != "real":
+        _, images, masks = cohort_arrays(ctx.store, ctx.records, spec.cohort_id)
+        if options.get("synthetic_patients"):
+            images, masks, options["synthetic_ratio"] = _patients_worth(splits["train"], images, masks, options["synthetic_patients"])
+        synthetic = (images, np.minimum(masks, max(num_classes, 2) - 1))
     seg_spec = SegmentationSpec.from_dict(
         {**options, "num_classes": max(num_classes, 2), "val_every": max(1, options["steps"] // 10)}
     )
-    synthetic = None
-    if seg_spec.source != "real":
-        _, images, masks = cohort_arrays(ctx.store, ctx.records, spec.cohort_id)
-        synthetic = (images, np.minimum(masks, seg_spec.num_classes - 1))
     result = train_segmenter(seg_spec, splits["train"], splits["val"], synthetic, on_progress=lambda f, m: ctx.progress(0.95 * f, m))
     ctx.progress(0.95, "testing on held-out real patients")
     spacing, unit, spacing_source = hd95_spacing(ctx.store, view, splits["test"])
@@ -54,6 +56,18 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
         "curves_note": "val_dice: pooled mean foreground Dice on the real validation patients at each val_step",
     })  # fmt: skip
     return {"model": model_key, "metrics": metrics_key}
+
+
+def _patients_worth(train: Mapping[str, np.ndarray], images: np.ndarray, masks: np.ndarray, patients: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The cohort's first ``patients`` x (training slices per real patient) samples, and their share of
+    the pool they join (the batch ratio that samples real and synthetic slices uniformly)."""
+    n_real = len(train["images"])
+    per_patient = n_real / max(1, len(np.unique(train["patients"]))) if "patients" in train else 1.0
+    wanted = max(1, round(patients * per_patient))
+    if wanted > len(images):
+        raise PermanentJobError(f"{patients} synthetic patients are {wanted} slices ({per_patient:.1f} per real training patient); "
+                                f"the cohort has {len(images)}")
+    return images[:wanted], masks[:wanted], wanted / (n_real + wanted)
 
 
 def hd95_spacing(store: ObjectStore, view: dict, test: Mapping[str, np.ndarray]) -> tuple[np.ndarray | tuple[float, float], str, str]:

@@ -23,6 +23,9 @@ class SegmentationSpec:
         synthetic_ratio: for ``"mixed"``, the fraction of each batch drawn from the synthetic
             cohort (strictly between 0 and 1; the count is rounded and kept at least 1 of each
             source). Ignored by the other sources but still checked to lie in [0, 1].
+        synthetic_patients: for ``"mixed"``, the number of patients' worth of synthetic slices that were
+            added to the real ones (the job picks that many cohort samples and sets ``synthetic_ratio``
+            to their share of the pool); recorded here, ``None`` for a ratio-mixed run.
         augment: classical augmentation of training batches (flips, small affine, intensity
             jitter; see :mod:`medsynth.segmentation.augment`).
         model: ``"unet"`` (MONAI 2D UNet) or ``"swin-unetr"`` (MONAI SwinUNETR, ``spatial_dims=2``;
@@ -40,6 +43,7 @@ class SegmentationSpec:
 
     source: str = "real"
     synthetic_ratio: float = 0.5
+    synthetic_patients: int | None = None
     augment: bool = True
     model: str = "unet"
     steps: int = 2000
@@ -58,6 +62,10 @@ class SegmentationSpec:
         _check_number("synthetic_ratio", self.synthetic_ratio, 0.0, 1.0)
         if self.source == "mixed" and not 0.0 < self.synthetic_ratio < 1.0:
             raise InvalidInput(f"synthetic_ratio must lie strictly between 0 and 1 for source 'mixed', got {self.synthetic_ratio}.")
+        if self.synthetic_patients is not None:
+            _check_int("synthetic_patients", self.synthetic_patients, 1, 1_000_000)
+            if self.source != "mixed":
+                raise InvalidInput(f"synthetic_patients needs source 'mixed', got {self.source!r}.")
         if not isinstance(self.augment, bool):
             raise InvalidInput(f"augment must be a bool, got {self.augment!r}.")
         _check_int("steps", self.steps, 1, 10_000_000)

@@ -2,7 +2,8 @@
 
 Per family and seed: a generator, its cohort and (unless no arm uses it) an evaluation. Per
 segmenter model, augmentation setting and seed: a real-only segmentation run, and per family one run
-on the cohort alone (``synthetic``) and one per mixing ratio (``mixed``). A node's request body is
+on the cohort alone (``synthetic``), one per mixing ratio (``mixed r``) and one per number of synthetic
+patients added to the real data (``+N patients``). A node's request body is
 complete but for the ids of the jobs it needs (``deps``: body field → node), filled in when those
 finish. Its key hashes its kind, body and its dependencies' keys, so that one request made twice, in
 one study or two, is one job.
@@ -37,7 +38,9 @@ class Node:
         return [d for value in self.deps.values() for d in (value if isinstance(value, list) else [value])]
 
 
-def arm_name(source: str, ratio: float | None = None) -> str:
+def arm_name(source: str, ratio: float | None = None, patients: int | None = None) -> str:
+    if patients is not None:
+        return f"+{patients} patients"
     return {"real": "real", "synthetic": "synthetic"}.get(source) or f"mixed {ratio:g}"
 
 
@@ -72,15 +75,19 @@ def expand(spec: StudyCreate) -> dict[str, Node]:
             runs = []
             for model in spec.segmentation.models:
                 for augment in spec.arms.augmentation:
-                    arms = ([("synthetic", None)] if spec.arms.synthetic else []) + [("mixed", r) for r in spec.arms.ratios]
-                    for source, ratio in arms:
-                        arm = arm_name(source, ratio)
+                    arms = (([("synthetic", None, None)] if spec.arms.synthetic else []) + [("mixed", r, None) for r in spec.arms.ratios]
+                            + [("mixed", None, n) for n in spec.arms.synthetic_patients])
+                    for source, ratio, patients in arms:
+                        arm = arm_name(source, ratio, patients)
                         node_id = f"segment/{name}/{arm.replace(' ', '-')}/{model.value}/aug{int(augment)}/s{seed}"
                         body = {**seg_common, "source": source, "model": model.value, "augment": augment, "seed": seed}
                         if ratio is not None:
                             body["synthetic_ratio"] = ratio
+                        if patients is not None:
+                            body["synthetic_patients"] = patients
                         add(Node(node_id, JobKind.train_segmenter, body, deps={"cohort_id": cohort},
-                                 labels={"family": name, "arm": arm, "ratio": ratio, "model": model.value, "augment": augment, "seed": seed}))
+                                 labels={"family": name, "arm": arm, "ratio": ratio, "synthetic_patients": patients,
+                                         "model": model.value, "augment": augment, "seed": seed}))
                         runs.append(node_id)
             real_run = f"segment/{REAL}/{extractor_model}/aug{int(spec.arms.augmentation[0])}/s{seed}"
             add(Node(f"evaluate/{name}/s{seed}", JobKind.evaluate, {"max_samples": spec.max_eval_samples},

@@ -2,8 +2,8 @@
 
 Each number is explained once (what it measures, which way is better, what to read it against), the
 study's settings are shown, and a caveat says when they are too small for conclusions. Figures are
-inline SVG: Dice against the synthetic share of training batches with intervals, and the
-critical-difference diagram of the families.
+inline SVG: Dice against the synthetic share of training batches and against the number of
+synthetic patients added, with intervals, and the critical-difference diagram of the families.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def _settings(spec: dict[str, Any]) -> str:
              f"{spec['segmentation']['batch_size']}"),
             ("Arms", "real only" + (", synthetic only" if spec["arms"]["synthetic"] else "")
              + "".join(f", real + synthetic at {r:g}" for r in spec["arms"]["ratios"])
+             + "".join(f", real + {n} synthetic patients" for n in spec["arms"].get("synthetic_patients", []))
              + "; augmentation " + " and ".join("on" if a else "off" for a in spec["arms"]["augmentation"])),
             ("Cohort size", str(spec["cohort_size"]))]
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
@@ -118,33 +119,48 @@ def _comparisons_table(groups: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _ratio_plot(arms: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
-    """Dice against the synthetic share (0 = real only, 1 = synthetic only), one line per family and
-    segmenter, each point with its 95% interval."""
+def _share(arm: dict[str, Any]) -> float | None:
+    """The synthetic share of training batches: 0 real only, r for mixed r, 1 synthetic only."""
+    if arm["arm"] == "real":
+        return 0.0
+    return 1.0 if arm["arm"] == "synthetic" else arm.get("ratio")
+
+
+def _patients(arm: dict[str, Any]) -> float | None:
+    return 0.0 if arm["arm"] == "real" else arm.get("synthetic_patients")
+
+
+def _dice_plot(arms: list[dict[str, Any]], x_of, x_label: str, width: int = 640, height: int = 320) -> str:
+    """Mean Dice against ``x_of(arm)``, one line per family and segmenter (each starting from real data
+    only at x = 0), every point with its 95% interval; empty when no arm has an x."""
     series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     reals = {(a["model"], a["augment"]): a for a in arms if a["arm"] == "real" and a.get("dice")}
     for a in arms:
-        if a["arm"] == "real" or not a.get("dice"):
+        x = x_of(a)
+        if a["arm"] == "real" or x is None or not a.get("dice") or a["dice"].get("mean") is None:
             continue
-        x = 1.0 if a["arm"] == "synthetic" else float(a["ratio"])
         name = f"{a['family']} · {a['model']} · aug {'on' if a['augment'] else 'off'}"
-        series.setdefault(name, [])
-        if (a["model"], a["augment"]) in reals and not any(p[0] == 0.0 for p in series[name]):
-            series[name].append((0.0, reals[(a["model"], a["augment"])]["dice"]))
-        series[name].append((x, a["dice"]))
+        points = series.setdefault(name, [])
+        real = reals.get((a["model"], a["augment"]))
+        if real is not None and not any(p[0] == 0.0 for p in points):
+            points.append((0.0, real["dice"]))
+        points.append((float(x), a["dice"]))
     if not series:
         return ""
+    x_max = max(x for points in series.values() for x, _ in points) or 1.0
     left, right, top, bottom = 50, 200, 15, 40
-    px = lambda x: left + x * (width - left - right)  # noqa: E731
+    px = lambda x: left + x / x_max * (width - left - right)  # noqa: E731
     py = lambda y: top + (1 - y) * (height - top - bottom)  # noqa: E731
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<line x1="{left}" y1="{py(0)}" x2="{px(1)}" y2="{py(0)}" stroke="black"/><line x1="{left}" y1="{py(0)}" x2="{left}" y2="{py(1)}" stroke="black"/>']
+           f'<line x1="{left}" y1="{py(0)}" x2="{px(x_max)}" y2="{py(0)}" stroke="black"/>'
+           f'<line x1="{left}" y1="{py(0)}" x2="{left}" y2="{py(1)}" stroke="black"/>']
+    ticks = sorted({x for points in series.values() for x, _ in points})
+    for t in ticks:
+        out.append(f'<text x="{px(t)}" y="{py(0) + 14}" text-anchor="middle">{t:g}</text>')
     for t in (0, 0.25, 0.5, 0.75, 1):
-        out.append(f'<text x="{px(t)}" y="{py(0) + 14}" text-anchor="middle">{t:g}</text>'
-                   f'<text x="{left - 6}" y="{py(t) + 4}" text-anchor="end">{t:g}</text>')
-    out.append(f'<text x="{(left + px(1)) / 2}" y="{height - 6}" text-anchor="middle">synthetic share of training batches '
-               '(0: real only, 1: synthetic only)</text>')
+        out.append(f'<text x="{left - 6}" y="{py(t) + 4}" text-anchor="end">{t:g}</text>')
+    out.append(f'<text x="{(left + px(x_max)) / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
     for i, (name, points) in enumerate(sorted(series.items())):
         colour = colours[i % len(colours)]
         points.sort(key=lambda p: p[0])
@@ -155,7 +171,7 @@ def _ratio_plot(arms: list[dict[str, Any]], width: int = 640, height: int = 320)
             if lo is not None and hi is not None:
                 out.append(f'<line x1="{px(x)}" y1="{py(lo)}" x2="{px(x)}" y2="{py(hi)}" stroke="{colour}"/>')
             out.append(f'<circle cx="{px(x)}" cy="{py(d["mean"])}" r="3" fill="{colour}"/>')
-        out.append(f'<text x="{px(1) + 10}" y="{top + 14 * i + 10}" fill="{colour}">{escape(name)}</text>')
+        out.append(f'<text x="{px(x_max) + 10}" y="{top + 14 * i + 10}" fill="{colour}">{escape(name)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -192,10 +208,15 @@ def render_study_report(results: dict[str, Any]) -> str:
     parts += ["<h2>Settings</h2>", _settings(spec),
               "<h2>What the numbers mean</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{escape(v)}</dd>" for k, v in EXPLAINED) + "</dl>",
               "<h2>Arms</h2>", _arms_table(results["arms"])]
-    plot = _ratio_plot(results["arms"])
-    if plot:
-        parts.append(f"<figure>{plot}<figcaption>Mean Dice on held-out real patients against the synthetic share of "
-                     "training batches, with 95% intervals.</figcaption></figure>")
+    for plot, caption in (
+        (_dice_plot(results["arms"], _share, "synthetic share of training batches (0: real only, 1: synthetic only)"),
+         "Mean Dice on held-out real patients against the synthetic share of training batches, with 95% intervals."),
+        (_dice_plot(results["arms"], _patients, "synthetic patients added to the real training data"),
+         "Mean Dice on held-out real patients against the number of synthetic patients added to all the real data "
+         "(seed 001's Figure 5), with 95% intervals."),
+    ):
+        if plot:
+            parts.append(f"<figure>{plot}<figcaption>{caption}</figcaption></figure>")
     parts += ["<h2>Paired tests against real data only</h2>", _comparisons_table(results["comparisons"]), "<h2>Families compared</h2>"]
     friedman = results["friedman"]
     if "skipped" in friedman:

@@ -27,7 +27,7 @@ from medsynth.store import ObjectStore
 if TYPE_CHECKING:
     from medsynth.api.studies.runner import StudyRecord
 
-CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients", "run_id"]
+CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "synthetic_patients", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients", "run_id"]
 
 
 def arm_id(labels: dict[str, Any]) -> str:
@@ -183,6 +183,7 @@ def results_csv(results: dict[str, Any], record: StudyRecord, store: ObjectStore
         for e in sorted(entries, key=lambda e: e["labels"]["seed"]):
             lab = e["labels"]
             writer.writerow({"arm_id": aid, "family": lab.get("family") or "", "arm": lab["arm"], "ratio": lab.get("ratio") or "",
+                             "synthetic_patients": lab.get("synthetic_patients") or "",
                              "model": lab["model"], "augment": lab["augment"], "seed": lab["seed"], "state": e["state"],
                              "mean_dice": f"{np.nanmean(list(e['dice'].values())):.6f}" if "dice" in e else "",
                              "mean_hd95": f"{np.nanmean(list(e['hd95'].values())):.6f}" if "hd95" in e else "",

@@ -24,6 +24,7 @@ from medsynth.api.studies.plan import Node, check_size, expand, node_keys
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.api.submissions import SUBMISSIONS
 from medsynth.core.clock import utcnow
+from medsynth.datasets.views import view_key
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
 from medsynth.jobs.records import JobState
 from medsynth.jobs.service import JobDeferred, JobService
@@ -76,6 +77,13 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
     """Check the grid (its size, the view, each family against the view), record the study, start it."""
     nodes = expand(spec)
     check_size(nodes, max_jobs)
+    if spec.arms.synthetic_patients:
+        view = store.get_json(view_key(spec.dataset, spec.view_id))
+        per_patient = view["counts"]["train"] / max(1, len(view["patients"]["train"]))
+        largest = max(spec.arms.synthetic_patients)
+        if round(largest * per_patient) > spec.cohort_size:
+            raise InvalidInput(f"the arm +{largest} patients needs {round(largest * per_patient)} synthetic slices ({per_patient:.1f} "
+                               f"per training patient of view {spec.view_id}); cohort_size is {spec.cohort_size}")
     for node in nodes.values():  # every generator request is checked now: a bad family is a 422, not a failed study
         if node.kind.value == "train-generator":
             body_type, command = SUBMISSIONS[node.kind]

@@ -40,13 +40,17 @@ class StudyArms(BaseModel):
 
     synthetic: bool = Field(True, description="One family's cohort only.")
     ratios: list[Ratio] = Field([0.25, 0.5, 0.75], max_length=9, description="Real + synthetic, at these shares of each batch.")
+    synthetic_patients: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        [], max_length=9,
+        description="Real + N patients' worth of synthetic slices, for each N (seed 001's axis); the cohort must hold the largest.")
     augmentation: list[bool] = Field([False], min_length=1, max_length=2,
                                      description="Classical augmentation off ([false]), on ([true]) or both.")
 
     @model_validator(mode="after")
     def _distinct(self) -> StudyArms:
-        if len(set(self.ratios)) != len(self.ratios) or len(set(self.augmentation)) != len(self.augmentation):
-            raise ValueError("ratios and augmentation must not repeat a value")
+        for name in ("ratios", "synthetic_patients", "augmentation"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise ValueError(f"{name} must not repeat a value")
         return self
 
 
@@ -78,6 +82,6 @@ class StudyCreate(BaseModel):
             raise ValueError("seeds must not repeat")
         if len(set(self.segmentation.models)) != len(self.segmentation.models):
             raise ValueError("segmentation models must not repeat")
-        if not (self.arms.synthetic or self.arms.ratios):
-            raise ValueError("a study compares arms and this one has only real data: ask for synthetic, ratios or both")
+        if not (self.arms.synthetic or self.arms.ratios or self.arms.synthetic_patients):
+            raise ValueError("a study compares arms and this one has only real data: ask for synthetic, ratios or synthetic_patients")
         return self

@@ -1,0 +1,86 @@
+"""The study report from a results document: what a data team reads, checked as HTML and in a real
+browser (Debian's Chromium driven by Playwright; the screenshot is kept under test-artifacts/)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medsynth.api.studies.report import render_study_report
+from medsynth.metrics.statistics import bootstrap_over_seeds_and_patients, friedman_nemenyi
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FAMILIES = ("joint-gan", "spade", "stylegan2")
+
+
+def _arm(family, arm, rng, level, **labels):
+    table = np.clip(rng.normal(level, 0.05, (3, 12)), 0, 1)
+    return {"arm_id": f"{family or 'real'} · {arm} · unet · aug off", "family": family, "arm": arm, "model": "unet",
+            "augment": False, "seeds_succeeded": 3, "seeds_failed": [], "dice": bootstrap_over_seeds_and_patients(table),
+            "hd95": bootstrap_over_seeds_and_patients(table * 10), "hd95_unit": "mm", **labels}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    rng = np.random.default_rng(0)
+    arms = [_arm(None, "real", rng, 0.80)]
+    for i, family in enumerate(FAMILIES):
+        arms += [_arm(family, "synthetic", rng, 0.70 - 0.1 * i), _arm(family, "mixed 0.5", rng, 0.78, ratio=0.5),
+                 _arm(family, "+5 patients", rng, 0.81, synthetic_patients=5), _arm(family, "+20 patients", rng, 0.82, synthetic_patients=20)]
+    for arm in arms:
+        arm["relative_dice"] = arm["dice"]["mean"] / arms[0]["dice"]["mean"]
+    scores = np.array([[0.7 + rng.normal(0, 0.01) - 0.1 * i for i in range(3)] for _ in range(3)])
+    spec = {"dataset": "hippocampus-msd", "view_id": "v64", "seeds": [0, 1, 2], "cohort_size": 200,
+            "families": [{"generator": {"family": f}, "training": {"steps": 600}} for f in FAMILIES],
+            "arms": {"synthetic": True, "ratios": [0.5], "synthetic_patients": [5, 20], "augmentation": [False]},
+            "segmentation": {"models": ["unet"], "steps": 300, "batch_size": 16}}
+    return {"study_id": "study-0123456789abcdef", "name": "hippocampus <grid>", "spec": spec, "computed_at": "2026-12-04T18:00:00",
+            "test_patients": [str(i) for i in range(12)], "arms": arms,
+            "failed_arms": [{"arm_id": "stylegan2 · mixed 0.25 · unet · aug off", "failures": [{"seed": 0, "state": "failed", "error": "out of memory"}]}],
+            "comparisons": [{"model": "unet", "augment": False, "against": arms[0]["arm_id"],
+                             "rows": [{"a": a["arm_id"], "b": arms[0]["arm_id"], "n": 12, "median_difference": -0.1, "p": 0.01, "p_holm": 0.04}
+                                      for a in arms[1:]]}],
+            "friedman": {"score": "synthetic-only mean Dice", **friedman_nemenyi(scores, list(FAMILIES))},
+            "generators": [{"family": f, "seed": s, "fid": 0.2, "fid_real_baseline": 0.01, "kid": 0.001, "precision": 0.7, "recall": 0.5,
+                            "density": 0.9, "coverage": 0.6, "memorized_fraction": 0.0, "extractor": "in-domain unet encoder",
+                            "n_real": 200, "n_fake": 200} for f in FAMILIES for s in (0, 1, 2)],
+            "fid_vs_dice": {"x": "FID", "y": "Dice", "test": "spearman", "n": 9, "rho": -0.2, "p": 0.6, "reading": "near zero: FID did not predict usefulness"}}
+
+
+def test_the_report_explains_shows_settings_and_warns(results: dict) -> None:
+    html = render_study_report(results)
+    for text in ("What the numbers mean", "Relative Dice", "Friedman", "CD = ", "Too small for conclusions", "300 steps",
+                 "Arms with no result", "out of memory", "real + 20 synthetic patients", "hippocampus &lt;grid&gt;",
+                 "Spearman ρ = -0.20", "Coverage", "seed 001"):
+        assert text in html, text
+    assert html.count("<svg") == 3  # Dice vs share, Dice vs synthetic patients, the CD diagram
+    assert "<grid>" not in html  # names are escaped
+
+
+def test_the_report_in_a_real_browser(results: dict, tmp_path: Path) -> None:
+    """Opened from a file (no server) in Chromium: it renders, its tables fit the page, nothing is fetched."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is a test tool: make tools installs it"
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_study_report(results))
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                                    "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file.as_uri())
+        assert page.title().startswith("medsynth study")
+        assert page.locator("h2").all_inner_texts()[:3] == ["Settings", "What the numbers mean", "Arms"]
+        overflow = page.evaluate("() => Array.from(document.querySelectorAll('table')).filter(t => t.scrollWidth > document.body.clientWidth).length")
+        assert overflow == 0, "a table is wider than the page"
+        assert page.locator("svg").count() == 3 and page.locator("svg circle").count() > 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "study-report.png"), full_page=True)
+        browser.close()
+    assert all(url.startswith("file://") for url in requests), requests
