@@ -293,3 +293,48 @@ def test_the_api_killed_during_a_burst_of_submissions(stack: dict) -> None:
     recovery = time.monotonic() - killed
     row_note = f"{len(created) - len(set(answered))} records whose POST got no answer"
     record_row(stack, f"kill -9 api during 24 submissions ({row_note})", created, records, recovery)
+
+
+def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
+    """A study (one generator, its cohort, real-only and synthetic segmenters, an evaluation) while the
+    trainer is killed mid-generator, then the api (which drives studies) mid-study, then the segmenter
+    mid-run: the study ends succeeded, every job of it once, none duplicated."""
+    spec = {"dataset": "f", "view_id": stack["view_id"], "seeds": [0], "cohort_size": 16, "max_eval_samples": 16,
+            "families": [{"generator": TINY_GAN, "training": {"steps": 60, "batch_size": 8, "checkpoint_every": 20, "log_every": 5}}],
+            "arms": {"synthetic": True, "ratios": [], "augmentation": [False]},
+            "segmentation": {"models": ["unet"], "steps": 40, "batch_size": 4}}
+    with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
+        jobs_before = {j["job_id"] for j in api.get("/v1/jobs").json()["jobs"]}
+        r = api.post("/v1/studies", json=spec)
+        assert r.status_code == 202, r.text
+        study_id = r.json()["study_id"]
+        node_job = lambda node: next(n["job_id"] for n in api.get(f"/v1/studies/{study_id}").json()["nodes"] if n["node"] == node)  # noqa: E731
+        generator = node_job("generator/joint-gan/s0")
+        started = time.monotonic()
+        kill_when_running(api, stack["env"], generator, "trainer")
+        wait_done(api, generator)
+        os.kill(pid_of(stack["env"], "api"), signal.SIGKILL)  # the supervisor restarts it; its study loop picks the study up
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                nodes = {n["node"]: n for n in api.get(f"/v1/studies/{study_id}").json()["nodes"]}
+                if nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"]:
+                    break
+            except httpx.HTTPError:
+                pass  # the api is restarting
+            assert time.monotonic() < deadline, "the study did not go on after the api was killed"
+            time.sleep(0.5)
+        kill_when_running(api, stack["env"], nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"], "segmenter")
+        deadline = time.monotonic() + 400
+        while (study := api.get(f"/v1/studies/{study_id}").json())["state"] == "running":
+            assert time.monotonic() < deadline, study
+            time.sleep(1)
+        assert study["state"] == "succeeded", study
+        finals = [job(api, n["job_id"]) for n in study["nodes"]]
+        assert all(f["state"] == "succeeded" for f in finals)
+        new_jobs = {j["job_id"] for j in api.get("/v1/jobs").json()["jobs"]} - jobs_before
+        assert new_jobs == {f["job_id"] for f in finals} and len(new_jobs) == len(study["nodes"]) == 5  # each job once
+        attempts = {f["kind"]: f["attempts"] for f in finals if f["job_id"] in (generator, nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"])}
+        assert attempts == {"train-generator": 2, "train-segmenter": 2}, attempts
+        assert api.get(study["results"]["json"]).status_code == 200
+    record_row(stack, "kill -9 trainer, api, segmenter during a study", sorted(new_jobs), finals, time.monotonic() - started)

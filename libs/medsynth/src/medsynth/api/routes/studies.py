@@ -27,6 +27,7 @@ class StudyPublic(BaseModel):
     jobs: dict[str, int]
     arms: list[dict[str, Any]]
     stages: dict[str, dict[str, int]]
+    nodes: list[dict[str, Any]]
     created_at: str
     updated_at: str
     finished_at: str | None
@@ -57,6 +58,8 @@ class StudyPublic(BaseModel):
         results = {"json": f"{base}/results", "csv": f"{base}/results.csv", "html": f"{base}/report"} if record.results_keys else {}
         return cls(study_id=record.study_id, name=record.name, state=record.state, progress=round(progress, 4), jobs=dict(jobs),
                    arms=sorted(arms.values(), key=lambda a: a["arm_id"]), stages={k: dict(v) for k, v in stages.items()},
+                   nodes=[{"node": node_id, "kind": n.kind, "state": n.state, "job_id": n.job_id, "reused": n.reused,
+                           "progress": n.progress, "error": n.error} for node_id, n in record.nodes.items()],
                    created_at=record.created_at.isoformat(), updated_at=record.updated_at.isoformat(),
                    finished_at=record.finished_at.isoformat() if record.finished_at else None, error=record.error,
                    results=results, spec=record.spec)
