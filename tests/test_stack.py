@@ -22,6 +22,7 @@ from medsynth.local.demo import DemoSettings, run_pipeline, wait_for_job
 from medsynth.datasets.phantoms import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
 
 
 def medsynth(*args: str, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -330,6 +331,67 @@ def test_bad_studies_are_refused(stack_env: dict) -> None:
         assert api.get("/v1/studies/study-0000").status_code == 404
         unfinished = api.get("/v1/studies").json()["studies"][0]["study_id"]
         assert api.get(f"/v1/studies/{unfinished}/report").status_code in (200, 409)
+
+
+def test_a_reader_study_in_a_real_browser(stack_env: dict) -> None:
+    """The visual Turing test as a reader does it: Chromium (Playwright) opens the reader's link, rates and
+    answers every image; a second answer, a missing rating and a forged token are refused; the results
+    and the study report count the answers."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    with client(stack_env, timeout=60) as api:
+        study = next(s for s in api.get("/v1/studies").json()["studies"] if s["state"] == "succeeded")
+        cohort_id = next(n["job_id"] for n in study["nodes"] if n["kind"] == "sample-cohort")
+        made = api.post("/v1/reader-studies", json={"cohort_id": cohort_id, "n_real": 3, "n_synthetic": 3, "readers": ["alice", "bob"],
+                                                    "rate_quality": True, "study_id": study["study_id"]})
+        assert made.status_code == 201, made.text
+        made = made.json()
+        rs_id, tokens = made["reader_study_id"], {r["reader"]: r for r in made["readers"]}
+        answers = ["real", "synthetic", "synthetic", "real", "real", "synthetic"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:18700{tokens['alice']['page']}")
+            for i, given in enumerate(answers):
+                page.wait_for_function("() => document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0")
+                assert page.locator("#progress").inner_text() == f"{i} of 6 answered"
+                if i == 0:
+                    page.click("#real")  # no rating yet: the page asks for one and sends nothing
+                    assert "rate the image quality" in page.locator("#error").inner_text()
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "reader-study.png"))
+                page.select_option("#rating", str(1 + i % 5))
+                page.click(f"#{given}")
+                page.wait_for_function(f"() => document.getElementById('progress').textContent.startsWith('{i + 1} of')")
+            assert page.locator("#done").is_visible() and page.locator("#task").is_hidden()
+            browser.close()
+        alice = {"x-reader-token": tokens["alice"]["token"]}
+        item = api.get(f"/v1/reader-studies/{rs_id}/next", headers={"x-reader-token": tokens["bob"]["token"]}).json()["item"]
+        bob = {"x-reader-token": tokens["bob"]["token"]}
+        assert api.post(f"/v1/reader-studies/{rs_id}/answers", headers=bob, json={"item": item, "answer": "real"}).status_code == 422  # no rating
+        assert api.post(f"/v1/reader-studies/{rs_id}/answers", headers=bob, json={"item": item, "answer": "real", "quality": 4}).status_code == 201
+        again = api.post(f"/v1/reader-studies/{rs_id}/answers", headers=bob, json={"item": item, "answer": "synthetic", "quality": 4})
+        assert again.status_code == 409 and "already answered" in again.text
+        forged = tokens["alice"]["token"][:-4] + "AAAA"
+        assert api.get(f"/v1/reader-studies/{rs_id}/next", headers={"x-reader-token": forged}).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:18700/v1/reader-studies/{rs_id}/read?token={forged}").status_code == 401
+        assert api.get(f"/v1/reader-studies/{rs_id}/next", headers=alice).json()["done"] is True
+        results = api.get(f"/v1/reader-studies/{rs_id}").json()
+        assert results["readers"]["alice"]["answered"] == 6 and results["readers"]["bob"]["answered"] == 1
+        pooled = results["pooled"]
+        assert pooled["answers"] == 7 and pooled["sensitivity"]["n"] + pooled["specificity"]["n"] == 7
+        assert pooled["accuracy"]["successes"] == pooled["sensitivity"]["successes"] + pooled["specificity"]["successes"]
+        alice_r = results["readers"]["alice"]
+        assert alice_r["sensitivity"]["n"] == 3 and alice_r["specificity"]["n"] == 3  # three of each kind
+        assert (alice_r["sensitivity"]["successes"] + (3 - alice_r["specificity"]["successes"])) == answers.count("synthetic")
+        report = api.get(f"/v1/studies/{study['study_id']}/report").text
+        assert "Visual Turing test" in report and "alice" in report
+        assert api.get(f"/v1/studies/{study['study_id']}/results").json()["reader_studies"][0]["reader_study_id"] == rs_id
+        refused = api.post("/v1/reader-studies", json={"cohort_id": cohort_id, "n_synthetic": 500, "readers": ["x"]})
+        assert refused.status_code == 422 and "n_synthetic is 500" in refused.text
 
 
 EXTERNAL_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}  # NVIDIA's DCGM exporter, on GPU nodes only

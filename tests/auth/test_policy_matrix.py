@@ -72,6 +72,12 @@ def test_every_route_for_every_role_in_its_own_and_another_project(apps) -> None
                 assert call(client, method, path, {"Authorization": f"Bearer {keys[Role.admin]}"}).status_code == 401
                 assert call(client, method, path, {"Authorization": f"Bearer {METRICS_TOKEN}"}).status_code == 200
                 continue
+            if policy.access is Access.reader:  # a reader study's token only: no token, or an API key instead, is refused
+                assert call(client, method, path, {}).status_code == 401
+                admin = call(client, method, path, {"Authorization": f"Bearer {keys[Role.admin]}"})
+                assert admin.status_code == 401 and "reader token" in admin.json()["detail"], (method, path, admin.text)
+                assert call(client, method, path, {"X-Reader-Token": "msr_forged"}).status_code == 401
+                continue
             anonymous = call(client, method, path, {})
             assert anonymous.status_code == 401 and "credentials" in anonymous.json()["detail"], (method, path, anonymous.text)
             for role, key in keys.items():

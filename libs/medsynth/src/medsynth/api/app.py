@@ -84,7 +84,7 @@ def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True)
 
 
 def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
-    from medsynth.api.routes import admin, cohorts, datasets, evaluations, generators, jobs, segmentations, studies
+    from medsynth.api.routes import admin, cohorts, datasets, evaluations, generators, jobs, reader_studies, segmentations, studies
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,7 +115,7 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
         app.state.bus.close()
 
     app = _base_app("medsynth api", settings, lifespan)
-    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations, studies, admin):
+    for module in (datasets, jobs, generators, cohorts, segmentations, evaluations, studies, reader_studies, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(generators.families_router, responses=ERROR_RESPONSES)
     return app

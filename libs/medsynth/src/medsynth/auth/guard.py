@@ -86,7 +86,7 @@ def authorize(request: Request, _: HTTPAuthorizationCredentials | None = Securit
     if policy is None:
         raise Forbidden(f"{request.method} {getattr(route, 'path', request.url.path)} has no access policy; it is refused")
     if policy.access is not Access.roles:
-        return  # public, or /metrics (which checks its own token)
+        return  # public, /metrics (which checks its own token), or a reader study's pages (the route checks the reader token)
     guard: Guard = request.app.state.guard
     client = request.client.host if request.client else ""
     entry = AuditEntry(action=policy.action, method=request.method, route=route.path,

@@ -15,6 +15,7 @@ class Access(str, Enum):
     public = "public"    # anonymous: probes and the API description
     metrics = "metrics"  # the metrics token, not a user's credentials
     roles = "roles"      # an authenticated caller holding one of the policy's roles
+    reader = "reader"    # a reader study's reader token, checked by the route (medsynth.api.reader_studies)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", "/v1/studies/{study_id}/results"): _p("study.results", *READERS),
     ("GET", "/v1/studies/{study_id}/results.csv"): _p("study.results", *READERS),
     ("GET", "/v1/studies/{study_id}/report"): _p("study.report", *READERS),
+    # reader studies: researchers make them and read the results; readers answer with their token
+    ("POST", "/v1/reader-studies"): _p("reader-study.create", RESEARCHER),
+    ("GET", "/v1/reader-studies/{reader_study_id}"): _p("reader-study.results", *READERS),
+    ("GET", "/v1/reader-studies/{reader_study_id}/read"): Policy("reader-study.read", access=Access.reader, project=False),
+    ("GET", "/v1/reader-studies/{reader_study_id}/next"): Policy("reader-study.next", access=Access.reader, project=False),
+    ("GET", "/v1/reader-studies/{reader_study_id}/items/{item}.png"): Policy("reader-study.item", access=Access.reader, project=False),
+    ("POST", "/v1/reader-studies/{reader_study_id}/answers"): Policy("reader-study.answer", access=Access.reader, project=False),
     # administration
     ("GET", "/v1/projects"): _p("project.list", *Role, project=False),
     ("POST", "/v1/projects"): _p("project.create", ADMIN, project=False),

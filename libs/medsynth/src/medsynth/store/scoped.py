@@ -18,7 +18,7 @@ from medsynth.core.errors import InvalidInput
 from medsynth.store.base import ObjectInfo, ObjectStore, check_key, check_prefix
 
 #: The first part of every key a project's resources use.
-RESOURCE_ROOTS = frozenset({"datasets", "dicom", "jobs", "generators", "cohorts", "audits", "segmentations", "evaluations", "studies"})
+RESOURCE_ROOTS = frozenset({"datasets", "dicom", "jobs", "generators", "cohorts", "audits", "segmentations", "evaluations", "studies", "reader-studies"})
 
 
 class ScopedStore(ObjectStore):

@@ -11,6 +11,8 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
 from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
+from medsynth.api.reader_studies import reader_studies_of
+from medsynth.api.studies.report import render_study_report
 from medsynth.api.studies.results import arm_id
 from medsynth.api.studies.runner import ENDED, StudyRecord, create_study, list_studies, load_study
 from medsynth.api.studies.spec import StudyCreate
@@ -95,10 +97,17 @@ def _ended(store, study_id: str) -> StudyRecord:
     return record
 
 
+def _with_readers(store, study_id: str) -> dict[str, Any]:
+    """The stored results, with the reader studies that name this study as they stand now."""
+    results = store.get_json(_ended(store, study_id).results_keys["json"])
+    return {**results, "reader_studies": reader_studies_of(store, study_id)}
+
+
 @router.get("/{study_id}/results")
 def get_study_results(study_id: str, store: StoreDep) -> dict[str, Any]:
-    """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice."""
-    return store.get_json(_ended(store, study_id).results_keys["json"])
+    """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice,
+    and the visual Turing tests (reader studies) of its cohorts."""
+    return _with_readers(store, study_id)
 
 
 @router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
@@ -108,4 +117,8 @@ def get_study_csv(study_id: str, store: StoreDep) -> Response:
 
 @router.get("/{study_id}/report", response_class=HTMLResponse)
 def get_study_report(study_id: str, store: StoreDep) -> HTMLResponse:
-    return HTMLResponse(store.get_bytes(_ended(store, study_id).results_keys["html"]).decode())
+    """The report; with reader studies it is rendered anew, so their answers so far are in it."""
+    results = _with_readers(store, study_id)
+    if not results["reader_studies"]:
+        return HTMLResponse(store.get_bytes(_ended(store, study_id).results_keys["html"]).decode())
+    return HTMLResponse(render_study_report(results))

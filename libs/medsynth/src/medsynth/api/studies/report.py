@@ -190,6 +190,30 @@ def _generators_table(generators: list[dict[str, Any]]) -> str:
             f"<th>Extractor, samples</th></tr>{rows}</table>")
 
 
+def _rate(rate: dict[str, Any]) -> str:
+    if rate.get("value") is None:
+        return "–"
+    return f"{rate['value']:.2f} [{rate['ci_low']:.2f}, {rate['ci_high']:.2f}] ({rate['successes']}/{rate['n']})"
+
+
+def _reader_section(studies: list[dict[str, Any]]) -> str:
+    if not studies:
+        return ""
+    parts = ["<h2>Visual Turing test</h2><p>Readers saw real and synthetic images one at a time, in an order of their own, "
+             "and said which each was. <b>Accuracy</b> near 0.5 with an interval holding 0.5 means they could not tell; "
+             "<b>sensitivity</b> is the share of synthetic images called synthetic, <b>specificity</b> the share of real images "
+             "called real (exact binomial 95% intervals).</p>"]
+    for rs in studies:
+        rows = [(name, r) for name, r in sorted(rs["readers"].items())] + [("all readers", {**rs["pooled"], "answered": rs["pooled"]["answers"], "total": None})]
+        body = "".join(f"<tr><td>{escape(name)}</td><td class=n>{r['answered']}{'' if r.get('total') is None else ' / ' + str(r['total'])}</td>"
+                       f"<td class=n>{_rate(r['accuracy'])}</td><td class=n>{_rate(r['sensitivity'])}</td><td class=n>{_rate(r['specificity'])}</td></tr>"
+                       for name, r in rows)
+        parts.append(f"<h3>Cohort {escape(rs['cohort_id'])}: {rs['n_synthetic']} synthetic and {rs['n_real']} real images "
+                     f"({escape(rs['real_source'])})</h3><table><tr><th>Reader</th><th>Answered</th><th>Accuracy</th>"
+                     f"<th>Sensitivity</th><th>Specificity</th></tr>{body}</table>")
+    return "".join(parts)
+
+
 def render_study_report(results: dict[str, Any]) -> str:
     spec = results["spec"]
     title = escape(results.get("name") or results["study_id"])
@@ -231,5 +255,6 @@ def render_study_report(results: dict[str, Any]) -> str:
     parts.append(f"<p>FID against synthetic-only Dice across generators: "
                  + (escape(corr["skipped"]) if "skipped" in corr else f"Spearman ρ = {corr['rho']:.2f} (p = {corr['p']:.3f}, n = {corr['n']}); {escape(corr['reading'])}")
                  + ".</p>")
+    parts.append(_reader_section(results.get("reader_studies") or []))
     parts.append("<p>Every number is also in <code>results.json</code> and, per arm and seed, <code>results.csv</code>.</p></body></html>")
     return "".join(parts)
