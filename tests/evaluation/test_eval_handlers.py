@@ -229,3 +229,19 @@ def test_evaluation_of_a_collapsed_cohort_warns_in_json_and_html(world: dict) ->
     diversity = report["diversity"]
     assert diversity["mode_collapse"] is True and diversity["pixel"]["ratio"] < 0.5  # ...the diversity check does not
     assert "possible mode collapse" in html and "class='warn'" in html
+
+
+def test_reference_features_are_computed_once_per_extractor_and_real_images(world: dict) -> None:
+    """Two evaluations against the same real images through the same encoder: the second reads the
+    real features the first stored (keyed by extractor and a digest of the images), and scores alike."""
+    first, _ = _evaluate(world, "healthy")
+    second, _ = _evaluate(world, "healthy")
+    (name, ref), = second["reference_features"].items()
+    assert ref["cached"] is True and ref["key"] == first["reference_features"][name]["key"]
+    assert [r["value"] for r in second["fidelity"]] == pytest.approx([r["value"] for r in first["fidelity"]])
+    collapsed, _ = _evaluate(world, "collapsed")  # another cohort, the same real reference
+    assert collapsed["reference_features"][name] == {"key": ref["key"], "cached": True}
+    world["store"].delete(ref["key"])
+    again, _ = _evaluate(world, "healthy")
+    assert again["reference_features"][name]["cached"] is False  # recomputed when gone
+    assert [r["value"] for r in again["fidelity"]] == pytest.approx([r["value"] for r in first["fidelity"]])

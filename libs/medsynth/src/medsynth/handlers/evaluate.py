@@ -34,6 +34,7 @@ from medsynth.metrics.fidelity import (
     split_halves,
 )
 from medsynth.metrics.manifold import ManifoldMetric
+from medsynth.metrics.reference import cached_features, images_digest, reference_key
 from medsynth.metrics.memorization import memorization_audit
 from medsynth.metrics.report import grid_png, render_html
 from medsynth.segmentation.io import load_segmenter
@@ -58,7 +59,17 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     runs = [ctx.store.get_json(finished(records, r, JobKind.train_segmenter).result_keys["metrics"]) for r in spec.segmentation_run_ids]
     ctx.progress(0.1, "fidelity")
     extractors = _extractors(ctx, records, runs)
-    numbers = evaluation_results(real, fake, runs, extractors, real_patients=real_patients, progress=ctx.progress)
+    digest, reference = images_digest(real), {}
+
+    def real_features(extractor: FeatureExtractor) -> np.ndarray:
+        key = reference_key(extractor.name, extractor.preprocessing, digest)
+        feats, cached = cached_features(ctx.store, key, lambda: extract_features(torch.from_numpy(np.ascontiguousarray(real)), extractor))
+        reference[extractor.name] = {"key": key, "cached": cached}
+        return feats
+
+    numbers = evaluation_results(real, fake, runs, extractors, real_patients=real_patients, progress=ctx.progress,
+                                 real_features=real_features)
+    numbers["reference_features"] = reference
     generator = ctx.store.get_json(generator_of(records, manifest["provenance"]["generator_id"]).result_keys["generator"])
     results: dict[str, Any] = {
         "evaluation_id": ctx.job_id, "cohort_id": spec.cohort_id, "generator_id": generator["generator_id"],
@@ -111,6 +122,7 @@ def evaluation_results(
     real_patients: Sequence[str] | np.ndarray | None = None,
     seed: int = 0,
     progress: Callable[[float, str], None] = lambda f, m: None,
+    real_features: Callable[[FeatureExtractor], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Every number of the report from the arrays: ``fidelity``, ``manifold`` (precision, recall,
     density, coverage), ``diversity``, ``memorization``,
@@ -124,12 +136,15 @@ def evaluation_results(
             feature space of the memorization audit and the diversity check.
         real_patients: patient id of each real image: the real-versus-real baseline then splits
             by patient.
+        real_features: the real images' features for an extractor (e.g. from the reference cache);
+            default: extracted here.
     """
     real_t, fake_t = torch.from_numpy(np.ascontiguousarray(real)), torch.from_numpy(np.ascontiguousarray(fake))
     halves = _halves(len(real), real_patients, seed)
     fidelity, features = [], {}
     for extractor in extractors:
-        f_real, f_fake = extract_features(real_t, extractor), extract_features(fake_t, extractor)
+        f_real = real_features(extractor) if real_features is not None else extract_features(real_t, extractor)
+        f_fake = extract_features(fake_t, extractor)
         features[extractor.name] = (f_real, f_fake)
         fidelity += _fidelity_rows(extractor, f_real, f_fake, real_patients, seed)
     manifold = [row for name, (f_real, f_fake) in features.items() for row in _manifold_rows(name, f_real, f_fake)]
