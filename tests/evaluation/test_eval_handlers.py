@@ -204,6 +204,7 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
         assert row["baseline_split"].startswith("by patient") and row["baseline_n_a"] + row["baseline_n_b"] == row["n_real"]
         assert row["real_baseline"] is not None and row["value_at_baseline_counts"] is not None
         assert row["n_fake_at_baseline_counts"] == min(row["n_fake"], row["baseline_n_b"])
+    assert [r["name"] for r in report["fidelity"]] == [f"fid{world['n_healthy']}", f"kid{world['n_healthy']}"]
     manifold = {r["metric"]: r for r in report["manifold"]}
     assert set(manifold) == {"precision", "recall", "density", "coverage"} and manifold["precision"]["k"] == 3
     assert all(0 <= r["value"] <= 1 for m, r in manifold.items() if m != "density") and manifold["density"]["value"] >= 0

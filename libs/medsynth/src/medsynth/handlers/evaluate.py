@@ -35,6 +35,7 @@ from medsynth.metrics.fidelity import (
 )
 from medsynth.metrics.manifold import ManifoldMetric
 from medsynth.metrics.reference import cached_features, images_digest, reference_key
+from medsynth.metrics.registry import metric_name
 from medsynth.metrics.memorization import memorization_audit
 from medsynth.metrics.report import grid_png, render_html
 from medsynth.segmentation.io import load_segmenter
@@ -148,6 +149,8 @@ def evaluation_results(
         features[extractor.name] = (f_real, f_fake)
         fidelity += _fidelity_rows(extractor, f_real, f_fake, real_patients, seed)
     manifold = [row for name, (f_real, f_fake) in features.items() for row in _manifold_rows(name, f_real, f_fake)]
+    for row in [*fidelity, *manifold]:  # the registry's name: the metric and its synthetic sample count (fid2k)
+        row["name"] = metric_name(row["metric"], row["n_fake"])
     progress(0.4, "diversity")
     in_domain = next((e for e in extractors if isinstance(e, EncoderExtractor)), None)
     f_real, f_fake = features[in_domain.name] if in_domain is not None else (None, None)

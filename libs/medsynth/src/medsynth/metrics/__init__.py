@@ -5,6 +5,11 @@
 - ``segmentation``: per-case Dice and HD95 of a segmentation model, bootstrap summaries.
 - ``memorization``: nearest-neighbour audit of synthetic images against the training set.
 - ``diversity``: within-cohort versus within-real mean pairwise distance, a mode-collapse check.
+- ``manifold``: precision/recall and density/coverage on k-NN manifolds (``ManifoldMetric`` accumulates).
+- ``registry``: the fidelity metrics by name with their sample count (``fid2k``, ``precision500``).
+- ``reference``: real reference features cached under a hash of the extractor and the images.
+- ``statistics``: study statistics (two-level bootstrap, Wilcoxon + Holm, Friedman/Nemenyi, Spearman).
+- ``reader``: visual Turing test numbers (accuracy, sensitivity, specificity, exact binomial CIs).
 
 Every fidelity score can be read against a real-versus-real baseline (``real_baseline``: two
 disjoint halves of the real data, by patient, through the same extractor).
