@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest clean help
+.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest bench-fid clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock, requirements-tools.lock) and medsynth"
@@ -19,6 +19,8 @@ help:
 	@echo "               (ARGS=\"--scans 2000 --cohort-seconds 30\"); run it alone"
 	@echo "make bench-ingest  DICOM series -> canonical volumes beside dcm2niix (dcm_qa_nih when present), and NIfTI/DICOM"
 	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
+	@echo "make bench-fid  features and FID for 10,000 images a side, medsynth beside clean-fid on the same files"
+	@echo "               (ARGS=\"--images 2000 --rounds 1\"); run it alone"
 	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages); needs Docker"
 	@echo "make dashboards  regenerate the Grafana dashboards (helm/medsynth/files/dashboards) from deploy/grafana/dashboards.py"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
@@ -61,6 +63,9 @@ bench-load: install
 
 bench-ingest: install tools
 	$(VENV)/bin/python -m medsynth.bench.ingest $(ARGS)
+
+bench-fid: install
+	$(VENV)/bin/python -m medsynth.bench.fid $(ARGS)
 
 # The service images (deploy/images/Dockerfile), where a Docker engine exists: VARIANT=cuda for the GPU stages.
 IMAGE_TARGETS := api ingest trainer sampler segmenter evaluator torchserve
