@@ -187,7 +187,9 @@ def test_a_worker_killed_mid_job(stack: dict, generator_id: str, victim: str, ki
         elif kind == "cohort":
             body, path = {"generator_id": generator_id, "count": 64, "seed": 2}, "/v1/cohorts"
         else:
-            cohort = wait_done(api, post(api, "/v1/cohorts", {"generator_id": generator_id, "count": 16, "seed": 3}))
+            # an evaluation is short: a larger cohort keeps it at work long enough to be killed mid-job
+            count = 160 if kind == "evaluation" else 16
+            cohort = wait_done(api, post(api, "/v1/cohorts", {"generator_id": generator_id, "count": count, "seed": 3}))
             seg = {"dataset": "f", "view_id": stack["view_id"], "source": "synthetic", "cohort_id": cohort["job_id"], "steps": 20, "batch_size": 4}
             if kind == "segmentation":
                 body, path = seg, "/v1/segmentations"
