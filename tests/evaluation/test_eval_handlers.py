@@ -205,6 +205,10 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
         assert row["real_baseline"] is not None and row["value_at_baseline_counts"] is not None
         assert row["n_fake_at_baseline_counts"] == min(row["n_fake"], row["baseline_n_b"])
     assert [r["name"] for r in report["fidelity"]] == [f"fid{world['n_healthy']}", f"kid{world['n_healthy']}"]
+    assert set(report["figures"]) == {"synthetic", "real", "memorization"}
+    assert all(world["store"].get_bytes(k).startswith(b"\x89PNG") for k in report["figures"].values())
+    pair = report["memorization"]["worst_pairs"][0]
+    assert isinstance(pair["synthetic_sample"], int) and pair["train_patient"] in set(map(str, view["patients"]["train"]))
     manifold = {r["metric"]: r for r in report["manifold"]}
     assert set(manifold) == {"precision", "recall", "density", "coverage"} and manifold["precision"]["k"] == 3
     assert all(0 <= r["value"] <= 1 for m, r in manifold.items() if m != "density") and manifold["density"]["value"] >= 0

@@ -86,6 +86,9 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
 
     curves = ctx.store.get_json(generator["curves_key"])
     worst = [(p["synthetic"], p["train"]) for p in numbers["memorization"]["worst_pairs"]]
+    for pair in numbers["memorization"]["worst_pairs"]:  # the cases behind each pair, for a reader of the report
+        pair["synthetic_sample"] = manifest["samples"][pair["synthetic"]].get("index", pair["synthetic"])
+        pair["train_patient"] = str(real_patients[pair["train"]]) if real_patients is not None else None
     figures = {
         "synthetic": contact_sheet(fake[:32], fake_masks[:32]),
         "real": contact_sheet(real[:32], real_masks[:32]),
@@ -95,6 +98,11 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     html = render_html(results, {k: v for k, v in figures.items() if v},
                        {name: list(zip(curves["step"], values)) for name, values in curves.items() if name != "step"})  # fmt: skip
     prefix = f"evaluations/{ctx.job_id}/"
+    results["figures"] = {}
+    for name, png in figures.items():  # also apart from the page: a study report shows them per family
+        if png and name != "release":  # the release figure is the cohort's own audit file
+            ctx.store.put_bytes(f"{prefix}figures/{name}.png", png, content_type="image/png")
+            results["figures"][name] = f"{prefix}figures/{name}.png"
     ctx.store.put_json(f"{prefix}report.json", results)
     ctx.store.put_bytes(f"{prefix}report.html", html.encode(), content_type="text/html")
     return {"report_json": f"{prefix}report.json", "report_html": f"{prefix}report.html"}

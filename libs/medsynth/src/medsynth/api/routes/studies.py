@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
 from medsynth.api.reader_studies import reader_studies_of
 from medsynth.api.studies.report import render_study_report
-from medsynth.api.studies.results import arm_id
+from medsynth.api.studies.results import arm_id, load_figures
 from medsynth.api.studies.runner import ENDED, StudyRecord, create_study, list_studies, load_study
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.core.errors import Conflict
@@ -121,4 +121,4 @@ def get_study_report(study_id: str, store: StoreDep) -> HTMLResponse:
     results = _with_readers(store, study_id)
     if not results["reader_studies"]:
         return HTMLResponse(store.get_bytes(_ended(store, study_id).results_keys["html"]).decode())
-    return HTMLResponse(render_study_report(results))
+    return HTMLResponse(render_study_report(results, load_figures(results, store)))

@@ -8,6 +8,7 @@ synthetic patients added, with intervals, and the critical-difference diagram of
 
 from __future__ import annotations
 
+import base64
 from html import escape
 from typing import Any
 
@@ -214,7 +215,29 @@ def _reader_section(studies: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def render_study_report(results: dict[str, Any]) -> str:
+def _family_figures(results: dict[str, Any], figures: dict[str, dict[str, bytes]]) -> str:
+    if not figures:
+        return ""
+    parts = ["<h2>Samples and closest pairs per family</h2><p>The first seed's cohort of each family: samples with their "
+             "masks overlaid, and the synthetic images closest to a training image, each beside it (the cases are named "
+             "below each figure; a near-zero distance would be a copy).</p>"]
+    first = {}
+    for g in results.get("generators", []):
+        first.setdefault(g["family"], g)
+    for family, figs in figures.items():
+        g = first.get(family, {})
+        pairs = "; ".join(f"synthetic #{p['synthetic_sample']} ↔ training patient {escape(str(p['train_patient']))} "
+                          f"(distance {_num(p['distance'])})" for p in g.get("closest_pairs", []))
+        parts.append(f"<h3>{escape(family)} (seed {g.get('seed', '–')})</h3>")
+        for name, caption in (("synthetic", "samples with masks"), ("memorization", "closest pairs: synthetic (left), training (right)")):
+            if name in figs:
+                data = base64.b64encode(figs[name]).decode()
+                parts.append(f'<figure><img alt="{escape(family)} {caption}" style="max-width:100%" src="data:image/png;base64,{data}">'
+                             f"<figcaption>{caption}{': ' + pairs if name == 'memorization' and pairs else ''}</figcaption></figure>")
+    return "".join(parts)
+
+
+def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, bytes]] | None = None) -> str:
     spec = results["spec"]
     title = escape(results.get("name") or results["study_id"])
     caveats = _caveats(spec)
@@ -251,6 +274,7 @@ def render_study_report(results: dict[str, Any]) -> str:
                      "<figcaption>Average rank of each family by synthetic-only Dice (1 = best); a bar joins families that "
                      "do not differ significantly.</figcaption></figure>")
     parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"])]
+    parts.append(_family_figures(results, figures or {}))
     corr = results["fid_vs_dice"]
     parts.append(f"<p>FID against synthetic-only Dice across generators: "
                  + (escape(corr["skipped"]) if "skipped" in corr else f"Spearman ρ = {corr['rho']:.2f} (p = {corr['p']:.3f}, n = {corr['n']}); {escape(corr['reading'])}")

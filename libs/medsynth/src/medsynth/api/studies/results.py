@@ -76,6 +76,9 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
                     "kid": kid and kid["value"], "extractor": fid and fid["extractor"],
                     "n_real": fid and fid["n_real"], "n_fake": fid and fid["n_fake"],
                     "memorized_fraction": (report.get("memorization") or {}).get("fraction_flagged"),
+                    "figures": report.get("figures", {}),
+                    "closest_pairs": [{k: p.get(k) for k in ("synthetic_sample", "train_patient", "distance")}
+                                      for p in (report.get("memorization") or {}).get("worst_pairs", [])[:4]],
                     **{r["metric"]: r["value"] for r in report.get("manifold", []) if fid and r["extractor"] == fid["extractor"]}})
     return sorted(out, key=lambda g: (g["family"], g["seed"]))
 
@@ -191,6 +194,19 @@ def results_csv(results: dict[str, Any], record: StudyRecord, store: ObjectStore
     return out.getvalue()
 
 
+def load_figures(results: dict[str, Any], store: ObjectStore) -> dict[str, dict[str, bytes]]:
+    """Per family, the first seed's evaluation figures (samples with masks, closest pairs) as PNG bytes."""
+    out: dict[str, dict[str, bytes]] = {}
+    for g in results.get("generators", []):
+        if g["family"] in out:
+            continue
+        figures = {name: store.get_bytes(key) for name, key in (g.get("figures") or {}).items()
+                   if name in ("synthetic", "memorization") and store.exists(key)}
+        if figures:
+            out[g["family"]] = figures
+    return out
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities as null: results.json is read by browsers and other languages too."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -210,5 +226,5 @@ def write_results(record: StudyRecord, store: ObjectStore, records: JobRecords) 
     keys = {"json": f"{prefix}results.json", "csv": f"{prefix}results.csv", "html": f"{prefix}report.html"}
     store.put_json(keys["json"], results)
     store.put_bytes(keys["csv"], results_csv(results, record, store, records).encode(), content_type="text/csv")
-    store.put_bytes(keys["html"], render_study_report(results).encode(), content_type="text/html")
+    store.put_bytes(keys["html"], render_study_report(results, load_figures(results, store)).encode(), content_type="text/html")
     return keys
