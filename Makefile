@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest bench-fid clean help
+.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest bench-fid bench-study clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock, requirements-tools.lock) and medsynth"
@@ -21,6 +21,7 @@ help:
 	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
 	@echo "make bench-fid  features and FID for 10,000 images a side, medsynth beside clean-fid on the same files"
 	@echo "               (ARGS=\"--images 2000 --rounds 1\"); run it alone"
+	@echo "make bench-study  a study of tiny jobs on the local stack: scheduling and queue delay per job, reuse; run it alone"
 	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages); needs Docker"
 	@echo "make dashboards  regenerate the Grafana dashboards (helm/medsynth/files/dashboards) from deploy/grafana/dashboards.py"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
@@ -66,6 +67,9 @@ bench-ingest: install tools
 
 bench-fid: install
 	$(VENV)/bin/python -m medsynth.bench.fid $(ARGS)
+
+bench-study: install
+	$(VENV)/bin/python -m medsynth.bench.study $(ARGS)
 
 # The service images (deploy/images/Dockerfile), where a Docker engine exists: VARIANT=cuda for the GPU stages.
 IMAGE_TARGETS := api ingest trainer sampler segmenter evaluator torchserve

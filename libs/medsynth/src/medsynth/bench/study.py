@@ -1,0 +1,146 @@
+"""``make bench-study``: what running a study costs beyond its jobs, on the supervised local stack.
+
+Starts the stack, ingests phantoms, prepares a view, then runs a study of tiny jobs (a few steps
+each, so that scheduling shows) and measures, per job:
+
+- **scheduling delay**: from the moment its last input finished (or the study was created, for jobs
+  with no input) to the job's record being created, i.e. the study loop noticing and submitting it
+  (bounded by ``MEDSYNTH_STUDY_EVERY_S``, 5 s by default);
+- **queue delay**: from the job's creation to a worker starting it (Kafka and worker availability);
+
+and for the whole study: the wall time beside the critical path of job run times, and the time to
+create the study (planning, checks, the first submissions). A second identical study then measures
+reuse: every job adopted, none run. Writes ``results.json`` and ``results.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+BASE_PORT = 24700
+
+
+def _t(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def measure(api: httpx.Client, study: dict[str, Any], created_at: float) -> dict[str, Any]:
+    """Per job: scheduling delay (inputs done -> submitted) and queue delay (submitted -> started)."""
+    from medsynth.api.studies.plan import expand
+    from medsynth.api.studies.spec import StudyCreate
+
+    nodes = expand(StudyCreate.model_validate(study["spec"]))
+    jobs = {n["node"]: api.get(f"/v1/jobs/{n['job_id']}").json() for n in study["nodes"]}
+    scheduling, queueing, rows = [], [], []
+    for node_id, node in nodes.items():
+        job = jobs[node_id]
+        ready = max([_t(jobs[d]["finished_at"]) for d in node.needs()], default=created_at)
+        submitted, started = _t(job["created_at"]), _t(job["started_at"])
+        scheduling.append(submitted - ready)
+        queueing.append(started - submitted)
+        rows.append({"node": node_id, "kind": node.kind.value, "scheduling_s": submitted - ready, "queue_s": started - submitted,
+                     "run_s": _t(job["finished_at"]) - started})
+    return {"jobs": len(rows), "scheduling_s": _summary(scheduling), "queue_s": _summary(queueing), "rows": rows,
+            "run_s_total": sum(r["run_s"] for r in rows)}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "max": float(max(values))}
+
+
+def run_study(api: httpx.Client, spec: dict[str, Any], echo) -> tuple[dict[str, Any], float, float]:
+    began = time.time()
+    r = api.post("/v1/studies", json=spec)
+    if r.status_code != 202:
+        raise SystemExit(f"POST /v1/studies: HTTP {r.status_code}: {r.text}")
+    create_s = time.time() - began
+    study = r.json()
+    while study["state"] == "running":
+        time.sleep(0.5)
+        study = api.get(f"/v1/studies/{study['study_id']}").json()
+    echo(f"  study {study['study_id']}: {study['state']} in {time.time() - began:.1f} s")
+    return study, began, create_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medsynth.core.settings import load_settings
+    from medsynth.datasets.phantoms import write_phantom_dataset
+    from medsynth.local import stack
+    from medsynth.local.demo import wait_for_job
+    from medsynth.local.ingest_client import ingest_folder
+
+    parser = argparse.ArgumentParser(prog="python -m medsynth.bench.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", type=int, default=2, choices=range(1, 4), help="joint-gan, then spade, then stylegan2")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default="bench-results/study")
+    args = parser.parse_args(argv)
+    echo = lambda *a: print(*a, flush=True)  # noqa: E731
+    home = Path(tempfile.mkdtemp(prefix="medsynth-bench-study-"))
+    os.environ.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT=str(BASE_PORT))
+    settings = load_settings()
+    echo(f"== starting the stack in {home}")
+    stack.up(settings, echo=echo)
+    try:
+        uploader, researcher = stack.issue_key(settings, "uploader"), stack.issue_key(settings, "researcher")
+        write_phantom_dataset(home / "phantoms", n=8, seed=0, shape=(24, 24, 10))
+        ingest_folder(home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", api_key=uploader)
+        with httpx.Client(base_url=f"http://127.0.0.1:{BASE_PORT}", timeout=120, headers={"Authorization": f"Bearer {researcher}"}) as api:
+            r = api.post("/v1/datasets/bench/views", json={"size": 32, "val_fraction": 0.2, "test_fraction": 0.2})
+            view = wait_for_job(api, r.json()["job_id"], echo=lambda *_: None)
+            tiny = {"joint-gan": {"family": "joint-gan", "latent_dim": 16, "base_channels": 8},
+                    "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8, "num_scales": 1,
+                              "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
+                    "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256,
+                                  "channel_max": 16, "mbstd_group": 2}}
+            spec = {"dataset": "bench", "view_id": view["result_keys"]["view"].split("/")[-2], "seeds": list(range(args.seeds)),
+                    "cohort_size": 16, "max_eval_samples": 32,
+                    "families": [{"generator": g, "training": {"steps": 2, "batch_size": 8}} for g in list(tiny.values())[:args.families]],
+                    "arms": {"synthetic": True, "ratios": [0.5], "augmentation": [False]},
+                    "segmentation": {"models": ["unet"], "steps": 2, "batch_size": 8}}
+            echo("== a study of tiny jobs")
+            study, began, create_s = run_study(api, spec, echo)
+            wall_s = _t(study["finished_at"]) - began
+            first = measure(api, study, began)
+            echo("== the same study again (every job reused)")
+            again, began2, create2_s = run_study(api, spec, echo)
+            reused = sum(n["reused"] for n in again["nodes"])
+    finally:
+        stack.down(settings, echo=lambda *_: None)
+    results = {"state": study["state"], "jobs": first["jobs"], "create_s": create_s, "wall_s": wall_s, "run_s_total": first["run_s_total"],
+               "scheduling_s": first["scheduling_s"], "queue_s": first["queue_s"], "study_every_s": settings.study_every_s,
+               "again": {"state": again["state"], "reused": reused, "of": len(again["nodes"]), "create_s": create2_s,
+                         "wall_s": _t(again["finished_at"]) - began2},
+               "rows": first["rows"], "cpu_count": os.cpu_count()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(table(results))
+    echo(table(results))
+    return 0 if study["state"] == "succeeded" and reused == len(again["nodes"]) else 1
+
+
+def table(r: dict[str, Any]) -> str:
+    s, q, a = r["scheduling_s"], r["queue_s"], r["again"]
+    return "\n".join([
+        f"# bench-study — {r['jobs']} tiny jobs, study loop every {r['study_every_s']:g} s, {r['cpu_count']} CPUs", "",
+        "| measure | p50 | p95 | max |", "|---|---|---|---|",
+        f"| scheduling delay (inputs done → job submitted), s | {s['p50']:.2f} | {s['p95']:.2f} | {s['max']:.2f} |",
+        f"| queue delay (submitted → started by a worker), s | {q['p50']:.2f} | {q['p95']:.2f} | {q['max']:.2f} |", "",
+        f"study {r['state']}: created in {r['create_s']:.2f} s, ended after {r['wall_s']:.1f} s; its jobs ran {r['run_s_total']:.1f} s in all.",
+        f"the same study again: {a['state']}, {a['reused']} of {a['of']} jobs reused, created in {a['create_s']:.2f} s, "
+        f"ended after {a['wall_s']:.1f} s.", ""])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
