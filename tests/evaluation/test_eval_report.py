@@ -93,3 +93,36 @@ def test_utility_row_keeps_per_class_summaries() -> None:
     assert row["mean_hd95"] == pytest.approx(3.5)  # classes without a defined HD95 are left out
     assert (row["hd95_unit"], row["best_step"], row["best_val_dice"]) == ("mm", 20, 0.7)
     assert utility_row(_run("real", unit=None))["hd95_unit"] == "px"
+
+
+def test_the_evaluation_report_in_a_real_browser(tmp_path) -> None:
+    """A data team's page: explained, with its caveats, every table within the page width (Chromium via
+    Playwright; the screenshot is kept under test-artifacts/)."""
+    import shutil
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    from medsynth.metrics.report import render_html
+
+    options = {f"option_{i}": i * 1.5 for i in range(30)}  # a family with many options: still a narrow table
+    results = _results() | {"generator": {"family": "stylegan2", "options": options, "training": {"steps": 6, "batch_size": 8, "lr_g": 0.002},
+                                          "steps_done": 6, "device": "cpu"},
+                            "samples": {"real_used": 40, "real_available": 40, "synthetic_used": 64, "synthetic_available": 64,
+                                        "selection": "all"}}
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_html(results, {}, {"loss_g": [(0, 1.0), (10, 0.5)]}))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                                                                     "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(page_file.as_uri())
+        text = page.locator("body").inner_text()
+        assert "What the numbers mean" in text and "Too small for conclusions" in text and "Relative Dice" in text
+        wide = page.evaluate("() => Array.from(document.querySelectorAll('table')).filter(t => t.getBoundingClientRect().right > "
+                             "document.body.getBoundingClientRect().right + 1).length")
+        assert wide == 0, "a table runs past the page"
+        artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        page.screenshot(path=str(artifacts / "evaluation-report.png"), full_page=True)
+        browser.close()

@@ -271,4 +271,5 @@ def utility_row(run: Mapping[str, Any]) -> dict[str, Any]:
         "hd95_per_class": {c: test["hd95"][c] for c in classes},
         "hd95_unit": test.get("hd95_unit", "px"),
         "n_cases": test["n_cases"], "best_step": run.get("best_step"), "best_val_dice": run.get("best_val_dice"),
+        "steps": (run.get("spec") or {}).get("steps"),
     }  # fmt: skip

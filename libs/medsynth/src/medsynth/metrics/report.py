@@ -40,7 +40,7 @@ def _generator_section(generator: Mapping[str, Any]) -> str:
             f"{budget} on {_fmt(generator.get('device'))}</p>")
     options = {k: v for k, v in (generator.get("options") or {}).items() if k != "family"}
     training = generator.get("training") or {}
-    return head + "<h3>Options</h3>" + _table([options]) + ("<h3>Training</h3>" + _table([training]) if training else "")
+    return head + "<h3>Options</h3>" + _kv_table(options) + ("<h3>Training</h3>" + _kv_table(training) if training else "")
 
 
 def curve_svg(
@@ -107,6 +107,50 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] | None = None)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _kv_table(row: Mapping[str, Any]) -> str:
+    """One record as a two-column table (name, value): a row of many fields would not fit the page."""
+    if not row:
+        return "<p>(none)</p>"
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v if not isinstance(v, (list, dict)) else json.dumps(v))}</td></tr>"
+                   for k, v in row.items())
+    return f"<table class='kv'>{body}</table>"
+
+
+#: What each number means, its direction and what to read it against (shown on every report).
+EXPLAINED = (
+    ("FID / KID", "distance between the features of real and synthetic images (extractor named): 0 for identical "
+                  "distributions, lower is better. Read each against its real-versus-real baseline at the same counts: "
+                  "the score a perfect generator would get with this much data."),
+    ("Precision / recall / density / coverage", "in the same feature space: the share of synthetic images that look real "
+     "(precision), of real variety the cohort covers (recall, coverage), and crowding (density, about 1 when matched). Higher "
+     "is better for precision, recall and coverage (at most 1)."),
+    ("Diversity", "how different the synthetic images are from each other, against the real ones (ratio about 1 is "
+                  "healthy; below 0.5 suggests mode collapse)."),
+    ("Dice / HD95", "a segmenter trained on real, synthetic or mixed data, tested on held-out real patients: Dice is "
+                    "mask overlap (0 to 1, higher is better), HD95 the 95th-percentile boundary distance (lower is better)."),
+    ("Relative Dice", "synthetic-only Dice over real-only Dice: 1.0 means the cohort served as well as the real data "
+                      "(the seed studies report 0.86-1.00 with fully trained generators)."),
+    ("Memorization", "the share of synthetic images the audit flags as near-copies of a training image (lower is safer); "
+                     "the release gate withheld such draws before the cohort was written."),
+)
+SMALL_STEPS, SMALL_SAMPLES = 2000, 500
+
+
+def _caveats(results: Mapping[str, Any]) -> list[str]:
+    out = []
+    generator = results.get("generator") or {}
+    if (generator.get("steps_done") or 0) < SMALL_STEPS:
+        out.append(f"the generator trained for {_fmt(generator.get('steps_done'))} steps (far from converged below about {SMALL_STEPS}).")
+    used = (results.get("samples") or {}).get("synthetic_used") or 0
+    if used < SMALL_SAMPLES:
+        out.append(f"{used} synthetic images were scored (FID and KID are biased on small samples).")
+    for row in results.get("utility", []):
+        steps = row.get("steps")
+        if steps is not None and steps < SMALL_STEPS:
+            out.append(f"the {row['source']} segmenter trained for {steps} steps.")
+    return out
 
 
 def _ci(summary: Mapping[str, Any] | None) -> str:
@@ -213,7 +257,7 @@ def _release_section(release: Mapping[str, Any] | None) -> str:
     row = {k: release.get(k) for k in ("policy", "draws", "released", "flagged", "fraction_flagged", "released_flagged")}
     row |= {"withheld": len(release.get("withheld", [])), "pixel threshold": release["thresholds"]["pixel"],
             "low-pass threshold": release["thresholds"]["lowpass"]}  # fmt: skip
-    return (_table([row]) + f"<p>Rule: {html.escape(release['rule'])}; thresholds: {html.escape(release['thresholds']['how'])}. "
+    return (_kv_table(row) + f"<p>Rule: {html.escape(release['rule'])}; thresholds: {html.escape(release['thresholds']['how'])}. "
             f"Spaces: {html.escape('; '.join(release['spaces'].values()))}.</p>")
 
 
@@ -222,11 +266,16 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
     ``real``, ``memorization``, ``release``); ``curves`` the generator's named (step, value) series."""
     title = f"medsynth evaluation {results.get('evaluation_id', '')}"
     diversity = results.get("diversity") or {}
+    caveats = _caveats(results)
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='warn'>{html.escape(diversity['warning'])}</p>" if diversity.get("warning") else "",
         f"<p>cohort <b>{_fmt(results.get('cohort_id'))}</b> from generator <b>{_fmt(results.get('generator_id'))}</b>, "
-        f"dataset <b>{_fmt(results.get('dataset'))}</b> v{_fmt(results.get('dataset_version'))}</p>",
+        f"dataset <b>{_fmt(results.get('dataset'))}</b> v{_fmt(results.get('dataset_version'))}: how faithful the synthetic "
+        "images are, how useful for training a segmenter, and whether they copy training images.</p>",
+        (f"<p class='caveat'><b>Too small for conclusions:</b> {html.escape(' '.join(caveats))} Read the numbers as a check "
+         "of the pipeline.</p>" if caveats else ""),
+        "<h2>What the numbers mean</h2><dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in EXPLAINED) + "</dl>",
         "<h2>Generator</h2>",
         _generator_section(results.get("generator") or {}),
         "<h2>Samples</h2><div class='pair'>",
@@ -245,7 +294,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h2>Segmenter validation curves</h2>",
         _validation_curves(results.get("segmentation_curves")),
         "<h2>Memorization audit</h2>",
-        _table([{k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}]),
+        _kv_table({k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}),
         f"<figure>{_img(figures['memorization'], 'closest pairs')}<figcaption>closest synthetic (left) / training (right) pairs</figcaption></figure>"
         if "memorization" in figures else "",
         "<h2>Release gate (memorization audit at sampling)</h2>",
@@ -256,9 +305,12 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h2>Training curves</h2>",
         curve_svg(curves),
         "<h2>Raw numbers</h2>",
-        f"<pre>{html.escape(json.dumps(results, indent=2, default=str))}</pre>",
+        f"<details><summary>every number of this report as JSON (also report.json)</summary>"
+        f"<pre>{html.escape(json.dumps(results, indent=2, default=str))}</pre></details>",
     ]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+             ".caveat{background:#fff4e0;border-left:4px solid #e0a000;padding:.5em 1em}table.kv th{text-align:left;background:#f4f4f4}"
+             "dl dt{font-weight:bold;margin-top:.4em}img{max-width:100%}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}.pair{display:flex;gap:1em}"
              ".warn{background:#fdecea;border:1px solid #c0392b;padding:.5em 1em;font-weight:bold}"
              "pre{font-size:11px;background:#f6f6f6;padding:1em;overflow:auto}")
