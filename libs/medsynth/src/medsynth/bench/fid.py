@@ -13,7 +13,6 @@ busy machine slows both alike. Writes ``results.json`` and ``results.md`` under 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from medsynth.bench import save_results
 
 SIZE = 64
 
@@ -146,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="medsynth-bench-fid-") as work:
         result = run(args.images, args.rounds, args.batch_size, args.workers, args.seed, Path(work))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(markdown(result) + "\n")
+    save_results(args.out, result, markdown(result))
     print(markdown(result))
     return 0
 

@@ -13,7 +13,6 @@ or ``make bench-generators`` do).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from medsynth.core.errors import MedsynthError
+
+from medsynth.bench import save_results
 
 NOISE = (0.01, 0.02, 0.05)
 SHIFTS = (1, 2)
@@ -87,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except MedsynthError as exc:
         print(f"bench-gate: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.out / "results.md").write_text(markdown(result) + "\n")
+    save_results(args.out, result, markdown(result))
     print(markdown(result))
     return 0
 

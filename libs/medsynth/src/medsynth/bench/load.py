@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from medsynth.bench import save_results
 
 BASE_PORT = 23700
 
@@ -197,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.down(settings, echo=lambda *_: None)
     results = {"ingest": ingest, "cohorts": cohorts, "cpu_count": os.cpu_count()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(table(results))
+    save_results(args.out, results, table(results))
     echo(table(results))
     return 0 if ingest["lost"] == 0 else 1
 

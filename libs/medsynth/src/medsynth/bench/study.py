@@ -16,7 +16,6 @@ reuse: every job adopted, none run. Writes ``results.json`` and ``results.md`` u
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from medsynth.bench import save_results
 
 BASE_PORT = 24700
 
@@ -122,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                "again": {"state": again["state"], "reused": reused, "of": len(again["nodes"]), "create_s": create2_s,
                          "wall_s": _t(again["finished_at"]) - began2},
                "rows": first["rows"], "cpu_count": os.cpu_count()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(table(results))
+    save_results(args.out, results, table(results))
     echo(table(results))
     return 0 if study["state"] == "succeeded" and reused == len(again["nodes"]) else 1
 

@@ -276,7 +276,7 @@ def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, by
     parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"])]
     parts.append(_family_figures(results, figures or {}))
     corr = results["fid_vs_dice"]
-    parts.append(f"<p>FID against synthetic-only Dice across generators: "
+    parts.append("<p>FID against synthetic-only Dice across generators: "
                  + (escape(corr["skipped"]) if "skipped" in corr else f"Spearman ρ = {corr['rho']:.2f} (p = {corr['p']:.3f}, n = {corr['n']}); {escape(corr['reading'])}")
                  + ".</p>")
     parts.append(_reader_section(results.get("reader_studies") or []))
