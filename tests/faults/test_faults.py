@@ -300,7 +300,8 @@ def test_the_api_killed_during_a_burst_of_submissions(stack: dict) -> None:
 def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
     """A study (one generator, its cohort, real-only and synthetic segmenters, an evaluation) while the
     trainer is killed mid-generator, then the api (which drives studies) mid-study, then the segmenter
-    mid-run: the study ends succeeded, every job of it once, none duplicated."""
+    mid-run, then the broker as the evaluation is submitted: the study ends succeeded, every job of it
+    once, none duplicated."""
     spec = {"dataset": "f", "view_id": stack["view_id"], "seeds": [0], "cohort_size": 16, "max_eval_samples": 16,
             "families": [{"generator": TINY_GAN, "training": {"steps": 60, "batch_size": 8, "checkpoint_every": 20, "log_every": 5}}],
             "arms": {"synthetic": True, "ratios": [], "augmentation": [False]},
@@ -327,6 +328,12 @@ def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
             assert time.monotonic() < deadline, "the study did not go on after the api was killed"
             time.sleep(0.5)
         kill_when_running(api, stack["env"], nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"], "segmenter")
+        evaluation = lambda: next(n for n in api.get(f"/v1/studies/{study_id}").json()["nodes"] if n["node"] == "evaluate/joint-gan/s0")  # noqa: E731
+        deadline = time.monotonic() + 300
+        while not evaluation()["job_id"]:  # the evaluation is submitted once both runs are done: then the broker goes
+            assert time.monotonic() < deadline, "the study did not reach its evaluation"
+            time.sleep(0.3)
+        os.kill(pid_of(stack["env"], "broker"), signal.SIGKILL)  # the supervisor restarts it; the queued command is kept
         deadline = time.monotonic() + 400
         while (study := api.get(f"/v1/studies/{study_id}").json())["state"] == "running":
             assert time.monotonic() < deadline, study
@@ -339,4 +346,4 @@ def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
         attempts = {f["kind"]: f["attempts"] for f in finals if f["job_id"] in (generator, nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"])}
         assert attempts == {"train-generator": 2, "train-segmenter": 2}, attempts
         assert api.get(study["results"]["json"]).status_code == 200
-    record_row(stack, "kill -9 trainer, api, segmenter during a study", sorted(new_jobs), finals, time.monotonic() - started)
+    record_row(stack, "kill -9 trainer, api, segmenter, broker during a study", sorted(new_jobs), finals, time.monotonic() - started)

@@ -109,9 +109,30 @@ def list_studies(store: ObjectStore) -> list[StudyRecord]:
     return [load_study(store, i) for i in ids]
 
 
+_ADVANCING: dict[str, threading.Lock] = {}
+_ADVANCING_GUARD = threading.Lock()
+
+
 def advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> StudyRecord:
     """Refresh every node from its job, submit those whose inputs are ready, and finish the study
-    when nothing is left to run. Writes the record back when anything changed."""
+    when nothing is left to run. Writes the record back when anything changed.
+
+    One pass at a time per study in this process (the request that creates a study and the loop
+    would otherwise both submit its first jobs); a pass that finds another running returns at once.
+    Between api processes the content-key claim decides: the loser cancels the job it submitted."""
+    if record.state != "running":
+        return record
+    with _ADVANCING_GUARD:
+        lock = _ADVANCING.setdefault(record.study_id, threading.Lock())
+    if not lock.acquire(blocking=False):
+        return record
+    try:
+        return _advance(load_study(store, record.study_id), store, jobs)
+    finally:
+        lock.release()
+
+
+def _advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> StudyRecord:
     if record.state != "running":
         return record
     before = record.model_dump_json()
