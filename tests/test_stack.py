@@ -301,7 +301,7 @@ def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) 
         assert 0 < plus_one["spec"]["synthetic_ratio"] < 0.5  # one patient's worth beside several real ones
         html = (tmp_path / "report.html").read_text()
         for text in ("What the numbers mean", "Too small for conclusions", "Relative Dice", "spade · mixed 0.5 · unet · aug off", "<svg",
-                     "Samples and closest pairs per family", "training patient", "data:image/png;base64,"):
+                     "Samples and closest pairs per family", "training patient", "data:image/png;base64,", "t-SNE"):
             assert text in html, text
         assert len(paths) == 3
 

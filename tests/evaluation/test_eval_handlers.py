@@ -205,6 +205,9 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
         assert row["real_baseline"] is not None and row["value_at_baseline_counts"] is not None
         assert row["n_fake_at_baseline_counts"] == min(row["n_fake"], row["baseline_n_b"])
     assert [r["name"] for r in report["fidelity"]] == [f"fid{world['n_healthy']}", f"kid{world['n_healthy']}"]
+    embedding = report["embedding"]
+    assert len(embedding["real"]) == min(200, view["counts"]["train"]) and len(embedding["synthetic"]) == min(200, world["n_healthy"])
+    assert embedding["method"].startswith("t-SNE") and all(len(p) == 2 for p in embedding["real"]) and "features in 2D" in html
     assert set(report["figures"]) == {"synthetic", "real", "memorization"}
     assert all(world["store"].get_bytes(k).startswith(b"\x89PNG") for k in report["figures"].values())
     pair = report["memorization"]["worst_pairs"][0]

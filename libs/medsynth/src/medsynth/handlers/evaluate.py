@@ -33,6 +33,7 @@ from medsynth.metrics.fidelity import (
     real_baseline,
     split_halves,
 )
+from medsynth.metrics.embedding import tsne
 from medsynth.metrics.manifold import ManifoldMetric
 from medsynth.metrics.reference import cached_features, images_digest, reference_key
 from medsynth.metrics.registry import metric_name
@@ -166,6 +167,7 @@ def evaluation_results(
                                 halves=halves[:2] if halves else None, feature_extractor=in_domain.name if in_domain else None, seed=seed)  # fmt: skip
     if halves:
         diversity["real_baseline_split"] = halves[2]
+    embedding = _embedding(in_domain.name, f_real, f_fake, seed) if in_domain is not None else None
     progress(0.5, "memorization audit")
     feats = {"features_synth": f_fake, "features_train": f_real} if in_domain is not None else {}
     audit = memorization_audit(fake, real, **feats)
@@ -180,6 +182,7 @@ def evaluation_results(
     return {
         "fidelity": fidelity,
         "manifold": manifold,
+        "embedding": embedding,
         "diversity": diversity,
         "utility": utility,
         "relative_dice": relative,
@@ -215,6 +218,21 @@ def _fidelity_rows(extractor: FeatureExtractor, f_real: np.ndarray, f_fake: np.n
             }  # fmt: skip
         rows.append(row)
     return rows
+
+
+EMBED_POINTS = 200  # a side: an exact t-SNE of 400 points takes a few seconds on a CPU
+
+
+def _embedding(extractor: str, f_real: np.ndarray, f_fake: np.ndarray, seed: int) -> dict[str, Any] | None:
+    """2D t-SNE of (at most EMBED_POINTS a side of) the real and synthetic features, for the reports."""
+    rng = np.random.default_rng(seed)
+    real = f_real[np.sort(rng.choice(len(f_real), min(EMBED_POINTS, len(f_real)), replace=False))]
+    fake = f_fake[np.sort(rng.choice(len(f_fake), min(EMBED_POINTS, len(f_fake)), replace=False))]
+    if len(real) + len(fake) < 10:
+        return None
+    y = tsne(np.concatenate([real, fake]), seed=seed)
+    return {"method": f"t-SNE (exact, perplexity {min(30.0, (len(y) - 1) / 3):g}, seed {seed}) of {extractor} features",
+            "real": np.round(y[:len(real)], 3).tolist(), "synthetic": np.round(y[len(real):], 3).tolist()}
 
 
 def _manifold_rows(extractor: str, f_real: np.ndarray, f_fake: np.ndarray) -> list[dict[str, Any]]:

@@ -109,6 +109,36 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str] | None = None)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def scatter_svg(groups: Mapping[str, Sequence[Sequence[float]]], *, size: int = 320) -> str:
+    """Points of named groups (real in grey, synthetic in red, others coloured in turn) in one square."""
+    points = [p for pts in groups.values() for p in pts]
+    if not points:
+        return ""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    lo_x, hi_x, lo_y, hi_y = min(xs), max(xs), min(ys), max(ys)
+    span = max(hi_x - lo_x, hi_y - lo_y, 1e-9)
+    at = lambda p: (10 + (p[0] - lo_x) / span * (size - 20), 10 + (p[1] - lo_y) / span * (size - 20))  # noqa: E731
+    colours = {"real": "#777777", "synthetic": "#d62728"}
+    others = iter(["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size + 110}" height="{size}" font-family="sans-serif" font-size="11">'
+           f'<rect x="0" y="0" width="{size}" height="{size}" fill="none" stroke="#ccc"/>']
+    for i, (name, pts) in enumerate(groups.items()):
+        colour = colours.get(name) or next(others, "#000000")
+        out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}" fill-opacity="0.6"/>' for x, y in map(at, pts)]
+        out.append(f'<circle cx="{size + 12}" cy="{14 + 16 * i}" r="4" fill="{colour}"/>'
+                   f'<text x="{size + 20}" y="{18 + 16 * i}">{html.escape(name)} ({len(pts)})</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _embedding_section(embedding: Mapping[str, Any] | None) -> str:
+    if not embedding:
+        return "<p>(no in-domain features to map)</p>"
+    return (scatter_svg({"real": embedding["real"], "synthetic": embedding["synthetic"]})
+            + f"<p>{html.escape(embedding['method'])}. Near points have similar features; a region with only one colour is "
+            "data the generator misses (grey) or invents (red). Distances between clusters mean little.</p>")
+
+
 def _kv_table(row: Mapping[str, Any]) -> str:
     """One record as a two-column table (name, value): a row of many fields would not fit the page."""
     if not row:
@@ -287,6 +317,8 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         _fidelity_section(results.get("fidelity", [])),
         "<h3>Precision, recall, density, coverage</h3>",
         _manifold_section(results.get("manifold", [])),
+        "<h3>Real and synthetic features in 2D</h3>",
+        _embedding_section(results.get("embedding")),
         "<h2>Diversity</h2>",
         _diversity_section(diversity),
         "<h2>Utility (segmentation on held-out real patients)</h2>",

@@ -12,6 +12,7 @@ import base64
 from html import escape
 from typing import Any
 
+from medsynth.metrics.report import scatter_svg
 from medsynth.metrics.statistics import cd_diagram_svg
 
 #: Below these, the report says the numbers check the pipeline rather than answer the question.
@@ -229,6 +230,10 @@ def _family_figures(results: dict[str, Any], figures: dict[str, dict[str, bytes]
         pairs = "; ".join(f"synthetic #{p['synthetic_sample']} ↔ training patient {escape(str(p['train_patient']))} "
                           f"(distance {_num(p['distance'])})" for p in g.get("closest_pairs", []))
         parts.append(f"<h3>{escape(family)} (seed {g.get('seed', '–')})</h3>")
+        if g.get("embedding"):
+            parts.append(f"<figure>{scatter_svg({'real': g['embedding']['real'], 'synthetic': g['embedding']['synthetic']})}"
+                         f"<figcaption>{escape(g['embedding']['method'])}: a region of one colour is data the generator "
+                         "misses (grey) or invents (red).</figcaption></figure>")
         for name, caption in (("synthetic", "samples with masks"), ("memorization", "closest pairs: synthetic (left), training (right)")):
             if name in figs:
                 data = base64.b64encode(figs[name]).decode()

@@ -77,6 +77,7 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
                     "n_real": fid and fid["n_real"], "n_fake": fid and fid["n_fake"],
                     "memorized_fraction": (report.get("memorization") or {}).get("fraction_flagged"),
                     "figures": report.get("figures", {}),
+                    "embedding": report.get("embedding"),
                     "closest_pairs": [{k: p.get(k) for k in ("synthetic_sample", "train_patient", "distance")}
                                       for p in (report.get("memorization") or {}).get("worst_pairs", [])[:4]],
                     **{r["metric"]: r["value"] for r in report.get("manifold", []) if fid and r["extractor"] == fid["extractor"]}})
