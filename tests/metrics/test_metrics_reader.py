@@ -9,7 +9,7 @@ from medsynth.metrics.reader import clopper_pearson, reader_performance
 
 
 def test_clopper_pearson_published_values() -> None:
-    # 7 of 10: 0.3475-0.9333 (the exact interval as tabulated, e.g. by Newcombe 1998, Table II); 0 of 10: 0-0.3085
+    # the exact intervals R gives (binom.test(7, 10): 0.3475-0.9333; binom.test(0, 10): 0-0.3085)
     assert clopper_pearson(7, 10) == pytest.approx((0.3475, 0.9333), abs=1e-4)
     assert clopper_pearson(0, 10) == pytest.approx((0.0, 0.3085), abs=1e-4)
     assert clopper_pearson(10, 10) == pytest.approx((0.6915, 1.0), abs=1e-4)
