@@ -13,7 +13,7 @@ from medsynth import __version__
 from medsynth.auth.guard import AuditMiddleware, Guard, authorize, document_public_routes
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
-from medsynth.api.studies.runner import run_study_loop
+from medsynth.api.studies.runner import run_study_loop, watch_job_endings
 from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
@@ -108,7 +108,9 @@ def create_api_app(settings: Settings, *, reconcile: bool = True) -> FastAPI:
             def studies_of_every_project():
                 return [(project_store(app.state.store, name), jobs_of(name)) for name in Projects(app.state.store).names()]
 
-            threading.Thread(target=run_study_loop, args=(studies_of_every_project, settings.study_every_s, stop),
+            wake = threading.Event()  # a job ended: move studies on now
+            threading.Thread(target=watch_job_endings, args=(app.state.bus, wake, stop), name="study-events", daemon=True).start()
+            threading.Thread(target=run_study_loop, args=(studies_of_every_project, settings.study_every_s, stop, wake),
                              name="studies", daemon=True).start()
         yield
         stop.set()

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from medsynth.api.studies.plan import Node, check_size, expand, node_keys
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.api.submissions import SUBMISSIONS
+from medsynth.bus.client import Bus
 from medsynth.core.clock import utcnow
 from medsynth.datasets.views import view_key
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
@@ -219,9 +220,16 @@ def _finish(record: StudyRecord, store: ObjectStore, jobs: JobService) -> None:
     record.finished_at = utcnow()
 
 
-def run_study_loop(projects: Callable[[], Iterable[tuple[ObjectStore, JobService]]], every_s: float, stop: threading.Event) -> None:
-    """Advance every running study of every project, every ``every_s`` seconds, until ``stop``."""
-    while not stop.wait(every_s):
+def run_study_loop(projects: Callable[[], Iterable[tuple[ObjectStore, JobService]]], every_s: float, stop: threading.Event,
+                   wake: threading.Event | None = None) -> None:
+    """Advance every running study of every project every ``every_s`` seconds, and as soon as ``wake``
+    is set (a job ended: :func:`watch_job_endings`), until ``stop``."""
+    wake = wake or threading.Event()
+    while not stop.is_set():
+        wake.wait(every_s)
+        wake.clear()
+        if stop.is_set():
+            return
         for store, jobs in projects():
             try:
                 for record in list_studies(store):
@@ -229,3 +237,42 @@ def run_study_loop(projects: Callable[[], Iterable[tuple[ObjectStore, JobService
                         advance(record, store, jobs)
             except Exception:  # noqa: BLE001 - one project's failure must not stop the others; the next pass retries
                 log.exception("advancing studies failed")
+
+
+ENDINGS = ("succeeded", "failed", "cancelled")
+
+
+def watch_job_endings(bus: Bus, wake: threading.Event, stop: threading.Event) -> None:
+    """Set ``wake`` whenever a job-ended event arrives on the events topic, so that a study submits
+    what its inputs were waiting for at once rather than at the loop's next tick. Its own consumer
+    group per api process, from the newest events; on broker trouble it retries, and the loop's
+    period remains the fallback."""
+    from google.protobuf.message import DecodeError
+    from kafka.errors import KafkaError
+
+    from medsynth.bus.messages import Event
+    from medsynth.bus.topics import events_topic
+
+    group = f"{bus.prefix}.api-studies-{uuid.uuid4().hex[:8]}"
+    while not stop.is_set():
+        try:
+            consumer = bus.consumer([events_topic(bus.prefix)], group=group, auto_offset_reset="latest", max_poll_records=200)
+        except KafkaError as exc:
+            log.debug("study event watcher not connected: %s", exc)
+            stop.wait(2.0)
+            continue
+        try:
+            while not stop.is_set():
+                for messages in consumer.poll(timeout_ms=500).values():
+                    for message in messages:
+                        event = Event()
+                        try:
+                            event.ParseFromString(message.value)
+                        except DecodeError:  # not an event: nothing to wake for
+                            continue
+                        if event.WhichOneof("body") in ENDINGS:
+                            wake.set()
+        except KafkaError as exc:  # the broker went away: reconnect
+            log.debug("study event watcher: %s", exc)
+        finally:
+            consumer.close(autocommit=False)
