@@ -179,10 +179,10 @@ def answer(store: ObjectStore, reader: Reader, body: ReaderAnswer) -> dict[str, 
     return next_item(store, reader)
 
 
-def reader_results(store: ObjectStore, study_id: str) -> dict[str, Any]:
+def reader_results(store: ObjectStore, study_id: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per reader and pooled: accuracy, sensitivity (synthetic called synthetic), specificity (real
     called real) with exact binomial intervals, and mean quality ratings by truth."""
-    record = _record(store, study_id)
+    record = record or _record(store, study_id)
     truth = store.get_json(f"{_prefix(study_id)}truth.json")
     per_reader, pooled, ratings = {}, [], {"real": [], "synthetic": []}
     for name, reader in record["readers"].items():
@@ -202,4 +202,5 @@ def reader_results(store: ObjectStore, study_id: str) -> dict[str, Any]:
 def reader_studies_of(store: ObjectStore, study_id: str) -> list[dict[str, Any]]:
     """The results of every reader study that names study ``study_id``."""
     ids = sorted({k.split("/")[1] for k in store.list("reader-studies/") if k.endswith("/study.json")})
-    return [reader_results(store, i) for i in ids if _record(store, i).get("study_id") == study_id]
+    records = {i: _record(store, i) for i in ids}
+    return [reader_results(store, i, r) for i, r in records.items() if r.get("study_id") == study_id]

@@ -97,17 +97,17 @@ def _ended(store, study_id: str) -> StudyRecord:
     return record
 
 
-def _with_readers(store, study_id: str) -> dict[str, Any]:
+def _with_readers(store, record: StudyRecord) -> dict[str, Any]:
     """The stored results, with the reader studies that name this study as they stand now."""
-    results = store.get_json(_ended(store, study_id).results_keys["json"])
-    return {**results, "reader_studies": reader_studies_of(store, study_id)}
+    results = store.get_json(record.results_keys["json"])
+    return {**results, "reader_studies": reader_studies_of(store, record.study_id)}
 
 
 @router.get("/{study_id}/results")
 def get_study_results(study_id: str, store: StoreDep) -> dict[str, Any]:
     """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice,
     and the visual Turing tests (reader studies) of its cohorts."""
-    return _with_readers(store, study_id)
+    return _with_readers(store, _ended(store, study_id))
 
 
 @router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
@@ -118,7 +118,8 @@ def get_study_csv(study_id: str, store: StoreDep) -> Response:
 @router.get("/{study_id}/report", response_class=HTMLResponse)
 def get_study_report(study_id: str, store: StoreDep) -> HTMLResponse:
     """The report; with reader studies it is rendered anew, so their answers so far are in it."""
-    results = _with_readers(store, study_id)
+    record = _ended(store, study_id)
+    results = _with_readers(store, record)
     if not results["reader_studies"]:
-        return HTMLResponse(store.get_bytes(_ended(store, study_id).results_keys["html"]).decode())
+        return HTMLResponse(store.get_bytes(record.results_keys["html"]).decode())
     return HTMLResponse(render_study_report(results, load_figures(results, store)))

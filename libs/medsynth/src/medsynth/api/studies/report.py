@@ -12,11 +12,12 @@ import base64
 from html import escape
 from typing import Any
 
-from medsynth.metrics.report import scatter_svg
+from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, scatter_svg
 from medsynth.metrics.statistics import cd_diagram_svg
 
-#: Below these, the report says the numbers check the pipeline rather than answer the question.
-SMALL = {"seeds": 3, "segmentation_steps": 2000, "cohort_size": 500}
+#: Below these (and the evaluation report's step and sample counts), the report says the numbers
+#: check the pipeline rather than answer the question.
+SMALL = {"seeds": 3, "segmentation_steps": SMALL_STEPS, "cohort_size": SMALL_SAMPLES}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -75,7 +76,7 @@ def _caveats(spec: dict[str, Any]) -> list[str]:
     if spec["cohort_size"] < SMALL["cohort_size"]:
         out.append(f"cohorts of {spec['cohort_size']} samples (FID is biased upwards on small samples).")
     steps = {f.get("label") or f["generator"]["family"]: f["training"].get("steps") for f in spec["families"]}
-    out += [f"generator {name} trained for {n} steps only." for name, n in steps.items() if n is not None and n < 2000]
+    out += [f"generator {name} trained for {n} steps only." for name, n in steps.items() if n is not None and n < SMALL_STEPS]
     return out
 
 

@@ -84,8 +84,8 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
     return sorted(out, key=lambda g: (g["family"], g["seed"]))
 
 
-def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, Any]:
-    runs = _runs(record, store, records)
+def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``runs``: :func:`_runs` of the record (read once, for these numbers and the CSV)."""
     patients = sorted({p for entries in runs.values() for e in entries for p in e.get("dice", {})})
     arms, failed = [], []
     for aid, entries in sorted(runs.items()):
@@ -179,11 +179,11 @@ def _fid_vs_dice(generators: list[dict[str, Any]], runs: dict[str, list[dict[str
             "reading": "a negative rho means lower FID went with higher Dice; near zero, FID did not predict usefulness"}
 
 
-def results_csv(results: dict[str, Any], record: StudyRecord, store: ObjectStore, records: JobRecords) -> str:
+def results_csv(runs: dict[str, list[dict[str, Any]]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_FIELDS)
     writer.writeheader()
-    for aid, entries in sorted(_runs(record, store, records).items()):
+    for aid, entries in sorted(runs.items()):
         for e in sorted(entries, key=lambda e: e["labels"]["seed"]):
             lab = e["labels"]
             writer.writerow({"arm_id": aid, "family": lab.get("family") or "", "arm": lab["arm"], "ratio": lab.get("ratio") or "",
@@ -222,10 +222,11 @@ def _finite(value: Any) -> Any:
 def write_results(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, str]:
     from medsynth.api.studies.report import render_study_report
 
-    results = _finite(compute_results(record, store, records))
+    runs = _runs(record, store, records)  # every segmentation run's metrics, read once
+    results = _finite(compute_results(record, store, records, runs))
     prefix = f"studies/{record.study_id}/"
     keys = {"json": f"{prefix}results.json", "csv": f"{prefix}results.csv", "html": f"{prefix}report.html"}
     store.put_json(keys["json"], results)
-    store.put_bytes(keys["csv"], results_csv(results, record, store, records).encode(), content_type="text/csv")
+    store.put_bytes(keys["csv"], results_csv(runs).encode(), content_type="text/csv")
     store.put_bytes(keys["html"], render_study_report(results, load_figures(results, store)).encode(), content_type="text/html")
     return keys

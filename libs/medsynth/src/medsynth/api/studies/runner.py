@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from medsynth.api.studies.plan import Node, check_size, expand, node_keys
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.api.submissions import SUBMISSIONS
+from medsynth.bus.messages import JobKind
 from medsynth.bus.client import Bus
 from medsynth.core.clock import utcnow
 from medsynth.datasets.views import view_key
@@ -85,8 +86,8 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
         if round(largest * per_patient) > spec.cohort_size:
             raise InvalidInput(f"the arm +{largest} patients needs {round(largest * per_patient)} synthetic slices ({per_patient:.1f} "
                                f"per training patient of view {spec.view_id}); cohort_size is {spec.cohort_size}")
-    for node in nodes.values():  # every generator request is checked now: a bad family is a 422, not a failed study
-        if node.kind.value == "train-generator":
+    for node in nodes.values():  # each family's generator request is checked now: a bad family is a 422, not a failed study
+        if node.kind is JobKind.train_generator and node.labels["seed"] == spec.seeds[0]:  # other seeds differ only in seed
             body_type, command = SUBMISSIONS[node.kind]
             command(body_type(**node.body), store, jobs.records)
     keys = node_keys(nodes)
@@ -95,7 +96,7 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
         nodes={n.id: NodeState(kind=n.kind.value, key=keys[n.id], labels=n.labels) for n in nodes.values()},
     )
     store.put_json(study_key(record.study_id), record.model_dump(mode="json"))
-    return advance(record, store, jobs)
+    return advance(record.study_id, store, jobs)
 
 
 def load_study(store: ObjectStore, study_id: str) -> StudyRecord:
@@ -105,30 +106,32 @@ def load_study(store: ObjectStore, study_id: str) -> StudyRecord:
         raise NotFound(f"unknown study {study_id!r}") from exc
 
 
+def study_ids(store: ObjectStore) -> list[str]:
+    return sorted({k.split("/")[1] for k in store.list("studies/") if k.endswith("/study.json")})
+
+
 def list_studies(store: ObjectStore) -> list[StudyRecord]:
-    ids = sorted({k.split("/")[1] for k in store.list("studies/") if k.endswith("/study.json")})
-    return [load_study(store, i) for i in ids]
+    return [load_study(store, i) for i in study_ids(store)]
 
 
 _ADVANCING: dict[str, threading.Lock] = {}
 _ADVANCING_GUARD = threading.Lock()
 
 
-def advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> StudyRecord:
+def advance(study_id: str, store: ObjectStore, jobs: JobService) -> StudyRecord:
     """Refresh every node from its job, submit those whose inputs are ready, and finish the study
     when nothing is left to run. Writes the record back when anything changed.
 
     One pass at a time per study in this process (the request that creates a study and the loop
     would otherwise both submit its first jobs); a pass that finds another running returns at once.
-    Between api processes the content-key claim decides: the loser cancels the job it submitted."""
-    if record.state != "running":
-        return record
+    Between api processes the content-key claim decides: the loser cancels the job it submitted.
+    The record is read once the pass holds the lock, so that it sees what the previous pass wrote."""
     with _ADVANCING_GUARD:
-        lock = _ADVANCING.setdefault(record.study_id, threading.Lock())
+        lock = _ADVANCING.setdefault(study_id, threading.Lock())
     if not lock.acquire(blocking=False):
-        return record
+        return load_study(store, study_id)
     try:
-        return _advance(load_study(store, record.study_id), store, jobs)
+        return _advance(load_study(store, study_id), store, jobs)
     finally:
         lock.release()
 
@@ -141,7 +144,8 @@ def _advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> Study
     for node_id, node in nodes.items():
         state = record.nodes[node_id]
         if state.job_id is not None:
-            _refresh(state, jobs)
+            if state.state not in ENDED:  # an ended job does not change: no need to read it again
+                _refresh(state, jobs)
             continue
         needed = [record.nodes[d] for d in node.needs()]
         stopped = [d for d, s in zip(node.needs(), needed) if s.state in ("failed", "cancelled", "blocked")]
@@ -232,9 +236,8 @@ def run_study_loop(projects: Callable[[], Iterable[tuple[ObjectStore, JobService
             return
         for store, jobs in projects():
             try:
-                for record in list_studies(store):
-                    if record.state == "running":
-                        advance(record, store, jobs)
+                for study_id in study_ids(store):  # advance reads each record once and leaves ended studies as they are
+                    advance(study_id, store, jobs)
             except Exception:  # noqa: BLE001 - one project's failure must not stop the others; the next pass retries
                 log.exception("advancing studies failed")
 
