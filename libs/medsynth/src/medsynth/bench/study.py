@@ -11,6 +11,12 @@ each, so that scheduling shows) and measures, per job:
 and for the whole study: the wall time beside the critical path of job run times, and the time to
 create the study (planning, checks, the first submissions). A second identical study then measures
 reuse: every job adopted, none run. Writes ``results.json`` and ``results.md`` under ``--out``.
+
+With ``--data`` (a Decathlon-layout folder) and ``--spec`` (a study spec, YAML, without ``dataset`` and
+``view_id``, which the bench fills in), it runs that study on real data instead, printing progress arm
+by arm, and also saves the study's own results (``study.json``, ``study.csv``, ``report.html`` and the
+critical-difference diagram ``cd.svg``) under ``--out``. ``studies/hippocampus-msd.yaml`` beside this
+module is the study of ``../shared/data/hippocampus-msd`` whose figures the README quotes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 from medsynth.bench import save_results
 
 BASE_PORT = 24700
+SPECS = Path(__file__).parent / "studies"
 
 
 def _t(value: str | None) -> float | None:
@@ -84,9 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medsynth.bench.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", type=int, default=2, choices=range(1, 4), help="joint-gan, then spade, then stylegan2")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--out", default="bench-results/study")
+    parser.add_argument("--data", type=Path, help="Decathlon-layout folder (imagesTr/ + labelsTr/); default: phantoms and tiny jobs")
+    parser.add_argument("--spec", type=Path, default=SPECS / "hippocampus-msd.yaml", help="with --data: the study to run")
+    parser.add_argument("--size", type=int, default=64, help="with --data: the view's image size")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/study"))
     args = parser.parse_args(argv)
+    if args.data is not None and not (args.data / "imagesTr").is_dir():
+        raise SystemExit(f"--data {args.data}: no imagesTr/ folder there (../shared/data exists on the team's machines and in CI only)")
     echo = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.data is not None:
+        # Several workers train at once here (generators beside segmenters beside evaluations): with torch's
+        # default of one thread per core in each, two jobs on two cores ran ~10x slower each (threads
+        # spinning against each other); one thread a process keeps each job at about half its solo speed.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     home = Path(tempfile.mkdtemp(prefix="medsynth-bench-study-"))
     os.environ.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT=str(BASE_PORT))
     settings = load_settings()
@@ -94,17 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     stack.up(settings, echo=echo)
     try:
         uploader, researcher = stack.issue_key(settings, "uploader"), stack.issue_key(settings, "researcher")
-        write_phantom_dataset(home / "phantoms", n=8, seed=0, shape=(24, 24, 10))
-        ingest_folder(home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", api_key=uploader)
+        if args.data is None:
+            write_phantom_dataset(home / "phantoms", n=8, seed=0, shape=(24, 24, 10))
+        summary = ingest_folder(args.data or home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", api_key=uploader)
+        echo("\n".join(summary.lines()))
         with httpx.Client(base_url=f"http://127.0.0.1:{BASE_PORT}", timeout=120, headers={"Authorization": f"Bearer {researcher}"}) as api:
-            r = api.post("/v1/datasets/bench/views", json={"size": 32, "val_fraction": 0.2, "test_fraction": 0.2})
-            view = wait_for_job(api, r.json()["job_id"], echo=lambda *_: None)
+            view_request = {"size": 32, "val_fraction": 0.2, "test_fraction": 0.2} if args.data is None else {"size": args.size, "seed": 0}
+            r = api.post("/v1/datasets/bench/views", json=view_request)
+            view = wait_for_job(api, r.json()["job_id"], timeout=3600, echo=lambda *_: None)
+            view_id = view["result_keys"]["view"].split("/")[-2]
+            if args.data is not None:
+                return _real_study(api, args, view_id, settings, echo)
             tiny = {"joint-gan": {"family": "joint-gan", "latent_dim": 16, "base_channels": 8},
                     "spade": {"family": "spade", "latent_dim": 16, "base_channels": 8, "spade_hidden": 8, "disc_channels": 8, "num_scales": 1,
                               "mask_latent_dim": 16, "mask_base_channels": 4, "mask_bank_size": 16},
                     "stylegan2": {"family": "stylegan2", "latent_dim": 16, "style_dim": 16, "mapping_layers": 2, "channel_base": 256,
                                   "channel_max": 16, "mbstd_group": 2}}
-            spec = {"dataset": "bench", "view_id": view["result_keys"]["view"].split("/")[-2], "seeds": list(range(args.seeds)),
+            spec = {"dataset": "bench", "view_id": view_id, "seeds": list(range(args.seeds)),
                     "cohort_size": 16, "max_eval_samples": 32,
                     "families": [{"generator": g, "training": {"steps": 2, "batch_size": 8}} for g in list(tiny.values())[:args.families]],
                     "arms": {"synthetic": True, "ratios": [0.5], "augmentation": [False]},
@@ -126,6 +149,43 @@ def main(argv: list[str] | None = None) -> int:
     save_results(args.out, results, table(results))
     echo(table(results))
     return 0 if study["state"] == "succeeded" and reused == len(again["nodes"]) else 1
+
+
+def _real_study(api: httpx.Client, args: argparse.Namespace, view_id: str, settings, echo) -> int:
+    """The spec's study on the ingested data: progress arm by arm, then its results beside the scheduling figures."""
+    from medsynth.local.study_client import read_spec, run_study as follow, save_results as save_study
+    from medsynth.metrics.statistics import cd_diagram_svg
+
+    spec = {**read_spec(args.spec), "dataset": "bench", "view_id": view_id}
+    echo(f"== the study {args.spec.name} on {args.data} (view {view_id})")
+    began = time.time()
+    study = follow(api, spec, poll_s=10, echo=echo)
+    save_study(api, study, args.out)
+    for name in ("results.json", "results.csv"):  # the bench's own results.json/md take the plain names
+        if (args.out / name).exists():
+            (args.out / name).rename(args.out / name.replace("results", "study"))
+    friedman = api.get(f"/v1/studies/{study['study_id']}/results").json().get("friedman", {})
+    if "critical_difference" in friedman:
+        (args.out / "cd.svg").write_text(cd_diagram_svg(friedman))
+    timing = measure(api, study, began)
+    results = {"state": study["state"], "study_id": study["study_id"], "spec": spec, "data": str(args.data), "jobs": timing["jobs"],
+               "wall_s": _t(study["finished_at"]) - began, "run_s_total": timing["run_s_total"], "scheduling_s": timing["scheduling_s"],
+               "queue_s": timing["queue_s"], "study_every_s": settings.study_every_s, "rows": timing["rows"], "cpu_count": os.cpu_count(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    markdown = study_table(results, args.spec.name, args.out)
+    save_results(args.out, results, markdown)
+    echo(markdown)
+    return 0 if study["state"] == "succeeded" else 1
+
+
+def study_table(r: dict[str, Any], spec_name: str, out: Path) -> str:
+    s = r["scheduling_s"]
+    files = sorted(p.name for p in out.iterdir() if p.name.startswith(("study.", "report.", "cd.")))
+    return "\n".join([
+        f"# bench-study — {spec_name} on {r['data']}: {r['jobs']} jobs, {r['cpu_count']} CPUs, OMP_NUM_THREADS={r['omp_num_threads']}", "",
+        f"study {r['state']} after {r['wall_s'] / 60:.1f} min; its jobs ran {r['run_s_total'] / 60:.1f} min in all; "
+        f"scheduling delay p50 {s['p50']:.2f} s / p95 {s['p95']:.2f} s.",
+        f"The study's own files here: {', '.join(files)}.", ""])
 
 
 def table(r: dict[str, Any]) -> str:
