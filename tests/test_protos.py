@@ -57,3 +57,36 @@ def test_every_family_and_training_option_has_a_typed_proto_field() -> None:
         spec = GeneratorSpec(parse_options({"family": name}), training, DataSpec(64, 3))
         wire = jobs_pb2.TrainGenerator.FromString(to_proto(spec, dataset="d", view_id="v").SerializeToString())
         assert from_proto(wire) == spec, name
+
+
+def test_every_segmentation_option_survives_the_command_typed() -> None:
+    """A segmentation request reaches the worker field by field (no JSON string inside the message): every
+    option of SegmentationCreate has a typed TrainSegmenter field and comes back equal after the wire."""
+    from medsynth.api.schemas import SegmentationCreate
+    from medsynth.api.submissions import segmenter_message
+    from medsynth.handlers.segment import segmentation_options
+    from medsynth.v1 import jobs_pb2
+
+    assert set(SegmentationCreate.model_fields) == set(jobs_pb2.TrainSegmenter.DESCRIPTOR.fields_by_name)
+    body = SegmentationCreate(dataset="d", view_id="v", source="mixed", cohort_id="c", synthetic_ratio=0.3, synthetic_patients=7,
+                              augment=True, model="swin-unetr", steps=123, batch_size=5, seed=2**40)
+    wire = jobs_pb2.TrainSegmenter.FromString(segmenter_message(body).SerializeToString())
+    options = segmentation_options(wire)
+    assert options == body.model_dump(mode="json", exclude={"dataset", "view_id", "cohort_id"})
+    ratio_only = jobs_pb2.TrainSegmenter.FromString(segmenter_message(SegmentationCreate(dataset="d", view_id="v")).SerializeToString())
+    assert "synthetic_patients" not in segmentation_options(ratio_only) and segmentation_options(ratio_only)["source"] == "real"
+
+
+def test_a_segmentation_command_without_its_typed_fields_fails_permanently_with_a_reason() -> None:
+    """A command published before the fields were typed (its settings in the retired config_json field,
+    number 5) decodes without them: the worker refuses it and says what to do instead of training on defaults."""
+    import pytest
+
+    from medsynth.core.errors import PermanentJobError
+    from medsynth.handlers.segment import segmentation_options
+    from medsynth.v1 import jobs_pb2
+
+    settings = b'{"source": "real", "steps": 10, "batch_size": 4}'
+    old = jobs_pb2.TrainSegmenter(dataset="d", view_id="v").SerializeToString() + bytes([5 << 3 | 2, len(settings)]) + settings
+    with pytest.raises(PermanentJobError, match="submit the segmentation again"):
+        segmentation_options(jobs_pb2.TrainSegmenter.FromString(old))

@@ -175,6 +175,19 @@ def test_the_sampler_shares_its_model_store_and_torchserve_keys_in_its_pod() -> 
     assert props["inference_address"].startswith("http://127.0.0.1:")  # the sampler is its one client
 
 
+def test_torch_threads_follow_each_containers_cpu_request() -> None:
+    """PyTorch would start a thread per node core in every pod; each container gets its CPU request instead
+    (rounded up, at least 1), including a request changed in the values."""
+    values = {"services": {"segmenter": {"resources": {"requests": {"cpu": "3500m", "memory": "8Gi"}}}},
+              "torchserve": {"resources": {"requests": {"cpu": "250m", "memory": "4Gi"}}}}
+    deployments = by_kind(render(values), "Deployment")
+    threads = {}
+    for deployment in deployments.values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            threads[container["name"]] = next(e["value"] for e in container["env"] if e["name"] == "OMP_NUM_THREADS")
+    assert threads == {"api": "1", "ingest": "1", "trainer": "2", "sampler": "1", "torchserve": "1", "segmenter": "4", "evaluator": "1"}
+
+
 def test_restricted_pod_security_everywhere() -> None:
     for values in VALUE_SETS.values():
         for doc in render(values):

@@ -129,3 +129,10 @@ def test_torchserve_keeps_token_authorization_and_shares_its_keys_with_the_sampl
     assert key_file.startswith(torchserve["working_dir"] + "/")
     assert any(v.startswith("torchserve-keys:") for v in sampler["volumes"]) and any(v.startswith("torchserve-keys:") for v in torchserve["volumes"])
     assert "model-store:/models" in sampler["volumes"]
+
+
+def test_every_torch_process_has_a_bounded_thread_count(compose: dict) -> None:
+    """Four torch processes share the machine: each sets OMP_NUM_THREADS (one site setting) rather than
+    PyTorch's thread per core, which makes concurrent jobs spin against each other."""
+    for name in ("trainer", "segmenter", "evaluator", "sampler", "torchserve"):
+        assert compose["services"][name]["environment"]["OMP_NUM_THREADS"] == "${MEDSYNTH_TORCH_THREADS:-2}", name

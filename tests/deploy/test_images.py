@@ -73,3 +73,41 @@ def test_images_carry_the_runtime_lock_not_the_deployment_check_tools() -> None:
     runtime = {line.split("==")[0].lower() for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line}
     tools = {line.split("==")[0].lower() for line in (REPO / "requirements-tools.lock").read_text().splitlines() if "==" in line}
     assert tools and not runtime & tools, runtime & tools
+    assert not runtime & {"pytest", "pytest-timeout", "schemathesis", "hypothesis", "testcontainers", "grpcio-tools"}
+
+
+def _pinned(lock: str) -> set[str]:
+    return {_norm(line.split("==")[0]) for line in (REPO / lock).read_text().splitlines() if "==" in line}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_runtime_lock_holds_what_the_library_imports_and_everything_those_packages_need() -> None:
+    """The images install requirements.lock alone: every third-party module that libs/ and services/ import
+    comes from a package pinned there, and every requirement of a pinned package (no extras) is pinned there
+    too (read from the installed packages' metadata), so nothing unpinned or test-only creeps in."""
+    import ast
+    from importlib.metadata import distribution, packages_distributions
+
+    from packaging.requirements import Requirement
+
+    runtime, owners = _pinned("requirements.lock"), packages_distributions()
+    imported = set()
+    for path in [*(REPO / "libs").rglob("*.py"), *(REPO / "services").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"medsynth"}
+    unpinned = {m: owners.get(m) for m in third_party if not {_norm(d) for d in owners.get(m, [])} & runtime}
+    assert not unpinned, f"imported by the library but not in requirements.lock: {unpinned}"
+    missing = {}
+    for name in runtime:
+        for text in distribution(name).requires or []:
+            req = Requirement(text)
+            if (req.marker is None or req.marker.evaluate({"extra": ""})) and _norm(req.name) not in runtime:
+                missing.setdefault(name, []).append(req.name)
+    assert not missing, f"required by pinned packages but not pinned in requirements.lock: {missing}"

@@ -8,7 +8,6 @@ progress), the interface they use."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ from medsynth.v1 import jobs_pb2
 
 SHAPE, SPACING, SIZE = (40, 32, 8), (0.7, 1.1, 2.5), 32
 VIEW_PIXEL_MM = (0.7 * 40 / 32, 1.1 * 40 / 32)  # side max(40, 32) = 40 resized to 32
-SEG = {"steps": 12, "batch_size": 8, "lr": 1e-2, "channels": [8, 16, 32], "augment": False}
+SEG = {"steps": 12, "batch_size": 8, "augment": False}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -137,8 +136,8 @@ def _cohort(store: ObjectStore, generator_id: str, images: np.ndarray, masks: np
 
 def _segment(store: ObjectStore, view_id: str, source: str, cohort_id: str) -> str:
     ctx = Ctx(store, new_job_id(JobKind.train_segmenter))
-    spec = jobs_pb2.TrainSegmenter(dataset="ph", view_id=view_id, cohort_id=cohort_id if source != "real" else "",
-                                   config_json=json.dumps({**SEG, "source": source}))  # fmt: skip
+    spec = jobs_pb2.TrainSegmenter(dataset="ph", view_id=view_id, cohort_id=cohort_id if source != "real" else "", source=source,
+                                   synthetic_ratio=0.5, **SEG)
     return _succeeded(store, JobKind.train_segmenter, dict(train_segmentation(spec, ctx)), ctx.job_id)
 
 

@@ -137,3 +137,14 @@ readinessProbe:
 {{- define "medsynth.workers" -}}
 {{- range $name, $svc := .Values.services }}{{ if $svc.kinds }}{{ $name }} {{ end }}{{ end -}}
 {{- end -}}
+
+{{/* PyTorch threads for a container: its CPU request rounded up (500m -> 1, "2" -> 2). Without it PyTorch
+starts a thread per node core in every pod, and pods sharing a node spin against each other. */}}
+{{- define "medsynth.torchThreads" -}}
+{{- $cpu := toString (default "1" .requests.cpu) -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- max 1 (div (add (trimSuffix "m" $cpu | atoi) 999) 1000) -}}
+{{- else -}}
+{{- $cpu | float64 | ceil | int -}}
+{{- end -}}
+{{- end }}

@@ -7,7 +7,6 @@ command's spec; ``InvalidInput`` (422), ``NotFound`` (404) and ``Conflict`` (409
 
 from __future__ import annotations
 
-import json
 
 from google.protobuf.message import Message
 
@@ -78,15 +77,23 @@ def segmentation_command(body: SegmentationCreate, store: ObjectStore, records: 
         if not body.cohort_id:
             raise InvalidInput(f"{body.source.value} training needs a cohort_id")
         finished(records, body.cohort_id, JobKind.sample_cohort)
-    config = body.model_dump(include={"source", "synthetic_ratio", "synthetic_patients", "augment", "model", "steps", "batch_size", "seed"},
-                             mode="json", exclude_none=True)
+    return segmenter_message(body)
+
+
+def segmenter_message(body: SegmentationCreate) -> jobs_pb2.TrainSegmenter:
+    """The command body of a checked request: every field of ``body``, typed."""
     return jobs_pb2.TrainSegmenter(
         dataset=body.dataset,
         view_id=body.view_id,
         cohort_id=body.cohort_id or "",
+        source=body.source.value,
         synthetic_ratio=body.synthetic_ratio,
+        synthetic_patients=body.synthetic_patients,
         augment=body.augment,
-        config_json=json.dumps(config),
+        model=body.model,
+        steps=body.steps,
+        batch_size=body.batch_size,
+        seed=body.seed,
     )
 
 
@@ -103,7 +110,7 @@ def evaluation_command(body: EvaluationCreate, store: ObjectStore, records: JobR
         view_id=view_id,
         dataset=dataset,
         segmentation_run_ids=body.segmentation_run_ids,
-        config_json=body.model_dump_json(include={"max_samples"}),
+        max_samples=body.max_samples,
     )
 
 

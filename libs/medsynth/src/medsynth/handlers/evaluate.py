@@ -9,7 +9,6 @@ number from arrays and segmentation-run metrics, with no store access.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,17 +43,17 @@ from medsynth.segmentation.models import encoder
 from medsynth.v1 import jobs_pb2
 
 FIDELITY_METRICS = ("fid", "kid")
+DEFAULT_MAX_SAMPLES = 2000  # images a side when the command leaves max_samples unset (as EvaluationCreate's default)
 
 
 def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, str]:
-    options = json.loads(spec.config_json or "{}")
+    limit = spec.max_samples or DEFAULT_MAX_SAMPLES
     records = ctx.records
-    manifest, fake, fake_masks = cohort_arrays(ctx.store, records, spec.cohort_id, limit=options.get("max_samples"))
+    manifest, fake, fake_masks = cohort_arrays(ctx.store, records, spec.cohort_id, limit=limit)
     view, splits = view_splits(ctx.store, spec.dataset, spec.view_id, splits=("train",))
     train = splits["train"]
     if not train:
         raise InvalidInput(f"reference view {spec.view_id} has no training images; need at least 2")
-    limit = options.get("max_samples", 2000)
     real, real_masks, real_patients = _subsample(train["images"], train["masks"], train.get("patients"), limit)
     if len(real) < 2:
         raise InvalidInput(f"reference view {spec.view_id} has {len(real)} training images; need at least 2")
@@ -79,7 +78,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
         "samples": {"real_available": int(len(train["images"])), "real_used": int(len(real)),
                     "synthetic_available": int(manifest.get("count", len(manifest["samples"]))), "synthetic_used": int(len(fake)),
                     "selection": f"real: a seeded random subset of at most {limit} training images; synthetic: the first "
-                                 f"{options.get('max_samples') or 'all'} samples"},
+                                 f"{limit} samples"},
         **numbers, "generator": _generator_summary(generator), "release": manifest.get("release"),
     }  # fmt: skip
     ctx.progress(0.9, "report")

@@ -9,8 +9,8 @@ item (the source scan's voxel spacing in the dataset manifest, scaled by the vie
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +27,21 @@ from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 
 
+def segmentation_options(spec: jobs_pb2.TrainSegmenter) -> dict[str, Any]:
+    """The command's :class:`SegmentationSpec` fields; :class:`PermanentJobError` for a command without them
+    (one published before they were typed, whose settings were a JSON string this worker no longer reads)."""
+    if not spec.source or not spec.steps or not spec.batch_size:
+        raise PermanentJobError("this train-segmenter command has no source, steps or batch size (it predates the typed "
+                                "fields of medsynth.v1.TrainSegmenter); submit the segmentation again")
+    options = {"source": spec.source, "synthetic_ratio": spec.synthetic_ratio, "augment": spec.augment, "model": spec.model or "unet",
+               "steps": spec.steps, "batch_size": spec.batch_size, "seed": spec.seed}
+    if spec.HasField("synthetic_patients"):
+        options["synthetic_patients"] = spec.synthetic_patients
+    return options
+
+
 def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mapping[str, str]:
-    options = json.loads(spec.config_json)
+    options = segmentation_options(spec)
     view, splits = view_splits(ctx.store, spec.dataset, spec.view_id)
     num_classes = int(max(s["masks"].max() for s in splits.values() if len(s)) + 1)
     synthetic = None

@@ -290,34 +290,44 @@ class ReleaseGate(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., max_flagged_fraction: _Optional[float] = ..., max_extra_draws: _Optional[float] = ..., threshold_ratio: _Optional[float] = ..., threshold_quantile: _Optional[float] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
-    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "config_json", "dataset")
+    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "dataset", "source", "synthetic_patients", "model", "steps", "batch_size", "seed")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_RATIO_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_PATIENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     cohort_id: str
     synthetic_ratio: float
     augment: bool
-    config_json: str
     dataset: str
-    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+    source: str
+    synthetic_patients: int
+    model: str
+    steps: int
+    batch_size: int
+    seed: int
+    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., dataset: _Optional[str] = ..., source: _Optional[str] = ..., synthetic_patients: _Optional[int] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Evaluate(_message.Message):
-    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "config_json", "dataset")
+    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "dataset", "max_samples")
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     cohort_id: str
     view_id: str
     segmentation_run_ids: _containers.RepeatedScalarFieldContainer[str]
-    config_json: str
     dataset: str
-    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+    max_samples: int
+    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("schema_version", "job_id", "kind", "project", "prepare_dataset", "train_generator", "sample_cohort", "train_segmenter", "evaluate")
