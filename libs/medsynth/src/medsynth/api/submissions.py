@@ -7,7 +7,6 @@ command's spec; ``InvalidInput`` (422), ``NotFound`` (404) and ``Conflict`` (409
 
 from __future__ import annotations
 
-
 from google.protobuf.message import Message
 
 from medsynth.api.schemas import CohortCreate, ConditionOn, EvaluationCreate, GeneratorCreate, SegmentationCreate

@@ -131,7 +131,8 @@ def scatter_svg(groups: Mapping[str, Sequence[Sequence[float]]], *, size: int = 
     return "".join(out)
 
 
-def _embedding_section(embedding: Mapping[str, Any] | None) -> str:
+def embedding_figure(embedding: Mapping[str, Any] | None) -> str:
+    """An evaluation's t-SNE map of real and synthetic features with how to read it (both reports show it)."""
     if not embedding:
         return "<p>(no in-domain features to map)</p>"
     return (scatter_svg({"real": embedding["real"], "synthetic": embedding["synthetic"]})
@@ -318,7 +319,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h3>Precision, recall, density, coverage</h3>",
         _manifold_section(results.get("manifold", [])),
         "<h3>Real and synthetic features in 2D</h3>",
-        _embedding_section(results.get("embedding")),
+        embedding_figure(results.get("embedding")),
         "<h2>Diversity</h2>",
         _diversity_section(diversity),
         "<h2>Utility (segmentation on held-out real patients)</h2>",

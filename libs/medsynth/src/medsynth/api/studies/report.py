@@ -12,7 +12,7 @@ import base64
 from html import escape
 from typing import Any
 
-from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, scatter_svg
+from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, embedding_figure
 from medsynth.metrics.statistics import cd_diagram_svg
 
 #: Below these (and the evaluation report's step and sample counts), the report says the numbers
@@ -232,9 +232,7 @@ def _family_figures(results: dict[str, Any], figures: dict[str, dict[str, bytes]
                           f"(distance {_num(p['distance'])})" for p in g.get("closest_pairs", []))
         parts.append(f"<h3>{escape(family)} (seed {g.get('seed', '–')})</h3>")
         if g.get("embedding"):
-            parts.append(f"<figure>{scatter_svg({'real': g['embedding']['real'], 'synthetic': g['embedding']['synthetic']})}"
-                         f"<figcaption>{escape(g['embedding']['method'])}: a region of one colour is data the generator "
-                         "misses (grey) or invents (red).</figcaption></figure>")
+            parts.append(embedding_figure(g["embedding"]))
         for name, caption in (("synthetic", "samples with masks"), ("memorization", "closest pairs: synthetic (left), training (right)")):
             if name in figs:
                 data = base64.b64encode(figs[name]).decode()
