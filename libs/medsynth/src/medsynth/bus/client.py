@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
 
 from medsynth.bus.topics import command_topic, events_topic
 from medsynth.core.errors import MedsynthError
@@ -19,11 +23,27 @@ class BusError(MedsynthError):
     """The broker is unreachable or did not acknowledge a message."""
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """Where the broker put a message."""
+
+    partition: int
+    offset: int
+
+
 class Bus:
     """Publishes protobuf messages and builds consumers. Safe to share between threads.
 
-    Publishing waits for the broker's acknowledgement from all in-sync replicas (``acks='all'``): when
-    :meth:`publish` returns, the message is in the log.
+    Delivery guarantees (``docs``: README, "Topics and their delivery guarantees"):
+
+    - :meth:`publish` (commands, dead letters): at least once. Publishing waits for the broker's
+      acknowledgement from all in-sync replicas (``acks='all'``); a send that fails is sent again, so
+      a message whose acknowledgement was lost can be in the log twice — harmless for commands, whose
+      workers skip jobs already done.
+    - :meth:`emit` (events): once per event id. The producer never resends on its own (``retries=0``);
+      when a send fails — the broker killed between writing the message and answering — the partition
+      is read from the last offset this process knows to precede the message, and the message is sent
+      again only if it is not there.
     """
 
     def __init__(self, settings: Settings, *, client_id: str = "medsynth") -> None:
@@ -34,6 +54,7 @@ class Bus:
         self.client_id = client_id
         self._producer = None
         self._lock = threading.Lock()
+        self._acked: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset acknowledged to this process
 
     def client_options(self) -> dict:
         """What every kafka-python client of this bus is built with (bootstrap, client id, protocol)."""
@@ -50,12 +71,17 @@ class Bus:
 
         with self._lock:
             if self._producer is None:
+                timeout_ms = int(self.settings.publish_timeout_s * 1000)
+                # Without broker-side idempotence a producer's own retry after a lost acknowledgement
+                # writes the message twice: resending is left to publish() and emit(), which know
+                # whether a duplicate matters.
+                idempotent = self.settings.kafka_idempotent_producer
                 try:
-                    timeout_ms = int(self.settings.publish_timeout_s * 1000)
                     self._producer = KafkaProducer(
                         **self.client_options(),
                         acks="all",
-                        retries=5,
+                        enable_idempotence=idempotent,
+                        retries=5 if idempotent else 0,
                         max_in_flight_requests_per_connection=1,
                         linger_ms=0,
                         max_block_ms=timeout_ms,  # waiting for metadata when the broker is down
@@ -66,22 +92,134 @@ class Bus:
                     raise BusError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
             return self._producer
 
-    def publish(self, topic: str, key: str, value: bytes, *, timeout: float | None = None) -> None:
-        """Send one message and wait until the broker acknowledges it, at most ``timeout`` seconds
-        (default ``publish_timeout_s``)."""
+    def _send(self, topic: str, key: bytes, value: bytes) -> Delivered:
+        """One send, waiting for its definite outcome: acknowledged, or failed and no longer pending in
+        the producer (``delivery_timeout_ms`` bounds it), so a failed message cannot land later."""
+        producer = self._get_producer()
+        partition = self.partition_of(topic, key)
+        future = producer.send(topic, key=key, value=value, partition=partition)
+        meta = future.get(timeout=self.settings.publish_timeout_s * 2 + 5)
+        with self._lock:
+            tp = (topic, meta.partition)
+            self._acked[tp] = max(self._acked.get(tp, -1), meta.offset)
+        return Delivered(meta.partition, meta.offset)
+
+    def _discard_producer(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=0)
+            except Exception:  # noqa: BLE001 - a broken producer is dropped either way
+                log.debug("closing a failed producer", exc_info=True)
+
+    def partition_of(self, topic: str, key: bytes) -> int:
+        """The partition a keyed message goes to (the Java client's murmur2 partitioner)."""
+        from kafka.errors import KafkaTimeoutError
+        from kafka.partitioner.default import DefaultPartitioner
+
+        partitions = self._get_producer().partitions_for(topic)
+        if not partitions:
+            raise KafkaTimeoutError(f"no partitions known for {topic}")
+        ordered = sorted(partitions)
+        return DefaultPartitioner()(key, ordered, ordered)
+
+    def publish(self, topic: str, key: str, value: bytes, *, timeout: float | None = None) -> Delivered:
+        """Send one message until the broker acknowledges it (at least once), at most ``timeout``
+        seconds (default ``publish_timeout_s``)."""
+        return self._deliver(topic, key.encode(), value, timeout, found=None)
+
+    def publish_once(self, topic: str, key: str, value: bytes, is_copy: Callable[[bytes], bool], *,
+                     since: int | None = None, timeout: float | None = None) -> Delivered:
+        """Send one message so that the log holds it once: after a failed send, the partition is
+        searched for a message ``is_copy`` accepts before sending again.
+
+        ``since``: an offset of the key's partition known to precede any earlier send of this message
+        (by another process, e.g. a worker that died after sending it); default the last offset this
+        process had acknowledged there before this call, else the partition's beginning."""
+        key_bytes = key.encode()
+        floor = since
+        if floor is None:
+            try:
+                floor = self._acked.get((topic, self.partition_of(topic, key_bytes)))
+            except Exception:  # noqa: BLE001 - the broker is away: the first send fails and the search reads from the start
+                floor = None
+
+        def found() -> Delivered | None:
+            return self._find(topic, key_bytes, is_copy, floor)
+
+        if since is not None and (earlier := found()) is not None:
+            return earlier  # sent before by someone else
+        return self._deliver(topic, key_bytes, value, timeout, found=found)
+
+    def _deliver(self, topic: str, key: bytes, value: bytes, timeout: float | None,
+                 found: Callable[[], Delivered | None] | None) -> Delivered:
         from kafka.errors import KafkaError
 
+        deadline = time.monotonic() + (timeout or self.settings.publish_timeout_s)
+        while True:
+            try:
+                return self._send(topic, key, value)
+            except KafkaError as exc:
+                error: Exception = exc
+                self._discard_producer()  # kafka-python can keep a partition muted after a lost connection
+            if found is not None:  # the failed send may have reached the log all the same
+                try:
+                    if (earlier := found()) is not None:
+                        log.info("a send to %s that reported failure had reached the log (%s); not sent again", topic, earlier)
+                        return earlier
+                except KafkaError as exc:
+                    error = exc
+            if time.monotonic() >= deadline:
+                raise BusError(f"publishing to {topic} failed: {error}") from error
+            log.info("publishing to %s failed (%s); trying again", topic, error)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _find(self, topic: str, key: bytes, is_copy: Callable[[bytes], bool], since: int | None) -> Delivered | None:
+        """The message of ``key`` that ``is_copy`` accepts, read from ``since`` (or the beginning) to the
+        end of its partition; None if it is not there. Raises KafkaError while the broker cannot be read."""
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaTimeoutError
+
+        partition = self.partition_of(topic, key)
+        tp = TopicPartition(topic, partition)
+        timeout_ms = int(self.settings.publish_timeout_s * 1000)
+        consumer = KafkaConsumer(**self.client_options(), group_id=None, enable_auto_commit=False,
+                                 request_timeout_ms=max(timeout_ms, 5000) + 1000, fetch_max_wait_ms=100)
         try:
-            future = self._get_producer().send(topic, key=key.encode(), value=value)
-            future.get(timeout=timeout or self.settings.publish_timeout_s)
-        except KafkaError as exc:
-            raise BusError(f"publishing to {topic} failed: {exc}") from exc
+            consumer.assign([tp])
+            if since is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, since)
+            deadline = time.monotonic() + max(5.0, self.settings.publish_timeout_s * 2)
+            while time.monotonic() < deadline:
+                records = consumer.poll(timeout_ms=300).get(tp, [])
+                for record in records:
+                    if record.key == key and is_copy(record.value):
+                        return Delivered(partition, record.offset)
+                highwater = consumer.highwater(tp)
+                if not records and highwater is not None and consumer.position(tp) >= highwater:
+                    return None
+            raise KafkaTimeoutError(f"could not read {topic}[{partition}] to its end to look for an unacknowledged message")
+        finally:
+            consumer.close(autocommit=False)
 
     def send_command(self, kind: JobKind, command: Command) -> None:
         self.publish(command_topic(self.prefix, kind), command.job_id, command.SerializeToString())
 
-    def emit(self, event: Event) -> None:
-        self.publish(events_topic(self.prefix), event.job_id or event.event_id, event.SerializeToString())
+    def emit(self, event: Event, *, since: int | None = None) -> Delivered:
+        """Publish an event once (see the class docs); ``since``: an offset of the event's partition
+        before any earlier send of it, for an event that may have been sent by a process that died."""
+        event_id = event.event_id
+
+        def is_copy(value: bytes) -> bool:
+            try:
+                return Event.FromString(value).event_id == event_id
+            except DecodeError:
+                return False
+
+        return self.publish_once(events_topic(self.prefix), event.job_id or event_id, event.SerializeToString(), is_copy, since=since)
 
     def reachable(self, timeout_s: float = 1.0) -> bool:
         """Whether a broker of the bootstrap list accepts a connection now (readiness checks).

@@ -64,13 +64,23 @@ def decode_command(data: bytes) -> tuple[Command, JobKind, Message]:
     return cmd, kind, getattr(cmd, body)
 
 
-def make_event(job_id: str = "", kind: JobKind | None = None, *, project: str = "", **body: Message) -> Event:
-    """Build an event with one body field, e.g. ``make_event(job_id, kind, project=p, started=JobStarted(...))``."""
+def make_event(job_id: str = "", kind: JobKind | None = None, *, project: str = "", event_id: str = "", **body: Message) -> Event:
+    """Build an event with one body field, e.g. ``make_event(job_id, kind, project=p, started=JobStarted(...))``.
+
+    ``event_id``: the id of a transition (see :func:`transition_id`), the same each time the same
+    transition is announced, so that the bus publishes it once and readers can tell a copy; default a
+    random id (progress, scan-ingested)."""
     (name, value), = body.items()
-    event = Event(schema_version=SCHEMA_VERSION, event_id=uuid.uuid4().hex, job_id=job_id, project=project)
+    event = Event(schema_version=SCHEMA_VERSION, event_id=event_id or uuid.uuid4().hex, job_id=job_id, project=project)
     event.time.FromDatetime(datetime.now(timezone.utc))
     if kind is not None:
         event.kind = kind.proto
     getattr(event, name).CopyFrom(value)
     return event
 
+
+
+def transition_id(job_id: str, transition: str, n: int | None = None) -> str:
+    """The event id of one transition of a job: ``<job>.succeeded`` (terminal states happen once),
+    ``<job>.started.2`` (an attempt), ``<job>.queued.3`` (a publication)."""
+    return f"{job_id}.{transition}" if n is None else f"{job_id}.{transition}.{n}"

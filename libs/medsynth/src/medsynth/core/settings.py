@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Longest a publish waits for the broker (an api POST answers 503 after it)."
     )
+    kafka_idempotent_producer: bool = Field(
+        False,
+        description="Let the broker drop a producer's retried duplicates (Kafka >= 0.11; tansu 0.6 refuses it). Events "
+        "are published once either way: a failed send is looked for in the log before it is sent again.",
+    )
     max_attempts: int = Field(3, ge=1, description="Handler attempts before a command is dead-lettered.")
     retry_backoff_s: float = Field(1.0, ge=0)
     session_timeout_ms: int = Field(10_000, ge=1_000)

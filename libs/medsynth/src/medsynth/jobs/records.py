@@ -7,7 +7,8 @@ Layout under ``jobs/<job_id>/``:
 - ``cancel``          present when cancellation was requested (any writer; workers poll it).
 - ``published.json``  when and how often the command was published (api and reconciler).
 - ``lease.json``      which worker runs the job and until when its claim holds (that worker only:
-                      written when an attempt starts, renewed while it runs, removed when it ends).
+                      written when an attempt starts, renewed while it runs, removed when it ends; the
+                      api holds it while it announces the cancellation of a queued job).
                       A running job whose lease has expired lost its worker; the reconciler
                       republishes its command.
 
@@ -67,6 +68,13 @@ class JobRecord(BaseModel):
     result_keys: dict[str, str] = Field(default_factory=dict)
     error: str | None = None
     dead_lettered: bool = False
+    #: Whether the terminal state's event is on the events topic. Written False with the terminal state,
+    #: True once the event is acknowledged: a worker that finds a terminal record not announced (its
+    #: worker died in between) announces it, after looking for it in the log. Records of before: True.
+    announced: bool = True
+    #: An offset of the job's events partition before any of its terminal event's sends (the offset of
+    #: its last ``started`` event): where the search for an unacknowledged terminal event starts.
+    events_offset: int | None = None
 
 
 class Lease(BaseModel):

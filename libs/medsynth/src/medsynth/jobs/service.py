@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
@@ -11,7 +13,8 @@ from medsynth.bus.client import Bus, BusError
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
-from medsynth.bus.messages import JobKind, make_command, make_event
+from medsynth.bus.messages import JobKind, make_command, make_event, transition_id
+from medsynth.jobs.announce import announce_terminal
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ class JobService:
         self.bus = bus
         self.retry_after_s = retry_after_s
         self._last_error = ""
+        self.identity = f"api@{socket.gethostname()}:{os.getpid()}"  # as a lease holder
 
     def submit(self, kind: JobKind, spec: Message) -> JobRecord:
         """Create the job record, then publish its command.
@@ -59,8 +63,9 @@ class JobService:
         spec = ParseDict(record.spec, record.kind.spec_type()(), ignore_unknown_fields=True)
         try:
             self.bus.send_command(record.kind, make_command(record.job_id, record.kind, spec, record.project))
-            self.records.mark_published(record.job_id)
-            self.bus.emit(make_event(record.job_id, record.kind, project=record.project, queued=events_pb2.JobQueued()))
+            publication = self.records.mark_published(record.job_id)
+            self.bus.emit(make_event(record.job_id, record.kind, project=record.project, queued=events_pb2.JobQueued(),
+                                     event_id=transition_id(record.job_id, "queued", publication.count)))
         except BusError as exc:
             log.warning("job %s stays queued, publishing failed: %s", record.job_id, exc)
             self._last_error = str(exc)
@@ -74,7 +79,11 @@ class JobService:
             raise Conflict(f"job {job_id} is already {record.state.value}")
         self.records.request_cancel(job_id)
         if record.state is JobState.queued:
-            record.state, record.finished_at = JobState.cancelled, utcnow()
-            self.records.put(record)
-            self.bus.emit(make_event(job_id, record.kind, project=record.project, cancelled=events_pb2.JobCancelled()))
+            # the lease keeps a worker that receives the command meanwhile from announcing it as well
+            self.records.renew_lease(job_id, self.identity, record.attempts, ttl_s=max(60.0, 4 * self.bus.settings.publish_timeout_s))
+            try:
+                record.state, record.finished_at = JobState.cancelled, utcnow()
+                announce_terminal(self.bus, self.records, record)
+            finally:
+                self.records.release_lease(job_id)
         return record

@@ -4,7 +4,9 @@ Commit order (after quix-streams): handler outputs are in the store → the job 
 are acknowledged by the broker → the offset is committed. A worker killed anywhere before the commit
 gets its command redelivered to another group member; the record tells that member what happened:
 
-- record terminal (succeeded / failed / cancelled): skip and commit — outputs are written once;
+- record terminal (succeeded / failed / cancelled): skip and commit — outputs are written once; if
+  its event was never acknowledged (the worker died between the record and the event), announce it
+  first (:mod:`medsynth.jobs.announce`: found in the log rather than sent twice);
 - record running or queued: run again (handlers are idempotent: deterministic output keys);
 - ``attempts`` reached ``max_attempts``: the command goes to the dead-letter topic with the error.
 
@@ -35,7 +37,8 @@ from medsynth.core.clock import utcnow
 from medsynth.core.errors import InvalidInput, JobCancelled, NotFound, PermanentJobError
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
-from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event
+from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event, transition_id
+from medsynth.jobs.announce import announce_terminal
 from medsynth.projects import DEFAULT_PROJECT, project_store
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import CONSUMER_LAG, DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
@@ -233,6 +236,14 @@ class Worker:
             raise result["error"]
         return result["outcome"]
 
+    def _leased_elsewhere(self, records: JobRecords, record: JobRecord) -> bool:
+        """Another live process holds the job's lease (it runs the job, or announces its end)."""
+        lease = records.lease(record.job_id)
+        if lease is None or lease.worker == self.identity or lease.expired() or self._holder_gone(lease.worker):
+            return False
+        log.info("job %s is held by %s until %s; waiting", record.job_id, lease.worker, lease.expires_at.isoformat())
+        return True
+
     @staticmethod
     def _holder_gone(holder: str) -> bool:
         """A lease held by a process of this host that no longer exists (a worker killed and restarted
@@ -316,15 +327,19 @@ class Worker:
             self._dead_letter(kind, message, str(exc), attempts=0)
             return Outcome.done
         if record.state.terminal:
-            log.info("job %s already %s; skipping redelivered command", record.job_id, record.state.value)
+            if record.announced:
+                log.info("job %s already %s; skipping redelivered command", record.job_id, record.state.value)
+                return Outcome.done
+            if self._leased_elsewhere(records, record):  # its announcer is at it now
+                return Outcome.retry
+            log.info("job %s is %s but its event was not acknowledged; announcing it", record.job_id, record.state.value)
+            announce_terminal(self.bus, records, record, resumed=True)
             return Outcome.done
         if records.cancel_requested(record.job_id):
             self._finish(record, JobState.cancelled)
             return Outcome.done
-        if record.state is JobState.running and (lease := records.lease(record.job_id)) is not None:
-            if lease.worker != self.identity and not lease.expired() and not self._holder_gone(lease.worker):
-                log.info("job %s runs under %s until %s; waiting", record.job_id, lease.worker, lease.expires_at.isoformat())
-                return Outcome.retry
+        if record.state is JobState.running and self._leased_elsewhere(records, record):
+            return Outcome.retry
         if record.attempts >= self.settings.max_attempts:
             self._fail(record, message, record.error or "attempts exhausted (worker lost mid-job)")
             return Outcome.done
@@ -348,8 +363,10 @@ class Worker:
                     log.warning("releasing the lease of job %s failed", record.job_id, exc_info=True)
 
     def _run_handler(self, record: JobRecord, kind: JobKind, spec: Message, message) -> Outcome:
-        self.bus.emit(make_event(record.job_id, kind, project=record.project,
-                                 started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity)))
+        start_event = make_event(record.job_id, kind, project=record.project,
+                                 event_id=transition_id(record.job_id, "started", record.attempts),
+                                 started=events_pb2.JobStarted(attempt=record.attempts, worker=self.identity))
+        record.events_offset = self.bus.emit(start_event).offset  # its terminal event comes after: where a search for it starts
         records = self._records(record.project)
         ctx = JobContext(record=record, store=records.store, settings=self.settings, _worker=self, records=records)
         started = time.monotonic()
@@ -391,19 +408,13 @@ class Worker:
         record.state, record.finished_at = state, utcnow()
         if state is JobState.succeeded:
             record.progress, record.error = 1.0, None
-            body = {"succeeded": events_pb2.JobSucceeded(result_keys=record.result_keys)}
-        else:
-            body = {"cancelled": events_pb2.JobCancelled()}
-        self._records(record.project).put(record)
-        self.bus.emit(make_event(record.job_id, record.kind, project=record.project, **body))
+        announce_terminal(self.bus, self._records(record.project), record)
         JOBS.labels(record.kind.value, state.value).inc()
 
     def _fail(self, record: JobRecord, message, error: str) -> None:
         self._dead_letter(record.kind, message, error, attempts=record.attempts)
         record.state, record.finished_at, record.error, record.dead_lettered = JobState.failed, utcnow(), error, True
-        self._records(record.project).put(record)
-        failed = events_pb2.JobFailed(error=error, attempts=record.attempts, dead_lettered=True)
-        self.bus.emit(make_event(record.job_id, record.kind, project=record.project, failed=failed))
+        announce_terminal(self.bus, self._records(record.project), record)
         JOBS.labels(record.kind.value, "failed").inc()
 
     def _dead_letter(self, kind: JobKind | None, message, error: str, *, attempts: int) -> None:

@@ -269,21 +269,24 @@ def tansu_env(s3_endpoint: str, credentials: S3Credentials) -> dict[str, str]:
                 AWS_ENDPOINT=f"http://{s3_endpoint}", AWS_ALLOW_HTTP="true", AWS_DEFAULT_REGION="us-east-1")
 
 
-def tansu_command(port: int, bucket: str = TANSU_BUCKET, host: str = "127.0.0.1") -> list[str]:
+def tansu_command(port: int, bucket: str = TANSU_BUCKET, host: str = "127.0.0.1", advertised_port: int | None = None) -> list[str]:
+    """``advertised_port``: the port clients are told to connect to (default ``port``; another one
+    where a relay sits in front of the broker)."""
     return [str(find_binary("tansu")), "broker", f"--listener-url=tcp://{host}:{port}",
-            f"--advertised-listener-url=tcp://{host}:{port}", f"--storage-engine=s3://{bucket}/"]
+            f"--advertised-listener-url=tcp://{host}:{advertised_port or port}", f"--storage-engine=s3://{bucket}/"]
 
 
 def start_tansu(
     port: int, s3_endpoint: str, credentials: S3Credentials, log_path: Path, *,
-    bucket: str = TANSU_BUCKET, timeout: float = 30.0, die_with_parent: bool = False,
+    bucket: str = TANSU_BUCKET, timeout: float = 30.0, die_with_parent: bool = False, advertised_port: int | None = None,
 ) -> Server:
     """Start tansu on ``port`` with its log in ``bucket`` of the S3 server at ``s3_endpoint``."""
     if port_open("127.0.0.1", port, timeout=0.2):
         raise ServerError(f"port {port} is in use; the broker needs it")
-    proc = _spawn("tansu", tansu_command(port, bucket), tansu_env(s3_endpoint, credentials), log_path, die_with_parent=die_with_parent)
+    argv = tansu_command(port, bucket, advertised_port=advertised_port)
+    proc = _spawn("tansu", argv, tansu_env(s3_endpoint, credentials), log_path, die_with_parent=die_with_parent)
     server = Server("broker", proc, log_path, signal.SIGTERM)
-    _wait(server, lambda: kafka_answers(f"127.0.0.1:{port}"), timeout)
+    _wait(server, lambda: port_open("127.0.0.1", port) if advertised_port else kafka_answers(f"127.0.0.1:{port}"), timeout)
     return server
 
 
