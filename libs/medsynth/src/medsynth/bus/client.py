@@ -148,8 +148,14 @@ class Bus:
         def found() -> Delivered | None:
             return self._find(topic, key_bytes, is_copy, floor)
 
-        if since is not None and (earlier := found()) is not None:
-            return earlier  # sent before by someone else
+        if since is not None:  # perhaps sent before, by a process that died: nothing is sent before the log is read
+            from kafka.errors import KafkaError
+
+            try:
+                if (earlier := found()) is not None:
+                    return earlier
+            except KafkaError as exc:
+                raise BusError(f"cannot read {topic} to look for an earlier send: {exc}") from exc
         return self._deliver(topic, key_bytes, value, timeout, found=found)
 
     def _deliver(self, topic: str, key: bytes, value: bytes, timeout: float | None,
