@@ -1,11 +1,15 @@
-"""Every route of both apps × every role × own and other project, against the one policy table.
+"""The access matrix: every route of both apps, from their OpenAPI documents, × no credentials, forged,
+expired and revoked keys, a token of an issuer the service does not trust, another project's key and
+every role, against the one policy table.
 
 The table is the specification: a role it lists gets past the guard (whatever the route then says
-about the made-up ids: 404, 409, 422…), any other role gets 403, no credentials get 401, and a key
-used on another project gets 403. A route with no line in the table fails this test."""
+about the made-up ids: 404, 409, 422…), any other role gets 403, no or bad credentials get 401, and a
+key used on another project gets 403. A route with no line in the table fails this test; no call may
+answer 5xx."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from medsynth.api.app import create_api_app, create_ingest_app
 from medsynth.auth.policy import POLICIES, PUBLIC_PATHS, Access, policy_for
+from medsynth.auth.keys import ApiKeys
 from medsynth.auth.principal import Role
 from medsynth.core.settings import Settings
 from medsynth.projects import Projects
@@ -47,7 +52,30 @@ def routes(client: TestClient) -> list[tuple[str, str]]:
 def call(client: TestClient, method: str, path: str, headers: dict[str, str]):
     concrete = path.replace("{", "").replace("}", "-x1")  # /v1/jobs/{job_id} → /v1/jobs/job_id-x1
     body = {"json": {}} if method in ("POST", "PUT", "PATCH") else {}
-    return client.request(method, concrete, headers=headers, **body)
+    response = client.request(method, concrete, headers=headers, **body)
+    assert response.status_code < 500, (method, path, response.status_code, response.text)
+    return response
+
+
+def bad_credentials(settings: Settings) -> dict[str, tuple[dict[str, str], str]]:
+    """Each kind of credentials that must not open any route: headers, and the reason the 401 gives."""
+    keys = ApiKeys(open_store(settings))
+    _, good = keys.create("alpha", "admin", name="matrix")
+    revoked_key, revoked = keys.create("alpha", "admin", name="revoked")
+    keys.revoke("alpha", revoked_key.key_id, by="matrix")
+    _, expired = keys.create("alpha", "admin", name="expired", expires_in_days=1 / 86400)
+    time.sleep(1.1)
+    # a well-formed JWT signed with a key of no trusted issuer (the service trusts none here)
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ4Iiwicm9sZXMiOlsiYWxwaGE6YWRtaW4iXX0.c2lnbmF0dXJl"
+    return {
+        "forged secret": ({"Authorization": f"Bearer {good[:-4]}xxxx"}, "unknown API key"),
+        "made-up key": ({"Authorization": "Bearer msk_0000000000000000_secret"}, "unknown API key"),
+        "malformed key": ({"Authorization": "Bearer msk_bad"}, "not a medsynth API key"),
+        "revoked key": ({"Authorization": f"Bearer {revoked}"}, "is revoked"),
+        "expired key": ({"Authorization": f"Bearer {expired}"}, "is expired"),
+        "untrusted token": ({"Authorization": f"Bearer {jwt}"}, "accepts no OIDC tokens"),
+        "not bearer": ({"Authorization": f"Basic {good}"}, "Authorization: Bearer"),
+    }
 
 
 def test_every_route_has_a_policy_and_every_policy_a_route(apps) -> None:
@@ -59,6 +87,7 @@ def test_every_route_has_a_policy_and_every_policy_a_route(apps) -> None:
 def test_every_route_for_every_role_in_its_own_and_another_project(apps) -> None:
     settings = apps["settings"]
     keys = {role: api_key(settings, role.value, "alpha") for role in Role}
+    bad = bad_credentials(settings)
     checked = 0
     for app in ("api", "ingest"):
         client = apps[app]
@@ -80,6 +109,9 @@ def test_every_route_for_every_role_in_its_own_and_another_project(apps) -> None
                 continue
             anonymous = call(client, method, path, {})
             assert anonymous.status_code == 401 and "credentials" in anonymous.json()["detail"], (method, path, anonymous.text)
+            for name, (headers, reason) in bad.items():
+                refused = call(client, method, path, headers)
+                assert refused.status_code == 401 and reason in refused.json()["detail"], (method, path, name, refused.text)
             for role, key in keys.items():
                 own = call(client, method, path, {"Authorization": f"Bearer {key}"})
                 if role in policy.roles:
