@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import threading
 from collections.abc import Iterator
 
@@ -39,10 +40,11 @@ def client(platform_settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def upload(client: TestClient, dataset: str, patient: str, image: bytes, label: bytes | None = None, *, name: str = "scan.nii.gz"):
+def upload(client: TestClient, dataset: str, patient: str, image: bytes, label: bytes | None = None, *, name: str = "scan.nii.gz",
+           label_name: str = "label.nii.gz"):
     files = {"image": (name, image)}
     if label is not None:
-        files["label"] = ("label.nii.gz", label)
+        files["label"] = (label_name, label)
     return client.post(f"/v1/datasets/{dataset}/scans", data={"patient_id": patient}, files=files)
 
 
@@ -92,6 +94,8 @@ def _bad_inputs(phantom) -> list[tuple[str, str, dict, int, str]]:
     negative[5, 5, 5] = -1
     shifted = affine.copy()
     shifted[0, 3] += 10
+    no_spacing = nib.Nifti1Header(binaryblock=nifti_bytes(image, affine, gz=False)[:348], check=False)
+    no_spacing["pixdim"][1], no_spacing["qform_code"], no_spacing["sform_code"] = 0.0, 0, 0  # nibabel would read 1 mm
     return [
         ("unreadable file", "p", {"image": b"this is not a nifti file at all" * 20}, 422, "not a readable NIfTI"),
         ("truncated file", "p", {"image": good[: len(good) // 2]}, 422, "not a readable NIfTI"),
@@ -106,10 +110,12 @@ def _bad_inputs(phantom) -> list[tuple[str, str, dict, int, str]]:
         ("path in patient id", "../etc", {"image": good, "label": good_label}, 422, "patient id"),
         ("slash in patient id", "a/b", {"image": good}, 422, "patient id"),
         ("wrong extension", "p", {"image": good, "name": "scan.png"}, 422, ".nii"),
+        ("zero pixdim", "p", {"image": no_spacing.binaryblock + nifti_bytes(image, affine, gz=False)[348:], "name": "scan.nii"}, 422,
+         "pixdim[1] must be a positive, finite voxel size"),
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(14))
 def test_bad_input_is_rejected_and_leaves_nothing(case: int, client, phantom, store: ObjectStore) -> None:
     what, patient, files, status, needle = _bad_inputs(phantom)[case]
     r = upload(client, "ds", patient, files["image"], files.get("label"), name=files.get("name", "scan.nii.gz"))
@@ -168,6 +174,37 @@ def test_concurrent_uploads_into_one_dataset_all_land(client, store: ObjectStore
     manifest = load_manifest(store, "busy")
     assert sorted(s.patient_id for s in manifest.scans) == [f"p{i:02d}" for i in range(n)]
     assert list_versions(store, "busy") == list(range(1, n + 1))
+
+
+def test_a_race_between_two_labels_of_one_image_stores_the_winners(client, store: ObjectStore) -> None:
+    """Two uploads of one image (one patient) with different label maps at once: one is accepted, the
+    other is a conflict, and what is stored (original and canonical label) is the accepted upload's, as
+    its manifest entry says."""
+    for round in range(8):
+        image, label, affine = make_phantom(seed=300 + round, shape=(16, 16, 8))
+        other = np.where(label > 0, 3, 0).astype(np.uint8)
+        image_bytes = nifti_bytes(image, affine)
+        labels = [nifti_bytes(label.astype(np.uint8), affine, gz=False), nifti_bytes(other, affine, gz=False)]
+        start = threading.Barrier(2)
+        results: list = [None, None]
+
+        def send(i: int) -> None:
+            start.wait()
+            results[i] = upload(client, "race", "p1", image_bytes, labels[i], label_name="label.nii")
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(r.status_code for r in results) == [201, 409], [r.text for r in results]
+        winner = next(i for i, r in enumerate(results) if r.status_code == 201)
+        entry = load_manifest(store, "race").scans[-1]
+        assert entry.scan_id == results[winner].json()["scan_id"]
+        stored = store.get_bytes(entry.original_label_key)
+        assert hashlib.sha256(stored).hexdigest() == entry.label_sha256 == hashlib.sha256(labels[winner]).hexdigest(), f"round {round}"
+        canonical = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(store.get_bytes(entry.label_key))).dataobj)
+        assert sorted(int(v) for v in np.unique(canonical)) == entry.label_values == ([0, 1, 2], [0, 3])[winner], f"round {round}"
 
 
 # -- streaming: the body is read as it arrives, with a running cap and the header checked first ------

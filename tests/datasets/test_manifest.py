@@ -13,7 +13,8 @@ import pytest
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, NotFound
 from medsynth.datasets import manifest as m
-from medsynth.datasets.manifest import DatasetManifest, ScanEntry, add_scan, latest_version, list_versions, load_manifest
+from medsynth.datasets.ingest import commit_scans
+from medsynth.datasets.manifest import DatasetManifest, ScanEntry, add_scan, add_scans, latest_version, list_versions, load_manifest
 from medsynth.store.local import LocalStore
 
 
@@ -120,6 +121,33 @@ def test_a_failed_commit_releases_its_claim(store: CountingStore, monkeypatch) -
     with pytest.raises(OSError):
         add_scan(store, "d", scan(1))
     assert m.find_scan(store, "d", scan(1).scan_id) is None
+
+
+def test_the_scans_of_one_upload_enter_as_one_version_or_not_at_all(store: CountingStore) -> None:
+    assert add_scans(store, "d", [scan(1), scan(2)]).version == 1
+    assert [s.scan_id for s in load_manifest(store, "d", 1).scans] == [scan(1).scan_id, scan(2).scan_id]
+    with pytest.raises(Conflict, match="patient 'p1'"):  # one of them is there already: none is claimed
+        add_scans(store, "d", [scan(3), scan(1, "p3")])
+    with pytest.raises(Conflict, match="s4.nii.gz and s4.nii.gz are one image"):
+        add_scans(store, "d", [scan(4), scan(4)])
+    assert m.find_scan(store, "d", scan(3).scan_id) is None and m.find_scan(store, "d", scan(4).scan_id) is None
+    assert add_scan(store, "d", scan(3)).version == 2
+
+
+def test_a_commit_that_fails_midway_leaves_nothing(store: CountingStore, monkeypatch) -> None:
+    """The second scan's object cannot be written: the first one's is removed and neither stays claimed."""
+    objects = [{f"datasets/d/scans/p{i}/{scan(i).scan_id}/canonical/image.nii.gz": b"voxels"} for i in (1, 2)]
+    real = store.put_bytes
+
+    def failing(key, data, **kw):
+        if "/p2/" in key:
+            raise OSError("disk full")
+        return real(key, data, **kw)
+
+    monkeypatch.setattr(store, "put_bytes", failing)
+    with pytest.raises(OSError):
+        commit_scans(store, "d", [(scan(1), objects[0]), (scan(2), objects[1])])
+    assert list(store.list("datasets/d/")) == []
 
 
 def test_a_dataset_in_the_older_layout_reads_and_grows(store: CountingStore) -> None:

@@ -88,3 +88,24 @@ def dcmtk_decoded(folder: Path, out: Path, syntax: str) -> Path:
     for f in sorted(folder.glob("*.dcm")):
         subprocess.run([tool(cmd[0]), *cmd[1:], str(f), str(out / f.name)], check=True, capture_output=True)
     return out
+
+
+def with_raw_text(data: bytes, keyword: str, text: str) -> bytes:
+    """Part 10 ``data`` with the text attribute ``keyword`` holding ``text`` as written, valid or not
+    (pydicom refuses to set a malformed DS or IS itself): a placeholder of the right length is set,
+    then replaced in the encoded bytes."""
+    import io
+
+    import pydicom
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    tag = tag_for_keyword(keyword)
+    parts = text.count("\\") + 1
+    placeholder = "\\".join(["9" * max(1, len(text) // parts + 1)] * parts)
+    ds[tag] = pydicom.DataElement(tag, dictionary_VR(tag), placeholder)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    encoded, marker = buffer.getvalue(), placeholder.encode()
+    assert encoded.count(marker) == 1 and len(text) <= len(marker), (keyword, text)
+    return encoded.replace(marker, text.encode().ljust(len(marker)))

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import phantom, read_folder, tool, write_series
+from dicom_helpers import phantom, read_folder, tool, with_raw_text, write_series
 from fastapi.testclient import TestClient
 
 from medsynth.api.app import create_ingest_app
@@ -127,6 +127,49 @@ def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, ser
     assert_no_identifier_stored(store)
 
 
+MALFORMED_NUMBERS = [("RescaleSlope", "abcd"), ("InstanceNumber", "zzzz"), ("PixelSpacing", "abc\\def")]
+
+
+def _malformed(folder: Path, keyword: str, text: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The series' files, the second one with ``keyword`` holding ``text``."""
+    files = _files(folder)
+    name, (fname, data, kind) = files[1]
+    files[1] = (name, (fname, with_raw_text(data, keyword, text), kind))
+    return files
+
+
+@pytest.mark.parametrize(("keyword", "text"), MALFORMED_NUMBERS, ids=[k for k, _ in MALFORMED_NUMBERS])
+def test_a_malformed_number_is_a_422_naming_the_attribute_and_value(client: TestClient, series, store: ObjectStore,
+                                                                     keyword: str, text: str) -> None:
+    folder, _, _ = series
+    r = client.post("/v1/datasets/bad/dicom", files=_malformed(folder, keyword, text))
+    assert r.status_code == 422, r.text
+    assert "0001.dcm" in r.json()["detail"] and keyword in r.json()["detail"] and repr(text) in r.json()["detail"], r.text
+    assert not list(store.list("datasets/bad/"))
+
+
+def test_two_series_with_one_volume_are_refused_whole(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
+    """Two series of one patient with identical pixels: the upload is a conflict, and neither is stored."""
+    image, affine = phantom(shape=(24, 20, 3))
+    files = []
+    for number in (1, 2):
+        identity = SeriesIdentity("HOSP-1", "Doe^Jane", series_description=f"copy {number}", series_number=number)
+        files += _files(write_series(tmp_path / f"s{number}", image, affine, identity=identity)[0].parent)
+    r = client.post("/v1/datasets/twice/dicom", files=files)
+    assert r.status_code == 409, r.text
+    assert "series 1" in r.json()["detail"] and "series 2" in r.json()["detail"], r.text
+    assert not list(store.list("datasets/twice/"))
+
+
+def test_an_empty_image_is_refused(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
+    image, affine = phantom(shape=(16, 8, 1))
+    folder = write_series(tmp_path / "empty", image, affine, edit=lambda ds, k: setattr(ds, "Rows", 0))[0].parent
+    r = client.post("/v1/datasets/empty/dicom", files=_files(folder))
+    assert r.status_code == 422, r.text
+    assert "0000.dcm" in r.json()["detail"] and "Rows 0" in r.json()["detail"], r.text
+    assert not list(store.list("datasets/empty/"))
+
+
 def test_possible_burned_in_text_is_quarantined(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
     image, affine = phantom(shape=(40, 36, 3))
     folder = tmp_path / "burned"
@@ -188,6 +231,25 @@ def test_stow_rs_refuses_the_wrong_content_type_and_reports_bad_parts(live, seri
     result = r.json()
     assert len(result["00081199"]["Value"]) == 1 and result["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
     assert "part 2 is not a DICOM file" in r.headers["warning"]
+
+
+def test_stow_rs_reports_malformed_numbers_per_instance(live, series) -> None:
+    """Each instance with a malformed number fails with its own reason (the attribute and value named);
+    the good instance is stored."""
+    import httpx
+
+    url, auth = live
+    folder, _, _ = series
+    good = sorted(folder.glob("*.dcm"))[0].read_bytes()
+    parts = [good] + [_malformed(folder, keyword, text)[1][1][1] for keyword, text in MALFORMED_NUMBERS]
+    body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n" for part in parts) + b"--b--\r\n"
+    r = httpx.post(f"{url}/v1/datasets/stowed/dicomweb/studies", content=body, timeout=30,
+                   headers={**auth, "content-type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert r.status_code == 202, r.text
+    result = r.json()
+    assert len(result["00081199"]["Value"]) == 1 and len(result["00081198"]["Value"]) == 3
+    for keyword, text in MALFORMED_NUMBERS:
+        assert keyword in r.headers["warning"] and repr(text) in r.headers["warning"], r.headers["warning"]
 
 
 # --- C-STORE --------------------------------------------------------------------------------------------

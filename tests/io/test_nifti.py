@@ -31,6 +31,19 @@ def sform_only_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return img.to_bytes()
 
 
+def with_header(data: bytes, **fields) -> bytes:
+    """NIfTI-1 ``data`` (uncompressed) with raw header fields set as given (``pixdim={2: 0.0}`` sets one
+    element), bypassing nibabel, which would repair them when it writes."""
+    header = nib.Nifti1Header(binaryblock=data[:348], check=False)
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            for index, element in value.items():
+                header[name][index] = element
+        else:
+            header[name] = value
+    return header.binaryblock + data[348:]
+
+
 @pytest.fixture(scope="module")
 def phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return make_phantom(seed=1, shape=(24, 24, 12))
@@ -199,6 +212,19 @@ def _bad_inputs(phantom) -> dict[str, tuple[bytes, bytes | None, str]]:
         "shape mismatch": (good, nifti_bytes(label[:, :, :-2], affine), "label map must have the image's shape (24, 24, 12), got (24, 24, 10)"),
         "affine mismatch": (good, nifti_bytes(label, shifted), "label map must have the image's affine"),
         "zero spacing": (sform_only_bytes(image, zero_spacing), None, "image voxel spacing must be positive, got (1.0, 0.0, 2.5)"),
+        "zero-length axis": (with_header(plain, dim=[3, 24, 0, 12, 1, 1, 1, 1]), None,
+                             "image has a zero-length axis: its header's dim declares shape (24, 0, 12)"),
+        "zero pixdim": (with_header(plain, pixdim={2: 0.0}, qform_code=0, sform_code=0), None,
+                        "image header pixdim[2] must be a positive, finite voxel size (sform_code and qform_code are 0: "
+                        "pixdim places the voxels), got 0.0"),
+        "negative pixdim": (with_header(plain, pixdim={1: -1.5}, qform_code=0, sform_code=0), None, "pixdim[1] must be a positive, "
+                            "finite voxel size (sform_code and qform_code are 0: pixdim places the voxels), got -1.5"),
+        "NaN pixdim": (with_header(plain, pixdim={3: np.nan}, qform_code=0, sform_code=0), None, "pixdim[3] must be a positive, "
+                       "finite voxel size (sform_code and qform_code are 0: pixdim places the voxels), got nan"),
+        "zero pixdim under a qform": (with_header(plain, pixdim={1: 0.0}, qform_code=1, sform_code=0), None, "pixdim[1] must be a positive, "
+                                      "finite voxel size (sform_code is 0: the qform places the voxels), got 0.0"),
+        "zero pixdim in the label map": (good, with_header(nifti_bytes(label, affine, gz=False), pixdim={1: 0.0}, qform_code=0,
+                                                           sform_code=0), "label map header pixdim[1] must be"),
     }
 
 
@@ -212,6 +238,15 @@ def test_bad_input_is_rejected_with_a_message_naming_it(phantom, case: str) -> N
         check(image, label)
     assert not isinstance(caught.value, TooLarge)
     assert needle in str(caught.value), (case, str(caught.value))
+
+
+def test_pixdim_is_checked_only_where_it_places_the_voxels(phantom) -> None:
+    """An sform overrides pixdim; a 2D image's third pixdim (often 0) sizes no axis of the scan."""
+    image, _, affine = phantom
+    under_sform = with_header(nifti_bytes(image, affine, gz=False), pixdim={1: 0.0, 2: 0.0, 3: 0.0}, qform_code=0)
+    assert check(under_sform).spacing == pytest.approx(tuple(float(abs(x)) for x in np.diag(affine)[:3]))
+    flat = with_header(nifti_bytes(image[:, :, :1], np.eye(4), gz=False), pixdim={1: 0.8, 2: 0.7, 3: 0.0}, qform_code=0, sform_code=0)
+    assert check(flat).spacing == pytest.approx((0.8, 0.7))
 
 
 def test_affine_mismatch_reports_both_affines(phantom) -> None:

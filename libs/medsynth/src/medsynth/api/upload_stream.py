@@ -3,21 +3,26 @@ been spooled: a running byte cap on the body (so a chunked upload, which declare
 off as early as one that declares too much), each file written to a temporary file on disk with its
 SHA-256 computed on the way, and the NIfTI header of each file checked as soon as its first bytes
 (inflated, for ``.nii.gz``) arrive — a wrong or oversized file is refused before the rest is read.
+
+Once received, a large upload waits for one of the process's :class:`UploadSlots` before it is checked
+and stored, as that work holds its volume in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from medsynth.core.errors import InvalidInput, TooLarge, UnsupportedMediaType
+from medsynth.core.errors import Busy, InvalidInput, TooLarge, UnsupportedMediaType
 from medsynth.datasets.ingest import Upload
 from medsynth.io.nifti import GZIP_MAGIC, NIFTI2_HEADER_SIZE, check_header
 
@@ -227,3 +232,48 @@ async def _parse(content_type: str, declared: int | None, body: AsyncIterator[by
         cleanup()
         raise
     return received
+
+
+class UploadSlots:
+    """At most ``slots`` large uploads (``large_bytes`` or more) of one process are checked and stored
+    at once, as each holds its volume in memory; another waits up to ``wait_s`` for a slot, then is
+    refused with :class:`Busy` (503, Retry-After). Smaller uploads never wait."""
+
+    def __init__(self, slots: int, large_bytes: int, wait_s: float) -> None:
+        self.slots, self.large_bytes, self.wait_s = slots, large_bytes, wait_s
+        self._free = asyncio.Semaphore(slots)
+
+    @asynccontextmanager
+    async def hold(self, size: int) -> AsyncIterator[None]:
+        """Hold a slot, if an upload of ``size`` bytes needs one, while the body of the ``with`` runs."""
+        if size < self.large_bytes:
+            yield
+            return
+        if self._free.locked():
+            if self.wait_s <= 0:
+                raise self._busy(size)
+            try:
+                await asyncio.wait_for(self._free.acquire(), timeout=self.wait_s)
+            except TimeoutError:
+                raise self._busy(size) from None
+        else:
+            await self._free.acquire()  # free: taken at once
+        try:
+            yield
+        finally:
+            self._free.release()
+
+    def _busy(self, size: int) -> Busy:
+        waited = f" after waiting {self.wait_s:g} s" if self.wait_s > 0 else ""
+        return Busy(f"this upload of {size} bytes is refused{waited}: the {self.slots} slot(s) for uploads of "
+                    f"{self.large_bytes} bytes or more (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS) are taken; try again later.",
+                    retry_after_s=max(5.0, self.wait_s))
+
+
+def upload_slots(app, settings) -> UploadSlots:
+    """The :class:`UploadSlots` of ``app`` (one per process), made on first use from ``settings``."""
+    state = app.state.__dict__
+    if "upload_slots" not in state:
+        state["upload_slots"] = UploadSlots(settings.max_concurrent_large_uploads, settings.large_upload_bytes,
+                                            settings.large_upload_wait_s)
+    return state["upload_slots"]

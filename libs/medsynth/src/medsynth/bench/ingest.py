@@ -11,6 +11,8 @@
    upload (series/s and files/s, de-identification included).
 
 Writes ``results.json`` and ``results.md`` under ``--out``. Run it alone: it is a measurement.
+``--memory`` measures instead the ingest service's peak memory under large concurrent uploads
+(:mod:`medsynth.bench.ingest_memory`).
 """
 
 from __future__ import annotations
@@ -124,9 +126,9 @@ def conversion_phase(folders: list[Path], rounds: int, echo) -> dict[str, Any]:
 
 def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]:
     """NIfTI and DICOM uploads through the ingest service of a freshly started local stack."""
-    import httpx
-
     from medsynth.bench.load import scan_bytes
+    from medsynth.local.api_client import api_client
+    from medsynth.local.ingest_client import UPLOAD_RETRY
     from medsynth.core.settings import load_settings
     from medsynth.local import stack
 
@@ -145,7 +147,7 @@ def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]
 
         def nifti(i: int) -> None:
             image, label = payloads[i]
-            with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {keys[i % clients]}"}) as client:
+            with api_client(api_key=keys[i % clients], retry=UPLOAD_RETRY) as client:
                 r = client.post(f"{url}/v1/datasets/bench-nifti/scans", data={"patient_id": f"p{i:05d}"},
                                 files={"image": ("s.nii.gz", image), "label": ("l.nii.gz", label)})
             statuses.append(r.status_code)
@@ -160,7 +162,7 @@ def service_phase(scans: int, series: int, clients: int, echo) -> dict[str, Any]
         dicom_statuses: list[int] = []
 
         def dicom(i: int) -> None:
-            with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {keys[i % clients]}"}) as client:
+            with api_client(api_key=keys[i % clients], timeout=300) as client:
                 dicom_statuses.append(client.post(f"{url}/v1/datasets/bench-dicom/dicom", files=uploads[i]).status_code)
 
         echo(f"== {series} DICOM series (30 files each) by REST upload, {min(clients, series)} clients")
@@ -206,8 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-service", action="store_true", help="Only the conversion phase (no stack).")
     parser.add_argument("--out", default="bench-results/ingest")
+    parser.add_argument("--memory", action="store_true", help="Only the ingest service's peak memory under two concurrent "
+                        "300 MB uploads (python -m medsynth.bench.ingest_memory --help for its options).")
     args = parser.parse_args(argv)
     echo = lambda *a: print(*a, flush=True)  # noqa: E731
+    if args.memory:
+        from medsynth.bench import ingest_memory
+
+        return ingest_memory.main(["--out", args.out])
     if not shutil.which("dcm2niix"):
         raise SystemExit("dcm2niix is not installed (Debian package dcm2niix; `make bench-ingest` installs it)")
     if args.dicom:

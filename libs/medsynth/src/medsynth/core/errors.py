@@ -51,6 +51,15 @@ class Forbidden(MedsynthError):
     """The caller is known but its role or project does not allow the request."""
 
 
+class Busy(MedsynthError):
+    """The service is at its limit of concurrent work (e.g. large uploads in memory); ``retry_after_s``
+    says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s + 0.999))
+
+
 class RateLimited(MedsynthError):
     """Too many requests from one caller; ``retry_after_s`` says when to try again."""
 

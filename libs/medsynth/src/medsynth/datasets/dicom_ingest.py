@@ -22,7 +22,7 @@ from medsynth.datasets.ingest import commit_scan
 from medsynth.datasets.manifest import DicomSource, ManifestVersion, ScanEntry, dataset_prefix, refuse_duplicate
 from medsynth.dicom.deid import Deidentifier
 from medsynth.dicom.masks import MASK_SOP_CLASSES, is_mask, label_map, referenced_series
-from medsynth.dicom.series import check_instance, series_label, series_volume
+from medsynth.dicom.series import INSTANCE_NUMBER, check_instance, integer, series_label, series_volume
 from medsynth.io.nifti import check_label_values, to_nifti_bytes
 
 
@@ -116,7 +116,7 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     check_name(dataset, "dataset name")
     masks = [r for r in instances if is_mask(r.dataset)]
     images = sorted((r for r in instances if not is_mask(r.dataset)),
-                    key=lambda r: (int(r.dataset.get("InstanceNumber", 0) or 0), str(r.dataset.SOPInstanceUID)))
+                    key=lambda r: (integer(r.dataset, INSTANCE_NUMBER, r.name, 0), str(r.dataset.SOPInstanceUID)))
     if not images:
         kind = MASK_SOP_CLASSES[str(masks[0].dataset.SOPClassUID)]
         raise InvalidInput(f"{masks[0].name} ({kind}) references series {masks[0].series_uid}, which is not here: send the "

@@ -1,24 +1,28 @@
 """Ingest one NIfTI scan (with an optional label map) into a dataset.
 
 Order of work, so that a failure leaves nothing half-done behind:
-validate everything in memory → write the original (free-text header fields cleared) and the
-canonical copy under keys derived from the image's content hash → commit a new manifest version → emit ``scan-ingested``.
-If the commit fails, the objects written are removed again (unless an identical upload of the same
-scan, which shares their keys, owns them).
+validate everything (an upload on disk is read from there: one array in memory per file) → claim
+the scan's id in the dataset (the image's content hash) → write the original (free-text header
+fields cleared) and the canonical copy under keys derived from that id (for an upload on disk,
+through files beside it, streamed to the store) → commit a new manifest version → emit
+``scan-ingested``. Only the claim's holder writes under those keys, so two uploads of one image
+never mix their objects: the second is refused before it writes anything. If a write or the commit
+fails, the objects written are removed and the claim released.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medsynth.core.errors import Conflict, InvalidInput
+from medsynth.core.errors import InvalidInput
 from medsynth.core.names import check_name
-from medsynth.datasets.manifest import ManifestVersion, ScanEntry, add_scan, dataset_prefix, find_scan, refuse_duplicate
-from medsynth.io.nifti import scrub_free_text, to_nifti_bytes, validate_scan
+from medsynth.datasets.manifest import (ManifestVersion, ScanEntry, append_scans, claim_scans, dataset_prefix, refuse_duplicate,
+                                        release_claims)
+from medsynth.io.nifti import scrub_free_text, scrub_free_text_file, to_nifti_bytes, validate_scan, write_nifti
 from medsynth.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 @dataclass(frozen=True)
 class Upload:
     """One uploaded file: its bytes in memory, or a file on disk (the ingest service streams uploads
-    to disk) with the SHA-256 computed while it was received."""
+    to disk) with the SHA-256 computed while it was received. A file on disk is in a temporary folder
+    of the caller's, which ingestion also uses for the copies it stores (removed with the folder)."""
 
     filename: str
     data: bytes | None = None
@@ -42,6 +47,11 @@ class Upload:
 
     def read(self) -> bytes:
         return self.data if self.data is not None else Path(self.path).read_bytes()
+
+    @property
+    def source(self) -> bytes | Path:
+        """What the NIfTI readers take: the bytes, or the file (then read from disk as needed, not whole)."""
+        return self.data if self.data is not None else Path(self.path)
 
     def digest(self) -> str:
         return self.sha256 or hashlib.sha256(self.read()).hexdigest()
@@ -73,20 +83,20 @@ def ingest_scan(
     check_nifti_name(image, "image")
     if label is not None:
         check_nifti_name(label, "label map")
-    scan = validate_scan(image.read(), label.read() if label else None, max_voxels=max_voxels)
+    scan = validate_scan(image.source, label.source if label else None, max_voxels=max_voxels)
 
     image_sha = image.digest()
     scan_id = image_sha[:16]
-    refuse_duplicate(store, dataset, scan_id)  # early, one read; add_scan claims the id atomically
+    refuse_duplicate(store, dataset, scan_id)  # early, one read; commit_scan claims the id atomically
 
     base = f"{dataset_prefix(dataset)}scans/{patient_id}/{scan_id}/"
-    objects: dict[str, bytes] = {
-        f"{base}original/image{image.suffix}": scrub_free_text(image.read()),
-        f"{base}canonical/image.nii.gz": to_nifti_bytes(scan.image, scan.affine),
+    objects: dict[str, bytes | Path] = {
+        f"{base}original/image{image.suffix}": _original(image),
+        f"{base}canonical/image.nii.gz": _canonical(scan.image, scan.affine, image),
     }
     if label is not None and scan.label is not None:
-        objects[f"{base}original/label{label.suffix}"] = scrub_free_text(label.read())
-        objects[f"{base}canonical/label.nii.gz"] = to_nifti_bytes(scan.label, scan.affine)
+        objects[f"{base}original/label{label.suffix}"] = _original(label)
+        objects[f"{base}canonical/label.nii.gz"] = _canonical(scan.label, scan.affine, label)
     keys = list(objects)
     entry = ScanEntry(
         scan_id=scan_id,
@@ -106,31 +116,67 @@ def ingest_scan(
     return entry, commit_scan(store, dataset, entry, objects, on_ingested)
 
 
-def commit_scan(store: ObjectStore, dataset: str, entry: ScanEntry, objects: dict[str, bytes],
+def _original(upload: Upload) -> bytes | Path:
+    """The stored original: bytes for an upload in memory; for one on disk, a file beside it (in the
+    upload's folder, which its owner removes), streamed."""
+    if upload.path is None:
+        return scrub_free_text(upload.data)
+    out = Path(upload.path).with_name(f"{Path(upload.path).name}.original")
+    scrub_free_text_file(Path(upload.path), out)
+    return out
+
+
+def _canonical(array, affine, upload: Upload) -> bytes | Path:
+    """The stored canonical copy, as :func:`_original` keeps it: bytes, or a file written a slab at a time."""
+    if upload.path is None:
+        return to_nifti_bytes(array, affine)
+    out = Path(upload.path).with_name(f"{Path(upload.path).name}.canonical.nii.gz")
+    write_nifti(array, affine, out)
+    return out
+
+
+def _put(store: ObjectStore, key: str, data: bytes | Path) -> None:
+    if isinstance(data, Path):
+        store.put_file(key, data)  # streamed from disk
+    else:
+        store.put_bytes(key, data)
+
+
+def commit_scan(store: ObjectStore, dataset: str, entry: ScanEntry, objects: Mapping[str, bytes | Path],
                 on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None) -> ManifestVersion:
-    """Write a validated scan's objects and register it; on any failure remove what was written
-    (unless a concurrent identical upload owns the same keys). Every format's ingest ends here."""
+    """:func:`commit_scans` of one scan. Every format's ingest ends here or there."""
+    return commit_scans(store, dataset, [(entry, objects)], on_ingested)
+
+
+def commit_scans(store: ObjectStore, dataset: str, scans: Sequence[tuple[ScanEntry, Mapping[str, bytes | Path]]],
+                 on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None) -> ManifestVersion:
+    """Store and register validated scans as one new version, all or nothing: claim their ids
+    (:class:`Conflict`, with nothing written, if one is taken), write their objects under the claimed
+    keys, append them. On any failure the objects written are removed and the claims released."""
+    entries = [entry for entry, _ in scans]
+    claim_scans(store, dataset, entries)
+    written: list[str] = []
     try:
-        for key, data in objects.items():
-            store.put_bytes(key, data)
-        manifest = add_scan(store, dataset, entry)
-    except BaseException as exc:
-        _remove_unless_registered(store, dataset, entry, list(objects), exc)
+        for _, objects in scans:
+            for key, data in objects.items():
+                written.append(key)
+                _put(store, key, data)
+        manifest = append_scans(store, dataset, entries)
+    except BaseException:
+        _undo(store, dataset, entries, written)
         raise
     if on_ingested is not None:
-        on_ingested(entry, manifest)
+        for entry in entries:
+            on_ingested(entry, manifest)
     return manifest
 
 
-def _remove_unless_registered(store: ObjectStore, dataset: str, entry: ScanEntry, keys: list[str], exc: BaseException) -> None:
-    """Undo this upload's writes, except where a concurrent identical upload (same image, same patient:
-    the same keys) holds the scan."""
-    if isinstance(exc, Conflict):
-        winner = find_scan(store, dataset, entry.scan_id)
-        if winner is not None and winner.patient_id == entry.patient_id:
-            return
-    for key in keys:
-        try:
+def _undo(store: ObjectStore, dataset: str, entries: list[ScanEntry], written: list[str]) -> None:
+    """Remove a failed upload's objects (under keys its claims made its own), then its claims: an
+    undeleted claim is only taken over once stale, so the upload can be retried after a while."""
+    try:
+        for key in written:
             store.delete(key)
-        except Exception:  # noqa: BLE001 - the original error is what the caller must see
-            log.exception("could not remove %s after a failed ingest", key)
+        release_claims(store, dataset, entries)
+    except Exception:  # noqa: BLE001 - the original error is what the caller must see
+        log.exception("could not undo a failed ingest into dataset %s (scans %s)", dataset, ", ".join(e.scan_id for e in entries))

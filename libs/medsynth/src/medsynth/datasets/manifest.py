@@ -1,25 +1,28 @@
 """Versioned dataset manifests, at a flat cost per upload.
 
-Version ``v`` of a dataset is the list of its first ``v`` scans. Its storage under ``datasets/<name>/``:
+Version ``v`` of a dataset is the list of the scans its first ``v`` entries added — one scan per
+upload, or every series of a DICOM upload at once. Its storage under ``datasets/<name>/``:
 
-- ``entries/v<NNNNNNNNNN>.json`` — the scan that version ``v`` added. Created with the store's atomic
+- ``entries/v<NNNNNNNNNN>.json`` — the scans that version ``v`` added. Created with the store's atomic
   create-if-absent: that is how an upload claims the next version, so concurrent uploads never
   overwrite each other (the loser of a race moves on to the next number).
-- ``scan-ids/<scan_id>.json`` — claimed (create-if-absent) before the entry is written: the same image
-  cannot enter a dataset twice, and finding out costs one read, not a walk through every scan.
+- ``scan-ids/<scan_id>.json`` — claimed (create-if-absent) before the upload writes anything under the
+  scan's keys, and kept once its entry is written: the same image cannot enter a dataset twice, only the
+  claim's holder writes the objects its entry names, and finding a duplicate costs one read, not a walk
+  through every scan.
 - ``manifests/v<NNNNNN>.json`` — a full manifest, written every :data:`SNAPSHOT_EVERY` versions (and,
   in datasets made before entries existed, at every version). Reading version ``v`` takes the
   newest snapshot at or below it plus the entries after it.
 - ``head.json`` — the newest version its last writer saw: a hint, probed forward, never trusted alone.
 
-An upload therefore writes its objects, one claim, one entry, the hint and, once in
+An upload therefore writes one claim per scan, its objects, one entry, the hint and, once in
 :data:`SNAPSHOT_EVERY` uploads, a snapshot — not a full copy of a manifest that grows with the dataset.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -98,6 +101,11 @@ class _Entry(BaseModel):
     version: int
     created_at: datetime
     scan: ScanEntry
+    more: list[ScanEntry] = Field(default_factory=list, description="The other scans of an upload that added several.")
+
+    @property
+    def scans(self) -> list[ScanEntry]:
+        return [self.scan, *self.more]
 
 
 class _Claim(BaseModel):
@@ -175,7 +183,7 @@ def load_manifest(store: ObjectStore, dataset: str, version: int | None = None) 
     else:
         manifest = DatasetManifest(dataset=dataset)
     for entry in _entries(store, dataset, base + 1, version):
-        manifest.scans.append(entry.scan)
+        manifest.scans.extend(entry.scans)
         manifest.version, manifest.created_at = entry.version, entry.created_at
     return manifest
 
@@ -204,21 +212,65 @@ def _duplicate(dataset: str, claim: _Claim) -> Conflict:
 
 def add_scan(store: ObjectStore, dataset: str, entry: ScanEntry) -> ManifestVersion:
     """Claim the scan's id, then append it as the next version; :class:`Conflict` if its image is
-    already there. A claim whose entry never appeared (its uploader died) is taken over after
-    :data:`STALE_CLAIM`."""
-    _migrate_claims(store, dataset)
-    claim = _Claim(scan_id=entry.scan_id, patient_id=entry.patient_id, original_filename=entry.original_filename, claimed_at=utcnow())
-    if not store.put_if_absent(_claim_key(dataset, entry.scan_id), claim.model_dump_json().encode()):
-        held = find_scan(store, dataset, entry.scan_id)
-        if held is None or utcnow() - held.claimed_at < STALE_CLAIM or _registered(store, dataset, entry.scan_id):
-            raise _duplicate(dataset, held or claim)
-        log.warning("taking over the stale claim on scan %s in dataset %s (claimed %s)", entry.scan_id, dataset, held.claimed_at)
-        store.put_json(_claim_key(dataset, entry.scan_id), claim.model_dump(mode="json"))
+    already there."""
+    return add_scans(store, dataset, [entry])
+
+
+def add_scans(store: ObjectStore, dataset: str, entries: Sequence[ScanEntry]) -> ManifestVersion:
+    """:func:`claim_scans`, then :func:`append_scans`; the claims are released if the append fails."""
+    claim_scans(store, dataset, entries)
     try:
-        return _append(store, dataset, entry)
+        return append_scans(store, dataset, entries)
     except BaseException:
-        store.delete(_claim_key(dataset, entry.scan_id))
+        release_claims(store, dataset, entries)
         raise
+
+
+def claim_scans(store: ObjectStore, dataset: str, entries: Sequence[ScanEntry]) -> None:
+    """Claim every scan id of ``entries`` for one upload, all or none: :class:`Conflict` (after releasing
+    what this call claimed) if an image is already in the dataset or twice in ``entries``. Until the
+    claims are released (:func:`release_claims`) or the scans appended, only their holder may write under
+    the scans' keys. A claim whose entry never appeared (its uploader died) is taken over after
+    :data:`STALE_CLAIM`."""
+    seen: dict[str, ScanEntry] = {}
+    for entry in entries:
+        if entry.scan_id in seen:
+            raise Conflict(f"{seen[entry.scan_id].original_filename} and {entry.original_filename} are one image (scan "
+                           f"{entry.scan_id}, the same content): upload it once.")
+        seen[entry.scan_id] = entry
+    _migrate_claims(store, dataset)
+    claimed: list[ScanEntry] = []
+    try:
+        for entry in entries:
+            _claim(store, dataset, entry)
+            claimed.append(entry)
+    except BaseException:
+        release_claims(store, dataset, claimed)
+        raise
+
+
+def release_claims(store: ObjectStore, dataset: str, entries: Sequence[ScanEntry]) -> None:
+    """Give up the claims of scans that will not be appended."""
+    for entry in entries:
+        store.delete(_claim_key(dataset, entry.scan_id))
+
+
+def append_scans(store: ObjectStore, dataset: str, entries: Sequence[ScanEntry]) -> ManifestVersion:
+    """Register claimed scans as one new version (their entry is the commit: all of them or none)."""
+    if not entries:
+        raise ValueError("append_scans needs at least one scan")
+    return _append(store, dataset, list(entries))
+
+
+def _claim(store: ObjectStore, dataset: str, entry: ScanEntry) -> None:
+    claim = _Claim(scan_id=entry.scan_id, patient_id=entry.patient_id, original_filename=entry.original_filename, claimed_at=utcnow())
+    if store.put_if_absent(_claim_key(dataset, entry.scan_id), claim.model_dump_json().encode()):
+        return
+    held = find_scan(store, dataset, entry.scan_id)
+    if held is None or utcnow() - held.claimed_at < STALE_CLAIM or _registered(store, dataset, entry.scan_id):
+        raise _duplicate(dataset, held or claim)
+    log.warning("taking over the stale claim on scan %s in dataset %s (claimed %s)", entry.scan_id, dataset, held.claimed_at)
+    store.put_json(_claim_key(dataset, entry.scan_id), claim.model_dump(mode="json"))
 
 
 def _migrate_claims(store: ObjectStore, dataset: str) -> None:
@@ -241,17 +293,26 @@ def _registered(store: ObjectStore, dataset: str, scan_id: str) -> bool:
         return False
 
 
-def _append(store: ObjectStore, dataset: str, scan: ScanEntry) -> ManifestVersion:
+def _append(store: ObjectStore, dataset: str, scans: list[ScanEntry]) -> ManifestVersion:
+    """Write the entry of the next free version; once it is written the commit has happened, and
+    nothing after it (the hint, a snapshot) may fail the call."""
     version = latest_version(store, dataset)
     for _ in range(MAX_COMMIT_TRIES):
         version += 1
-        entry = _Entry(version=version, created_at=utcnow(), scan=scan)
+        entry = _Entry(version=version, created_at=utcnow(), scan=scans[0], more=scans[1:])
         if store.put_if_absent(entry_key(dataset, version), entry.model_dump_json().encode()):
-            store.put_json(_head_key(dataset), {"version": version})  # a hint: a stale one is probed past
-            if version % SNAPSHOT_EVERY == 0:
-                _snapshot(store, dataset, version)
+            _after_commit(store, dataset, version)
             return ManifestVersion(dataset=dataset, version=version, created_at=entry.created_at)
     raise MedsynthError(f"could not commit a new version of dataset {dataset!r} after {MAX_COMMIT_TRIES} tries")
+
+
+def _after_commit(store: ObjectStore, dataset: str, version: int) -> None:
+    try:
+        store.put_json(_head_key(dataset), {"version": version})  # a hint: a stale one is probed past
+    except Exception:  # noqa: BLE001 - the entry is written: the version exists whatever the hint says
+        log.exception("could not update the head hint of dataset %s to version %d", dataset, version)
+    if version % SNAPSHOT_EVERY == 0:
+        _snapshot(store, dataset, version)
 
 
 def _snapshot(store: ObjectStore, dataset: str, version: int) -> None:

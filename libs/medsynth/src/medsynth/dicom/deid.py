@@ -34,7 +34,6 @@ from importlib import resources
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -163,20 +162,16 @@ class Deidentifier:
         return out
 
     def _walk(self, src: Dataset, dst: Dataset, shift: int) -> None:
-        for elem in src:
-            tag = int(elem.tag)
-            if BaseTag(tag).is_private or BaseTag(tag).element == 0:  # private attributes, group lengths
+        for tag in list(src.keys()):  # tags only: what is dropped is never decoded
+            if tag.is_private or tag.element == 0:  # private attributes, group lengths
                 continue
-            rule = _rule_for(tag)
+            rule = _rule_for(int(tag))
             action = "K" if rule is None else (
                 "C" if shift and rule.modified_dates == "C" else rule.chosen)
-            new = self._act(elem, action, shift)
-            if new is not None:
-                dst.add(new)
+            if action != "X":
+                dst.add(self._act(src[tag], action, shift))
 
-    def _act(self, elem: DataElement, action: str, shift: int) -> DataElement | None:
-        if action == "X":
-            return None
+    def _act(self, elem: DataElement, action: str, shift: int) -> DataElement:
         if elem.VR == "SQ":
             if action == "Z":
                 return DataElement(elem.tag, "SQ", Sequence())

@@ -16,6 +16,11 @@ path makes:
 
 A missing slice, uneven spacing, mixed orientation, size or spacing, duplicate instances, a localizer
 or a non-image object is an :class:`~medsynth.core.errors.InvalidInput` that names the series and why.
+
+Every number read from a DICOM text attribute (DS, IS) goes through :func:`numbers`, and
+:func:`check_instance` runs every such attribute of an instance through it on arrival: a value that is
+not a number is an :class:`~medsynth.core.errors.InvalidInput` naming the attribute and the value, before
+de-identification or assembly (both of which would otherwise meet it as a bare ``ValueError``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
@@ -92,12 +98,14 @@ def read_instance(data: bytes, what: str, *, geometry_only: bool = False) -> Dat
 
 
 def check_instance(ds: Dataset, what: str) -> None:
-    """The checks every instance passes before it is buffered: identity attributes present, and, for
-    an image, a transfer syntax a decoder is installed for."""
+    """The checks every instance passes before it is buffered: identity attributes present, every
+    number a number (:func:`check_numbers`), and, for an image, a transfer syntax a decoder is
+    installed for."""
     for keyword, tag in (("SOPClassUID", 0x00080016), ("SOPInstanceUID", 0x00080018), ("StudyInstanceUID", 0x0020000D),
                          ("SeriesInstanceUID", 0x0020000E)):
         if not _text(ds, tag):
             raise InvalidInput(f"{what} has no {keyword}.")
+    check_numbers(ds, what)
     if 0x7FE00010 not in ds and 0x7FE00008 not in ds and 0x7FE00009 not in ds:  # (float, double float) pixel data
         return  # a non-image object (SEG is checked as a mask, RTSTRUCT too); assemble_series refuses the rest
     syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
@@ -156,7 +164,7 @@ def series_volume(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) 
         raise InvalidInput("a series needs at least one instance.")
     first = instances[0][1]
     label = series_label(first)
-    headers = [Header.of(ds) for _, ds in instances]
+    headers = [Header.of(ds, name) for name, ds in instances]
     _refuse_non_images(instances, headers, label)
     slices = [s for (name, ds), header in zip(instances, headers, strict=True) for s in _slices(name, ds, header, label)]
     ref = slices[0]
@@ -193,6 +201,8 @@ def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], headers: Sequen
                                "medsynth does not unpack; convert it with dcm2niix and upload the NIfTI.")
         if "LOCALIZER" in h.image_type:
             raise InvalidInput(f"{label} is a localizer (ImageType {'/'.join(h.image_type)}), not a scan.")
+        if h.rows < 1 or h.columns < 1:
+            raise InvalidInput(f"{label}: {name} is an empty image (Rows {h.rows}, Columns {h.columns}).")
         if h.samples != 1 or h.photometric not in ("MONOCHROME1", "MONOCHROME2"):
             raise InvalidInput(f"{label}: {name} is a {h.photometric or '?'} image; only greyscale "
                                "(MONOCHROME1/2) series are accepted.")
@@ -222,26 +232,88 @@ def _slices(name: str, ds: Dataset, header: Header, label: str) -> list[Slice]:
 
 IMAGE_POSITION, IMAGE_ORIENTATION, PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
 RESCALE_INTERCEPT, RESCALE_SLOPE = 0x00281052, 0x00281053
+INSTANCE_NUMBER, TEMPORAL_POSITION, NUMBER_OF_FRAMES, SLICE_THICKNESS = 0x00200013, 0x00200100, 0x00280008, 0x00180050
+NUMERIC_VRS = {"DS": "a decimal number", "IS": "an integer"}
+_SHOWN = 64  # characters of a bad value that a message repeats
 
 
-def _decimals(ds: Dataset | None, tag: int, default: list[float] | None = None) -> list[float]:
-    """A decimal-string (DS) attribute's values as floats, parsed from the raw bytes when the element
-    has not been converted yet: pydicom's conversion of every DS value costs more than reading the file.
-    ``default`` when absent (KeyError without one)."""
+def numbers(ds: Dataset, tag: int, what: str) -> list[float]:
+    """The values of a decimal (DS) or integer (IS) string attribute, ``[]`` when it is absent or empty.
+
+    The one place medsynth turns DICOM text into numbers, from the raw bytes when pydicom has not
+    converted the element yet (its conversion of every DS value costs more than reading the file).
+    Raises :class:`InvalidInput` naming ``what``, the attribute and its value when a value is not a
+    finite number, or for IS not a whole one."""
+    value, _ = _raw(ds, tag)
+    if isinstance(value, bytes | bytearray):
+        text = bytes(value).decode("ascii", "replace")
+    elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = "" if value is None else str(value)
+    text = text.strip(" \x00")
+    if not text:
+        return []
+    kind = _vr(ds, tag)
+    out = []
+    for part in text.split("\\"):
+        try:
+            number = float(part.strip(" \x00"))
+        except ValueError:
+            number = float("nan")
+        if not np.isfinite(number) or (kind == "IS" and not number.is_integer()):
+            shown = text if len(text) <= _SHOWN else f"{text[:_SHOWN]}..."
+            raise InvalidInput(f"{what}: {_tag_name(tag)} is {shown!r}, not {NUMERIC_VRS.get(kind, 'a number')}.")
+        out.append(number)
+    return out
+
+
+def check_numbers(ds: Dataset, what: str) -> None:
+    """Read every DS and IS attribute of ``ds`` (in sequences too) through :func:`numbers`. Private
+    attributes are left alone: de-identification removes them unread."""
+    for tag in list(ds.keys()):
+        if tag.is_private:
+            continue
+        kind = _vr(ds, tag)
+        if kind in NUMERIC_VRS:
+            numbers(ds, tag, what)
+        elif kind == "SQ":
+            for item in ds[tag].value or ():
+                check_numbers(item, what)
+
+
+def _vr(ds: Dataset, tag: int) -> str:
+    """The element's VR without converting its value (raw implicit-VR elements carry none: the dictionary's)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def _tag_name(tag: int) -> str:
+    tag = int(tag)
+    return f"{keyword_for_tag(tag) or 'attribute'} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _decimals(ds: Dataset | None, tag: int, what: str, default: list[float] | None = None) -> list[float]:
+    """:func:`numbers` of an attribute; ``default`` when it is absent or empty (KeyError without one)."""
     if ds is None:
         raise KeyError(tag)
-    if tag not in ds:
+    values = numbers(ds, tag, what) if tag in ds else []
+    if not values:
         if default is None:
             raise KeyError(tag)
-        return default
-    elem = ds.get_item(tag)
-    value = elem.value
-    if isinstance(value, bytes | bytearray):
-        text = bytes(value).decode("ascii", "replace").strip(" \x00")
-        return [float(v) for v in text.split("\\")] if text else list(default or [])
-    if value is None or value == "":
-        return list(default or [])
-    return [float(v) for v in value] if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [float(value)]
+        return list(default)
+    return values
+
+
+def integer(ds: Dataset, tag: int, what: str, default: int) -> int:
+    """The first value of an integer string (IS) attribute, ``default`` when it is absent or empty."""
+    values = numbers(ds, tag, what) if tag in ds else []
+    return int(values[0]) if values else default
 
 
 def _raw(ds: Dataset, tag: int):
@@ -259,14 +331,6 @@ def _us(ds: Dataset, tag: int, default: int) -> int:
     if isinstance(value, bytes | bytearray):
         return int.from_bytes(bytes(value[:2]), "little" if little else "big")
     return int(value)
-
-
-def _integer_string(ds: Dataset, tag: int, default: int) -> int:
-    value, _ = _raw(ds, tag)
-    if isinstance(value, bytes | bytearray):
-        text = bytes(value).decode("ascii", "replace").strip(" \x00")
-        return int(float(text.split("\\")[0])) if text else default
-    return default if value in (None, "") else int(value)
 
 
 def _text(ds: Dataset, tag: int) -> str:
@@ -297,15 +361,15 @@ class Header:
     syntax: str
 
     @classmethod
-    def of(cls, ds: Dataset) -> Header:
-        temporal = _integer_string(ds, 0x00200100, -1)
+    def of(cls, ds: Dataset, what: str) -> Header:
+        temporal = integer(ds, TEMPORAL_POSITION, what, -1)
         return cls(
             sop_class=_text(ds, 0x00080016), rows=_us(ds, 0x00280010, 0), columns=_us(ds, 0x00280011, 0),
             samples=_us(ds, 0x00280002, 1), photometric=_text(ds, 0x00280004).upper(),
             bits_allocated=_us(ds, 0x00280100, 0), bits_stored=_us(ds, 0x00280101, 0), signed=bool(_us(ds, 0x00280103, 0)),
-            frames=_integer_string(ds, 0x00280008, 1) or 1,
+            frames=integer(ds, NUMBER_OF_FRAMES, what, 1) or 1,
             image_type=tuple(v.strip().upper() for v in _text(ds, 0x00080008).split("\\") if v.strip()),
-            order=float(temporal if temporal >= 0 else _integer_string(ds, 0x00200013, 0)),
+            order=float(temporal if temporal >= 0 else integer(ds, INSTANCE_NUMBER, what, 0)),
             has_pixels=0x7FE00010 in ds,
             syntax=str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"),
         )
@@ -319,18 +383,18 @@ def _slice(source: str, ds: Dataset, header: Header, frame: int | None, position
            measures: Dataset | None, order: float, transform: Dataset | None = None) -> Slice:
     transform = transform if transform is not None else ds
     try:
-        ipp = np.array(_decimals(position, IMAGE_POSITION), dtype=np.float64)
-        iop = np.array(_decimals(orientation, IMAGE_ORIENTATION), dtype=np.float64)
-        spacing = tuple(_decimals(measures, PIXEL_SPACING))
-    except (AttributeError, TypeError, ValueError, KeyError):
+        ipp = np.array(_decimals(position, IMAGE_POSITION, source), dtype=np.float64)
+        iop = np.array(_decimals(orientation, IMAGE_ORIENTATION, source), dtype=np.float64)
+        spacing = tuple(_decimals(measures, PIXEL_SPACING, source))
+    except (AttributeError, TypeError, KeyError):
         raise InvalidInput(f"{source} lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing.") from None
     if ipp.shape != (3,) or iop.shape != (6,) or len(spacing) != 2 or min(spacing) <= 0 or not np.all(np.isfinite([*ipp, *iop])):
         raise InvalidInput(f"{source} has an unusable geometry (position {ipp.tolist()}, orientation {iop.tolist()}, spacing {spacing}).")
     row, col = iop[:3], iop[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise InvalidInput(f"{source}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors.")
-    slope = (_decimals(transform, RESCALE_SLOPE, default=[1.0]) or [1.0])[0]
-    intercept = (_decimals(transform, RESCALE_INTERCEPT, default=[0.0]) or [0.0])[0]
+    slope = _decimals(transform, RESCALE_SLOPE, source, default=[1.0])[0]
+    intercept = _decimals(transform, RESCALE_INTERCEPT, source, default=[0.0])[0]
     return Slice(source, ds, header, frame, ipp, iop, (spacing[0], spacing[1]), slope, intercept, order)
 
 
@@ -423,7 +487,7 @@ def _affine(stack: list[list[Slice]], ref: Slice) -> np.ndarray:
     if len(stack) > 1:
         affine[:3, 2] = (stack[-1][0].position - first.position) / (len(stack) - 1)
     else:
-        thickness = float(first.dataset.get("SliceThickness", 1) or 1)
+        thickness = _decimals(first.dataset, SLICE_THICKNESS, first.source, default=[1.0])[0] or 1.0
         affine[:3, 2] = ref.normal * thickness
     affine[:3, 3] = first.position
     return affine

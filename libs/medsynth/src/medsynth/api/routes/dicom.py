@@ -19,12 +19,12 @@ from pydicom.dataset import Dataset
 from medsynth.api.deps import BusDep, GuardDep, PrincipalDep, ProjectDep, SettingsDep, StoreDep
 from medsynth.api.routes.scans import STREAMED, scan_announcer, scan_public
 from medsynth.api.schemas import ScanPublic
-from medsynth.api.upload_stream import FilesForm, read_files_form
+from medsynth.api.upload_stream import FilesForm, read_files_form, upload_slots
 from medsynth.core.errors import InvalidInput, MedsynthError, TooLarge, UnsupportedMediaType
 from medsynth.core.names import check_name
 from medsynth.datasets.dicom_ingest import group_series, prepare_series, quarantined_series, receive
 from medsynth.datasets.dicom_staging import SeriesRecord, commit, records, stage
-from medsynth.datasets.ingest import commit_scan
+from medsynth.datasets.ingest import commit_scans
 from medsynth.dicom.deid import Deidentifier
 from medsynth.dicom.series import read_instance
 from medsynth.projects import deid_policy
@@ -64,25 +64,52 @@ def deidentifier(request: Request, project: str) -> Deidentifier:
     return cache[project]
 
 
-def dicom_files(form: FilesForm, limit: int) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every DICOM file uploaded, zips opened (their inflated size capped at ``limit``)."""
+#: A zip declaring less than this, inflated, is not held to MEDSYNTH_MAX_ZIP_RATIO: small archives may
+#: compress oddly well (blank frames) and cannot hurt.
+ZIP_RATIO_FLOOR = 16 * 1024**2
+
+
+def dicom_files(form: FilesForm, limit: int, max_ratio: float) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every DICOM file uploaded, zips opened from disk one member at a time, each
+    zip checked by :func:`check_zip` from its central directory before any member is inflated. A member
+    cannot inflate past the size it declares (zipfile stops there, and its CRC check then fails)."""
     inflated = 0
     for upload in form.files:
-        data = upload.read()
-        if data[:4] != ZIP_MAGIC:
-            yield upload.filename, data
+        if _head(upload, len(ZIP_MAGIC)) != ZIP_MAGIC:
+            yield upload.filename, upload.read()
             continue
         try:
-            archive = zipfile.ZipFile(io.BytesIO(data))
-            members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
-                       and m.filename.rsplit("/", 1)[-1].upper() != "DICOMDIR"]
-            for member in members:
-                inflated += member.file_size
-                if inflated > limit:
-                    raise TooLarge(f"{upload.filename} inflates to more than the {limit}-byte upload limit.")
-                yield f"{upload.filename}:{member.filename}", archive.read(member)
+            with zipfile.ZipFile(upload.path if upload.data is None else io.BytesIO(upload.data)) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")
+                           and m.filename.rsplit("/", 1)[-1].upper() != "DICOMDIR"]
+                inflated += check_zip(upload.filename, members, upload.size, inflated, limit, max_ratio)
+                for member in members:
+                    yield f"{upload.filename}:{member.filename}", archive.read(member)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
             raise InvalidInput(f"{upload.filename} is not a readable zip archive: {exc}") from None
+
+
+def check_zip(name: str, members: list[zipfile.ZipInfo], size: int, before: int, limit: int, max_ratio: float) -> int:
+    """The bytes a zip of ``size`` bytes declares its ``members`` inflate to (their ``file_size`` in its
+    central directory). :class:`TooLarge` (413) if that, with the ``before`` bytes of the upload's other
+    zips, passes ``limit``, or if it is over :data:`ZIP_RATIO_FLOOR` and ``max_ratio`` times ``size``."""
+    declared = sum(m.file_size for m in members)
+    if before + declared > limit:
+        others = f" ({before + declared} with the upload's other zips)" if before else ""
+        raise TooLarge(f"{name} declares {declared} bytes inflated in {len(members)} files{others}, more than the "
+                       f"{limit}-byte limit (MEDSYNTH_MAX_DICOM_UPLOAD_BYTES); refused before inflating it.")
+    if declared > ZIP_RATIO_FLOOR and declared > max_ratio * size:
+        raise TooLarge(f"{name} declares {declared} bytes inflated from {size} bytes ({declared / max(size, 1):.0f}:1), "
+                       f"more than the {max_ratio:g}:1 MEDSYNTH_MAX_ZIP_RATIO allows (a zip bomb?); refused before "
+                       "inflating it.")
+    return declared
+
+
+def _head(upload, n: int) -> bytes:
+    if upload.data is not None:
+        return upload.data[:n]
+    with open(upload.path, "rb") as f:
+        return f.read(n)
 
 
 UPLOAD_BODY = {
@@ -98,20 +125,25 @@ UPLOAD_BODY = {
 
 @router.post("/{dataset}/dicom", status_code=status.HTTP_201_CREATED, response_model=DicomUploadPublic,
              openapi_extra={"requestBody": UPLOAD_BODY}, max_body_size=STREAMED,
-             responses={413: {"description": "Over MEDSYNTH_MAX_DICOM_UPLOAD_BYTES or MEDSYNTH_MAX_VOXELS."},
+             responses={413: {"description": "Over MEDSYNTH_MAX_DICOM_UPLOAD_BYTES or MEDSYNTH_MAX_VOXELS, or a zip declares "
+                                             "more than MEDSYNTH_MAX_ZIP_RATIO times its size (checked before it is inflated)."},
                         422: {"description": "A file is not usable DICOM, a series is incomplete or inconsistent, or the "
-                                             "upload holds two patients; the detail names the file or series."}})
+                                             "upload holds two patients; the detail names the file or series."},
+                        503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
+                                             "Retry-After says when to try again."}})
 async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep,
                        guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> DicomUploadPublic:
     """Upload one patient's DICOM (files or zips, multipart field ``file``, repeated). Each series becomes
-    a scan; all are checked before any is stored, so a bad series leaves nothing of the upload behind.
-    Instances that may show identity in their pixels are quarantined (listed, not stored)."""
+    a scan, all of them one new dataset version; all are checked before any is stored and committed
+    together, so a bad or duplicate series (422, 409) leaves nothing of the upload behind. Instances
+    that may show identity in their pixels are quarantined (listed, not stored)."""
     _before_body(dataset, guard, principal, project)
     deid = deidentifier(request, project)
     form = await _read(request, settings, related=False,
                        usage="the upload must be multipart/form-data with one or more `file` parts (DICOM files or zips).")
     try:
-        return await run_in_threadpool(_ingest_upload, form, dataset, project, deid, settings, store, bus)
+        async with upload_slots(request.app, settings).hold(form.received):  # its series will be in memory
+            return await run_in_threadpool(_ingest_upload, form, dataset, project, deid, settings, store, bus)
     except Exception as exc:
         INGESTED.labels(type(exc).__name__).inc()
         raise
@@ -120,7 +152,8 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
 
 
 def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifier, settings, store, bus) -> DicomUploadPublic:
-    received = [receive(read_instance(data, name), name, deid) for name, data in dicom_files(form, settings.max_dicom_upload_bytes)]
+    files = dicom_files(form, settings.max_dicom_upload_bytes, settings.max_zip_ratio)
+    received = [receive(read_instance(data, name), name, deid) for name, data in files]
     if not received:
         raise InvalidInput("the upload holds no files.")
     received = quarantined_series(received)
@@ -129,12 +162,10 @@ def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifi
     if not series:
         raise InvalidInput(f"nothing to ingest: all {len(received)} instances were quarantined ({quarantined[0].reason}).")
     prepared = [prepare_series(store, dataset, instances, max_voxels=settings.max_voxels) for instances in series.values()]
-    announce = scan_announcer(bus, project, dataset)
-    scans = []
-    for p in prepared:
-        manifest = commit_scan(store, dataset, p.entry, p.objects, announce)
-        INGESTED.labels("accepted").inc()
-        scans.append(scan_public(dataset, p.entry, manifest))
+    # one version for the whole upload: every series is stored, or (on any error) none
+    manifest = commit_scans(store, dataset, [(p.entry, p.objects) for p in prepared], scan_announcer(bus, project, dataset))
+    INGESTED.labels("accepted").inc(len(prepared))
+    scans = [scan_public(dataset, p.entry, manifest) for p in prepared]
     DICOM_INSTANCES.labels("upload", "ingested").inc(len(received) - len(quarantined))
     DICOM_INSTANCES.labels("upload", "quarantined").inc(len(quarantined))
     return DicomUploadPublic(dataset=dataset, scans=scans, quarantined=quarantined)

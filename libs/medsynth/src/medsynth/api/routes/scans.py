@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from medsynth.api.deps import BusDep, GuardDep, PrincipalDep, ProjectDep, SettingsDep, StoreDep
 from medsynth.api.schemas import ScanPublic
 from medsynth.bus.client import BusError
-from medsynth.api.upload_stream import ScanForm, read_scan_form
+from medsynth.api.upload_stream import ScanForm, read_scan_form, upload_slots
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.ingest import ingest_scan
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry
@@ -44,7 +44,9 @@ STREAMED = 2**50
 @router.post("/{dataset}/scans", status_code=status.HTTP_201_CREATED, response_model=ScanPublic,
              openapi_extra={"requestBody": UPLOAD_BODY}, max_body_size=STREAMED,
              responses={413: {"description": "The body or a file is over MEDSYNTH_MAX_UPLOAD_BYTES, or a header declares too many voxels."},
-                        422: {"description": "Not a scan: bad form, name, NIfTI header or content."}})
+                        422: {"description": "Not a scan: bad form, name, NIfTI header or content."},
+                        503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
+                                             "Retry-After says when to try again."}})
 async def upload_scan(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep,
                       guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> ScanPublic:
     """Upload one scan (multipart: ``patient_id``, ``image``, optional ``label``). The body is read as
@@ -64,7 +66,8 @@ async def upload_scan(dataset: str, request: Request, settings: SettingsDep, sto
         exc.http_headers = {"Connection": "close"}  # the rest of the body stays unread: end the connection
         raise
     try:
-        return await _ingest(dataset, project, form, settings, store, bus)
+        async with upload_slots(request.app, settings).hold(form.received):  # its volume will be in memory
+            return await _ingest(dataset, project, form, settings, store, bus)
     finally:
         form.close()
 
