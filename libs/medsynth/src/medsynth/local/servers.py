@@ -10,6 +10,10 @@ medsynth's client code knows which server answers.
 
 Stopping: tansu stops on SIGTERM; SeaweedFS ignores SIGTERM and shuts down on SIGINT. :meth:`Server.stop`
 sends the server's own stop signal, then escalates to SIGKILL after a grace period.
+
+Only SeaweedFS's S3 port is for clients, and it checks S3 signatures. Its master, volume and filer
+ports are shut to callers without its keys (:class:`SeaweedSecurity`). Every secret the local stack
+keeps (S3 keys, tokens, SeaweedFS's keys) is a file of mode 0600 in a folder of mode 0700.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class S3Credentials:
         (mode 0600) — no shared default secret."""
         path = home / "secrets" / "s3.json"
         if path.exists():
+            _keep_private(path)
             raw = json.loads(path.read_text())
             return cls(raw["access_key"], raw["secret_key"])
         creds = cls("medsynth-" + secrets.token_hex(6), secrets.token_urlsafe(30))
@@ -62,13 +67,31 @@ class S3Credentials:
         return creds
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (its folder 0700), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(path.with_suffix(".tmp"), path)
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter (0700): made so, or narrowed if it exists."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def _write_secret(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 (its folder 0700), atomically. The temporary file is
+    created 0600 and chmod-ed again, as a leftover one keeps its old mode through ``O_TRUNC``."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _keep_private(path: Path) -> None:
+    """Narrow an existing secret (written by an older version, or by hand) to 0600 in a 0700 folder."""
+    private_dir(path.parent)
+    if path.stat().st_mode & 0o777 != 0o600:
+        path.chmod(0o600)
 
 
 def local_secret(home: Path, name: str) -> str:
@@ -76,6 +99,7 @@ def local_secret(home: Path, name: str) -> str:
     e.g. the metrics token: nothing the stack trusts is a shipped default."""
     path = home / "secrets" / name
     if path.exists():
+        _keep_private(path)
         return path.read_text().strip()
     _write_secret(path, token := secrets.token_urlsafe(32))
     return token
@@ -209,37 +233,122 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def seaweed_command(data_dir: Path, base_port: int, config_path: Path, host: str = "127.0.0.1") -> list[str]:
     """``weed mini`` bound to ``host`` on the fixed ports of :data:`SEAWEED_PORTS`; no admin UI, WebDAV,
-    Iceberg or Lance endpoints, and no
-    bucket made on first upload (as on MinIO and AWS, a missing bucket is an error)."""
+    Iceberg or Lance endpoints, no bucket made on first upload (as on MinIO and AWS, a missing bucket
+    is an error), and no HTTP API on the master and the filer (``-disableHttp``: their gRPC, shut by
+    :class:`SeaweedSecurity`'s mutual TLS, is all the S3 gateway uses). Run it with
+    :meth:`SeaweedSecurity.env` in its environment."""
     argv = [str(find_binary("weed")), "mini", f"-dir={data_dir}", f"-ip={host}", f"-ip.bind={host}",
             f"-s3.config={config_path}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", "-s3.autoCreateBucket=false"]
+            "-master.volumeSizeLimitMB=64", "-s3.autoCreateBucket=false", "-disableHttp", "-master.telemetry=false"]
     argv += [f"-{flag}={base_port + offset}" for flag, offset in SEAWEED_PORTS.items()]
     return argv
 
 
+#: SeaweedFS's JWT signing keys, by the variable ``weed`` reads each from: volume-server writes and
+#: reads (tokens the master hands the S3 gateway), filer writes and reads.
+SEAWEED_JWT_KEYS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY")
+#: The SeaweedFS components whose gRPC servers and clients take the mutual-TLS certificate.
+SEAWEED_GRPC_PARTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq", "client")
+
+
+@dataclass(frozen=True)
+class SeaweedSecurity:
+    """What shuts SeaweedFS's own ports to callers without its keys (its S3 port checks S3 signatures
+    by itself): JWT signing keys, so that the filer and the volume server answer unsigned reads and
+    writes with 401; a private CA and one certificate for mutual TLS on every gRPC port (a client
+    without them gets no answer: no listing, no reading, no admin shell); and ``-disableHttp`` in
+    :func:`seaweed_command` for the master's HTTP API (its status and the write tokens it hands out).
+
+    Kept in ``folder`` (0700) as ``jwt.json``, ``ca.crt``, ``grpc.crt`` and ``grpc.key`` (0600), made
+    once; the CA's private key is dropped once the certificate is signed. ``weed`` gets them through
+    :meth:`env` (environment variables take precedence over any ``security.toml``).
+
+    Left open by SeaweedFS itself (4.48 serves them unconditionally): the volume server's ``/status``
+    (disk and volume counters), the master's HTML status page and ``/cluster/status``, and the health
+    endpoints — counters, no object names and no data."""
+
+    folder: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> SeaweedSecurity:
+        """The keys kept in ``folder``, made there (randomly) where missing."""
+        private_dir(folder)
+        jwt = folder / "jwt.json"
+        if jwt.exists():
+            _keep_private(jwt)
+        else:
+            _write_secret(jwt, json.dumps({name: secrets.token_urlsafe(32) for name in SEAWEED_JWT_KEYS}))
+        if not all((folder / name).exists() for name in ("ca.crt", "grpc.crt", "grpc.key")):
+            _write_grpc_certificates(folder)
+        _keep_private(folder / "grpc.key")
+        return cls(folder)
+
+    def env(self) -> dict[str, str]:
+        """The ``WEED_*`` variables that give ``weed`` these keys."""
+        env = dict(json.loads((self.folder / "jwt.json").read_text()))
+        env["WEED_GRPC_CA"] = str(self.folder / "ca.crt")
+        for part in SEAWEED_GRPC_PARTS:
+            env[f"WEED_GRPC_{part.upper()}_CERT"] = str(self.folder / "grpc.crt")
+            env[f"WEED_GRPC_{part.upper()}_KEY"] = str(self.folder / "grpc.key")
+        return env
+
+
+def _write_grpc_certificates(folder: Path) -> None:
+    """A CA (its key thrown away) and one certificate it signs for every SeaweedFS component, as
+    server and as client; SeaweedFS checks the CA, not host names."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    valid = {"not_valid_before": now - dt.timedelta(hours=1), "not_valid_after": now + dt.timedelta(days=3650)}
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"medsynth local SeaweedFS CA {secrets.token_hex(4)}")])
+    ca = (x509.CertificateBuilder(issuer_name=ca_name, subject_name=ca_name, public_key=ca_key.public_key(),
+                                  serial_number=x509.random_serial_number(), **valid)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder(issuer_name=ca_name, subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]),
+                                    public_key=key.public_key(), serial_number=x509.random_serial_number(), **valid)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    _write_secret(folder / "grpc.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    _write_secret(folder / "grpc.crt", cert.public_bytes(pem))
+    _write_secret(folder / "ca.crt", ca.public_bytes(pem))
+
+
 def write_seaweed_identities(path: Path, credentials: S3Credentials) -> Path:
-    """SeaweedFS's S3 identity file: one identity, full rights, these keys only."""
+    """SeaweedFS's S3 identity file: one identity, full rights, these keys only (0600, its folder 0700)."""
     identity = {"name": "medsynth", "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"identities": [identity]}, f)
+    _write_secret(path, json.dumps({"identities": [identity]}))
     return path
 
 
 def start_seaweedfs(
     data_dir: Path, base_port: int, credentials: S3Credentials, log_path: Path, *,
-    buckets: Sequence[str] = (), timeout: float = 60.0, die_with_parent: bool = False,
+    buckets: Sequence[str] = (), timeout: float = 60.0, die_with_parent: bool = False, security: SeaweedSecurity | None = None,
 ) -> Server:
-    """Start SeaweedFS on ``base_port`` (S3) and the nine ports above it; return once ``buckets`` exist."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Start SeaweedFS on ``base_port`` (S3) and the nine ports above it; return once ``buckets`` exist.
+    ``data_dir`` becomes private (0700); its keys are ``security``'s, by default kept in ``data_dir/security``."""
+    private_dir(data_dir)
+    security = security or SeaweedSecurity.in_folder(data_dir / "security")
     argv = seaweed_command(data_dir, base_port, write_seaweed_identities(data_dir / "s3-identities.json", credentials))
     for offset in range(SEAWEED_PORT_SPAN):
         if port_open("127.0.0.1", base_port + offset, timeout=0.2):
             raise ServerError(f"port {base_port + offset} is in use; SeaweedFS needs {base_port}..{base_port + SEAWEED_PORT_SPAN - 1}")
-    server = Server("seaweedfs", _spawn("seaweedfs", argv, dict(os.environ), log_path, die_with_parent=die_with_parent), log_path, signal.SIGINT)
+    env = dict(os.environ, **security.env())
+    server = Server("seaweedfs", _spawn("seaweedfs", argv, env, log_path, die_with_parent=die_with_parent), log_path, signal.SIGINT)
     endpoint = f"127.0.0.1:{base_port}"
     _wait(server, lambda: s3_ready(endpoint, credentials, buckets), timeout)
     return server

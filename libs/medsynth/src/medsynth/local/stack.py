@@ -33,8 +33,8 @@ import httpx
 from medsynth.core.errors import MedsynthError
 from medsynth.core.settings import SamplerBackend, Settings, StoreBackend
 from medsynth.local.servers import (
-    TANSU_BUCKET, S3Credentials, kafka_answers, local_secret, s3_ready, seaweed_command, stop_process, tail, tansu_command, tansu_env,
-    write_seaweed_identities,
+    TANSU_BUCKET, S3Credentials, SeaweedSecurity, kafka_answers, local_secret, private_dir, s3_ready, seaweed_command, stop_process,
+    tail, tansu_command, tansu_env, write_seaweed_identities,
 )
 from medsynth.local.supervisor import STOP_GRACE_S, ProcessSpec, StackFile
 
@@ -97,12 +97,13 @@ def plan(settings: Settings, *, names: list[str] | None = None) -> tuple[list[Pr
     if not bootstrap:
         credentials = S3Credentials.for_home(home)
         s3_endpoint, bootstrap = f"127.0.0.1:{base + SEAWEEDFS_PORT}", f"127.0.0.1:{base + BROKER_PORT}"
-        data = home / "seaweedfs"
-        data.mkdir(parents=True, exist_ok=True)
+        data = private_dir(home / "seaweedfs")  # every object of the stack's S3 store is in there
         buckets = [TANSU_BUCKET] + ([settings.s3_bucket] if _store_on_stack_s3(settings) else [])
         identities = write_seaweed_identities(data / "s3-identities.json", credentials)
+        security = SeaweedSecurity.in_folder(home / "secrets" / "seaweedfs")
         specs.append(ProcessSpec(
-            "seaweedfs", seaweed_command(data, base + SEAWEEDFS_PORT, identities), dict(os.environ), str(logs / "seaweedfs.log"),
+            "seaweedfs", seaweed_command(data, base + SEAWEEDFS_PORT, identities), dict(os.environ, **security.env()),
+            str(logs / "seaweedfs.log"),
             stop_signal=signal.SIGINT, ready=lambda: s3_ready(s3_endpoint, credentials, buckets), layer=0))
         specs.append(ProcessSpec(
             "broker", tansu_command(base + BROKER_PORT), tansu_env(s3_endpoint, credentials), str(logs / "broker.log"),
@@ -176,7 +177,7 @@ def _broker_ready(settings: Settings, bootstrap: str) -> bool:
 
 def _torchserve_spec(settings: Settings, home: Path, logs: Path) -> ProcessSpec:
     """TorchServe under a `medsynth torchserve` wrapper (which exits when TorchServe dies)."""
-    ts_home = home / "torchserve"
+    ts_home = private_dir(home / "torchserve")  # TorchServe writes its keys (key_file.json) there
     (ts_home / "model-store").mkdir(parents=True, exist_ok=True, mode=0o700)
     (ts_home / "model-store").chmod(0o700)  # archives are code TorchServe runs: only this user writes them
     state_file = ts_home / "state.json"

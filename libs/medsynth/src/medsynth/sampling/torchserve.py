@@ -140,6 +140,8 @@ class TorchServeProcess:
             raise MedsynthError(f"TorchServe in {str(self.workdir)!r} is already started.")
         if not self.model_store.is_dir():
             raise InvalidInput(f"TorchServe model store {str(self.model_store)!r} is not a directory.")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # TorchServe writes its keys (key_file.json) in here
         for sub in ("logs", "tmp"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._end_orphan()

@@ -18,6 +18,11 @@ may edit a file by hand). Otherwise the hash is recomputed from the file and the
 The sidecar tree mirrors the key tree exactly (``.meta/<key>``, no suffix), so two keys can never
 share a sidecar path. Keys are therefore restricted slightly more than :func:`check_key` does: the first
 part may not be ``.meta`` and no part may start with ``.tmp-``.
+
+Objects are readable by anyone the umask lets read them (an operator browses the store), except those
+under :data:`PRIVATE_PREFIXES` — secrets such as the projects' de-identification keys: their files are
+0600 and their folders (and their sidecars' folders) 0700, whatever the umask. The store narrows the
+top private folders when it opens, and anything under them when it sweeps.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from medsynth.store.base import ABANDONED_AFTER_S, CHUNK, ObjectInfo, ObjectStor
 
 META_DIR = ".meta"
 TEMP_PREFIX = ".tmp-"
+#: Key prefixes whose objects are secrets (de-identification keys, API key records, the audit log).
+PRIVATE_PREFIXES = ("auth/",)
+PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
 _MKDIR_ATTEMPTS = 5
 
 
@@ -52,6 +60,17 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+def _is_private(key: str) -> bool:
+    return key.startswith(PRIVATE_PREFIXES)
+
+
+def _narrow(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` unless it has it already (or is gone)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
 class LocalStore(ObjectStore):
     """Objects as plain files under ``root``; see the module docstring for the layout."""
 
@@ -61,6 +80,9 @@ class LocalStore(ObjectStore):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the local store root {str(self.root)!r}: {exc}") from exc
+        for top in self._private_tops():  # closes what an older version left open, all beneath them too
+            with contextlib.suppress(OSError):  # best effort (a read-only store): writes would fail anyway
+                _narrow(top, PRIVATE_DIR_MODE)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -70,13 +92,19 @@ class LocalStore(ObjectStore):
         process killed mid-write leaves one behind, and nothing else ever removes it."""
         cutoff = datetime.now(timezone.utc).timestamp() - older_than_s
         removed = 0
+        private = self._private_tops()
         for directory, _, files in os.walk(self.root):
+            sealed = any(Path(directory) == top or top in Path(directory).parents for top in private)
+            if sealed:  # on the way: files and folders of secrets written before they were private
+                _narrow(Path(directory), PRIVATE_DIR_MODE)
             for name in files:
                 path = Path(directory) / name
                 with contextlib.suppress(FileNotFoundError):
                     if name.startswith(TEMP_PREFIX) and path.stat().st_mtime < cutoff:
                         path.unlink()
                         removed += 1
+                    elif sealed:
+                        _narrow(path, PRIVATE_FILE_MODE)
         return removed
 
     # Writes --------------------------------------------------------------------------------------
@@ -176,14 +204,32 @@ class LocalStore(ObjectStore):
     def _meta_path(self, key: str) -> Path:
         return self.root.joinpath(META_DIR, *key.split("/"))
 
+    def _private_tops(self) -> list[Path]:
+        """The top folders of :data:`PRIVATE_PREFIXES`, of the objects and of their sidecars."""
+        tops = [prefix.rstrip("/").split("/") for prefix in PRIVATE_PREFIXES]
+        return [base.joinpath(*parts) for parts in tops for base in (self.root, self.root / META_DIR)]
+
+    def _seal(self, key: str, directory: Path) -> None:
+        """For a private ``key``: its folders 0700, from ``directory`` (where its file or sidecar is)
+        up to the top folder of its prefix."""
+        for top in self._private_tops():
+            if directory == top or top in directory.parents:
+                while True:
+                    _narrow(directory, PRIVATE_DIR_MODE)
+                    if directory == top:
+                        return
+                    directory = directory.parent
+
     def _write_temp(self, key: str, directory: Path, stream: BinaryIO) -> tuple[Path, str, int]:
         """Stream ``stream`` into a new fsynced temp file in ``directory``; return it, its hash, its size."""
         fd, tmp = _mkstemp_in(key, directory)
         digest = hashlib.sha256()
         size = 0
         try:
+            if _is_private(key):
+                self._seal(key, directory)
             with contextlib.suppress(OSError, AttributeError):
-                os.fchmod(fd, _FILE_MODE)
+                os.fchmod(fd, PRIVATE_FILE_MODE if _is_private(key) else _FILE_MODE)
             with os.fdopen(fd, "wb") as f:
                 while chunk := stream.read(CHUNK):
                     digest.update(chunk)
@@ -198,8 +244,10 @@ class LocalStore(ObjectStore):
 
     def _write_meta(self, key: str, record: dict[str, Any]) -> None:
         path = self._meta_path(key)
-        fd, tmp = _mkstemp_in(key, path.parent)
+        fd, tmp = _mkstemp_in(key, path.parent)  # mkstemp: 0600
         try:
+            if _is_private(key):
+                self._seal(key, path.parent)
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f, sort_keys=True)
             _replace(key, tmp, path)
