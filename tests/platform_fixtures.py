@@ -5,6 +5,7 @@ for librdkafka's in-memory mock), the local-directory store, and settings that i
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ class S3Server:
     endpoint: str  # host:port
     access_key: str
     secret_key: str
+    security: Path | None = None  # SeaweedFS: the folder of its own keys (local.servers.SeaweedSecurity)
 
     def client(self) -> Minio:
         return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, region="us-east-1")
@@ -70,7 +72,7 @@ def seaweedfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     credentials = S3Credentials.for_home(home)
     port = server_base_port(request.config) + 30
     with start_seaweedfs(home / "data", port, credentials, home / "seaweedfs.log", buckets=[TANSU_BUCKET], die_with_parent=True):
-        yield S3Server(f"127.0.0.1:{port}", credentials.access_key, credentials.secret_key)
+        yield S3Server(f"127.0.0.1:{port}", credentials.access_key, credentials.secret_key, home / "data" / "security")
 
 
 @pytest.fixture(scope="session")
@@ -202,6 +204,55 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def served(app, settings: Settings) -> Iterator[tuple[str, int]]:
+    """``app`` served as ``medsynth.api.app.main`` serves a service (:func:`medsynth.runtime.server.uvicorn_config`:
+    its timeouts, medsynth's logging) on a free loopback port; its (host, port)."""
+    import socket
+
+    import uvicorn
+
+    from medsynth.runtime.server import uvicorn_config
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, settings.model_copy(update={"http_host": "127.0.0.1", "http_port": port})))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def service_log(service: str) -> Iterator[io.StringIO]:
+    """Logging configured as a service process configures it (:func:`medsynth.core.logging.configure_logging`),
+    into the buffer yielded; the previous configuration is put back after."""
+    import logging
+
+    from medsynth.core.logging import configure_logging
+
+    root, access = logging.getLogger(), logging.getLogger("uvicorn.access")
+    saved = root.handlers[:], root.level, access.filters[:]
+    buffer = io.StringIO()
+    configure_logging(service, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        access.filters[:] = saved[2]
 
 
 def api_key(settings: Settings, role: str, project: str = "default") -> str:

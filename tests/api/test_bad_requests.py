@@ -1,5 +1,6 @@
-"""Requests a client can send that once answered 500 or echoed too much: non-finite numbers, numbers
-past the protobuf fields, huge ids, and 404s naming where the store lives."""
+"""Requests a client can send that once answered 500, echoed too much or were half-understood:
+non-finite numbers, numbers past the protobuf fields, huge ids, 404s naming where the store lives, one
+job kind's id on another kind's routes, unknown fields in a body, and clients that stall or hang up."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from medsynth.api.app import create_api_app
+from medsynth.api.app import create_api_app, create_ingest_app
+from medsynth.auth.policy import Access, policy_for
+from medsynth.auth.principal import Role
+from medsynth.bus.messages import JobKind
 from medsynth.core.settings import Settings
+from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
+from medsynth.projects import project_store
+from medsynth.store import open_store
 
-from platform_fixtures import bearer
+from platform_fixtures import api_key, bearer
 
 
 @pytest.fixture
@@ -91,3 +98,171 @@ def test_requests_are_counted_by_route_template_and_status(api: TestClient) -> N
     assert float(line.rsplit(" ", 1)[1]) >= 2
     assert "no-such-job" not in metrics  # raw paths never become series
     assert 'medsynth_http_request_duration_seconds_count{method="GET",route="/v1/jobs/{job_id}"}' in metrics
+
+
+def test_an_unknown_dataset_has_no_versions(api: TestClient) -> None:
+    r = api.get("/v1/datasets/no-such-dataset/versions")
+    assert r.status_code == 404 and "no-such-dataset" in r.json()["detail"], r.text
+
+
+# --- ids of one job kind on another kind's routes ---------------------------------------------------
+
+#: Route prefix → the job kind whose ids it takes.
+KIND_ROUTES = {"/v1/generators/": JobKind.train_generator, "/v1/cohorts/": JobKind.sample_cohort,
+               "/v1/segmentations/": JobKind.train_segmenter, "/v1/evaluations/": JobKind.evaluate}
+DESTINATION = {"ae_title": "VIEWER", "host": "127.0.0.1", "port": 104}
+
+
+def test_an_id_of_another_job_kind_is_a_404_on_every_kind_specific_route(platform_settings: Settings) -> None:
+    """A succeeded job of every kind, its id sent to every route of every other kind: 404 naming what the id
+    is, never a 500 from reading the job's results as another kind's."""
+    from medsynth.core.settings import DicomNode
+
+    settings = platform_settings.model_copy(update={"dicom_destinations": [DicomNode(**DESTINATION)]})
+    records = JobRecords(project_store(open_store(settings), "default"))
+    ids = {}
+    for kind in JobKind:
+        ids[kind] = new_job_id(kind)
+        records.put(JobRecord(job_id=ids[kind], kind=kind, spec={}, state=JobState.succeeded, result_keys={"view": "datasets/d/views/v/view.json"}))
+    with TestClient(create_api_app(settings, reconcile=False), raise_server_exceptions=False,
+                    headers=bearer(settings, "researcher")) as client:
+        paths = client.app.openapi()["paths"]
+        routes = [(method.upper(), path, kind) for path, ops in paths.items() for method in ops
+                  for prefix, kind in KIND_ROUTES.items() if path.startswith(prefix) and "{" in path]
+        assert len(routes) >= 8, routes
+        for method, path, kind in routes:
+            for other, job_id in ids.items():
+                if other is kind:
+                    continue
+                concrete = path.split("{")[0] + job_id + path.split("}")[1]
+                r = client.request(method, concrete, json=DESTINATION if method == "POST" else None)
+                assert r.status_code == 404 and f"that id is a {other.value} job" in r.json()["detail"], (method, concrete, r.status_code, r.text)
+
+
+# --- unknown fields in request bodies ---------------------------------------------------------------
+
+
+def _request_body_schemas(openapi: dict) -> Iterator[tuple[str, str, dict]]:
+    for path, ops in openapi["paths"].items():
+        for method, op in ops.items():
+            body = (op.get("requestBody") or {}).get("content", {}).get("application/json")
+            if body is not None:
+                yield method.upper(), path, body["schema"]
+
+
+def _models_under(schema: dict, components: dict, seen: set[str]) -> None:
+    """The names of every component schema ``schema`` refers to, at any depth, into ``seen``."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref and (name := ref.rsplit("/", 1)[1]) not in seen:
+            seen.add(name)
+            _models_under(components[name], components, seen)
+        for value in schema.values():
+            _models_under(value, components, seen)
+    elif isinstance(schema, list):
+        for value in schema:
+            _models_under(value, components, seen)
+
+
+def test_every_request_model_refuses_unknown_fields(platform_settings: Settings) -> None:
+    """Every JSON body of both apps, at any depth (family options, training options, the release gate,
+    a study's families and arms…), is a model that forbids fields it does not have; and each route answers
+    a body with a misspelt field ({"sise": 64}) with a 422 naming it, whatever else is wrong with it."""
+    from medsynth.api.reader_studies import TOKEN_PREFIX, _token_key
+
+    settings = platform_settings.model_copy(update={"rate_limit_burst": 10**6})
+    keys = {role: {"Authorization": f"Bearer {api_key(settings, role.value)}"} for role in Role}
+    reader_token = f"{TOKEN_PREFIX}unknown-fields"  # a reader's token, as a reader study leaves it, for the reader routes
+    open_store(settings).put_json(_token_key(reader_token), {"project": "default", "reader_study_id": "xreader_study_id", "reader": "r"})
+    checked = 0
+    with TestClient(create_api_app(settings, reconcile=False), raise_server_exceptions=False) as api, \
+            TestClient(create_ingest_app(settings), raise_server_exceptions=False) as ingest:
+        for client in (api, ingest):
+            openapi = client.app.openapi()
+            components = openapi["components"]["schemas"]
+            for method, path, schema in _request_body_schemas(openapi):
+                models: set[str] = set()
+                _models_under(schema, components, models)
+                lax = [m for m in models if "properties" in components[m] and components[m].get("additionalProperties") is not False]
+                assert models and not lax, (method, path, "models that take unknown fields", lax)
+                policy = policy_for(method, path)
+                headers = keys[sorted(policy.roles)[0]] if policy.access is Access.roles else {"X-Reader-Token": reader_token}
+                r = client.request(method, path.replace("{", "x").replace("}", ""), json={"sise": 64}, headers=headers)
+                assert r.status_code == 422, (method, path, r.status_code, r.text)
+                assert any(e["type"] == "extra_forbidden" and e["loc"][-1] == "sise" for e in r.json()["detail"]), (method, path, r.text)
+                checked += 1
+    assert checked >= 11
+
+
+# --- slow and vanishing clients, on a real socket ------------------------------------------------------
+
+SLOW = {"http_header_timeout_s": 0.5, "http_body_timeout_s": 0.5}
+
+
+def _exchange(address: tuple[str, int], data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data`` and read until the server closes the connection; what came back and how long it took."""
+    import socket
+    import time
+
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=wait_s) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), time.monotonic() - started
+
+
+def test_a_client_that_stalls_in_its_headers_or_body_gets_408(platform_settings: Settings) -> None:
+    """uvicorn waits for headers as long as a client likes; the services give each request's headers, and each
+    part of its body, MEDSYNTH_HTTP_HEADER_TIMEOUT_S and MEDSYNTH_HTTP_BODY_TIMEOUT_S."""
+    from platform_fixtures import served
+
+    settings = platform_settings.model_copy(update=SLOW)
+    key = bearer(settings, "researcher")["Authorization"]
+    with served(create_api_app(settings, reconcile=False), settings) as address:
+        answer, took = _exchange(address, b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Half: a")  # headers never finished
+        assert answer.startswith(b"HTTP/1.1 408 ") and took < 3, (answer, took)
+        answer, took = _exchange(address, b"")  # a connection that never says anything is closed
+        assert answer == b"" and took < 3
+        head = f"POST /v1/cohorts HTTP/1.1\r\nHost: api\r\nAuthorization: {key}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        answer, took = _exchange(address, head.encode() + b'{"generator_id": "g", ')  # the body stops coming
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stopped coming" in answer and took < 3, (answer, took)
+        answer, _ = _exchange(address, b"GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")  # prompt clients are served
+        assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def _upload_start(settings: Settings) -> bytes:
+    """The first 2 kB of a 1 MB scan upload: headers, the patient id and the start of a valid NIfTI image."""
+    import nibabel as nib
+    import numpy as np
+
+    key = bearer(settings, "uploader")["Authorization"]
+    image = nib.Nifti1Image(np.zeros((64, 64, 64), np.int16), np.eye(4)).to_bytes()
+    return (f"POST /v1/datasets/knee/scans HTTP/1.1\r\nHost: ingest\r\nAuthorization: {key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b0undary\r\nContent-Length: {10**6}\r\n\r\n"
+            '--b0undary\r\nContent-Disposition: form-data; name="patient_id"\r\n\r\np1\r\n'
+            '--b0undary\r\nContent-Disposition: form-data; name="image"; filename="i.nii"\r\n\r\n').encode() + image[:2000]
+
+
+def test_an_upload_that_stalls_gets_408_and_one_that_is_dropped_leaves_one_log_line(platform_settings: Settings) -> None:
+    import socket
+    import time
+
+    from platform_fixtures import served, service_log
+
+    settings = platform_settings.model_copy(update=SLOW)
+    with service_log("ingest") as log, served(create_ingest_app(settings, assemble_quiet_series=False), settings) as address:
+        answer, took = _exchange(address, _upload_start(settings))
+        assert answer.startswith(b"HTTP/1.1 408 ") and took < 3, (answer, took)
+
+        with socket.create_connection(address, timeout=5) as s:  # the client goes away mid-upload
+            s.sendall(_upload_start(settings))
+            time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while "disconnected" not in log.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    text = log.getvalue()
+    assert text.count("the client disconnected before its request body was read") == 1, text
+    assert "Traceback" not in text and "Exception in ASGI application" not in text, text

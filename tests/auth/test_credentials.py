@@ -190,3 +190,26 @@ def test_development_mode_without_auth_still_audits(platform_settings: Settings)
         assert client.get("/v1/jobs").status_code == 200
     (record,) = AuditLog(open_store(settings)).records()
     assert (record.actor, record.project, record.outcome) == ("development", "default", 200)
+
+
+def test_tokens_in_links_and_headers_never_reach_the_service_log(platform_settings: Settings) -> None:
+    """The api served as its process serves it, logging as it logs (uvicorn's access log included): a reader's
+    link (``…/read?token=msr_…``) and other credentials in a query leave no secret in the log."""
+    import httpx
+
+    from medsynth.core.logging import REDACTED
+
+    from platform_fixtures import served, service_log
+
+    reader_token, api_token = "msr_SECRETreaderTOKEN123", ApiKeys(open_store(platform_settings)).create("default", "viewer")[1]
+    with service_log("api") as log, served(create_api_app(platform_settings, reconcile=False), platform_settings) as (host, port):
+        base = f"http://{host}:{port}"
+        assert httpx.get(f"{base}/v1/reader-studies/reader-0123/read?token={reader_token}").status_code == 401
+        assert httpx.get(f"{base}/v1/jobs?access_token=SECRETaccess&state=queued", headers={"Authorization": f"Bearer {api_token}"}).status_code == 200
+        assert httpx.get(f"{base}/v1/jobs?note={api_token}").status_code == 401
+        deadline = time.monotonic() + 5
+        while log.getvalue().count('"GET /v1/') < 3 and time.monotonic() < deadline:  # the access log line follows the response
+            time.sleep(0.05)
+    text = log.getvalue()
+    assert f"/v1/reader-studies/reader-0123/read?token={REDACTED}" in text and f"access_token={REDACTED}&state=queued" in text, text
+    assert "SECRET" not in text and api_token.rsplit("_", 1)[1] not in text, text

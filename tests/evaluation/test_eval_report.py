@@ -126,3 +126,103 @@ def test_the_evaluation_report_in_a_real_browser(tmp_path) -> None:
         artifacts.mkdir(exist_ok=True)
         page.screenshot(path=str(artifacts / "evaluation-report.png"), full_page=True)
         browser.close()
+
+
+def test_without_training_data_drops_pairs_patient_ids_and_training_figures() -> None:
+    from medsynth.metrics.report import WITHHELD, without_training_data
+
+    results = _results() | {
+        "memorization": {"fraction_flagged": 0.0, "worst_pairs": [{"synthetic": 0, "train": 3, "train_patient": "p-007", "distance": 0.2}]},
+        "release": {"withheld": [{"index": 4, "train_index": 9, "lowpass_train_index": 9, "distance": 0.01}],
+                    "worst_pairs": [{"index": 1, "train_index": 2}], "closest_pairs": {"key": "audits/c/closest_pairs.png"}},
+        "figures": {"synthetic": "evaluations/e/figures/synthetic.png", "real": "evaluations/e/figures/real.png",
+                    "memorization": "evaluations/e/figures/memorization.png"},
+    }
+    public = without_training_data(results)
+    assert public["memorization"] == {"fraction_flagged": 0.0}
+    assert public["release"] == {"withheld": [{"index": 4, "distance": 0.01}]}  # counted, not paired with a training image
+    assert public["figures"] == {"synthetic": "evaluations/e/figures/synthetic.png"}
+    assert public["training_data_withheld"] == WITHHELD and "worst_pairs" in results["memorization"]  # the input is untouched
+    page = render_html({k: v for k, v in public.items() if k != "release"}, {"synthetic": b"s", "real": b"r", "memorization": b"m"}, {})
+    assert "real (training split)" not in page and 'alt="closest pairs"' not in page and "base64,cg==" not in page  # b"r"
+    assert page.count("withheld for this role") >= 3  # atop the page, and where the real samples and the closest pairs were
+
+
+# --- the report routes: what a viewer and a researcher get -----------------------------------------
+
+SYNTHETIC_PNG, REAL_PNG, PAIRS_PNG, RELEASE_PNG = b"synthetic-sheet", b"real-training-sheet", b"closest-pairs-grid", b"release-pairs"
+TRAIN_PATIENT = "patient-TRAIN-0071"
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+def evaluation(platform_settings):
+    """A succeeded evaluation (and its generator and cohort) in the default project's store, in the layout
+    the evaluate handler writes: report.json, report.html with every figure, the figures apart."""
+    from medsynth.bus.messages import JobKind
+    from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
+    from medsynth.projects import project_store
+    from medsynth.store import open_store
+
+    store = project_store(open_store(platform_settings), "default")
+    records = JobRecords(store)
+
+    def succeeded(kind: JobKind, result_keys: dict[str, str]) -> str:
+        job_id = new_job_id(kind)
+        records.put(JobRecord(job_id=job_id, kind=kind, spec={}, state=JobState.succeeded, result_keys=result_keys))
+        return job_id
+
+    store.put_json("generators/g/curves.json", {"step": [0, 10], "loss_g": [1.0, 0.5]})
+    generator_id = succeeded(JobKind.train_generator, {"generator": "generators/g/generator.json", "curves": "generators/g/curves.json"})
+    store.put_bytes("audits/c/closest_pairs.png", RELEASE_PNG)
+    release = {"policy": "filter", "draws": 66, "released": 64, "flagged": 2, "fraction_flagged": 2 / 66, "released_flagged": 0,
+               "withheld": [{"index": 3, "train_index": 17, "lowpass_train_index": 17, "distance": 0.01}],
+               "thresholds": {"pixel": 0.1, "lowpass": 0.05, "how": "0.5 x the 0.01 quantile"}, "spaces": {"pixel": "p", "lowpass": "l"},
+               "rule": "flag near copies", "worst_pairs": [{"index": 3, "train_index": 17}], "closest_pairs": {"key": "audits/c/closest_pairs.png"}}
+    cohort_id = succeeded(JobKind.sample_cohort, {"manifest": "cohorts/c/manifest.json"})
+    store.put_json("cohorts/c/manifest.json", {"count": 64, "samples": [], "release": release})
+    prefix = "evaluations/e/"
+    figures = {"synthetic": SYNTHETIC_PNG, "real": REAL_PNG, "memorization": PAIRS_PNG}
+    for name, png in figures.items():
+        store.put_bytes(f"{prefix}figures/{name}.png", png)
+    results = _results() | {
+        "generator_id": generator_id, "cohort_id": cohort_id, "release": release,
+        "memorization": {"fraction_flagged": 0.0, "worst_pairs": [{"synthetic": 0, "train": 3, "distance": 0.2, "synthetic_sample": 0,
+                                                                   "train_patient": TRAIN_PATIENT}]},
+        "figures": {name: f"{prefix}figures/{name}.png" for name in figures},
+    }
+    store.put_json(f"{prefix}report.json", results)
+    store.put_bytes(f"{prefix}report.html", render_html(results, figures | {"release": RELEASE_PNG}, {}).encode())
+    evaluation_id = succeeded(JobKind.evaluate, {"report_json": f"{prefix}report.json", "report_html": f"{prefix}report.html"})
+    return {"evaluation_id": evaluation_id, "cohort_id": cohort_id}
+
+
+def test_a_viewer_gets_reports_without_training_images_closest_pairs_or_patient_ids(platform_settings, evaluation) -> None:
+    from fastapi.testclient import TestClient
+
+    from medsynth.api.app import create_api_app
+
+    from platform_fixtures import bearer
+
+    evaluation_id, cohort_id = evaluation["evaluation_id"], evaluation["cohort_id"]
+    training = [TRAIN_PATIENT, "real (training split)", _b64(REAL_PNG), _b64(PAIRS_PNG), _b64(RELEASE_PNG)]
+    with TestClient(create_api_app(platform_settings, reconcile=False)) as api:
+        viewer, researcher = bearer(platform_settings, "viewer"), bearer(platform_settings, "researcher")
+        assert api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png", headers=viewer).status_code == 403  # the policy's rule
+        page = api.get(f"/v1/evaluations/{evaluation_id}/report", headers=viewer)
+        assert page.status_code == 200 and _b64(SYNTHETIC_PNG) in page.text and "withheld for this role" in page.text
+        assert not [t for t in training if t in page.text]
+        report = api.get(f"/v1/evaluations/{evaluation_id}", headers=viewer).json()["report"]
+        assert report["training_data_withheld"] and TRAIN_PATIENT not in str(report) and "train_index" not in str(report)
+        manifest = api.get(f"/v1/cohorts/{cohort_id}", headers=viewer).json()["manifest"]
+        assert "closest_pairs" not in manifest["release"] and "train_index" not in str(manifest)
+
+        full = api.get(f"/v1/evaluations/{evaluation_id}/report", headers=researcher)
+        assert full.status_code == 200 and all(t in full.text for t in training) and "withheld for this role" not in full.text
+        assert TRAIN_PATIENT in str(api.get(f"/v1/evaluations/{evaluation_id}", headers=researcher).json()["report"])
+        assert api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png", headers=researcher).content == RELEASE_PNG

@@ -123,3 +123,18 @@ def test_every_route_for_every_role_in_its_own_and_another_project(apps) -> None
                     assert other.status_code == 403 and "no role in project 'beta'" in other.json()["detail"], (method, path, role)
                 checked += 1
     assert checked >= len(Role) * 30
+
+
+def test_the_readme_says_what_an_uploader_may_call_as_the_policy_does() -> None:
+    """The README's role table lists the uploader's routes one by one (``{d}`` for ``{dataset}``): exactly the
+    routes the policy grants uploaders, less those of every role (the projects and the generator families,
+    which the README names once for all)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `uploader` |"))
+    listed = set(re.findall(r"`((?:GET|POST|PUT|PATCH|DELETE) [^`]+)`", row))
+    granted = {f"{method} {path.replace('{dataset}', '{d}')}" for (method, path), policy in POLICIES.items()
+               if Role.uploader in policy.roles and policy.roles != frozenset(Role)}
+    assert listed == granted, {"granted, not in the README": granted - listed, "in the README, not granted": listed - granted}

@@ -84,3 +84,50 @@ def test_the_report_in_a_real_browser(results: dict, tmp_path: Path) -> None:
         page.screenshot(path=str(ARTIFACTS / "study-report.png"), full_page=True)
         browser.close()
     assert all(url.startswith("file://") for url in requests), requests
+
+
+TRAIN_PATIENT = "patient-TRAIN-0042"
+SAMPLES_PNG, PAIRS_PNG = b"family-samples", b"family-closest-pairs"
+
+
+def test_a_viewer_gets_the_study_report_without_closest_pairs_or_training_patient_ids(results: dict, platform_settings) -> None:
+    """A finished study in the store, as the runner leaves it; the viewer's report and results are rendered without the
+    closest pairs (figure and case ids), the researcher's are the stored ones."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from medsynth.api.app import create_api_app
+    from medsynth.api.studies.results import load_figures
+    from medsynth.api.studies.runner import StudyRecord, study_key
+    from medsynth.projects import project_store
+    from medsynth.store import open_store
+
+    from platform_fixtures import bearer
+
+    store = project_store(open_store(platform_settings), "default")
+    for name, png in (("synthetic", SAMPLES_PNG), ("memorization", PAIRS_PNG)):
+        store.put_bytes(f"evaluations/e/figures/{name}.png", png)
+    generators = [g | {"figures": {"synthetic": "evaluations/e/figures/synthetic.png", "memorization": "evaluations/e/figures/memorization.png"},
+                       "closest_pairs": [{"synthetic_sample": 3, "train_patient": TRAIN_PATIENT, "distance": 0.2}]}
+                  for g in results["generators"]]
+    stored = results | {"generators": generators}
+    prefix = f"studies/{results['study_id']}/"
+    store.put_json(f"{prefix}results.json", stored)
+    store.put_bytes(f"{prefix}report.html", render_study_report(stored, load_figures(stored, store)).encode())
+    record = StudyRecord(study_id=results["study_id"], name=results["name"], spec=results["spec"], state="succeeded", nodes={},
+                         results_keys={"json": f"{prefix}results.json", "csv": f"{prefix}results.csv", "html": f"{prefix}report.html"})
+    store.put_json(study_key(record.study_id), record.model_dump(mode="json"))
+    training = [TRAIN_PATIENT, base64.b64encode(PAIRS_PNG).decode(), "closest pairs: synthetic (left), training (right)"]
+
+    with TestClient(create_api_app(platform_settings, reconcile=False)) as api:
+        viewer, researcher = bearer(platform_settings, "viewer"), bearer(platform_settings, "researcher")
+        page = api.get(f"/v1/studies/{record.study_id}/report", headers=viewer)
+        assert page.status_code == 200 and base64.b64encode(SAMPLES_PNG).decode() in page.text
+        assert not [t for t in training if t in page.text] and "withheld for this role" in page.text
+        numbers = api.get(f"/v1/studies/{record.study_id}/results", headers=viewer).json()
+        assert numbers["training_data_withheld"] and TRAIN_PATIENT not in str(numbers) and "memorization.png" not in str(numbers)
+
+        full = api.get(f"/v1/studies/{record.study_id}/report", headers=researcher)
+        assert all(t in full.text for t in training) and "withheld for this role" not in full.text
+        assert TRAIN_PATIENT in str(api.get(f"/v1/studies/{record.study_id}/results", headers=researcher).json())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timezone
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
@@ -28,6 +28,7 @@ DEID_KEYS = "auth/deid-keys/"
 class DicomOptions(BaseModel):
     """How the project's DICOM is de-identified on the way in (DICOM PS3.15 Annex E)."""
 
+    model_config = ConfigDict(extra="forbid")
     retain_dates: bool = Field(False, description="Retain Longitudinal Temporal Information with Modified Dates: "
                                                    "dates shifted by a fixed number of days per patient instead of removed.")
     allow_burned_in: bool = Field(False, description="Ingest images that may show identifying text in their pixels "

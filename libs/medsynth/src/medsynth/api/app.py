@@ -21,6 +21,7 @@ from medsynth.projects import Projects, project_store
 from medsynth.store import open_service_store
 from medsynth.runtime.telemetry import declare_ingest_series
 from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers, install_http_metrics
+from medsynth.runtime.server import BodyTimeout
 
 
 def _ready(app: FastAPI) -> Mapping[str, bool]:
@@ -41,11 +42,12 @@ def _store_ok(store) -> bool:
 
 def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
     """Every route runs :func:`~medsynth.auth.guard.authorize` first (default deny: a route without a
-    policy is refused) and each guarded request leaves an audit record."""
+    policy is refused) and each guarded request leaves an audit record; a body that stops coming is a 408."""
     app = FastAPI(title=title, version=__version__, lifespan=lifespan, dependencies=[Depends(authorize)],
                   max_body_size=settings.max_json_bytes)  # JSON bodies; the upload route has its own limits
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodyTimeout, seconds=settings.http_body_timeout_s)
     install_http_metrics(app)
     app.add_middleware(AuditMiddleware)
     app.include_router(health_router(lambda: _ready(app), settings.metrics_token_value))
@@ -129,8 +131,9 @@ def main(name: str) -> None:
 
     from medsynth.core.logging import configure_logging
     from medsynth.core.settings import load_settings
+    from medsynth.runtime.server import uvicorn_config
 
     factories = {"api": create_api_app, "ingest": create_ingest_app}
     configure_logging(name)
     settings = load_settings()
-    uvicorn.run(factories[name](settings), host=settings.http_host, port=settings.http_port, log_config=None)
+    uvicorn.Server(uvicorn_config(factories[name](settings), settings)).run()

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from medsynth.auth.guard import Guard
+from medsynth.auth.policy import sees_training_data
 from medsynth.auth.principal import Principal
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
@@ -45,6 +46,13 @@ def get_principal(request: Request) -> Principal:
     return request.state.principal
 
 
+def get_sees_training_data(request: Request) -> bool:
+    """Whether the caller may see training images, closest pairs and training patient ids in the
+    request's project (:func:`medsynth.auth.policy.sees_training_data`); when not, routes answer with
+    :func:`medsynth.metrics.report.without_training_data` of what they would show."""
+    return sees_training_data(get_principal(request).roles_in(get_project(request)))
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 BusDep = Annotated[Bus, Depends(get_bus)]
@@ -52,3 +60,4 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 ProjectDep = Annotated[str, Depends(get_project)]
 GuardDep = Annotated[Guard, Depends(get_guard)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+SeesTrainingDataDep = Annotated[bool, Depends(get_sees_training_data)]

@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.api.schemas import Id, Name, Seed
 from medsynth.bus.messages import JobKind
@@ -39,6 +39,7 @@ SCALE = 4  # each pixel shown as 4 x 4: a 64-pixel slice is 256 pixels on screen
 class ReaderStudyCreate(BaseModel):
     """Real and synthetic images for readers to tell apart."""
 
+    model_config = ConfigDict(extra="forbid")
     cohort_id: Id
     n_real: int = Field(20, ge=1, le=500)
     n_synthetic: int = Field(20, ge=1, le=500)
@@ -49,6 +50,7 @@ class ReaderStudyCreate(BaseModel):
 
 
 class ReaderAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     item: str = Field(min_length=1, max_length=64)
     answer: str = Field(pattern="^(real|synthetic)$")
     quality: int | None = Field(None, ge=1, le=5)

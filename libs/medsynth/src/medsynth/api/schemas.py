@@ -34,6 +34,7 @@ class ViewMode(str, Enum):
 
 
 class PrepareDatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     version: int = Field(0, ge=0, le=UINT32_MAX, description="Dataset version; 0 = the newest at submission time.")
     mode: ViewMode = ViewMode.slices2d
     size: int = Field(64, ge=8, le=1024, description="Edge length of each slice or patch, in voxels.")
@@ -149,6 +150,7 @@ class OutputFormat(str, Enum):
 
 
 class CohortCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     generator_id: Id
     count: int = Field(ge=1, le=100_000, description="Number of image + mask pairs.")
     seed: Seed = 0
@@ -177,6 +179,7 @@ class SegmentationSource(str, Enum):
 class SegmentationCreate(BaseModel):
     """Train a 2D segmenter and test it on the view's held-out real patients."""
 
+    model_config = ConfigDict(extra="forbid")
     dataset: Id
     view_id: Id
     source: SegmentationSource = SegmentationSource.real
@@ -205,6 +208,7 @@ class SegmentationCreate(BaseModel):
 class EvaluationCreate(BaseModel):
     """Score a cohort against the real data its generator learned from."""
 
+    model_config = ConfigDict(extra="forbid")
     cohort_id: Id
     segmentation_run_ids: list[Id] = Field(default_factory=list, max_length=64, description="Runs to put in the utility table.")
     max_samples: int = Field(2000, ge=2, le=50_000)

@@ -37,7 +37,7 @@ from medsynth.metrics.manifold import ManifoldMetric
 from medsynth.metrics.reference import cached_features, images_digest, reference_key
 from medsynth.metrics.registry import metric_name
 from medsynth.metrics.memorization import memorization_audit
-from medsynth.metrics.report import grid_png, render_html
+from medsynth.metrics.report import curve_series, grid_png, render_html
 from medsynth.segmentation.io import load_segmenter
 from medsynth.segmentation.models import encoder
 from medsynth.v1 import jobs_pb2
@@ -95,8 +95,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
         "memorization": grid_png(np.stack([x for s, t in worst for x in (fake[s], real[t])]), columns=4) if worst else b"",
         "release": ctx.store.get_bytes(results["release"]["closest_pairs"]["key"]) if "closest_pairs" in (results["release"] or {}) else b"",
     }
-    html = render_html(results, {k: v for k, v in figures.items() if v},
-                       {name: list(zip(curves["step"], values)) for name, values in curves.items() if name != "step"})  # fmt: skip
+    html = render_html(results, {k: v for k, v in figures.items() if v}, curve_series(curves))
     prefix = f"evaluations/{ctx.job_id}/"
     results["figures"] = {}
     for name, png in figures.items():  # also apart from the page: a study report shows them per family

@@ -13,6 +13,37 @@ from typing import Any
 import numpy as np
 
 
+#: What shows or names a training image: closest (synthetic, training) pairs, wherever they are listed,
+#: training patient ids and the index of a training image.
+TRAINING_KEYS = frozenset({"worst_pairs", "closest_pairs", "train_patient", "train_index", "lowpass_train_index"})
+#: Figures of a report that show training images: real samples, the closest pairs of the evaluation's
+#: audit and of the release gate.
+TRAINING_FIGURES = frozenset({"real", "memorization", "release"})
+WITHHELD = "Training images, closest pairs and training patient ids are withheld for this role."
+
+
+def without_training_data(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``results`` (an evaluation's report, a study's results, a cohort manifest) without anything that
+    shows or names training data (:data:`TRAINING_KEYS` at any depth, :data:`TRAINING_FIGURES` under any
+    ``figures``), marked ``training_data_withheld``: what a caller who may not see training images gets.
+    The reports say so where the withheld parts would be."""
+
+    def strip(value: Any, key: str | None = None) -> Any:
+        if isinstance(value, Mapping):
+            return {k: strip(v, k) for k, v in value.items()
+                    if k not in TRAINING_KEYS and not (key == "figures" and k in TRAINING_FIGURES)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return {**strip(results), "training_data_withheld": WITHHELD}
+
+
+def curve_series(curves: Mapping[str, Sequence[float]]) -> dict[str, list[tuple[float, float]]]:
+    """A generator's ``curves.json`` (``step`` and one list per series) as named (step, value) series."""
+    return {name: list(zip(curves["step"], values)) for name, values in curves.items() if name != "step"}
+
+
 def grid_png(images: np.ndarray, *, columns: int = 8, scale: int = 2) -> bytes:
     """PNG of a grid of grey (N, 1, H, W) images in [0, 1], ``columns`` wide (pairs stay side by side
     with an even count). Sample grids with masks use :func:`medsynth.sampling.cohort.contact_sheet`."""
@@ -298,8 +329,13 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
     title = f"medsynth evaluation {results.get('evaluation_id', '')}"
     diversity = results.get("diversity") or {}
     caveats = _caveats(results)
+    withheld = results.get("training_data_withheld")
+    if withheld:
+        figures = {k: v for k, v in figures.items() if k not in TRAINING_FIGURES}
+    note = f"<p class='caveat'>{html.escape(withheld)}</p>" if withheld else ""
     sections = [
         f"<h1>{html.escape(title)}</h1>",
+        note,
         f"<p class='warn'>{html.escape(diversity['warning'])}</p>" if diversity.get("warning") else "",
         f"<p>cohort <b>{_fmt(results.get('cohort_id'))}</b> from generator <b>{_fmt(results.get('generator_id'))}</b>, "
         f"dataset <b>{_fmt(results.get('dataset'))}</b> v{_fmt(results.get('dataset_version'))}: how faithful the synthetic "
@@ -313,6 +349,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         f"<figure>{_img(figures['synthetic'], 'synthetic samples')}<figcaption>synthetic</figcaption></figure>" if "synthetic" in figures else "",
         f"<figure>{_img(figures['real'], 'real samples')}<figcaption>real (training split)</figcaption></figure>" if "real" in figures else "",
         "</div>",
+        note,
         "<h2>Fidelity</h2>",
         _samples_used(results.get("samples")),
         _fidelity_section(results.get("fidelity", [])),
@@ -329,12 +366,12 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h2>Memorization audit</h2>",
         _kv_table({k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}),
         f"<figure>{_img(figures['memorization'], 'closest pairs')}<figcaption>closest synthetic (left) / training (right) pairs</figcaption></figure>"
-        if "memorization" in figures else "",
+        if "memorization" in figures else note,
         "<h2>Release gate (memorization audit at sampling)</h2>",
         _release_section(results.get("release")),
         f"<figure>{_img(figures['release'], 'closest pairs at release')}<figcaption>the draws closest to a training image: "
         "synthetic (left) beside its nearest training image, flipped as it matched (right)</figcaption></figure>"
-        if "release" in figures else "",
+        if "release" in figures else note,
         "<h2>Training curves</h2>",
         curve_svg(curves),
         "<h2>Raw numbers</h2>",

@@ -9,15 +9,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
+from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
 from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
 from medsynth.api.submissions import cohort_command
 from medsynth.core.errors import Forbidden, InvalidInput, NotFound
-from medsynth.jobs.lookup import finished
+from medsynth.jobs.lookup import finished, of_kind
 from medsynth.bus.messages import JobKind
 from medsynth.dicom.send import send_instances
+from medsynth.metrics.report import without_training_data
 from medsynth.store import ObjectStore
 
 router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
@@ -32,10 +33,14 @@ def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPubl
 
 
 @router.get("/{cohort_id}")
-def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
+def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     """Status and progress; once done, the cohort manifest (its ``release`` section is the
-    memorization audit: policy, thresholds and how they were set, draws flagged, the closest pairs)."""
-    return job_with_result(jobs.records.get(cohort_id), "manifest", "manifest", store.get_json)
+    memorization audit: policy, thresholds and how they were set, draws flagged, the closest pairs —
+    these only for a caller who may see training images)."""
+    out = job_with_result(of_kind(jobs.records, cohort_id, JobKind.sample_cohort), "manifest", "manifest", store.get_json)
+    if not training_data and "manifest" in out:
+        out["manifest"] = without_training_data(out["manifest"])
+    return out
 
 
 @router.get("/{cohort_id}/closest-pairs.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -63,6 +68,7 @@ def download_cohort(cohort_id: str, request: Request, store: StoreDep, jobs: Job
 
 
 class CohortSend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
     ae_title: str = Field(min_length=1, max_length=16, description="The receiving node's (called) AE title.")

@@ -11,6 +11,7 @@ from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic, Prepa
 from medsynth.datasets.manifest import DatasetManifest, list_datasets, list_versions, load_manifest
 from medsynth.datasets.views import view_key
 from medsynth.bus.messages import JobKind
+from medsynth.core.errors import NotFound
 from medsynth.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -39,7 +40,11 @@ def get_dataset(dataset: str, store: StoreDep, version: int | None = None) -> Da
 
 @router.get("/{dataset}/versions")
 def get_versions(dataset: str, store: StoreDep) -> dict[str, list[int]]:
-    return {"versions": list_versions(store, dataset)}
+    """404 for a dataset with no scans, as ``GET /v1/datasets/{dataset}`` answers: it does not exist yet."""
+    versions = list_versions(store, dataset)
+    if not versions:
+        raise NotFound(f"dataset {dataset!r} has no scans yet")
+    return {"versions": versions}
 
 
 @router.get("/{dataset}/manifest")

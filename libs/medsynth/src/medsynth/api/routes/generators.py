@@ -18,6 +18,7 @@ from medsynth.api.schemas import (
     job_with_result,
 )
 from medsynth.generators.registry import FAMILIES
+from medsynth.jobs.lookup import of_kind
 from medsynth.jobs.records import JobState
 from medsynth.bus.messages import JobKind
 
@@ -43,7 +44,7 @@ def list_generators(jobs: JobsDep, state: JobState | None = None) -> JobsPublic:
 @router.get("/{generator_id}")
 def get_generator(generator_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
     """The training job, and once it succeeded the registered generator (family, spec, metrics, archive)."""
-    return job_with_result(jobs.records.get(generator_id), "generator", "generator", store.get_json)
+    return job_with_result(of_kind(jobs.records, generator_id, JobKind.train_generator), "generator", "generator", store.get_json)
 
 
 @families_router.get("", response_model=GeneratorFamiliesPublic)

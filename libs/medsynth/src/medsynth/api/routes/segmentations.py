@@ -10,6 +10,7 @@ from medsynth.api.deps import JobsDep, StoreDep
 from medsynth.api.schemas import JobPublic, SegmentationCreate, job_with_result
 from medsynth.api.submissions import segmentation_command
 from medsynth.bus.messages import JobKind
+from medsynth.jobs.lookup import of_kind
 
 router = APIRouter(prefix="/v1/segmentations", tags=["segmentation runs"])
 
@@ -21,4 +22,4 @@ def create_segmentation(body: SegmentationCreate, store: StoreDep, jobs: JobsDep
 
 @router.get("/{run_id}")
 def get_segmentation(run_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
-    return job_with_result(jobs.records.get(run_id), "metrics", "metrics", store.get_json)
+    return job_with_result(of_kind(jobs.records, run_id, JobKind.train_segmenter), "metrics", "metrics", store.get_json)

@@ -10,13 +10,14 @@ from fastapi import APIRouter, status
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
-from medsynth.api.deps import JobsDep, SettingsDep, StoreDep
+from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
 from medsynth.api.reader_studies import reader_studies_of
 from medsynth.api.studies.report import render_study_report
 from medsynth.api.studies.results import arm_id, load_figures
 from medsynth.api.studies.runner import ENDED, StudyRecord, create_study, list_studies, load_study
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.core.errors import Conflict
+from medsynth.metrics.report import without_training_data
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -97,17 +98,18 @@ def _ended(store, study_id: str) -> StudyRecord:
     return record
 
 
-def _with_readers(store, record: StudyRecord) -> dict[str, Any]:
-    """The stored results, with the reader studies that name this study as they stand now."""
-    results = store.get_json(record.results_keys["json"])
-    return {**results, "reader_studies": reader_studies_of(store, record.study_id)}
+def _with_readers(store, record: StudyRecord, training_data: bool) -> dict[str, Any]:
+    """The stored results, with the reader studies that name this study as they stand now; without
+    closest pairs and training patient ids for a caller who may not see training data."""
+    results = {**store.get_json(record.results_keys["json"]), "reader_studies": reader_studies_of(store, record.study_id)}
+    return results if training_data else without_training_data(results)
 
 
 @router.get("/{study_id}/results")
-def get_study_results(study_id: str, store: StoreDep) -> dict[str, Any]:
+def get_study_results(study_id: str, store: StoreDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice,
     and the visual Turing tests (reader studies) of its cohorts."""
-    return _with_readers(store, _ended(store, study_id))
+    return _with_readers(store, _ended(store, study_id), training_data)
 
 
 @router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
@@ -116,10 +118,11 @@ def get_study_csv(study_id: str, store: StoreDep) -> Response:
 
 
 @router.get("/{study_id}/report", response_class=HTMLResponse)
-def get_study_report(study_id: str, store: StoreDep) -> HTMLResponse:
-    """The report; with reader studies it is rendered anew, so their answers so far are in it."""
+def get_study_report(study_id: str, store: StoreDep, training_data: SeesTrainingDataDep) -> HTMLResponse:
+    """The report; with reader studies it is rendered anew, so their answers so far are in it, and so it is
+    for a caller who may not see training data (without the closest pairs and training patient ids)."""
     record = _ended(store, study_id)
-    results = _with_readers(store, record)
-    if not results["reader_studies"]:
+    results = _with_readers(store, record, training_data)
+    if training_data and not results["reader_studies"]:
         return HTMLResponse(store.get_bytes(record.results_keys["html"]).decode())
     return HTMLResponse(render_study_report(results, load_figures(results, store)))

@@ -12,7 +12,7 @@ import base64
 from html import escape
 from typing import Any
 
-from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, embedding_figure
+from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, TRAINING_FIGURES, embedding_figure
 from medsynth.metrics.statistics import cd_diagram_svg
 
 #: Below these (and the evaluation report's step and sample counts), the report says the numbers
@@ -220,9 +220,15 @@ def _reader_section(studies: list[dict[str, Any]]) -> str:
 def _family_figures(results: dict[str, Any], figures: dict[str, dict[str, bytes]]) -> str:
     if not figures:
         return ""
-    parts = ["<h2>Samples and closest pairs per family</h2><p>The first seed's cohort of each family: samples with their "
-             "masks overlaid, and the synthetic images closest to a training image, each beside it (the cases are named "
-             "below each figure; a near-zero distance would be a copy).</p>"]
+    withheld = results.get("training_data_withheld")
+    if withheld:
+        parts = [f"<h2>Samples per family</h2><p>The first seed's cohort of each family: samples with their masks overlaid. "
+                 f"{escape(withheld)}</p>"]
+        figures = {family: {k: v for k, v in figs.items() if k not in TRAINING_FIGURES} for family, figs in figures.items()}
+    else:
+        parts = ["<h2>Samples and closest pairs per family</h2><p>The first seed's cohort of each family: samples with their "
+                 "masks overlaid, and the synthetic images closest to a training image, each beside it (the cases are named "
+                 "below each figure; a near-zero distance would be a copy).</p>"]
     first = {}
     for g in results.get("generators", []):
         first.setdefault(g["family"], g)
@@ -249,6 +255,8 @@ def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, by
              f"<style>{STYLE}</style></head><body><h1>Study {title}</h1>",
              f"<p>Which generator to trust for this data, how much its synthetic data helps a segmenter, and whether it "
              f"copies training images. Study <code>{escape(results['study_id'])}</code>, computed {escape(results['computed_at'])}.</p>"]
+    if results.get("training_data_withheld"):
+        parts.append(f"<div class=caveat>{escape(results['training_data_withheld'])}</div>")
     if caveats:
         parts.append("<div class=caveat><strong>Too small for conclusions:</strong> " + " ".join(map(escape, caveats))
                      + " Read the numbers as a check of the pipeline.</div>")

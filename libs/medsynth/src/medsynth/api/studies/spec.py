@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medsynth.api.schemas import ConditionOn, Id, Name, Seed
 from medsynth.generators.base import MaskSource, TrainingOptions
@@ -22,6 +22,7 @@ class SegmenterModel(str, Enum):
 class StudyFamily(BaseModel):
     """One generator of the grid: trained once per seed, then sampled into a cohort per seed."""
 
+    model_config = ConfigDict(extra="forbid")
     label: Name | None = Field(None, description="How tables name it; default the family's name (labels must differ).")
     generator: AnyFamilyOptions
     training: TrainingOptions = Field(default_factory=lambda: TrainingOptions())
@@ -38,6 +39,7 @@ class StudyArms(BaseModel):
     relative Dice, and the encoder FID is measured with); every arm is tested on the view's held-out
     real patients."""
 
+    model_config = ConfigDict(extra="forbid")
     synthetic: bool = Field(True, description="One family's cohort only.")
     ratios: list[Ratio] = Field([0.25, 0.5, 0.75], max_length=9, description="Real + synthetic, at these shares of each batch.")
     synthetic_patients: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
@@ -55,6 +57,7 @@ class StudyArms(BaseModel):
 
 
 class StudySegmentation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     models: list[SegmenterModel] = Field([SegmenterModel.unet, SegmenterModel.swin_unetr], min_length=1, max_length=2)
     steps: int = Field(600, ge=1, le=1_000_000)
     batch_size: int = Field(32, ge=2, le=1024)
@@ -63,6 +66,7 @@ class StudySegmentation(BaseModel):
 class StudyCreate(BaseModel):
     """A grid of generator families × seeds × segmenters × arms on one prepared view."""
 
+    model_config = ConfigDict(extra="forbid")
     name: Name | None = None
     dataset: Id
     view_id: Id
