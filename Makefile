@@ -19,6 +19,7 @@ help:
 	@echo "               (ARGS=\"--scans 2000 --cohort-seconds 30\"); run it alone"
 	@echo "make bench-ingest  DICOM series -> canonical volumes beside dcm2niix (dcm_qa_nih when present), and NIfTI/DICOM"
 	@echo "               uploads through the ingest service (ARGS=\"--rounds 5 --scans 500 --no-service\"); run it alone"
+	@echo "               ARGS=--memory: the ingest service's peak RSS under two concurrent 300 MB uploads instead"
 	@echo "make bench-fid  features and FID for 10,000 images a side, medsynth beside clean-fid on the same files"
 	@echo "               (ARGS=\"--images 2000 --rounds 1\"); run it alone"
 	@echo "make bench-study  a study of tiny jobs on the local stack: scheduling and queue delay per job, reuse; run it alone"

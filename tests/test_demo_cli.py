@@ -1,15 +1,20 @@
 """`medsynth demo` pieces that need no stack: progress output of wait_for_job (a stub client at the
-HTTP edge), the dataset name, the --dataset flag and the headline."""
+HTTP edge), the dataset name, the --dataset flag, the headline, and the stop when a case of the
+folder did not get in (a stub ingest service on a socket)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI, Request  # module level: the stub's annotations are resolved here
+from fastapi.responses import JSONResponse
 
 from medsynth.local.cli import build_parser
 from medsynth.core.errors import InvalidInput, MedsynthError
-from medsynth.local.demo import PHANTOM_DATASET, dataset_name, headline, sanitise_name, wait_for_job
+from medsynth.local.demo import PHANTOM_DATASET, dataset_name, headline, ingest_all, sanitise_name, wait_for_job
+
+from platform_fixtures import live_server
 
 
 class _Response:
@@ -127,3 +132,25 @@ def test_headline_shows_baselines_per_class_dice_units_and_warnings() -> None:
     assert "per class 1: 0.900, 2: nan" in text and "HD95 2.50 mm" in text
     old = headline({"utility": [{"source": "real", "mean_dice": 0.8, "dice_ci_low": 0.7, "dice_ci_high": 0.9, "mean_hd95": 2.5}]})
     assert "HD95 2.50 px" in old
+
+
+def test_the_demo_does_not_go_on_when_a_case_did_not_get_in(tmp_path: Path) -> None:
+    answers = {b"case_1": (500, "the store cannot be reached"), b"case_2": (422, "not a readable NIfTI"), b"case_3": (409, "already in")}
+    stub = FastAPI()
+
+    @stub.post("/v1/datasets/{dataset}/scans")
+    async def scans(dataset: str, request: Request) -> JSONResponse:
+        body = await request.body()
+        status, detail = next((a for case, a in answers.items() if case in body), (201, ""))
+        return JSONResponse({"detail": detail} if detail else {"scan_id": "s"}, status_code=status)
+
+    (tmp_path / "msd" / "imagesTr").mkdir(parents=True)
+    for i in range(4):
+        (tmp_path / "msd" / "imagesTr" / f"case_{i}.nii.gz").write_bytes(b"voxels")
+    lines: list[str] = []
+    with live_server(stub) as url, pytest.raises(MedsynthError) as refused:
+        ingest_all(tmp_path / "msd", "d", url, "msk_k_s", echo=lines.append)
+    assert "2 of 4 cases" in str(refused.value) and "case_1, case_2 (reasons above)" in str(refused.value)
+    summary = lines[0].splitlines()
+    assert summary[0].startswith("accepted 1, already present 1, rejected 1, failed 1 (the platform's reason"), summary
+    assert summary[1:3] == ["  case_1: HTTP 500: the store cannot be reached", "  case_2: HTTP 422: not a readable NIfTI"]

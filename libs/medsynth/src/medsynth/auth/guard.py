@@ -19,7 +19,7 @@ from medsynth.auth.audit import AuditEntry, AuditLog
 from medsynth.auth.keys import TOKEN_PREFIX, ApiKeys
 from medsynth.auth.limits import RateLimiter
 from medsynth.auth.oidc import OidcVerifier
-from medsynth.auth.policy import Access, Policy, policy_for
+from medsynth.auth.policy import Access, Policy, RateClass, policy_for
 from medsynth.auth.principal import DEVELOPMENT, PROJECT_HEADER, Principal, Role
 from medsynth.core.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from medsynth.core.settings import Settings
@@ -41,7 +41,10 @@ class Guard:
         ) if settings.oidc_enabled else None
         self.audit = AuditLog(root)
         self.projects = Projects(root)
-        self.requests = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self.requests = {  # a bucket per caller and route class: a bulk upload leaves the caller's interactive calls alone
+            RateClass.interactive: RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
+            RateClass.upload: RateLimiter(settings.rate_limit_upload_per_s, settings.rate_limit_upload_burst),
+        }
         self.uploads_by_key = RateLimiter(settings.uploads_per_minute_per_key / 60, settings.uploads_per_minute_per_key)
         self.uploads_by_project = RateLimiter(settings.uploads_per_minute_per_project / 60, settings.uploads_per_minute_per_project)
         self._known_projects: set[str] = set()
@@ -71,7 +74,7 @@ class Guard:
         for limiter, caller, what in ((self.uploads_by_key, principal.actor, "these credentials"),
                                       (self.uploads_by_project, f"project:{project}", f"project {project}")):
             if (wait := limiter.take(caller)) > 0:
-                raise RateLimited(f"{what} uploaded too many scans in the last minute; try again in {wait:.0f} s", wait)
+                raise RateLimited(f"{what} uploaded too many scans in the last minute; try again in {_seconds(wait)} s", wait)
 
 
 BEARER = HTTPBearer(auto_error=False, description="An API key (msk_…) or an OIDC access token.")
@@ -95,13 +98,14 @@ def authorize(request: Request, _: HTTPAuthorizationCredentials | None = Securit
     try:
         principal = guard.authenticate(request.headers.get("authorization"))
     except Unauthorized:
-        if (wait := guard.requests.take(f"client:{client}")) > 0:
-            raise RateLimited(f"too many refused requests from {client}; try again in {wait:.0f} s", wait) from None
+        if (wait := guard.requests[RateClass.interactive].take(f"client:{client}")) > 0:
+            raise RateLimited(f"too many refused requests from {client}; try again in {_seconds(wait)} s", wait) from None
         raise
     entry.actor = principal.actor
-    if (wait := guard.requests.take(principal.actor)) > 0:
-        raise RateLimited(f"over the request rate of these credentials ({guard.settings.rate_limit_per_s:g}/s); "
-                          f"try again in {wait:.0f} s", wait)
+    limiter = guard.requests[policy.rate]
+    if (wait := limiter.take(principal.actor)) > 0:
+        kind = "upload request" if policy.rate is RateClass.upload else "request"
+        raise RateLimited(f"over the {kind} rate of these credentials ({limiter.rate:g}/s); try again in {_seconds(wait)} s", wait)
     request.state.principal = principal
     if policy.project:
         project = principal.project_for(request.headers.get(PROJECT_HEADER))
@@ -118,6 +122,11 @@ def authorize(request: Request, _: HTTPAuthorizationCredentials | None = Securit
     if policy.project:
         guard.check_project(entry.project)
         request.state.project = entry.project
+
+
+def _seconds(wait: float) -> int:
+    """A wait as the whole seconds ``Retry-After`` says (:class:`RateLimited`'s rounding; never "try again in 0 s")."""
+    return max(1, int(wait + 0.999))
 
 
 def _role_named(held: frozenset[Role], policy: Policy) -> str | None:

@@ -1,4 +1,7 @@
-"""Request limits: token buckets per caller, kept in the service process (each replica limits on its own)."""
+"""Request limits: token buckets per caller, kept in the service process (each replica limits on its own).
+
+The guard keeps one :class:`RateLimiter` per route class (:class:`medsynth.auth.policy.RateClass`:
+interactive calls, uploads) and two for the per-minute upload quotas (per key, per project)."""
 
 from __future__ import annotations
 

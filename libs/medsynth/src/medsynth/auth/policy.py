@@ -18,21 +18,30 @@ class Access(str, Enum):
     reader = "reader"    # a reader study's reader token, checked by the route (medsynth.api.reader_studies)
 
 
+class RateClass(str, Enum):
+    """Which of a caller's request buckets a route draws on (:class:`medsynth.auth.guard.Guard`)."""
+
+    interactive = "interactive"  # MEDSYNTH_RATE_LIMIT_PER_S / _BURST
+    upload = "upload"            # MEDSYNTH_RATE_LIMIT_UPLOAD_PER_S / _BURST; scans also count against the per-minute upload quotas
+
+
 @dataclass(frozen=True)
 class Policy:
     action: str
     roles: frozenset[Role] = frozenset()
     access: Access = Access.roles
     project: bool = True  # acts on one project's resources (the caller's, or the one named in X-Medsynth-Project)
+    rate: RateClass = RateClass.interactive
 
 
-def _p(action: str, *roles: Role, project: bool = True) -> Policy:
-    return Policy(action, frozenset(roles), project=project)
+def _p(action: str, *roles: Role, project: bool = True, rate: RateClass = RateClass.interactive) -> Policy:
+    return Policy(action, frozenset(roles), project=project, rate=rate)
 
 
 UPLOADER, RESEARCHER, VIEWER, ADMIN = Role.uploader, Role.researcher, Role.viewer, Role.admin
 READERS = (RESEARCHER, VIEWER)            # reports, metrics, states
 STATUS = (RESEARCHER, VIEWER, ADMIN)      # job states
+UPLOAD = RateClass.upload
 
 #: (method, route template) → policy, for both apps.
 POLICIES: dict[tuple[str, str], Policy] = {
@@ -40,10 +49,10 @@ POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", "/readyz"): Policy("readiness", access=Access.public, project=False),
     ("GET", "/metrics"): Policy("metrics", access=Access.metrics, project=False),
     # ingest
-    ("POST", "/v1/datasets/{dataset}/scans"): _p("scan.upload", UPLOADER, RESEARCHER),
-    ("POST", "/v1/datasets/{dataset}/dicom"): _p("dicom.upload", UPLOADER, RESEARCHER),
-    ("POST", "/v1/datasets/{dataset}/dicomweb/studies"): _p("dicom.stow", UPLOADER, RESEARCHER),
-    ("POST", "/v1/datasets/{dataset}/dicom/commit"): _p("dicom.commit", UPLOADER, RESEARCHER),
+    ("POST", "/v1/datasets/{dataset}/scans"): _p("scan.upload", UPLOADER, RESEARCHER, rate=UPLOAD),
+    ("POST", "/v1/datasets/{dataset}/dicom"): _p("dicom.upload", UPLOADER, RESEARCHER, rate=UPLOAD),
+    ("POST", "/v1/datasets/{dataset}/dicomweb/studies"): _p("dicom.stow", UPLOADER, RESEARCHER, rate=UPLOAD),
+    ("POST", "/v1/datasets/{dataset}/dicom/commit"): _p("dicom.commit", UPLOADER, RESEARCHER, rate=UPLOAD),
     ("GET", "/v1/datasets/{dataset}/dicom/series"): _p("dicom.series", UPLOADER, RESEARCHER),
     # datasets and views
     ("GET", "/v1/datasets"): _p("dataset.list", *READERS),
@@ -103,3 +112,14 @@ PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.
 
 def policy_for(method: str, path: str) -> Policy | None:
     return POLICIES.get((method.upper(), path))
+
+
+#: The route whose policy says who may see training images (its figure shows them beside the closest
+#: synthetic draws). Routes readable by more roles — evaluation and study reports and their JSON, cohort
+#: manifests — withhold training images, closest pairs and training patient ids from everyone else.
+TRAINING_IMAGES_ROUTE = ("GET", "/v1/cohorts/{cohort_id}/closest-pairs.png")
+
+
+def sees_training_data(roles: frozenset[Role]) -> bool:
+    """Whether holding ``roles`` (in the project a request acts on) allows seeing training images."""
+    return bool(roles & POLICIES[TRAINING_IMAGES_ROUTE].roles)

@@ -85,7 +85,8 @@ class Row:
 def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = None) -> dict[str, Any]:
     from medsynth.local import stack
     from medsynth.core.settings import load_settings
-    from medsynth.local.ingest_client import ingest_folder
+    from medsynth.local.api_client import api_client
+    from medsynth.local.demo import ingest_all
     from medsynth.datasets.phantoms import write_phantom_dataset
 
     app = load_settings()
@@ -98,11 +99,10 @@ def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = N
             if data is None:
                 data = Path(tmp) / "phantoms"
                 write_phantom_dataset(data, n=settings.phantoms, seed=settings.seed)
-            summary = ingest_folder(Path(data), settings.dataset, f"http://127.0.0.1:{app.stack_base_port + 1}",
-                                    api_key=stack.issue_key(app, "uploader", name="bench-generators"))
-            echo("\n".join(summary.lines()))
-        researcher = {"Authorization": f"Bearer {stack.issue_key(app, 'researcher', name='bench-generators')}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{app.stack_base_port}", timeout=120, headers=researcher) as api:
+            ingest_all(Path(data), settings.dataset, f"http://127.0.0.1:{app.stack_base_port + 1}",
+                       stack.issue_key(app, "uploader", name="bench-generators"), echo)
+        researcher = stack.issue_key(app, "researcher", name="bench-generators")
+        with api_client(f"http://127.0.0.1:{app.stack_base_port}", api_key=researcher) as api:
             result = _bench(api, app, settings, echo)
     finally:
         stack.down(app, echo=echo)
@@ -115,14 +115,11 @@ def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = N
 
 
 def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, Any]:
-    from medsynth.local.demo import wait_for_job
+    from medsynth.local.demo import submit_job, wait_for_job
 
     def submit(path: str, body: dict, label: str) -> dict:
         echo(f"== {label}")
-        response = api.post(path, json=body)
-        if response.status_code >= 400:
-            raise MedsynthError(f"{label}: HTTP {response.status_code}: {response.text}")
-        return wait_for_job(api, response.json()["job_id"], timeout=6 * 3600, echo=echo)
+        return wait_for_job(api, submit_job(api, path, body, label, echo), timeout=6 * 3600, echo=echo)
 
     view = submit(f"/v1/datasets/{settings.dataset}/views", {"size": settings.size, "seed": settings.seed}, "prepare views")
     view_id = view["result_keys"]["view"].split("/")[-2]

@@ -3,7 +3,8 @@
 1. **Ingestion at scale**: ``--scans`` (default 10,000) small, distinct NIfTI scans uploaded by
    ``--upload-clients`` (50) concurrent clients into one dataset. Reports scans/s and p50/p95 latency
    over the first and the last thousand uploads — flat when an upload's cost does not grow with the
-   dataset — errors, and whether the dataset's manifest holds exactly the scans accepted.
+   dataset — errors, the 429s and 503s waited out (every client retries as the shipped ones do, so a
+   latency includes its waits), and whether the dataset's manifest holds exactly the scans accepted.
 2. **Cohort burst**: ``--cohort-clients`` (20) clients, each submitting a cohort request and following
    it to its end before the next, for ``--cohort-seconds``, against a small generator trained first;
    reports POST and submit-to-end latency p50/p95, errors, and how many cohorts succeeded, failed
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ import httpx
 import numpy as np
 
 from medsynth.bench import save_results
+from medsynth.local.api_client import api_client, job_id_of, retried
+from medsynth.local.ingest_client import UPLOAD_RETRY
 
 BASE_PORT = 23700
 
@@ -58,6 +62,7 @@ def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, 
     lock = threading.Lock()
     local = threading.local()
     handed: list[str] = []
+    clients_made: list[httpx.Client] = []
     began = time.monotonic()
 
     def upload(i: int) -> None:
@@ -65,7 +70,9 @@ def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, 
             with lock:
                 token = keys[len(handed)]
                 handed.append(token)
-            local.client = httpx.Client(timeout=120, headers={"Authorization": f"Bearer {token}"})
+            local.client = api_client(api_key=token, retry=UPLOAD_RETRY)
+            with lock:
+                clients_made.append(local.client)
         client = local.client
         image, label = scan_bytes(i)
         t = time.monotonic()
@@ -94,8 +101,12 @@ def ingest_phase(ingest_url: str, api_url: str, scans: int, clients: int, echo, 
 
     first, last = sorted(latencies[:window], key=lambda r: r[2]), sorted(latencies[-window:], key=lambda r: r[2])
     accepted = sum(st == 201 for st, *_ in latencies)
-    dataset = httpx.get(f"{api_url}/v1/datasets/load", timeout=120, headers={"Authorization": f"Bearer {reader}"}).json()
-    return {"scans": scans, "clients": clients, "wall_s": wall, "accepted": accepted, "errors": errors,
+    waited = sum((retried(c) for c in clients_made), Counter())
+    for c in clients_made:
+        c.close()
+    with api_client(api_url, api_key=reader) as api:
+        dataset = api.get("/v1/datasets/load").json()
+    return {"scans": scans, "clients": clients, "wall_s": wall, "accepted": accepted, "errors": errors, "retried": dict(waited),
             "first_window": stats(first), "last_window": stats(last), "overall": percentiles([s for st, s, _ in latencies if st == 201]),
             "manifest_scans": dataset.get("scans"), "lost": accepted - int(dataset.get("scans") or 0)}
 
@@ -112,7 +123,7 @@ def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, 
             table[key] = table.get(key, 0) + 1
 
     def client(k: int) -> None:
-        with httpx.Client(base_url=api_url, timeout=60, headers={"Authorization": f"Bearer {keys[k]}"}) as api:
+        with api_client(api_url, api_key=keys[k], timeout=60) as api:
             n = 0
             while time.monotonic() < stop_at:
                 n += 1
@@ -122,13 +133,13 @@ def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, 
                 except httpx.HTTPError as exc:
                     note(errors, type(exc).__name__)
                     continue
-                if r.status_code != 202:
+                if (job_id := job_id_of(r)) is None:  # a 503 that recorded the job is followed, not resubmitted
                     note(errors, str(r.status_code))
                     continue
                 posted = time.monotonic()
                 with lock:
                     posts.append(posted - t)
-                job_id, state = r.json()["job_id"], "queued"
+                state = "queued"
                 while state not in ("succeeded", "failed", "cancelled") and time.monotonic() < stop_at + 900:
                     time.sleep(0.25)
                     try:
@@ -155,10 +166,9 @@ def cohort_phase(api_url: str, generator_id: str, clients: int, seconds: float, 
 
 
 def submit(api: httpx.Client, path: str, body: dict) -> str:
-    r = api.post(path, json=body)
-    if r.status_code != 202:
-        raise SystemExit(f"{path}: HTTP {r.status_code}: {r.text}")
-    return r.json()["job_id"]
+    from medsynth.local.demo import submit_job
+
+    return submit_job(api, path, body, path, echo=lambda *_: None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         from medsynth.local.demo import wait_for_job
 
         researchers = [stack.issue_key(settings, "researcher", name=f"bench client {i}") for i in range(args.cohort_clients + 1)]
-        with httpx.Client(base_url=api_url, timeout=120, headers={"Authorization": f"Bearer {researchers[-1]}"}) as api:
+        with api_client(api_url, api_key=researchers[-1]) as api:
             view = wait_for_job(api, submit(api, "/v1/datasets/load/views", {"size": 32}), echo=lambda *_: None)
             body = {"dataset": "load", "view_id": view["result_keys"]["view"].split("/")[-2],
                     "generator": {"family": "joint-gan", "latent_dim": 16, "base_channels": 8}, "training": {"steps": 20, "batch_size": 8}}
@@ -210,6 +220,7 @@ def table(r: dict[str, Any]) -> str:
         f"# make bench-load ({r['cpu_count']} CPU cores, 127.0.0.1)",
         "",
         f"Ingestion: {i['scans']} scans by {i['clients']} clients in {i['wall_s']:.0f} s; accepted {i['accepted']}, errors {i['errors'] or 0}, "
+        f"waited out and resent {i.get('retried') or 0}, "
         f"manifest holds {i['manifest_scans']}, lost {i['lost']}",
         "",
         "| uploads | scans/s | p50 ms | p95 ms |",

@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from medsynth.core.settings import load_settings
     from medsynth.datasets.phantoms import write_phantom_dataset
     from medsynth.local import stack
-    from medsynth.local.demo import wait_for_job
-    from medsynth.local.ingest_client import ingest_folder
+    from medsynth.local.api_client import api_client
+    from medsynth.local.demo import ingest_all, submit_job, wait_for_job
 
     parser = argparse.ArgumentParser(prog="python -m medsynth.bench.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", type=int, default=2, choices=range(1, 4), help="joint-gan, then spade, then stylegan2")
@@ -114,12 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         uploader, researcher = stack.issue_key(settings, "uploader"), stack.issue_key(settings, "researcher")
         if args.data is None:
             write_phantom_dataset(home / "phantoms", n=8, seed=0, shape=(24, 24, 10))
-        summary = ingest_folder(args.data or home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", api_key=uploader)
-        echo("\n".join(summary.lines()))
-        with httpx.Client(base_url=f"http://127.0.0.1:{BASE_PORT}", timeout=120, headers={"Authorization": f"Bearer {researcher}"}) as api:
+        ingest_all(args.data or home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", uploader, echo)
+        with api_client(f"http://127.0.0.1:{BASE_PORT}", api_key=researcher) as api:
             view_request = {"size": 32, "val_fraction": 0.2, "test_fraction": 0.2} if args.data is None else {"size": args.size, "seed": 0}
-            r = api.post("/v1/datasets/bench/views", json=view_request)
-            view = wait_for_job(api, r.json()["job_id"], timeout=3600, echo=lambda *_: None)
+            view = wait_for_job(api, submit_job(api, "/v1/datasets/bench/views", view_request, "prepare views", echo),
+                                timeout=3600, echo=lambda *_: None)
             view_id = view["result_keys"]["view"].split("/")[-2]
             if args.data is not None:
                 return _real_study(api, args, view_id, settings, echo)

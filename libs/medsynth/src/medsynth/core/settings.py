@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     # http (each service process gets its own port)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="A request's headers must arrive within this of the connection opening (or the previous response); "
+        "past it, 408 and the connection ends.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Each part of a request body must arrive within this (an upload may take as long as it keeps coming); past it, 408.",
+    )
+    http_keep_alive_s: int = Field(5, ge=1, le=600, description="An idle keep-alive connection is closed after this.")
 
     stack_base_port: int = Field(8700, ge=1024, le=65000, description="`medsynth stack up`: api on it, the rest above.")
 
@@ -136,6 +146,19 @@ class Settings(BaseSettings):
     # ingestion limits
     max_upload_bytes: int = Field(256 * 1024**2, gt=0)
     max_voxels: int = Field(64 * 1024**2, gt=0)
+    large_upload_bytes: int = Field(
+        32 * 1024**2, ge=0,
+        description="An upload (NIfTI or DICOM REST) of at least this many bytes is large: each ingest process checks and "
+        "stores at most MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS of them at once, as each holds its volume in memory.",
+    )
+    max_concurrent_large_uploads: int = Field(1, ge=1, description="Large uploads one ingest process checks and stores at once.")
+    large_upload_wait_s: float = Field(
+        60.0, ge=0, description="How long a large upload, received, waits for its turn; then 503 with Retry-After.",
+    )
+    max_zip_ratio: float = Field(
+        50.0, ge=1, description="A zip in a DICOM upload whose members declare more than this many times its own size "
+        "(and over 16 MiB) is refused (413) before it is inflated; DICOM compresses a few times, a zip bomb a thousand.",
+    )
 
     # DICOM (ingest service): uploads, STOW-RS and the C-STORE listener
     max_dicom_upload_bytes: int = Field(2 * 1024**3, gt=0, description="One DICOM upload or STOW-RS request, all parts.")
@@ -171,8 +194,16 @@ class Settings(BaseSettings):
         10.0, ge=0, le=300, description="How long a service trusts an API key it looked up (a revocation takes effect within it).",
     )
     metrics_token: SecretStr | None = Field(None, description="Bearer token /metrics asks for; unset: open (development only).")
-    rate_limit_per_s: float = Field(20.0, gt=0, description="Requests per second one caller may sustain (per service process).")
-    rate_limit_burst: int = Field(100, ge=1, description="Requests one caller may send at once above the sustained rate.")
+    rate_limit_per_s: float = Field(
+        20.0, gt=0, description="Interactive requests (reads, job submissions, administration) per second one caller may "
+        "sustain (per service process).",
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Interactive requests one caller may send at once above the sustained rate.")
+    rate_limit_upload_per_s: float = Field(
+        50.0, gt=0, description="Upload requests (scans, DICOM, STOW-RS, commits) per second one caller may sustain: a bucket "
+        "apart from the interactive one, so that a bulk upload and the same caller's other calls do not starve each other.",
+    )
+    rate_limit_upload_burst: int = Field(200, ge=1, description="Upload requests one caller may send at once above the sustained rate.")
     uploads_per_minute_per_key: int = Field(600, ge=1, description="Scans one key may upload per minute.")
     uploads_per_minute_per_project: int = Field(3000, ge=1, description="Scans one project may take in per minute.")
     max_json_bytes: int = Field(1024**2, ge=1024, description="Largest JSON request body (uploads have their own limit).")

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 class JobDeferred(BusError):
     """The job is recorded (``queued``) but its command could not be published now; the reconciler
-    publishes it within ``retry_after_s``. Answered 503 with ``Retry-After``: resubmitting would make
-    a second job — poll ``GET /v1/jobs/{job_id}`` instead."""
+    publishes it within ``retry_after_s``. Answered 503 with ``Retry-After`` and ``Location:
+    /v1/jobs/{job_id}``: resubmitting would make a second job — poll the job instead."""
 
     def __init__(self, job_id: str, retry_after_s: int, cause: str) -> None:
         super().__init__(
@@ -31,6 +31,7 @@ class JobDeferred(BusError):
             f"within {retry_after_s} s. Do not resubmit: follow GET /v1/jobs/{job_id}."
         )
         self.job_id, self.retry_after_s = job_id, retry_after_s
+        self.http_headers = {"Location": f"/v1/jobs/{job_id}"}  # clients follow it there instead of resubmitting
 
 
 class JobService:

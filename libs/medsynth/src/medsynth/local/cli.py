@@ -56,7 +56,7 @@ def _ingest(args: argparse.Namespace) -> int:
     patient_of = patient_mapping(Path(args.patients) if args.patients else None, args.patient_pattern)
     summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers, patient_of=patient_of)
     print("\n".join(summary.lines()))
-    return 1 if summary.rejected else 0
+    return 0 if summary.complete else 1
 
 
 def _topics(args: argparse.Namespace) -> int:

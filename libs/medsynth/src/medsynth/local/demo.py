@@ -22,6 +22,8 @@ from medsynth.core.errors import MedsynthError
 from medsynth.generators.presets import preset
 from medsynth.core.names import check_name
 from medsynth.core.settings import Settings
+from medsynth.local.api_client import api_client, job_id_of
+from medsynth.local.ingest_client import Summary, ingest_folder
 
 
 def wait_for_job(
@@ -123,13 +125,22 @@ class DemoSettings:
     seg_batch_size: int = 16
 
 
+def submit_job(api: httpx.Client, path: str, body: dict, label: str, echo=print) -> str:
+    """POST a job request once; its job id. A 503 that recorded the job (the broker was down) is not
+    resubmitted: the job is followed, and the reconciler publishes it when the broker is back."""
+    response = api.post(path, json=body)
+    job_id = job_id_of(response)
+    if job_id is None:
+        raise MedsynthError(f"{label}: HTTP {response.status_code}: {response.text}")
+    if response.status_code == 503:
+        echo(f"  {job_id}: recorded, the broker is unreachable for now; following it (not resubmitting)")
+    return job_id
+
+
 def _submit(api: httpx.Client, path: str, body: dict, label: str, timings: dict, echo) -> dict:
     echo(f"== {label}")
     t = time.monotonic()
-    response = api.post(path, json=body)
-    if response.status_code >= 400:
-        raise MedsynthError(f"{label}: HTTP {response.status_code}: {response.text}")
-    job = wait_for_job(api, response.json()["job_id"], echo=echo)
+    job = wait_for_job(api, submit_job(api, path, body, label, echo), echo=echo)
     timings[label] = time.monotonic() - t
     return job
 
@@ -182,10 +193,26 @@ def sanitise_name(raw: str, *, fallback: str = "dataset") -> str:
     return check_name(name or fallback, "dataset name")
 
 
+MISSING_NAMED = 20  # cases an incomplete ingestion names in its error
+
+
+def ingest_all(data: Path, dataset: str, url: str, api_key: str, echo=print) -> Summary:
+    """Upload the folder; raise, naming the cases, unless every case is in the dataset (accepted now
+    or already present): the demo never goes on with part of the user's data."""
+    summary = ingest_folder(data, dataset, url, api_key=api_key)
+    echo("\n".join(summary.lines()))
+    if not summary.complete:
+        missing = sorted(summary.missing())
+        named = ", ".join(missing[:MISSING_NAMED]) + (f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else "")
+        total = len(summary.accepted) + len(summary.duplicates) + len(missing)
+        raise MedsynthError(f"{len(missing)} of {total} cases of {data} did not get into dataset {dataset!r}: {named} "
+                            "(reasons above); the demo does not go on with part of the data")
+    return summary
+
+
 def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = None, knobs: DemoSettings = DemoSettings(), echo=print) -> dict:
     """Run the demo end to end; ``dataset`` defaults to :func:`dataset_name` of ``data``."""
     from medsynth.local import stack
-    from medsynth.local.ingest_client import ingest_folder
     from medsynth.datasets.phantoms import write_phantom_dataset
 
     dataset = dataset_name(data, dataset)  # before starting anything: a bad --dataset fails at once
@@ -203,11 +230,10 @@ def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = Non
             t = time.monotonic()
             echo(f"== ingesting {data} into dataset {dataset!r}")
             uploader = stack.issue_key(settings, "uploader", name="demo ingest")
-            summary = ingest_folder(data, dataset, f"http://127.0.0.1:{settings.stack_base_port + 1}", api_key=uploader)
-            echo("\n".join(summary.lines()))
+            ingest_all(data, dataset, f"http://127.0.0.1:{settings.stack_base_port + 1}", uploader, echo)
             timings["ingest"] = time.monotonic() - t
-        researcher = {"Authorization": f"Bearer {stack.issue_key(settings, 'researcher', name='demo pipeline')}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{settings.stack_base_port}", timeout=120, headers=researcher) as api:
+        researcher = stack.issue_key(settings, "researcher", name="demo pipeline")
+        with api_client(f"http://127.0.0.1:{settings.stack_base_port}", api_key=researcher) as api:
             report = run_pipeline(api, dataset, knobs, timings, echo)
     finally:
         echo("== stopping the stack")

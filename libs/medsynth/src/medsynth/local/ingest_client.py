@@ -8,8 +8,11 @@
 * A folder of DICOM files (any depth; no ``imagesTr/``): one upload per patient (PatientID) to the
   DICOM route, each series becoming a scan, de-identified by the service.
 
-Uploads run concurrently; a duplicate (409) counts as already present, every other rejection is
-listed with the service's reason.
+Uploads run concurrently through :func:`medsynth.local.api_client.api_client`: the platform's own
+pacing (429, with Retry-After) and a service that is down for a moment (503) are waited out and the
+upload sent again, so that a folder ends with every case accepted, already present (a 409), rejected
+for a reason of its own (the service's, listed), or — only past the retries' deadline — failed for the
+platform's (also listed: run the command again to send those).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
 
 from medsynth.core.errors import InvalidInput
+from medsynth.local.api_client import RetryPolicy, api_client
 
 SUFFIXES = (".nii.gz", ".nii")
 
@@ -38,17 +42,49 @@ class Case:
 
 @dataclass
 class Summary:
+    """Each case of a folder in one of four lists. ``rejected``: refused for a reason of its own (bad
+    file, wrong dataset, no permission); ``failed``: not in for the platform's reasons (unreachable,
+    unavailable or still over its rate when the retries ran out) — sending it again may work."""
+
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every case is in the dataset (accepted now or before)."""
+        return not self.rejected and not self.failed
+
+    def missing(self) -> dict[str, str]:
+        """The cases that are not in the dataset, with why."""
+        return {**self.rejected, **self.failed}
+
+    def record(self, case: str, outcome: httpx.Response | httpx.HTTPError) -> None:
+        """File ``case`` under the list its upload's answer (or the error that took its place) says."""
+        if isinstance(outcome, httpx.HTTPError):
+            self.failed[case] = f"upload failed: {outcome}"
+        elif outcome.status_code == 201:
+            self.accepted.append(case)
+        elif outcome.status_code == 409:
+            self.duplicates.append(case)
+        elif outcome.status_code in PLATFORM_STATUSES or outcome.status_code >= 500:
+            self.failed[case] = f"HTTP {outcome.status_code}: {_detail(outcome)}"
+        else:
+            self.rejected[case] = f"HTTP {outcome.status_code}: {_detail(outcome)}"
 
     def lines(self) -> list[str]:
-        out = [f"accepted {len(self.accepted)}, already present {len(self.duplicates)}, rejected {len(self.rejected)}"]
-        reasons = Counter(reason.split(":")[0] for reason in self.rejected.values())
-        out += [f"  {case}: {reason}" for case, reason in sorted(self.rejected.items())]
-        if len(self.rejected) > 1:
+        head = f"accepted {len(self.accepted)}, already present {len(self.duplicates)}, rejected {len(self.rejected)}"
+        out = [head + (f", failed {len(self.failed)} (the platform's reason, not the case's: send them again)" if self.failed else "")]
+        missing = self.missing()
+        out += [f"  {case}: {reason}" for case, reason in sorted(missing.items())]
+        reasons = Counter(reason.split(":")[0] for reason in missing.values())
+        if len(missing) > 1:
             out += [f"  ({n}x) {reason}" for reason, n in reasons.most_common() if n > 1]
         return out
+
+
+PLATFORM_STATUSES = frozenset({408, 429})  # with 5xx: not the case's fault
 
 
 def case_name(path: Path) -> str | None:
@@ -132,59 +168,59 @@ def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> htt
     return client.post(f"{url}/v1/datasets/{dataset}/scans", data={"patient_id": case.patient_id}, files=files)
 
 
+#: One scan per request, and the same image twice is a 409: an upload may be sent again after a 503
+#: or a cut connection as well as after a 429.
+UPLOAD_RETRY = RetryPolicy(idempotent_posts=True)
+
+
 def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True,
-                  patient_of: PatientOf | None = None) -> Summary:
+                  patient_of: PatientOf | None = None, retry: RetryPolicy = UPLOAD_RETRY) -> Summary:
+    """Upload a Decathlon folder (or a folder of DICOM files, one request per patient); the summary
+    names NIfTI cases by their file's case name."""
     from tqdm import tqdm
 
     if not (root / "imagesTr").is_dir() and (patients := dicom_patients(root)):
-        return _ingest_dicom(patients, dataset, url, api_key=api_key, workers=workers, progress=progress)
+        return _ingest_dicom(patients, dataset, url, api_key=api_key, workers=workers, progress=progress, retry=retry)
     cases = find_cases(root, patient_of)
     summary = Summary()
-    with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {api_key}"}) as client, ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): c for c in cases}
+    with api_client(api_key=api_key, timeout=300, retry=retry) as client, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): case_name(c.image) for c in cases}
         for future in tqdm(as_completed(futures), total=len(futures), unit="scan", disable=not progress, desc=dataset):
-            case = futures[future]
             try:
-                response = future.result()
+                outcome = future.result()
             except httpx.HTTPError as exc:
-                summary.rejected[case.patient_id] = f"upload failed: {exc}"
-                continue
-            if response.status_code == 201:
-                summary.accepted.append(case.patient_id)
-            elif response.status_code == 409:
-                summary.duplicates.append(case.patient_id)
-            else:
-                summary.rejected[case.patient_id] = f"HTTP {response.status_code}: {_detail(response)}"
+                outcome = exc
+            summary.record(futures[future], outcome)
     return summary
 
 
-def _ingest_dicom(patients: dict[str, list[Path]], dataset: str, url: str, *, api_key: str, workers: int, progress: bool) -> Summary:
+def _ingest_dicom(patients: dict[str, list[Path]], dataset: str, url: str, *, api_key: str, workers: int, progress: bool,
+                  retry: RetryPolicy) -> Summary:
     """One upload per patient; the summary names patients by their files' folder (never the PatientID,
-    which is an identifier)."""
+    which is an identifier). An upload may hold several series, some of which a failed attempt may
+    have stored: it is sent again after a 429 or an unopened connection only, never after a 503."""
     from tqdm import tqdm
 
     summary = Summary()
 
-    def upload(files: list[Path]) -> httpx.Response:
+    def upload(client: httpx.Client, files: list[Path]) -> httpx.Response:
         parts = [("file", (f.name, f.read_bytes(), "application/dicom")) for f in files]
-        with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {api_key}"}) as client:
-            return client.post(f"{url.rstrip('/')}/v1/datasets/{dataset}/dicom", files=parts)
+        return client.post(f"{url.rstrip('/')}/v1/datasets/{dataset}/dicom", files=parts)
 
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(upload, files): f"{files[0].parent.name} ({len(files)} files)" for files in patients.values()}
+    with api_client(api_key=api_key, timeout=600, retry=replace(retry, idempotent_posts=False)) as client, \
+            ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(upload, client, files): f"{files[0].parent.name} ({len(files)} files)" for files in patients.values()}
         for future in tqdm(as_completed(futures), total=len(futures), unit="patient", disable=not progress, desc=dataset):
             name = futures[future]
             try:
                 response = future.result()
             except httpx.HTTPError as exc:
-                summary.rejected[name] = f"upload failed: {exc}"
+                summary.record(name, exc)
                 continue
             if response.status_code == 201:
                 summary.accepted.extend(s["scan_id"] for s in response.json()["scans"])
-            elif response.status_code == 409:
-                summary.duplicates.append(name)
             else:
-                summary.rejected[name] = f"HTTP {response.status_code}: {_detail(response)}"
+                summary.record(name, response)
     return summary
 
 

@@ -13,6 +13,7 @@ import httpx
 import yaml
 
 from medsynth.core.errors import InvalidInput, MedsynthError
+from medsynth.local.api_client import api_client
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -101,7 +102,7 @@ def main_run(args) -> int:
         raise InvalidInput("study run needs a key with the researcher role: --api-key or MEDSYNTH_API_KEY")
     url = args.url or f"http://127.0.0.1:{load_settings().stack_base_port}"
     spec = read_spec(Path(args.spec))
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60) as client:
+    with api_client(url, api_key=api_key, timeout=60) as client:
         study = run_study(client, spec, timeout_s=args.timeout)
         if not study["results"]:
             print(f"study {study['study_id']} {study['state']} with no results: {study.get('error') or 'every arm failed'}", file=sys.stderr)

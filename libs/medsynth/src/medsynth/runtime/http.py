@@ -13,9 +13,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from medsynth.bus.client import BusError
 from medsynth.core.errors import (
+    Busy,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -46,8 +48,12 @@ STATUS_BY_ERROR: list[tuple[type[MedsynthError], int]] = [
     (PeerUnavailable, 502),
     (StoreError, 503),
     (BusError, 503),
+    (Busy, 503),
     (MedsynthError, 500),
 ]
+
+#: The status recorded (metrics, audit) for a request whose client disconnected before it was read (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ErrorBody(BaseModel):
@@ -62,7 +68,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "The request collides with existing state."},
     422: {"model": ErrorBody, "description": "The request is invalid; the detail names the field or the problem."},
     429: {"model": ErrorBody, "description": "Over the caller's request or upload rate; Retry-After says when to try again."},
-    503: {"model": ErrorBody, "description": "The store or the broker cannot be reached now (Retry-After where a job was recorded)."},
+    503: {"model": ErrorBody, "description": "The store or the broker cannot be reached now (where a job was recorded: Retry-After, and Location naming the job to follow instead of resubmitting)."},
 }
 
 
@@ -145,8 +151,16 @@ def install_error_handlers(app: FastAPI) -> None:
             audit.reason = "invalid request"
         return JSONResponse({"detail": _printable(exc.errors())}, status_code=422)
 
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """A client that hangs up mid-upload: one line, not a traceback; the answer goes nowhere."""
+        log.info("%s %s: the client disconnected before its request body was read", request.method, request.url.path)
+        if (audit := getattr(request.state, "audit", None)) is not None:
+            audit.reason = "client disconnected"
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     app.add_exception_handler(MedsynthError, handle)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(ClientDisconnect, client_gone)
 
 
 ECHO_LIMIT = 200  # characters of a rejected value a 422 repeats
