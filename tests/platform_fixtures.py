@@ -49,7 +49,7 @@ class TestBroker:
     __test__ = False
     bootstrap: str
     api_version: str | None
-    process: object  # a local.servers.Server (tansu) or a bus.local_broker.LocalBroker (mock)
+    process: object  # a local.servers.Server (tansu) or a local_broker.LocalBroker (mock; tests/local_broker.py)
 
     def create_topics(self, topics: list[tuple[str, int]]) -> None:
         from medsynth.bus.admin import ensure_topics
@@ -79,7 +79,7 @@ def seaweedfs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBroker]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     if request.config.getoption("--broker") == "mock":
-        from medsynth.bus.local_broker import LocalBroker
+        from local_broker import LocalBroker  # tests/local_broker.py: confluent-kafka's mock cluster
 
         with LocalBroker.start(log_path=log, exit_with_parent=True) as handle:
             yield TestBroker(handle.bootstrap, "2.3", handle)

@@ -19,15 +19,17 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from medsynth.bus.local_broker import (
+from medsynth.core.errors import InvalidInput, MedsynthError
+
+from local_broker import (  # tests/local_broker.py: test tooling, not in the installed package
     AUTO_CREATE_PARTITIONS,
     CLIENT_API_VERSION,
+    SCRIPT,
     LocalBroker,
     LocalBrokerError,
     parse_topic_spec,
     validate_topics,
 )
-from medsynth.core.errors import InvalidInput, MedsynthError
 
 ORDERS = "lb-orders"  # 3 partitions
 KEYED = "lb-keyed"  # 4 partitions
@@ -175,7 +177,8 @@ def test_stop_ends_the_process_and_closes_the_port(tmp_path: Path) -> None:
 
 PARENT = """
 import sys, time
-from medsynth.bus.local_broker import LocalBroker
+sys.path.insert(0, sys.argv[2])
+from local_broker import LocalBroker
 handle = LocalBroker.start(exit_with_parent=sys.argv[1] == "yes")
 print(handle.pid, handle.bootstrap, flush=True)
 time.sleep(120)
@@ -193,7 +196,7 @@ def _accepts(address: tuple[str, int]) -> bool:
 
 @pytest.mark.parametrize("exit_with_parent", [True, False])
 def test_a_parent_killed_with_sigkill(exit_with_parent: bool) -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, "yes" if exit_with_parent else "no"],
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, "yes" if exit_with_parent else "no", str(SCRIPT.parent)],
                               stdout=subprocess.PIPE, text=True)
     pid, bootstrap = parent.stdout.readline().split()
     host, port = bootstrap.rsplit(":", 1)
@@ -234,7 +237,7 @@ def test_a_broker_that_cannot_start_reports_its_log(tmp_path: Path, to_file: boo
 def test_command_line_writes_and_removes_the_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state" / "bootstrap"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medsynth.bus.local_broker", "--topic", "cli:2", "--state-file", str(state)],
+        [sys.executable, str(SCRIPT), "--topic", "cli:2", "--state-file", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -273,7 +276,7 @@ def test_bad_topics_are_named(topics: list, message: str) -> None:
 def test_missing_confluent_kafka_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from medsynth.bus import local_broker
+    import local_broker
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     local_broker.load_librdkafka.cache_clear()

@@ -8,6 +8,9 @@ encoder as medsynth's in-domain FID uses (no Inception weights ship here); clean
 Each side reads the files, extracts features and computes FID; the table gives both times, their
 ratio and both scores (which should agree to float precision). Rounds alternate the two so that a
 busy machine slows both alike. Writes ``results.json`` and ``results.md`` under ``--out``.
+
+clean-fid is a reference tool, pinned in requirements-tools.lock (``make install`` installs it), not in
+the services' requirements.lock: it is imported only when its side of the bench runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from medsynth.bench import save_results
+from medsynth.core.errors import MedsynthError
 
 SIZE = 64
 
@@ -82,9 +86,19 @@ class _CleanFidInput(torch.nn.Module):
         return out.mean(dim=tuple(range(2, out.ndim))) if out.ndim > 2 else out
 
 
+def import_cleanfid() -> Any:
+    """``cleanfid.fid``, or an error naming the package and where it comes from (the tools lock)."""
+    try:
+        from cleanfid import fid
+    except ImportError as exc:
+        raise MedsynthError(f"the FID benchmark compares against clean-fid, which is not installed ({exc}); it is pinned "
+                            "in requirements-tools.lock: `make install` (both locks) installs it") from None
+    return fid
+
+
 def cleanfid_fid(real_dir: Path, fake_dir: Path, net: torch.nn.Module, batch_size: int, workers: int) -> tuple[float, float]:
     """clean-fid's own path on the same files: its dataset and loader, its feature loop, its FID."""
-    from cleanfid import fid
+    fid = import_cleanfid()
 
     began = time.perf_counter()
     model = _CleanFidInput(net).eval()

@@ -1,7 +1,7 @@
 """``make bench-ingest ARGS=--memory``: the ingest service's peak memory while large NIfTI uploads arrive at once.
 
 The ingest service runs as its own process (``medsynth.api.app.main("ingest")``: a local store, the
-librdkafka mock broker, authentication off, the upload and voxel limits raised to take the scans).
+local stack's broker (tansu on SeaweedFS, from the tools lock), authentication off, the upload and voxel limits raised to take the scans).
 After one small upload (imports and caches warm), ``--uploads`` distinct float32 ``.nii`` volumes of
 about ``--mb`` MB each (stored LPS, so the canonical copy is reoriented) are sent at the same moment,
 and the service's resident set size is sampled with psutil every 20 ms until all are answered. The
@@ -40,6 +40,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_span(span: int) -> int:
+    """A base port with ``span`` free ports from it (SeaweedFS takes ten)."""
+    from medsynth.local.servers import port_open
+
+    for _ in range(50):
+        base = free_port()
+        if base + span < 65536 and not any(port_open("127.0.0.1", base + i, timeout=0.05) for i in range(span)):
+            return base
+    raise SystemExit(f"found no {span} free ports in a row")
+
+
+def start_broker(home: Path) -> tuple[str, list[Any]]:
+    """The local stack's servers (tansu storing on SeaweedFS, the binaries of the tools lock): the
+    bootstrap and the servers to stop, last started first."""
+    from medsynth.local.servers import SEAWEED_PORT_SPAN, TANSU_BUCKET, S3Credentials, start_seaweedfs, start_tansu
+
+    credentials = S3Credentials.for_home(home)
+    s3_port = free_port_span(SEAWEED_PORT_SPAN)
+    seaweedfs = start_seaweedfs(home / "seaweedfs", s3_port, credentials, home / "seaweedfs.log", buckets=[TANSU_BUCKET],
+                                die_with_parent=True)
+    try:
+        port = free_port()
+        tansu = start_tansu(port, f"127.0.0.1:{s3_port}", credentials, home / "broker.log", die_with_parent=True)
+    except BaseException:
+        seaweedfs.stop()
+        raise
+    return f"127.0.0.1:{port}", [tansu, seaweedfs]
 
 
 def write_volume(path: Path, mb: float, seed: int) -> int:
@@ -93,8 +122,10 @@ def high_water_mark(pid: int) -> int | None:
 def measure(mb: float, uploads: int, pythonpath: str | None, echo) -> dict[str, Any]:
     import httpx
 
-    from medsynth.bus.local_broker import LocalBroker
+    from medsynth.bus.admin import ensure_topics
+    from medsynth.bus.client import Bus
     from medsynth.bus.topics import all_topics
+    from medsynth.core.settings import Settings
 
     home = Path(tempfile.mkdtemp(prefix="medsynth-bench-memory-"))
     files = [home / "uploads" / f"scan{i}.nii" for i in range(uploads)]
@@ -103,10 +134,16 @@ def measure(mb: float, uploads: int, pythonpath: str | None, echo) -> dict[str, 
     voxels = sizes[0] // 4
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    broker = LocalBroker.start(topics=all_topics("bench"), log_path=home / "broker.log", exit_with_parent=True)
+    bootstrap, servers = start_broker(home)
+    try:
+        ensure_topics(Bus(Settings(kafka_bootstrap=bootstrap, kafka_api_version=None), client_id="bench-admin"), all_topics("bench"))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSYNTH_")}
     env.update(MEDSYNTH_HOME=str(home), MEDSYNTH_HTTP_HOST="127.0.0.1", MEDSYNTH_HTTP_PORT=str(port), MEDSYNTH_AUTH_ENABLED="false",
-               MEDSYNTH_KAFKA_BOOTSTRAP=broker.bootstrap, MEDSYNTH_KAFKA_API_VERSION="2.3", MEDSYNTH_TOPIC_PREFIX="bench",
+               MEDSYNTH_KAFKA_BOOTSTRAP=bootstrap, MEDSYNTH_TOPIC_PREFIX="bench",
                MEDSYNTH_MAX_UPLOAD_BYTES=str(max(sizes) + (1 << 20)), MEDSYNTH_MAX_VOXELS=str(2 * voxels),
                MEDSYNTH_LARGE_UPLOAD_WAIT_S="600")  # the second upload queues: let it wait for its turn
     if pythonpath:
@@ -158,7 +195,8 @@ def measure(mb: float, uploads: int, pythonpath: str | None, echo) -> dict[str, 
         except subprocess.TimeoutExpired:
             service.kill()
         log.close()
-        broker.stop()
+        for server in servers:
+            server.stop()
     result = {"upload_bytes": sizes, "uploads": uploads, "rss_before": before, "rss_peak_sampled": sampler.peak,
               "samples": sampler.samples, "vm_hwm": hwm, "seconds": seconds,
               "answers": [{"status": s, "seconds": round(d, 2), "error": e} for s, d, e in answers],

