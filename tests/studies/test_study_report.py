@@ -99,7 +99,8 @@ def test_a_viewer_gets_the_study_report_without_closest_pairs_or_training_patien
 
     from medsynth.api.app import create_api_app
     from medsynth.api.studies.results import load_figures
-    from medsynth.api.studies.runner import StudyRecord, study_key
+    from medsynth.api.studies.record import StudyRecord
+    from medsynth.api.studies.runner import study_key
     from medsynth.projects import project_store
     from medsynth.store import open_store
 

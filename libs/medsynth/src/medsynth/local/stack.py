@@ -1,6 +1,6 @@
 """`medsynth stack up|down|status`: the whole system as local processes, for one machine.
 
-``up`` starts the supervisor (:mod:`medsynth.local.supervisor`) in the background and waits until
+``up`` starts the supervisor (:mod:`medsynth.local.supervise`) in the background and waits until
 every process is ready. The supervisor runs, in this order and on fixed ports from
 ``MEDSYNTH_STACK_BASE_PORT`` (default 8700):
 
@@ -197,7 +197,7 @@ def up(settings: Settings, *, names: list[str] | None = None, timeout: float = 1
         raise StackError(f"a stack is already running (see `medsynth stack status`, state in {state_file})")
     state_file.unlink(missing_ok=True)
     plan(settings, names=names)  # a bad service name or a missing binary fails here, in the foreground
-    argv = [sys.executable, "-m", "medsynth.local.supervisor"] + (["--services", *names] if names else [])
+    argv = [sys.executable, "-m", "medsynth.local.supervise"] + (["--services", *names] if names else [])
     log_path = logs / "supervisor.log"
     with open(log_path, "ab") as out:
         supervisor = subprocess.Popen(argv, env=dict(os.environ, MEDSYNTH_HOME=str(settings.home.resolve())), stdout=out,

@@ -1,7 +1,7 @@
 """The local stack's supervisor: one process that starts every server and service of the stack in
 order, restarts any that exits with an exponential back-off, and stops them all in reverse order.
 
-``medsynth stack up`` starts it in the background (``python -m medsynth.local.supervisor``); it writes
+``medsynth stack up`` starts it in the background (``python -m medsynth.local.supervise``); it writes
 what it runs to ``<home>/stack.json`` after every change, which ``stack status`` reads. A process
 that keeps dying soon after each start is shown as ``crash-loop`` there and is still retried, at
 the longest back-off. ``stack down`` sends the supervisor SIGTERM; it stops the services first, then
@@ -10,13 +10,11 @@ TorchServe, the broker and SeaweedFS, each with its own stop signal and SIGKILL 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -204,24 +202,3 @@ class Supervisor:
             clean = stop_process(child.proc.pid, child.spec.stop_signal, grace, wait=child.proc.wait)
             log.info("%s stopped%s", child.spec.name, "" if clean else " (killed after the grace period)")
         child.state.state, child.state.pid = "stopped", None
-
-
-def main(argv: list[str] | None = None) -> int:
-    from medsynth.core.logging import configure_logging
-    from medsynth.core.settings import load_settings
-    from medsynth.local.stack import plan
-
-    parser = argparse.ArgumentParser(prog="python -m medsynth.local.supervisor")
-    parser.add_argument("--services", nargs="*", help="only these services (default: all)")
-    args = parser.parse_args(argv)
-    configure_logging("supervisor")
-    settings = load_settings()
-    specs, stack = plan(settings, names=args.services or None)
-    supervisor = Supervisor(specs, settings.home.resolve() / "stack.json", stack)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: supervisor.stopping.set())
-    return supervisor.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,8 @@ from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDe
 from medsynth.api.reader_studies import reader_studies_of
 from medsynth.api.studies.report import render_study_report
 from medsynth.api.studies.results import arm_id, load_figures
-from medsynth.api.studies.runner import ENDED, StudyRecord, create_study, list_studies, load_study
+from medsynth.api.studies.record import ENDED, StudyRecord
+from medsynth.api.studies.runner import create_study, list_studies, load_study
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.core.errors import Conflict
 from medsynth.metrics.report import without_training_data

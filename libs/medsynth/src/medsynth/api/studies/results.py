@@ -9,10 +9,11 @@ import csv
 import io
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from medsynth.api.studies.record import StudyRecord
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import InvalidInput
 from medsynth.jobs.records import JobRecords
@@ -23,9 +24,6 @@ from medsynth.metrics.statistics import (
     rank_correlation,
 )
 from medsynth.store import ObjectStore
-
-if TYPE_CHECKING:
-    from medsynth.api.studies.runner import StudyRecord
 
 CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "synthetic_patients", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients", "run_id"]
 

@@ -15,12 +15,12 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
-from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from medsynth.api.studies.plan import Node, check_size, expand, node_keys
+from medsynth.api.studies.record import ENDED, NodeState, StudyRecord
+from medsynth.api.studies.results import write_results
 from medsynth.api.studies.spec import StudyCreate
 from medsynth.api.submissions import SUBMISSIONS
 from medsynth.bus.messages import JobKind
@@ -33,35 +33,6 @@ from medsynth.jobs.service import JobDeferred, JobService
 from medsynth.store import ObjectStore
 
 log = logging.getLogger(__name__)
-
-NodeStateName = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled", "blocked"]
-StudyStateName = Literal["running", "succeeded", "partial", "failed"]
-ENDED = ("succeeded", "failed", "cancelled", "blocked")
-
-
-class NodeState(BaseModel):
-    kind: str
-    key: str
-    labels: dict[str, Any]
-    state: NodeStateName = "waiting"
-    job_id: str | None = None
-    reused: bool = False
-    progress: float = 0.0
-    error: str | None = None
-
-
-class StudyRecord(BaseModel):
-    study_id: str
-    name: str | None
-    spec: dict[str, Any]
-    state: StudyStateName = "running"
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
-    nodes: dict[str, NodeState]
-    results_keys: dict[str, str] = Field(default_factory=dict)
-    error: str | None = None
-
 
 def study_key(study_id: str) -> str:
     return f"studies/{study_id}/study.json"
@@ -207,8 +178,6 @@ def _start(node: Node, state: NodeState, record: StudyRecord, store: ObjectStore
 
 
 def _finish(record: StudyRecord, store: ObjectStore, jobs: JobService) -> None:
-    from medsynth.api.studies.results import write_results
-
     try:
         record.results_keys = write_results(record, store, jobs.records)
     except MedsynthError as exc:
