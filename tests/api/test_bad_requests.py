@@ -196,11 +196,14 @@ def test_every_request_model_refuses_unknown_fields(platform_settings: Settings)
 
 # --- slow and vanishing clients, on a real socket ------------------------------------------------------
 
-SLOW = {"http_header_timeout_s": 0.5, "http_body_timeout_s": 0.5}
+# keep-alive far above the wait of _exchange: only the header and body timeouts can end a connection in time
+SLOW = {"http_header_timeout_s": 0.5, "http_body_timeout_s": 0.5, "http_keep_alive_s": 120}
 
 
-def _exchange(address: tuple[str, int], data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
-    """Send ``data`` and read until the server closes the connection; what came back and how long it took."""
+def _exchange(address: tuple[str, int], data: bytes, wait_s: float = 30.0) -> tuple[bytes, float]:
+    """Send ``data`` and read until the server closes the connection; what came back and how long it took.
+    A server that still holds the connection after ``wait_s`` fails the test (with SLOW's keep-alive, only
+    the timeouts under test close it sooner)."""
     import socket
     import time
 
@@ -208,8 +211,11 @@ def _exchange(address: tuple[str, int], data: bytes, wait_s: float = 5.0) -> tup
     with socket.create_connection(address, timeout=wait_s) as s:
         s.sendall(data)
         chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            raise AssertionError(f"the server still held the connection after {wait_s:.0f} s: {b''.join(chunks)!r}") from None
     return b"".join(chunks), time.monotonic() - started
 
 
@@ -222,12 +228,12 @@ def test_a_client_that_stalls_in_its_headers_or_body_gets_408(platform_settings:
     key = bearer(settings, "researcher")["Authorization"]
     with served(create_api_app(settings, reconcile=False), settings) as address:
         answer, took = _exchange(address, b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Half: a")  # headers never finished
-        assert answer.startswith(b"HTTP/1.1 408 ") and took < 3, (answer, took)
+        assert answer.startswith(b"HTTP/1.1 408 "), (answer, took)
         answer, took = _exchange(address, b"")  # a connection that never says anything is closed
-        assert answer == b"" and took < 3
+        assert answer == b""
         head = f"POST /v1/cohorts HTTP/1.1\r\nHost: api\r\nAuthorization: {key}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
         answer, took = _exchange(address, head.encode() + b'{"generator_id": "g", ')  # the body stops coming
-        assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stopped coming" in answer and took < 3, (answer, took)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"the request body stopped coming" in answer, (answer, took)
         answer, _ = _exchange(address, b"GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")  # prompt clients are served
         assert answer.startswith(b"HTTP/1.1 200 ")
 
@@ -254,12 +260,12 @@ def test_an_upload_that_stalls_gets_408_and_one_that_is_dropped_leaves_one_log_l
     settings = platform_settings.model_copy(update=SLOW)
     with service_log("ingest") as log, served(create_ingest_app(settings, assemble_quiet_series=False), settings) as address:
         answer, took = _exchange(address, _upload_start(settings))
-        assert answer.startswith(b"HTTP/1.1 408 ") and took < 3, (answer, took)
+        assert answer.startswith(b"HTTP/1.1 408 "), (answer, took)
 
         with socket.create_connection(address, timeout=5) as s:  # the client goes away mid-upload
             s.sendall(_upload_start(settings))
             time.sleep(0.2)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # the line comes when the server notices; a busy machine may take a while
         while "disconnected" not in log.getvalue() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
