@@ -43,7 +43,7 @@ from medsynth.store.base import ABANDONED_AFTER_S, CHUNK, ObjectInfo, ObjectStor
 
 META_DIR = ".meta"
 TEMP_PREFIX = ".tmp-"
-#: Key prefixes whose objects are secrets (de-identification keys, API key records, the audit log).
+#: Key prefixes whose objects are secrets (de-identification keys, API key and reader-token records).
 PRIVATE_PREFIXES = ("auth/",)
 PRIVATE_FILE_MODE, PRIVATE_DIR_MODE = 0o600, 0o700
 _MKDIR_ATTEMPTS = 5
