@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medsynth.api.studies.plan import expand
-from medsynth.api.studies.spec import StudyCreate
+from medsynth.studies.plan import expand
+from medsynth.studies.spec import StudyCreate
 from medsynth.bench import study as bench
 from medsynth.local.study_client import read_spec
 

@@ -14,7 +14,7 @@ import pytest
 from medsynth.core.settings import Settings
 from medsynth.local import stack
 from medsynth.local.servers import S3Credentials, SeaweedSecurity, local_secret, write_seaweed_identities
-from medsynth.projects import DEID_KEYS, deid_policy
+from medsynth.dicom.deid import DEID_KEYS, deid_policy
 from medsynth.store.local import LocalStore
 
 

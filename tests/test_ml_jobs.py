@@ -18,7 +18,7 @@ import torch
 from medsynth.bus.client import Bus
 from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.handlers import handlers_for
-from medsynth.handlers.artifacts import cohort_arrays
+from medsynth.jobs.artifacts import cohort_arrays
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.jobs.worker import Worker
@@ -29,7 +29,7 @@ from medsynth.store import ObjectStore
 from medsynth.generators.base import DataSpec
 from medsynth.generators.proto import to_proto
 from medsynth.generators.registry import GeneratorSpec, parse_options, parse_training
-from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
+from medsynth.generators.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import jobs_pb2
 
 from pipeline_fixtures import phantom_view

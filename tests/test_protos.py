@@ -62,8 +62,8 @@ def test_every_family_and_training_option_has_a_typed_proto_field() -> None:
 def test_every_segmentation_option_survives_the_command_typed() -> None:
     """A segmentation request reaches the worker field by field (no JSON string inside the message): every
     option of SegmentationCreate has a typed TrainSegmenter field and comes back equal after the wire."""
-    from medsynth.api.schemas import SegmentationCreate
-    from medsynth.api.submissions import segmenter_message
+    from medsynth.commands.requests import SegmentationCreate
+    from medsynth.commands.build import segmenter_message
     from medsynth.handlers.segment import segmentation_options
     from medsynth.v1 import jobs_pb2
 

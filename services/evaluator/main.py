@@ -3,7 +3,7 @@
 Consumes its job kinds' command topics; /healthz, /readyz and /metrics on MEDSYNTH_HTTP_PORT.
 """
 
-from medsynth.runtime.worker_service import main
+from medsynth.handlers.service import main
 
 if __name__ == "__main__":
     main("evaluator")

@@ -15,7 +15,7 @@ from medsynth.auth.principal import Role
 from medsynth.bus.messages import JobKind
 from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
-from medsynth.projects import project_store
+from medsynth.store.projects import project_store
 from medsynth.store import open_store
 
 from platform_fixtures import api_key, bearer
@@ -168,7 +168,7 @@ def test_every_request_model_refuses_unknown_fields(platform_settings: Settings)
     """Every JSON body of both apps, at any depth (family options, training options, the release gate,
     a study's families and arms…), is a model that forbids fields it does not have; and each route answers
     a body with a misspelt field ({"sise": 64}) with a 422 naming it, whatever else is wrong with it."""
-    from medsynth.api.reader_studies import TOKEN_PREFIX, _token_key
+    from medsynth.studies.reader import TOKEN_PREFIX, _token_key
 
     settings = platform_settings.model_copy(update={"rate_limit_burst": 10**6})
     keys = {role: {"Authorization": f"Bearer {api_key(settings, role.value)}"} for role in Role}

@@ -14,7 +14,7 @@ from medsynth.api.app import create_api_app
 from medsynth.auth.audit import HEAD_EVERY, AuditEntry, AuditLog
 from medsynth.core.settings import Settings
 from medsynth.local.cli import main as cli
-from medsynth.projects import Projects
+from medsynth.store.projects import Projects
 from medsynth.store import ObjectStore
 
 from platform_fixtures import bearer

@@ -18,7 +18,7 @@ from medsynth.api.app import create_api_app
 from medsynth.auth.audit import AuditLog
 from medsynth.auth.keys import ApiKeys
 from medsynth.core.settings import Settings
-from medsynth.projects import Projects
+from medsynth.store.projects import Projects
 from medsynth.store import open_store
 
 from platform_fixtures import live_server

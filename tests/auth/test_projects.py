@@ -22,7 +22,7 @@ from medsynth.handlers import handlers_for
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
 from medsynth.jobs.worker import Worker
-from medsynth.projects import DEFAULT_PROJECT, Projects, project_store
+from medsynth.store.projects import DEFAULT_PROJECT, Projects, project_store
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
 

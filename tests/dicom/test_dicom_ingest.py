@@ -393,7 +393,7 @@ def test_project_options_and_the_key_that_links_pseudonyms_back(platform_setting
     import hmac
     import sys
 
-    from medsynth.projects import DicomOptions, Projects
+    from medsynth.store.projects import DicomOptions, Projects
     from platform_fixtures import settings_env
 
     Projects(store).create("hosp", dicom=DicomOptions(retain_dates=True, allow_burned_in=True))

@@ -19,7 +19,7 @@ from medsynth.core.settings import Settings
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import build_views, normalise, resize_square
-from medsynth.handlers.artifacts import view_splits
+from medsynth.jobs.artifacts import view_splits
 from medsynth.handlers.segment import hd95_spacing, train_segmentation
 from medsynth.io.nifti import load_nifti, to_nifti_bytes
 from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id

@@ -166,7 +166,7 @@ def evaluation(platform_settings):
     the evaluate handler writes: report.json, report.html with every figure, the figures apart."""
     from medsynth.bus.messages import JobKind
     from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
-    from medsynth.projects import project_store
+    from medsynth.store.projects import project_store
     from medsynth.store import open_store
 
     store = project_store(open_store(platform_settings), "default")

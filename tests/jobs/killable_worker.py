@@ -14,7 +14,7 @@ from pathlib import Path
 from medsynth.core.logging import configure_logging
 from medsynth.core.settings import load_settings
 from medsynth.bus.messages import JobKind
-from medsynth.runtime.worker_service import run_worker
+from medsynth.handlers.service import run_worker
 
 OUT = Path(sys.argv[1])
 

@@ -21,7 +21,7 @@ from medsynth.auth.policy import POLICIES, PUBLIC_PATHS, Access, policy_for
 from medsynth.auth.keys import ApiKeys
 from medsynth.auth.principal import Role
 from medsynth.core.settings import Settings
-from medsynth.projects import Projects
+from medsynth.store.projects import Projects
 from medsynth.store import open_store
 
 from platform_fixtures import api_key

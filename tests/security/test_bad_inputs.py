@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from medsynth.api.app import create_api_app, create_ingest_app
 from medsynth.auth.policy import Access, policy_for
 from medsynth.core.settings import Settings
-from medsynth.projects import Projects
+from medsynth.store.projects import Projects
 from medsynth.store import open_store
 
 from platform_fixtures import api_key

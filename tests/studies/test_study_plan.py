@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from medsynth.api.studies.plan import check_size, expand, node_keys
-from medsynth.api.studies.spec import StudyCreate
+from medsynth.studies.plan import check_size, expand, node_keys
+from medsynth.studies.spec import StudyCreate
 from medsynth.core.errors import InvalidInput
 
 TWO_FAMILIES = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsynth.api.studies.report import render_study_report
+from medsynth.studies.report import render_study_report
 from medsynth.metrics.statistics import bootstrap_over_seeds_and_patients, friedman_nemenyi
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -98,10 +98,10 @@ def test_a_viewer_gets_the_study_report_without_closest_pairs_or_training_patien
     from fastapi.testclient import TestClient
 
     from medsynth.api.app import create_api_app
-    from medsynth.api.studies.results import load_figures
-    from medsynth.api.studies.record import StudyRecord
-    from medsynth.api.studies.runner import study_key
-    from medsynth.projects import project_store
+    from medsynth.studies.results import load_figures
+    from medsynth.studies.record import StudyRecord
+    from medsynth.studies.runner import study_key
+    from medsynth.store.projects import project_store
     from medsynth.store import open_store
 
     from platform_fixtures import bearer

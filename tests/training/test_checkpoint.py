@@ -13,7 +13,7 @@ import torch
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import SampleMode, prepare_data
 from medsynth.sampling.generate import generate
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets, save_checkpoint
+from medsynth.generators.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets, save_checkpoint
 from medsynth.training.loop import LossCurves, init_state, snapshot
 
 from training_data import family_names, squares, tiny_spec

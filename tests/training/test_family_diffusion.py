@@ -30,7 +30,7 @@ from medsynth.models.spade import one_hot
 from medsynth.sampling.archive import trace_sampling_net
 from medsynth.sampling.generate import generate, sample_noise
 from medsynth.store.local import LocalStore
-from medsynth.training.checkpoint import build_sampling_nets, load_checkpoint, load_sampling_nets, save_checkpoint
+from medsynth.generators.checkpoint import build_sampling_nets, load_checkpoint, load_sampling_nets, save_checkpoint
 from medsynth.training.loop import TrainResult, init_state, train_generator
 
 from training_data import TINY_OPTIONS, same_extra, same_weights, tiny_spec

@@ -14,7 +14,7 @@ from medsynth.core.errors import Conflict, InvalidInput, JobCancelled
 from medsynth.generators.base import SampleMode
 from medsynth.sampling.generate import generate
 from medsynth.store.local import LocalStore
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets
+from medsynth.generators.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets
 from medsynth.training.loop import LossCurves, TrainResult, train_generator
 
 from training_data import family_names, same_extra, same_weights, squares, tiny_spec

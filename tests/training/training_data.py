@@ -11,7 +11,7 @@ import torch
 
 from medsynth.generators.base import DataSpec
 from medsynth.generators.registry import FAMILIES, GeneratorSpec, parse_options, parse_training
-from medsynth.training.checkpoint import Checkpoint
+from medsynth.generators.checkpoint import Checkpoint
 
 SIZE = 32
 

@@ -13,11 +13,11 @@ from medsynth import __version__
 from medsynth.auth.guard import AuditMiddleware, Guard, authorize, document_public_routes
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
-from medsynth.api.studies.runner import run_study_loop, watch_job_endings
+from medsynth.studies.runner import run_study_loop, watch_job_endings
 from medsynth.jobs.reconciler import run_reconciler
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.service import JobService
-from medsynth.projects import Projects, project_store
+from medsynth.store.projects import Projects, project_store
 from medsynth.store import open_service_store
 from medsynth.runtime.telemetry import declare_ingest_series
 from medsynth.runtime.http import ERROR_RESPONSES, health_router, install_error_handlers, install_http_metrics
@@ -57,7 +57,7 @@ def _base_app(title: str, settings: Settings, lifespan) -> FastAPI:
 
 def create_ingest_app(settings: Settings, *, assemble_quiet_series: bool = True) -> FastAPI:
     from medsynth.api.routes import dicom, scans
-    from medsynth.dicom.listener import StoreSCP, run_quiet_committer
+    from medsynth.api.dicom_listener import StoreSCP, run_quiet_committer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

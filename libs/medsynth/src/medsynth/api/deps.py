@@ -12,7 +12,7 @@ from medsynth.auth.principal import Principal
 from medsynth.bus.client import Bus
 from medsynth.core.settings import Settings
 from medsynth.jobs.service import JobService
-from medsynth.projects import project_store
+from medsynth.store.projects import project_store
 from medsynth.store import ObjectStore
 
 

@@ -23,7 +23,7 @@ from medsynth.auth.policy import Access, Policy, RateClass, policy_for
 from medsynth.auth.principal import DEVELOPMENT, PROJECT_HEADER, Principal, Role
 from medsynth.core.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from medsynth.core.settings import Settings
-from medsynth.projects import Projects
+from medsynth.store.projects import Projects
 from medsynth.store import ObjectStore
 
 log = logging.getLogger(__name__)

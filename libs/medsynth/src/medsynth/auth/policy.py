@@ -15,7 +15,7 @@ class Access(str, Enum):
     public = "public"    # anonymous: probes and the API description
     metrics = "metrics"  # the metrics token, not a user's credentials
     roles = "roles"      # an authenticated caller holding one of the policy's roles
-    reader = "reader"    # a reader study's reader token, checked by the route (medsynth.api.reader_studies)
+    reader = "reader"    # a reader study's reader token, checked by the route (medsynth.studies.reader)
 
 
 class RateClass(str, Enum):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from medsynth.core.errors import Forbidden, InvalidInput
-from medsynth.projects import DEFAULT_PROJECT
+from medsynth.store.projects import DEFAULT_PROJECT
 
 PROJECT_HEADER = "X-Medsynth-Project"
 

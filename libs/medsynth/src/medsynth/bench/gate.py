@@ -40,7 +40,7 @@ def planted(train: np.ndarray, rng: np.random.Generator, count: int) -> dict[str
 
 
 def run(store, dataset: str, view_id: str, count: int, seed: int) -> dict[str, Any]:
-    from medsynth.handlers.artifacts import view_splits
+    from medsynth.jobs.artifacts import view_splits
     from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy
 
     _, splits = view_splits(store, dataset, view_id, splits=("train", "test"))

@@ -226,7 +226,7 @@ def _samplers(app, registry: dict, source: str, sample_steps: int | None = None)
     from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
     from medsynth.sampling.torchserve import TorchServeClient
     from medsynth.store import open_store
-    from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
+    from medsynth.generators.checkpoint import load_checkpoint, load_sampling_nets
 
     mode = SampleMode(mask_source=MaskSource(source), sample_steps=sample_steps)
     urls = json.loads((app.home.resolve() / "torchserve" / "state.json").read_text())

@@ -46,8 +46,8 @@ def _t(value: str | None) -> float | None:
 
 def measure(api: httpx.Client, study: dict[str, Any], created_at: float) -> dict[str, Any]:
     """Per job: scheduling delay (inputs done -> submitted) and queue delay (submitted -> started)."""
-    from medsynth.api.studies.plan import expand
-    from medsynth.api.studies.spec import StudyCreate
+    from medsynth.studies.plan import expand
+    from medsynth.studies.spec import StudyCreate
 
     nodes = expand(StudyCreate.model_validate(study["spec"]))
     jobs = {n["node"]: api.get(f"/v1/jobs/{n['job_id']}").json() for n in study["nodes"]}

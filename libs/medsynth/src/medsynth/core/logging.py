@@ -18,7 +18,7 @@ REDACTED = "[redacted]"
 SECRET_PARAMS = ("token", "access_token", "id_token", "api_key", "apikey", "key", "password", "secret",
                  "x-amz-signature", "x-amz-credential", "x-amz-security-token")
 _SECRET_QUERY = re.compile(r"([?&;](?:%s)=)[^&;\s\"'#]*" % "|".join(map(re.escape, SECRET_PARAMS)), re.IGNORECASE)
-# medsynth.api.reader_studies.TOKEN_PREFIX and medsynth.auth.keys.TOKEN_PREFIX (this module imports nothing of medsynth)
+# medsynth.studies.reader.TOKEN_PREFIX and medsynth.auth.keys.TOKEN_PREFIX (this module imports nothing of medsynth)
 _READER_TOKEN = re.compile(r"\bmsr_[A-Za-z0-9_\-]+")
 _API_KEY = re.compile(r"\b(msk_[0-9a-f]+_)[A-Za-z0-9_\-]+")
 #: Loggers that write requests' paths with their query strings (uvicorn's access log).

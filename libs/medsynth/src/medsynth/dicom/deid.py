@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -35,6 +36,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from medsynth.store.base import ObjectStore
+from medsynth.store.projects import Projects
 
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
@@ -237,3 +241,17 @@ def _shift_datetime(value: str, days: int) -> str:
     if len(text) < 8:
         return DUMMY_BY_VR["DT"]
     return _shift_date(text[:8], days) + text[8:]
+
+
+#: One secret per project (hex), made on first use: it keys the pseudonyms and UIDs of de-identified DICOM.
+DEID_KEYS = "auth/deid-keys/"
+
+
+def deid_policy(root: ObjectStore, name: str) -> DeidPolicy:
+    """The project's DICOM de-identification: its key (created on first use; concurrent first uses
+    agree through create-if-absent) and its options."""
+    project = Projects(root).get(name)
+    key = f"{DEID_KEYS}{name}.key"
+    root.put_if_absent(key, secrets.token_hex(32).encode(), content_type="text/plain")
+    secret = bytes.fromhex(root.get_bytes(key).decode().strip())
+    return DeidPolicy(secret, retain_dates=project.dicom.retain_dates, allow_burned_in=project.dicom.allow_burned_in)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from medsynth.core.errors import InvalidInput
-from medsynth.handlers.artifacts import cohort_arrays, generator_of, view_splits
+from medsynth.jobs.artifacts import cohort_arrays, generator_of, view_splits
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext

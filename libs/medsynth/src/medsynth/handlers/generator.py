@@ -11,7 +11,7 @@ from pathlib import Path
 from medsynth.core.clock import utcnow
 from medsynth.core.devices import pick_device
 from medsynth.datasets.conditions import condition_labels
-from medsynth.handlers.artifacts import view_splits
+from medsynth.jobs.artifacts import view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.generators.proto import from_proto
 from medsynth.sampling.archive import build_model_archive, weights_fingerprint

@@ -17,7 +17,7 @@ from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.datasets.manifest import load_manifest
 from medsynth.dicom.export import CohortIdentity
 from medsynth.generators.base import SampleMode
-from medsynth.handlers.artifacts import generator_of, view_splits
+from medsynth.jobs.artifacts import generator_of, view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.bus.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
@@ -27,7 +27,7 @@ from medsynth.sampling.modes import generator_spec, sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
-from medsynth.training.checkpoint import load_checkpoint, load_sampling_nets
+from medsynth.generators.checkpoint import load_checkpoint, load_sampling_nets
 from medsynth.v1 import events_pb2, jobs_pb2
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from medsynth.core.errors import InvalidInput, NotFound, PermanentJobError
 from medsynth.datasets.manifest import load_manifest
-from medsynth.handlers.artifacts import cohort_arrays, view_splits
+from medsynth.jobs.artifacts import cohort_arrays, view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.segmentation.config import SegmentationSpec
 from medsynth.segmentation.evaluate import evaluate_segmenter

@@ -30,7 +30,7 @@ from medsynth.core.clock import utcnow
 from medsynth.core.errors import NotFound
 from medsynth.core.names import check_name
 from medsynth.bus.messages import JobKind
-from medsynth.projects import DEFAULT_PROJECT
+from medsynth.store.projects import DEFAULT_PROJECT
 from medsynth.store import ObjectStore
 
 PREFIX = "jobs/"
@@ -97,7 +97,7 @@ def record_key(job_id: str) -> str:
 
 class JobRecords:
     """Reads and writes the job records of one project, in that project's store
-    (:func:`medsynth.projects.project_store`)."""
+    (:func:`medsynth.store.projects.project_store`)."""
 
     def __init__(self, store: ObjectStore, project: str = DEFAULT_PROJECT) -> None:
         self.store = store

@@ -39,7 +39,7 @@ from medsynth.core.settings import Settings
 from medsynth.jobs.records import JobRecord, JobRecords, JobState
 from medsynth.bus.messages import DeadLetter, JobKind, decode_command, make_event, transition_id
 from medsynth.jobs.announce import announce_terminal
-from medsynth.projects import DEFAULT_PROJECT, project_store
+from medsynth.store.projects import DEFAULT_PROJECT, project_store
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import CONSUMER_LAG, DEAD_LETTERS, JOB_SECONDS, JOBS, declare_worker_series
 from medsynth.v1 import events_pb2

@@ -96,7 +96,7 @@ def _root_store():
 
 def _keys(args: argparse.Namespace) -> int:
     from medsynth.auth.keys import ApiKeys
-    from medsynth.projects import Projects
+    from medsynth.store.projects import Projects
 
     keys = ApiKeys(_root_store())
     if args.action == "create":
@@ -123,7 +123,8 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _projects(args: argparse.Namespace) -> int:
-    from medsynth.projects import DEFAULT_PROJECT, DicomOptions, Projects, deid_policy
+    from medsynth.store.projects import DEFAULT_PROJECT, DicomOptions, Projects
+    from medsynth.dicom.deid import deid_policy
 
     projects = Projects(_root_store())
     if args.action == "create":
@@ -188,7 +189,7 @@ def _generators(args: argparse.Namespace) -> int:
                 for name, schema in info["options"].items():
                     print(f"{'':<12}{name}: {schema.get('description', '')} (default {json.dumps(schema.get('default'))})")
         return 0
-    from medsynth.projects import project_store
+    from medsynth.store.projects import project_store
 
     store = project_store(_root_store(), args.project)
     entries = [store.get_json(k) for k in sorted(store.list("generators/")) if k.endswith("/generator.json")]

@@ -55,7 +55,7 @@ def declare_worker_series(kinds) -> None:
             JOBS.labels(kind.value, outcome)
 
 
-#: The DICOM ways in and what each counts (medsynth.api.routes.dicom, medsynth.dicom.listener).
+#: The DICOM ways in and what each counts (medsynth.api.routes.dicom, medsynth.api.dicom_listener).
 DICOM_OUTCOMES = {"upload": ("ingested", "quarantined"), "stow-rs": ("staged", "failed"),
                   "c-store": ("staged", "quarantined", "failed")}
 

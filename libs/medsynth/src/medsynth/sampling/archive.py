@@ -39,7 +39,7 @@ import torch
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
 from medsynth.generators.base import DataSpec, SampleMode, SamplingNet
 from medsynth.generators.registry import GeneratorSpec, parse_options, parse_training
-from medsynth.training.checkpoint import StateDict, build_sampling_nets
+from medsynth.generators.checkpoint import StateDict, build_sampling_nets
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import MaskSource, SampleMode
 from medsynth.generators.registry import GeneratorSpec
-from medsynth.training.checkpoint import spec_from_v1_config
+from medsynth.generators.checkpoint import spec_from_v1_config
 
 
 def sample_mode(registry: Mapping[str, Any], mask_source: str, condition: int | None,

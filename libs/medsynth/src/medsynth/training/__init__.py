@@ -1,6 +1,6 @@
-"""Generator training: the one checkpoint format and the family-agnostic training loop."""
+"""Generator training: the family-agnostic training loop (the checkpoint format it writes is
+:mod:`medsynth.generators.checkpoint`)."""
 
-from medsynth.training.checkpoint import Checkpoint, load_checkpoint, load_sampling_nets, save_checkpoint
 from medsynth.training.loop import TrainResult, train_generator
 
-__all__ = ["Checkpoint", "TrainResult", "load_checkpoint", "load_sampling_nets", "save_checkpoint", "train_generator"]
+__all__ = ["TrainResult", "train_generator"]

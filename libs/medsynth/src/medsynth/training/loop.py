@@ -42,7 +42,7 @@ from medsynth.core.errors import Conflict, InvalidInput
 from medsynth.generators.base import RESUMABLE_CHANGES, Precision, StepContext, TrainingData, TrainState, prepare_data
 from medsynth.generators.registry import GeneratorSpec
 from medsynth.store.base import ObjectStore, check_prefix
-from medsynth.training.checkpoint import RNG_SCHEME, Checkpoint, load_checkpoint, save_checkpoint
+from medsynth.generators.checkpoint import RNG_SCHEME, Checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 

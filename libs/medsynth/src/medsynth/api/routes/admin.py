@@ -20,7 +20,7 @@ from medsynth.api.schemas import (
 from medsynth.auth.audit import ChainCheck, matches
 from medsynth.auth.principal import Role
 from medsynth.core.errors import Conflict, NotFound
-from medsynth.projects import Project
+from medsynth.store.projects import Project
 
 router = APIRouter(tags=["administration"])
 

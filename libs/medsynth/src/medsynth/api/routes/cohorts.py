@@ -12,8 +12,9 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
-from medsynth.api.schemas import CohortCreate, JobPublic, job_with_result
-from medsynth.api.submissions import cohort_command
+from medsynth.commands.requests import CohortCreate
+from medsynth.api.schemas import JobPublic, job_with_result
+from medsynth.commands.build import cohort_command
 from medsynth.core.errors import Forbidden, InvalidInput, NotFound
 from medsynth.jobs.lookup import finished, of_kind
 from medsynth.bus.messages import JobKind

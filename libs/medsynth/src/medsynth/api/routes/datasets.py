@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic, PrepareDatasetCreate
+from medsynth.commands.requests import PrepareDatasetCreate
+from medsynth.commands.build import prepare_dataset_command
+from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic
 from medsynth.datasets.manifest import DatasetManifest, list_datasets, list_versions, load_manifest
 from medsynth.datasets.views import view_key
 from medsynth.bus.messages import JobKind
 from medsynth.core.errors import NotFound
-from medsynth.v1 import jobs_pb2
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -55,20 +56,9 @@ def get_manifest(dataset: str, store: StoreDep, version: int | None = None) -> d
 
 @router.post("/{dataset}/views", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def prepare_views(dataset: str, body: PrepareDatasetCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
-    """Start a prepare-dataset job; its result key ``view`` points at the view's ``view.json``."""
-    manifest = load_manifest(store, dataset, body.version or None)  # 404 now rather than a failed job later
-    spec = jobs_pb2.PrepareDataset(
-        dataset=dataset,
-        version=manifest.version,
-        mode=jobs_pb2.PATCHES_3D if body.mode == "patches3d" else jobs_pb2.SLICES_2D,
-        size=body.size,
-        axis=body.axis,
-        val_fraction=body.val_fraction,
-        test_fraction=body.test_fraction,
-        seed=body.seed,
-        keep_empty=body.keep_empty,
-    )
-    return JobPublic.of(jobs.submit(JobKind.prepare_dataset, spec))
+    """Start a prepare-dataset job; its result key ``view`` points at the view's ``view.json``. 404 for an
+    unknown dataset or version."""
+    return JobPublic.of(jobs.submit(JobKind.prepare_dataset, prepare_dataset_command(dataset, body, store)))
 
 
 @router.get("/{dataset}/views/{view_id}")

@@ -25,9 +25,8 @@ from medsynth.core.names import check_name
 from medsynth.datasets.dicom_ingest import group_series, prepare_series, quarantined_series, receive
 from medsynth.datasets.dicom_staging import SeriesRecord, commit, records, stage
 from medsynth.datasets.ingest import commit_scans
-from medsynth.dicom.deid import Deidentifier
+from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import read_instance
-from medsynth.projects import deid_policy
 from medsynth.runtime.telemetry import DICOM_INSTANCES, INGESTED
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from fastapi import APIRouter, status
 from fastapi.responses import HTMLResponse
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, StoreDep
-from medsynth.api.schemas import EvaluationCreate, JobPublic, job_with_result
-from medsynth.api.submissions import evaluation_command
+from medsynth.commands.requests import EvaluationCreate
+from medsynth.api.schemas import JobPublic, job_with_result
+from medsynth.commands.build import evaluation_command
 from medsynth.jobs.lookup import finished, of_kind
 from medsynth.jobs.records import JobRecords
 from medsynth.bus.messages import JobKind

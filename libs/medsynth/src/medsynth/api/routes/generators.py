@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.submissions import generator_command
+from medsynth.commands.build import generator_command
+from medsynth.commands.requests import GeneratorCreate
 from medsynth.api.schemas import (
-    GeneratorCreate,
     GeneratorFamiliesPublic,
     GeneratorFamilyPublic,
     JobPublic,

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from medsynth.api.deps import JobsDep, ProjectDep, StoreDep
 from medsynth.api.reader_page import reader_page
-from medsynth.api.reader_studies import (
+from medsynth.studies.reader import (
     Reader,
     ReaderAnswer,
     ReaderStudyCreate,
@@ -21,7 +21,7 @@ from medsynth.api.reader_studies import (
     reader_of,
     reader_results,
 )
-from medsynth.projects import project_store
+from medsynth.store.projects import project_store
 
 router = APIRouter(prefix="/v1/reader-studies", tags=["reader studies"])
 

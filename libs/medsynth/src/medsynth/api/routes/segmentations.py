@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from medsynth.api.deps import JobsDep, StoreDep
-from medsynth.api.schemas import JobPublic, SegmentationCreate, job_with_result
-from medsynth.api.submissions import segmentation_command
+from medsynth.commands.requests import SegmentationCreate
+from medsynth.api.schemas import JobPublic, job_with_result
+from medsynth.commands.build import segmentation_command
 from medsynth.bus.messages import JobKind
 from medsynth.jobs.lookup import of_kind
 

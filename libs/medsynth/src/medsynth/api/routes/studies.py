@@ -3,7 +3,6 @@ arm while it runs; results (JSON, CSV) and the report once it ends."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, status
@@ -11,14 +10,12 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
-from medsynth.api.reader_studies import reader_studies_of
-from medsynth.api.studies.report import render_study_report
-from medsynth.api.studies.results import arm_id, load_figures
-from medsynth.api.studies.record import ENDED, StudyRecord
-from medsynth.api.studies.runner import create_study, list_studies, load_study
-from medsynth.api.studies.spec import StudyCreate
-from medsynth.core.errors import Conflict
-from medsynth.metrics.report import without_training_data
+from medsynth.studies.record import StudyRecord
+from medsynth.studies.report import render_study_report
+from medsynth.studies.results import load_figures
+from medsynth.studies.runner import create_study, list_studies, load_study
+from medsynth.studies.spec import StudyCreate
+from medsynth.studies.summary import ended_study, progress, results_with_readers
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -41,27 +38,11 @@ class StudyPublic(BaseModel):
 
     @classmethod
     def of(cls, record: StudyRecord) -> StudyPublic:
-        nodes = record.nodes.values()
-        jobs: dict[str, int] = defaultdict(int)
-        stages: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        arms: dict[str, dict[str, Any]] = {}
-        for n in nodes:
-            jobs[n.state] += 1
-            stages[n.kind][n.state] += 1
-            if n.kind == "train-segmenter":
-                arm = arms.setdefault(arm_id(n.labels), {"arm_id": arm_id(n.labels), "runs": 0, "succeeded": 0, "failed": 0,
-                                                        "blocked": 0, "state": "waiting"})
-                arm["runs"] += 1
-                arm[n.state] = arm.get(n.state, 0) + 1
-        for arm in arms.values():
-            ended = arm["succeeded"] + arm["failed"] + arm.get("blocked", 0) + arm.get("cancelled", 0)
-            arm["state"] = ("running" if ended < arm["runs"] else "succeeded" if arm["succeeded"] == arm["runs"]
-                            else "partial" if arm["succeeded"] else "failed")
-        progress = sum(1.0 if n.state in ENDED else n.progress for n in nodes) / max(1, len(record.nodes))
+        shown = progress(record)
         base = f"/v1/studies/{record.study_id}"
         results = {"json": f"{base}/results", "csv": f"{base}/results.csv", "html": f"{base}/report"} if record.results_keys else {}
-        return cls(study_id=record.study_id, name=record.name, state=record.state, progress=round(progress, 4), jobs=dict(jobs),
-                   arms=sorted(arms.values(), key=lambda a: a["arm_id"]), stages={k: dict(v) for k, v in stages.items()},
+        return cls(study_id=record.study_id, name=record.name, state=record.state, progress=shown.progress, jobs=shown.jobs,
+                   arms=shown.arms, stages=shown.stages,
                    nodes=[{"node": node_id, "kind": n.kind, "state": n.state, "job_id": n.job_id, "reused": n.reused,
                            "progress": n.progress, "error": n.error} for node_id, n in record.nodes.items()],
                    created_at=record.created_at.isoformat(), updated_at=record.updated_at.isoformat(),
@@ -92,38 +73,24 @@ def get_study(study_id: str, store: StoreDep) -> StudyPublic:
     return StudyPublic.of(load_study(store, study_id))
 
 
-def _ended(store, study_id: str) -> StudyRecord:
-    record = load_study(store, study_id)
-    if not record.results_keys:
-        raise Conflict(f"study {study_id} is {record.state}; its results come when every job has ended")
-    return record
-
-
-def _with_readers(store, record: StudyRecord, training_data: bool) -> dict[str, Any]:
-    """The stored results, with the reader studies that name this study as they stand now; without
-    closest pairs and training patient ids for a caller who may not see training data."""
-    results = {**store.get_json(record.results_keys["json"]), "reader_studies": reader_studies_of(store, record.study_id)}
-    return results if training_data else without_training_data(results)
-
-
 @router.get("/{study_id}/results")
 def get_study_results(study_id: str, store: StoreDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice,
     and the visual Turing tests (reader studies) of its cohorts."""
-    return _with_readers(store, _ended(store, study_id), training_data)
+    return results_with_readers(store, ended_study(store, study_id), training_data)
 
 
 @router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def get_study_csv(study_id: str, store: StoreDep) -> Response:
-    return Response(store.get_bytes(_ended(store, study_id).results_keys["csv"]), media_type="text/csv")
+    return Response(store.get_bytes(ended_study(store, study_id).results_keys["csv"]), media_type="text/csv")
 
 
 @router.get("/{study_id}/report", response_class=HTMLResponse)
 def get_study_report(study_id: str, store: StoreDep, training_data: SeesTrainingDataDep) -> HTMLResponse:
     """The report; with reader studies it is rendered anew, so their answers so far are in it, and so it is
     for a caller who may not see training data (without the closest pairs and training patient ids)."""
-    record = _ended(store, study_id)
-    results = _with_readers(store, record, training_data)
+    record = ended_study(store, study_id)
+    results = results_with_readers(store, record, training_data)
     if training_data and not results["reader_studies"]:
         return HTMLResponse(store.get_bytes(record.results_keys["html"]).decode())
     return HTMLResponse(render_study_report(results, load_figures(results, store)))

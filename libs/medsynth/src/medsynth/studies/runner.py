@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 
 from pydantic import ValidationError
 
-from medsynth.api.studies.plan import Node, check_size, expand, node_keys
-from medsynth.api.studies.record import ENDED, NodeState, StudyRecord
-from medsynth.api.studies.results import write_results
-from medsynth.api.studies.spec import StudyCreate
-from medsynth.api.submissions import SUBMISSIONS
+from medsynth.studies.plan import Node, check_size, expand, node_keys
+from medsynth.studies.record import ENDED, NodeState, StudyRecord
+from medsynth.studies.results import write_results
+from medsynth.studies.spec import StudyCreate
+from medsynth.commands.build import SUBMISSIONS
 from medsynth.bus.messages import JobKind
 from medsynth.bus.client import Bus
 from medsynth.core.clock import utcnow

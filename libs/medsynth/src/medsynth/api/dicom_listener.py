@@ -20,9 +20,9 @@ from medsynth.core.errors import InvalidInput, MedsynthError
 from medsynth.core.settings import DicomPeer, Settings
 from medsynth.datasets.dicom_ingest import receive
 from medsynth.datasets.dicom_staging import commit_quiet, stage
-from medsynth.dicom.deid import Deidentifier
+from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import check_instance
-from medsynth.projects import Projects, deid_policy, project_store
+from medsynth.store.projects import Projects, project_store
 from medsynth.runtime.telemetry import DICOM_INSTANCES
 
 log = logging.getLogger(__name__)

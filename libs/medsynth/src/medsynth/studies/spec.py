@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from medsynth.api.schemas import ConditionOn, Id, Name, Seed
+from medsynth.commands.requests import ConditionOn, Id, Name, Seed
 from medsynth.generators.base import MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions
 

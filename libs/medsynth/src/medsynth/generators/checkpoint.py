@@ -10,7 +10,9 @@ tensors, dicts, lists, tuples, numbers, strings, bools, None)::
       "spec": GeneratorSpec.to_dict(),         # family options, resolved training options, data
       "step": int,                             # training steps completed
       "nets": {name: state_dict},              # raw networks (train-time BatchNorm statistics included)
-      "ema": {name: state_dict},               # EMA copies of some nets (same names); buffers copied
+      "ema": {name: state_dict},               # EMA copies of some nets (same names); BatchNorm statistics
+                                               # re-estimated with the EMA weights (format-1 files, and
+                                               # earlier format-2 files: the raw net's, copied)
       "optimizers": {name: state_dict},
       "extra": {...},                          # family state carried across steps (e.g. ADA's p)
       "rng": {"scheme": "per-step-seed", "seed": int},

@@ -20,17 +20,18 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medsynth.api.schemas import Id, Name, Seed
+from medsynth.commands.requests import Id, Name, Seed
 from medsynth.bus.messages import JobKind
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from medsynth.datasets.views import load_view_split, view_key
-from medsynth.handlers.artifacts import cohort_arrays
+from medsynth.jobs.artifacts import cohort_arrays
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.metrics.reader import reader_performance
-from medsynth.projects import project_store
+from medsynth.store.projects import project_store
 from medsynth.store import ObjectStore
+from medsynth.studies.runner import load_study
 
 TOKEN_PREFIX = "msr_"
 SCALE = 4  # each pixel shown as 4 x 4: a 64-pixel slice is 256 pixels on screen
@@ -80,8 +81,6 @@ def create_reader_study(body: ReaderStudyCreate, root: ObjectStore, project: str
     if len(set(body.readers)) != len(body.readers):
         raise InvalidInput("reader names must differ")
     if body.study_id is not None:
-        from medsynth.api.studies.runner import load_study
-
         load_study(store, body.study_id)
     _, fake, _ = cohort_arrays(store, records, body.cohort_id, limit=body.n_synthetic)
     if len(fake) < body.n_synthetic:

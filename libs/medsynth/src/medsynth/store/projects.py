@@ -7,7 +7,6 @@ and holds what was written before projects did.
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,14 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound
 from medsynth.core.names import check_name
-from medsynth.dicom.deid import DeidPolicy
-from medsynth.store import ObjectStore
+from medsynth.store.base import ObjectStore
 from medsynth.store.scoped import ScopedStore
 
 DEFAULT_PROJECT = "default"
 REGISTRY = "auth/projects/"
-#: One secret per project (hex), made on first use: it keys the pseudonyms and UIDs of de-identified DICOM.
-DEID_KEYS = "auth/deid-keys/"
 
 
 class DicomOptions(BaseModel):
@@ -88,13 +84,3 @@ class Projects:
     def names(self) -> list[str]:
         found = [key[len(REGISTRY):-len(".json")] for key in self.root.list(REGISTRY) if key.endswith(".json")]
         return [DEFAULT_PROJECT, *sorted(n for n in found if n != DEFAULT_PROJECT)]
-
-
-def deid_policy(root: ObjectStore, name: str) -> DeidPolicy:
-    """The project's DICOM de-identification: its key (created on first use; concurrent first uses
-    agree through create-if-absent) and its options."""
-    project = Projects(root).get(name)
-    key = f"{DEID_KEYS}{name}.key"
-    root.put_if_absent(key, secrets.token_hex(32).encode(), content_type="text/plain")
-    secret = bytes.fromhex(root.get_bytes(key).decode().strip())
-    return DeidPolicy(secret, retain_dates=project.dicom.retain_dates, allow_burned_in=project.dicom.allow_burned_in)

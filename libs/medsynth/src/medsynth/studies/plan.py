@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from medsynth.api.studies.spec import StudyCreate
+from medsynth.studies.spec import StudyCreate
 from medsynth.bus.messages import JobKind
 from medsynth.core.errors import InvalidInput
 

@@ -1,5 +1,5 @@
 """From a request body to the job it asks for: the checks and the command of each job kind, in one
-place for the REST routes and the study runner (``medsynth.api.studies``), which submits the same jobs.
+place for the REST routes and the study runner (:mod:`medsynth.studies`), which submits the same jobs.
 
 Each function checks the body against the store (views, finished upstream jobs) and returns the
 command's spec; ``InvalidInput`` (422), ``NotFound`` (404) and ``Conflict`` (409) name what is wrong.
@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
-from medsynth.api.schemas import CohortCreate, ConditionOn, EvaluationCreate, GeneratorCreate, SegmentationCreate
+from medsynth.commands.requests import (
+    CohortCreate,
+    ConditionOn,
+    EvaluationCreate,
+    GeneratorCreate,
+    PrepareDatasetCreate,
+    SegmentationCreate,
+    ViewMode,
+)
 from medsynth.bus.messages import JobKind
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.conditions import CONDITION_SOURCES
@@ -24,6 +32,22 @@ from medsynth.sampling.gate import gate_to_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
 from medsynth.v1 import jobs_pb2
+
+
+def prepare_dataset_command(dataset: str, body: PrepareDatasetCreate, store: ObjectStore) -> jobs_pb2.PrepareDataset:
+    """404 for a dataset (or version) with no manifest, now rather than as a failed job later."""
+    manifest = load_manifest(store, dataset, body.version or None)
+    return jobs_pb2.PrepareDataset(
+        dataset=dataset,
+        version=manifest.version,
+        mode=jobs_pb2.PATCHES_3D if body.mode is ViewMode.patches3d else jobs_pb2.SLICES_2D,
+        size=body.size,
+        axis=body.axis,
+        val_fraction=body.val_fraction,
+        test_fraction=body.test_fraction,
+        seed=body.seed,
+        keep_empty=body.keep_empty,
+    )
 
 
 def generator_command(body: GeneratorCreate, store: ObjectStore) -> Message:

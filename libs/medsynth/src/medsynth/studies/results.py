@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medsynth.api.studies.record import StudyRecord
+from medsynth.studies.record import StudyRecord
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import InvalidInput
 from medsynth.jobs.records import JobRecords
@@ -218,7 +218,7 @@ def _finite(value: Any) -> Any:
 
 
 def write_results(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[str, str]:
-    from medsynth.api.studies.report import render_study_report
+    from medsynth.studies.report import render_study_report
 
     runs = _runs(record, store, records)  # every segmentation run's metrics, read once
     results = _finite(compute_results(record, store, records, runs))
