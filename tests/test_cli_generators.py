@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 from medsynth.store.local import LocalStore
@@ -27,11 +28,14 @@ def test_families_lists_every_registered_family_with_its_options(tmp_path: Path)
 def test_list_reads_the_store(tmp_path: Path) -> None:
     assert "no trained generators" in _medsynth("generators", "list", home=tmp_path).stdout
     store = LocalStore(tmp_path / "store")
-    store.put_json("generators/train-generator-1/generator.json", {
-        "generator_id": "train-generator-1", "family": "spade", "dataset": "hippo", "steps_done": 812,
-        "mask_sources": ["generated", "real-deformed"], "registered_at": "2026-12-01T10:00:00+00:00",
-    })  # fmt: skip
+    stored = Path(__file__).parent / "stored"
+    for n in (1, 2):  # entries of the first joint GAN and of generator families: neither recorded its steps
+        store.put_json(f"generators/g{n}/generator.json", json.loads((stored / f"generator-entry-format{n}.json").read_text()))
+    store.put_json("generators/broken/generator.json", {"generator_id": "broken", "family": "spade"})
     out = _medsynth("generators", "list", home=tmp_path)
     assert out.returncode == 0, out.stderr
-    row = next(line for line in out.stdout.splitlines() if line.startswith("train-generator-1"))
-    assert row.split()[:4] == ["train-generator-1", "spade", "hippo", "812"] and "generated,real-deformed" in row
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    first, spade = rows["train-generator.20261123T101500.a1b2c3d4"], rows["train-generator.20261201T090000.0f0e0d0c"]
+    assert first.split()[1:4] == ["joint-gan", "hippocampus", "3"] and "generated" in first  # its config's steps
+    assert spade.split()[1:4] == ["spade", "hippocampus", "200"] and "generated,real-deformed" in spade
+    assert "generators/broken/generator.json is not valid" in out.stderr and "checkpoint_key: Field required" in out.stderr

@@ -13,7 +13,7 @@ from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import Settings
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.split import split_patients
-from medsynth.datasets.views import load_view_split, normalise, resize_square
+from medsynth.datasets.views import load_view_split, normalise, parse_view, resize_square
 from medsynth.handlers import handlers_for
 from medsynth.jobs.records import JobRecords, JobState
 from medsynth.jobs.service import JobService
@@ -86,18 +86,18 @@ def test_prepare_dataset_job_writes_a_patient_level_split(ingested, store: Objec
         bus.close()
         worker.bus.close()
 
-    view = store.get_json(done.result_keys["view"])
-    sides = [set(view["patients"][s]) for s in ("train", "val", "test")]
+    view = parse_view(store.get_json(done.result_keys["view"]), done.result_keys["view"])
+    sides = [set(view.patients[s]) for s in ("train", "val", "test")]
     assert set.union(*sides) == set(ingested) and sum(map(len, sides)) == len(ingested)  # disjoint, complete
     assert [len(s) for s in sides] == [6, 2, 2]
     for split, patients in zip(("train", "val", "test"), sides):
-        arrays = load_view_split(store, done.result_keys["view"], split)
+        arrays = load_view_split(store, view, split)
         assert set(arrays["patients"]) == patients  # every item belongs to its side's patients only
         assert arrays["images"].shape[1:] == (1, 32, 32) and arrays["masks"].shape[1:] == (32, 32)
         assert arrays["images"].min() >= 0 and arrays["images"].max() <= 1
         assert all(m.any() for m in arrays["masks"])  # keep_empty=False keeps foreground slices only
-        assert len(arrays["images"]) == view["counts"][split]
-    assert view["dataset_version"] == 10 and view["spec"]["size"] == 32
+        assert len(arrays["images"]) == view.counts[split]
+    assert view.dataset_version == 10 and view.spec.size == 32
 
 
 def test_prepare_3d_patches(ingested, store: ObjectStore) -> None:
@@ -112,7 +112,7 @@ def test_prepare_3d_patches(ingested, store: ObjectStore) -> None:
 
     key = build_views(store, load_manifest(store, "phantoms"), mode="patches3d", size=8, axis=2, val_fraction=0.2,
                       test_fraction=0.2, seed=0, keep_empty=True, load_scan=load)
-    train = load_view_split(store, key, "train")
+    train = load_view_split(store, parse_view(store.get_json(key), key), "train")
     assert train["images"].shape[1:] == (1, 8, 8, 8)
     # 24x24x10 padded to 24x24x16: 3*3*2 = 18 patches per volume, all kept
     assert len(train["images"]) == 18 * 6

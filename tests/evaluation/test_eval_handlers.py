@@ -76,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     key = build_views(store, load_manifest(store, "ph"), mode="slices2d", size=SIZE, axis=2, val_fraction=0.25,
                       test_fraction=0.25, seed=0, keep_empty=False, load_scan=load)  # fmt: skip
     view_id = key.split("/")[-2]
-    generator_id = _generator(store)
+    generator_id = _generator(store, view_id, load_manifest(store, "ph").version)
     healthy_images, healthy_masks = _unseen_phantom_slices(range(500, 506))
     healthy = _cohort(store, generator_id, healthy_images, healthy_masks)
     rng = np.random.default_rng(0)
@@ -95,13 +95,18 @@ def _succeeded(store: ObjectStore, kind: JobKind, result_keys: dict[str, str], j
     return record.job_id
 
 
-def _generator(store: ObjectStore) -> str:
-    """A generator registry entry as handlers/generator.py writes it (only what evaluate reads)."""
+def _generator(store: ObjectStore, view_id: str, version: int) -> str:
+    """A registry entry in the first format (before generator families: a config, no spec), which
+    evaluation still reads; no checkpoint or archive is behind it, evaluation does not open them."""
     job_id = new_job_id(JobKind.train_generator)
     prefix = f"generators/{job_id}/"
     store.put_json(f"{prefix}curves.json", {"step": [1, 2, 3], "loss_d": [1.4, 1.2, 1.1], "loss_g": [0.7, 0.9, 1.0]})
-    store.put_json(f"{prefix}generator.json", {"generator_id": job_id, "config": {"family": "stand-in"}, "metrics": {"loss_d": 1.1},
-                                                "curves_key": f"{prefix}curves.json"})  # fmt: skip
+    store.put_json(f"{prefix}generator.json", {
+        "generator_id": job_id, "family": "joint-gan", "dataset": "ph", "dataset_version": version, "view_id": view_id,
+        "config": {"family": "stand-in"}, "checkpoint_key": f"{prefix}ckpt/final.pt", "archive_key": f"{prefix}g.mar",
+        "model_name": job_id.replace(".", "_"), "weights_fingerprint": "0" * 64, "resumed_from": None,
+        "metrics": {"loss_d": 1.1}, "curves_key": f"{prefix}curves.json", "registered_at": "2026-11-23T10:00:00+00:00",
+    })  # fmt: skip
     return _succeeded(store, JobKind.train_generator, {"generator": f"{prefix}generator.json"}, job_id)
 
 
@@ -172,12 +177,12 @@ def test_segmenter_metrics_record_the_validation_dice_curve(world: dict) -> None
     assert "train_loss" not in curves
 
 
-def test_old_views_fall_back_to_labelled_pixels(world: dict) -> None:
+def test_views_without_a_mm_spacing_fall_back_to_view_pixels(world: dict) -> None:
     view, splits = view_splits(world["store"], "ph", world["view_id"], splits=("test",))
-    old = {k: v for k, v in view.items() if k != "spec"}
-    spacing, unit, source = hd95_spacing(world["store"], old, splits["test"])
+    patches = view.model_copy(update={"spec": view.spec.model_copy(update={"mode": "patches3d"})})  # no 2D pixel spacing
+    spacing, unit, source = hd95_spacing(world["store"], patches, splits["test"])
     assert (tuple(spacing), unit) == ((1.0, 1.0), "px") and "view pixels" in source
-    gone = {**view, "dataset_version": 99}  # the manifest version is missing
+    gone = view.model_copy(update={"dataset_version": 99})  # the manifest version is missing
     assert hd95_spacing(world["store"], gone, splits["test"])[1] == "px"
 
 

@@ -327,9 +327,9 @@ def test_sampling_requests_are_cut_to_the_passes_they_cost() -> None:
     from medsynth.handlers.sample import request_batch
 
     settings = Settings(sampler_passes_per_request=4096)
-    joint = {"spec": tiny_spec("joint-gan").to_dict()}
-    latent = {"spec": _spec("latent").to_dict()}
-    masked = {"spec": _spec("mask-conditioned").to_dict()}
+    joint = tiny_spec("joint-gan")
+    latent = _spec("latent")
+    masked = _spec("mask-conditioned")
     assert request_batch(joint, SampleMode(), 64, settings) == 64  # one pass per sample
     assert request_batch(latent, SampleMode(sample_steps=250), 64, settings) == 16
     assert request_batch(latent, SampleMode(sample_steps=10), 64, settings) == 64

@@ -22,12 +22,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from medsynth.core.errors import MedsynthError
 from medsynth.generators.presets import PRESETS, preset
+
+if TYPE_CHECKING:  # the entry module imports torch; the bench's command line does not need it
+    from medsynth.generators.entry import GeneratorEntry
 
 SPEED_STEPS = (10, 50, 250)  # denoising steps at which iterative samplers are timed
 
@@ -115,6 +118,7 @@ def run(settings: BenchSettings, echo=print, included: dict[str, Any] | None = N
 
 
 def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, Any]:
+    from medsynth.generators.entry import parse_entry  # imports torch: only once the bench runs
     from medsynth.local.demo import submit_job, wait_for_job
 
     def submit(path: str, body: dict, label: str) -> dict:
@@ -137,16 +141,16 @@ def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, A
             gen = submit("/v1/generators", {"dataset": settings.dataset, "view_id": view_id, "generator": options, "training": training},
                          f"train {family} ({settings.budget_min:g} min)")
             train_s = time.monotonic() - t
-            registry = api.get(f"/v1/generators/{gen['job_id']}").raise_for_status().json()["generator"]
+            entry = parse_entry(api.get(f"/v1/generators/{gen['job_id']}").raise_for_status().json()["generator"], gen["job_id"])
         except MedsynthError as exc:
             rows.append(Row(family, "-", options, error=str(exc)))
             continue
-        for source in registry["mask_sources"]:
-            row = Row(family, source, options, steps_done=registry["steps_done"], train_s=train_s,
-                      steps_per_s=registry["steps_done"] / max(train_s, 1e-9), real_masks_at_sampling=source != "generated")
+        for source in (s.value for s in entry.mask_sources):
+            row = Row(family, source, options, steps_done=entry.steps_done, train_s=train_s,
+                      steps_per_s=entry.steps_done / max(train_s, 1e-9), real_masks_at_sampling=source != "generated")
             row.ids["generator"] = gen["job_id"]
             try:
-                _judge(api, app, settings, submit, seg, real["job_id"], registry, source, row)
+                _judge(api, app, settings, submit, seg, real["job_id"], entry, source, row)
             except MedsynthError as exc:
                 row.error = str(exc)
             rows.append(row)
@@ -154,16 +158,16 @@ def _bench(api: httpx.Client, app, settings: BenchSettings, echo) -> dict[str, A
             "view_id": view_id, "real_run": real["job_id"], "rows": [asdict(r) for r in rows]}
 
 
-def _judge(api, app, settings: BenchSettings, submit, seg: dict, real_run: str, registry: dict, source: str, row: Row) -> None:
-    cohort = submit("/v1/cohorts", {"generator_id": registry["generator_id"], "count": settings.cohort_size,
+def _judge(api, app, settings: BenchSettings, submit, seg: dict, real_run: str, entry: GeneratorEntry, source: str, row: Row) -> None:
+    cohort = submit("/v1/cohorts", {"generator_id": entry.generator_id, "count": settings.cohort_size,
                                     "seed": settings.seed + 1, "mask_source": source, "formats": ["nifti"]},
                     f"cohort {row.family}/{source}")
     row.ids["cohort"] = cohort["job_id"]
     release = api.get(f"/v1/cohorts/{cohort['job_id']}").raise_for_status().json()["manifest"]["release"]
     row.gate_draws, row.gate_flagged = int(release["draws"]), int(release["flagged"])
-    row.torchserve_images_per_s, row.inprocess_images_per_s = _sampling_speed(app, settings, registry, source)
-    if _iterative(registry):
-        row.seconds_per_sample = _iterative_speed(app, settings, registry, source)
+    row.torchserve_images_per_s, row.inprocess_images_per_s = _sampling_speed(app, settings, entry, source)
+    if _iterative(entry):
+        row.seconds_per_sample = _iterative_speed(app, settings, entry, source)
     runs = [real_run]
     for arm in ("synthetic", "mixed"):
         body = {**seg, "source": arm, "cohort_id": cohort["job_id"], "synthetic_ratio": settings.synthetic_ratio}
@@ -195,32 +199,32 @@ def _read_report(report: dict, row: Row) -> None:
     row.mode_collapse_warning = (report.get("diversity") or {}).get("warning")
 
 
-def _sampling_speed(app, settings: BenchSettings, registry: dict, source: str) -> tuple[float, float]:
+def _sampling_speed(app, settings: BenchSettings, entry: GeneratorEntry, source: str) -> tuple[float, float]:
     """Images per second drawing ``sampling_probe`` samples (``iterative_probe`` for iterative
     samplers) in batches of 64 at the generator's own settings: through the stack's TorchServe (the
     cohort job registered the model) and in this process from the checkpoint."""
-    count = settings.iterative_probe if _iterative(registry) else settings.sampling_probe
-    served, local = _samplers(app, registry, source)
+    count = settings.iterative_probe if _iterative(entry) else settings.sampling_probe
+    served, local = _samplers(app, entry, source)
     return _rate(served, count), _rate(local, count)
 
 
-def _iterative(registry: dict) -> bool:
+def _iterative(entry: GeneratorEntry) -> bool:
     from medsynth.generators.registry import get_family
 
-    return get_family(registry["family"]).iterative
+    return get_family(entry.family).iterative
 
 
-def _iterative_speed(app, settings: BenchSettings, registry: dict, source: str) -> dict[str, dict[str, float]]:
+def _iterative_speed(app, settings: BenchSettings, entry: GeneratorEntry, source: str) -> dict[str, dict[str, float]]:
     """Seconds per sample at each of SPEED_STEPS denoising steps, through TorchServe and in-process."""
     out: dict[str, dict[str, float]] = {}
     for steps in SPEED_STEPS:
-        served, local = _samplers(app, registry, source, sample_steps=steps)
+        served, local = _samplers(app, entry, source, sample_steps=steps)
         n = settings.iterative_probe
         out[str(steps)] = {"torchserve": 1 / _rate(served, n, batch=n), "in-process": 1 / _rate(local, n, batch=n)}
     return out
 
 
-def _samplers(app, registry: dict, source: str, sample_steps: int | None = None):
+def _samplers(app, entry: GeneratorEntry, source: str, sample_steps: int | None = None):
     from medsynth.core.devices import pick_device
     from medsynth.generators.base import MaskSource, SampleMode
     from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
@@ -232,10 +236,10 @@ def _samplers(app, registry: dict, source: str, sample_steps: int | None = None)
     urls = json.loads((app.home.resolve() / "torchserve" / "state.json").read_text())
     client = TorchServeClient(urls["inference_url"], urls["management_url"], timeout_s=app.sampler_request_s,
                               key_file=urls["key_file"])
-    checkpoint = load_checkpoint(open_store(app).get_bytes(registry["checkpoint_key"]))
+    checkpoint = load_checkpoint(open_store(app).get_bytes(entry.checkpoint_key))
     device = pick_device(app.device)
     local = InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)
-    return TorchServeSampler(client, registry["model_name"], mode), local
+    return TorchServeSampler(client, entry.model_name, mode), local
 
 
 def _rate(sampler, count: int, batch: int = 64) -> float:

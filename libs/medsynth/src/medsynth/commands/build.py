@@ -22,10 +22,11 @@ from medsynth.bus.messages import JobKind
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.conditions import CONDITION_SOURCES
 from medsynth.datasets.manifest import load_manifest
-from medsynth.datasets.views import view_key
+from medsynth.datasets.views import load_view
 from medsynth.generators.base import DataSpec
 from medsynth.generators.proto import to_proto
 from medsynth.generators.registry import GeneratorSpec
+from medsynth.jobs.artifacts import generator_entry
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.sampling.gate import gate_to_proto
@@ -52,16 +53,16 @@ def prepare_dataset_command(dataset: str, body: PrepareDatasetCreate, store: Obj
 
 def generator_command(body: GeneratorCreate, store: ObjectStore) -> Message:
     """422 for options the family does not have or cannot use with this view (image size, conditioning)."""
-    view = store.get_json(view_key(body.dataset, body.view_id))
-    if view["counts"]["train"] == 0:
+    view = load_view(store, body.dataset, body.view_id)
+    if view.counts["train"] == 0:
         raise InvalidInput(f"view {body.view_id} has no training items to learn from")
-    if view["spec"]["mode"] != "slices2d":
-        raise InvalidInput(f"generators train on 2D slices; view {body.view_id} holds {view['spec']['mode']}")
-    manifest = load_manifest(store, body.dataset, view["dataset_version"])
+    if view.spec.mode != "slices2d":
+        raise InvalidInput(f"generators train on 2D slices; view {body.view_id} holds {view.spec.mode}")
+    manifest = load_manifest(store, body.dataset, view.dataset_version)
     labels = {v for s in manifest.scans for v in s.label_values}
     condition_on = "" if body.condition_on is ConditionOn.none else body.condition_on.value
     data = DataSpec(
-        image_size=view["spec"]["size"],
+        image_size=view.spec.size,
         num_classes=max(2, max(labels, default=0) + 1),
         num_conditions=CONDITION_SOURCES.get(condition_on, 0),
     )
@@ -74,8 +75,7 @@ def generator_command(body: GeneratorCreate, store: ObjectStore) -> Message:
 def cohort_command(body: CohortCreate, store: ObjectStore, records: JobRecords) -> Message:
     """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
     source or condition the generator cannot serve."""
-    generator = finished(records, body.generator_id, JobKind.train_generator)
-    sample_mode(store.get_json(generator.result_keys["generator"]), body.mask_source.value, body.condition,
+    sample_mode(generator_entry(store, records, body.generator_id), body.mask_source.value, body.condition,
                 body.sample_steps, body.eta)
     return jobs_pb2.SampleCohort(
         generator_id=body.generator_id,
@@ -92,9 +92,9 @@ def cohort_command(body: CohortCreate, store: ObjectStore, records: JobRecords) 
 
 
 def segmentation_command(body: SegmentationCreate, store: ObjectStore, records: JobRecords) -> Message:
-    view = store.get_json(view_key(body.dataset, body.view_id))
+    view = load_view(store, body.dataset, body.view_id)
     for split in ("val", "test"):
-        if view["counts"][split] == 0:
+        if view.counts[split] == 0:
             raise InvalidInput(f"view {body.view_id} has no {split} items; prepare it with a non-zero {split} fraction")
     if body.source != "real":
         if not body.cohort_id:
@@ -124,7 +124,7 @@ def evaluation_command(body: EvaluationCreate, store: ObjectStore, records: JobR
     cohort = finished(records, body.cohort_id, JobKind.sample_cohort)
     generator = finished(records, cohort.spec["generator_id"], JobKind.train_generator)
     dataset, view_id = generator.spec["dataset"], generator.spec["view_id"]
-    if store.get_json(view_key(dataset, view_id))["counts"]["train"] == 0:
+    if load_view(store, dataset, view_id).counts["train"] == 0:
         raise InvalidInput(f"reference view {view_id} of dataset {dataset!r} is empty")
     for run in body.segmentation_run_ids:
         finished(records, run, JobKind.train_segmenter)

@@ -1,7 +1,8 @@
 """Training views of a dataset version: normalised 2D slices or 3D patches at a fixed size, written
 as shards per split.
 
-Layout: ``datasets/<name>/views/<view_id>/view.json`` (spec, counts, patients per split) and
+Layout: ``datasets/<name>/views/<view_id>/view.json`` (:class:`ViewSummary`: spec, counts, patients
+and shards per split) and
 ``.../<split>/shard-<NNNNN>.npz`` with ``images`` (N, 1, *size) float32 in [0, 1], ``masks`` (N, *size)
 uint8, and per-item ``patients``, ``scans`` and ``index`` (slice or patch number). ``view_id`` is a
 hash of the source manifest version and the spec, so a redelivered job rewrites the same keys.
@@ -14,8 +15,10 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from medsynth.core.errors import InvalidInput
 from medsynth.core.names import check_name
@@ -24,6 +27,50 @@ from medsynth.datasets.split import SPLITS, split_patients
 from medsynth.store import ObjectStore
 
 SHARD_ITEMS = 2048
+T = TypeVar("T")
+
+
+class PerSplit(BaseModel, Generic[T]):
+    """One value per split; ``summary.counts["train"]`` reads like the JSON it is stored as."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    train: T
+    val: T
+    test: T
+
+    def __getitem__(self, split: str) -> T:
+        if split not in SPLITS:
+            raise KeyError(f"no split {split!r}; splits are {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+
+class ViewSpec(BaseModel):
+    """How the view was cut (the prepare-dataset request, resolved); its hash with the manifest
+    version is the view id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["slices2d", "patches3d"]
+    size: int
+    axis: int
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    keep_empty: bool
+
+
+class ViewSummary(BaseModel):
+    """A view's ``view.json``. Read with :func:`load_view`; the format has not changed since views
+    were added, so every stored view is one of these."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    view_id: str
+    dataset: str
+    dataset_version: int
+    spec: ViewSpec
+    normalisation: str
+    patients: PerSplit[list[str]]
+    counts: PerSplit[int]
+    shards: PerSplit[list[str]]
 NORMALISATION = "per-volume: clip to [p0.5, p99.5], then min-max to [0, 1]"
 
 
@@ -130,18 +177,18 @@ def build_views(
         progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
 
     shards = {split: _write_shards(store, f"{root}{split}/", items[split]) for split in SPLITS}
-    view = {
-        "view_id": view_id,
-        "dataset": manifest.dataset,
-        "dataset_version": manifest.version,
-        "spec": spec,
-        "normalisation": NORMALISATION,
-        "patients": {s: sorted(p for p, v in assignment.items() if v == s) for s in SPLITS},
-        "counts": {s: len(items[s]) for s in SPLITS},
-        "shards": shards,
-    }
+    view = ViewSummary(
+        view_id=view_id,
+        dataset=manifest.dataset,
+        dataset_version=manifest.version,
+        spec=ViewSpec(**spec),
+        normalisation=NORMALISATION,
+        patients=PerSplit[list[str]](**{s: sorted(p for p, v in assignment.items() if v == s) for s in SPLITS}),
+        counts=PerSplit[int](**{s: len(items[s]) for s in SPLITS}),
+        shards=PerSplit[list[str]](**shards),
+    )
     key = view_key(manifest.dataset, view_id)
-    store.put_json(key, view)
+    store.put_json(key, view.model_dump(mode="json"))
     return key
 
 
@@ -164,10 +211,24 @@ def _write_shards(store: ObjectStore, prefix: str, items: list) -> list[str]:
     return keys
 
 
-def load_view_split(store: ObjectStore, view_key: str, split: str) -> dict[str, np.ndarray]:
+def parse_view(raw: Any, where: str) -> ViewSummary:
+    """``raw`` as a view summary; :class:`InvalidInput` naming ``where`` and each field at fault."""
+    try:
+        return ViewSummary.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'view'}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"view {where} is not valid: {problems}") from None
+
+
+def load_view(store: ObjectStore, dataset: str, view_id: str) -> ViewSummary:
+    """The view's summary (``NotFound`` for a view that was never prepared)."""
+    key = view_key(dataset, view_id)
+    return parse_view(store.get_json(key), key)
+
+
+def load_view_split(store: ObjectStore, view: ViewSummary, split: str) -> dict[str, np.ndarray]:
     """Concatenate a split's shards into arrays (``images``, ``masks``, ``patients``, ``scans``, ``index``)."""
-    view = store.get_json(view_key)
-    parts = [np.load(io.BytesIO(store.get_bytes(k))) for k in view["shards"][split]]
+    parts = [np.load(io.BytesIO(store.get_bytes(k))) for k in view.shards[split]]
     if not parts:
         return {}
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0].files}

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from medsynth.core.errors import InvalidInput
-from medsynth.jobs.artifacts import cohort_arrays, generator_of, view_splits
+from medsynth.generators.entry import GeneratorEntry
+from medsynth.jobs.artifacts import cohort_arrays, generator_entry, view_splits
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
 from medsynth.jobs.worker import JobContext
@@ -71,10 +72,10 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     numbers = evaluation_results(real, fake, runs, extractors, real_patients=real_patients, progress=ctx.progress,
                                  real_features=real_features)
     numbers["reference_features"] = reference
-    generator = ctx.store.get_json(generator_of(records, manifest["provenance"]["generator_id"]).result_keys["generator"])
+    generator = generator_entry(ctx.store, records, manifest["provenance"]["generator_id"])
     results: dict[str, Any] = {
-        "evaluation_id": ctx.job_id, "cohort_id": spec.cohort_id, "generator_id": generator["generator_id"],
-        "dataset": spec.dataset, "dataset_version": view["dataset_version"], "view_id": spec.view_id,
+        "evaluation_id": ctx.job_id, "cohort_id": spec.cohort_id, "generator_id": generator.generator_id,
+        "dataset": spec.dataset, "dataset_version": view.dataset_version, "view_id": spec.view_id,
         "samples": {"real_available": int(len(train["images"])), "real_used": int(len(real)),
                     "synthetic_available": int(manifest.get("count", len(manifest["samples"]))), "synthetic_used": int(len(fake)),
                     "selection": f"real: a seeded random subset of at most {limit} training images; synthetic: the first "
@@ -84,7 +85,7 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     ctx.progress(0.9, "report")
     from medsynth.sampling.cohort import contact_sheet  # the report's sample grids are the cohort's own
 
-    curves = ctx.store.get_json(generator["curves_key"])
+    curves = ctx.store.get_json(generator.curves_key)
     worst = [(p["synthetic"], p["train"]) for p in numbers["memorization"]["worst_pairs"]]
     for pair in numbers["memorization"]["worst_pairs"]:  # the cases behind each pair, for a reader of the report
         pair["synthetic_sample"] = manifest["samples"][pair["synthetic"]].get("index", pair["synthetic"])
@@ -107,17 +108,16 @@ def evaluate_cohort(spec: jobs_pb2.Evaluate, ctx: JobContext) -> Mapping[str, st
     return {"report_json": f"{prefix}report.json", "report_html": f"{prefix}report.html"}
 
 
-def _generator_summary(registry: dict[str, Any]) -> dict[str, Any]:
+def _generator_summary(entry: GeneratorEntry) -> dict[str, Any]:
     """What the report says about the generator: family, options, training options, steps reached."""
-    spec = registry.get("spec") or {}
     return {
-        "family": registry.get("family", "joint-gan"),
-        "options": spec.get("options", registry.get("config")),
-        "training": spec.get("training"),
-        "steps_done": registry.get("steps_done"),
-        "stopped_by_time_budget": registry.get("stopped_by_time_budget", False),
-        "device": registry.get("device"),
-        "metrics": registry.get("metrics"),
+        "family": entry.family,
+        "options": entry.options(),
+        "training": (entry.spec or {}).get("training"),
+        "steps_done": entry.steps_done,
+        "stopped_by_time_budget": entry.stopped_by_time_budget,
+        "device": entry.device,
+        "metrics": entry.metrics,
     }
 
 

@@ -13,6 +13,7 @@ from medsynth.core.devices import pick_device
 from medsynth.datasets.conditions import condition_labels
 from medsynth.jobs.artifacts import view_splits
 from medsynth.jobs.worker import JobContext
+from medsynth.generators.entry import GeneratorEntry, entry_key
 from medsynth.generators.proto import from_proto
 from medsynth.sampling.archive import build_model_archive, weights_fingerprint
 from medsynth.runtime.telemetry import TRAIN_LOSS, TRAIN_STEP, TRAIN_STEPS_PER_S
@@ -55,30 +56,30 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
         ctx.store.put_file(archive_key, mar)
     curves_key = f"{prefix}curves.json"
     ctx.store.put_json(curves_key, result.curves)
-    registry = {
-        "generator_id": ctx.job_id,
-        "family": family,
-        "spec": spec.to_dict(),
-        "mask_sources": [s.value for s in spec.family.mask_sources_for(spec.options)],
-        "condition_on": message.condition_on or None,
-        "dataset": message.dataset,
-        "dataset_version": view["dataset_version"],
-        "view_id": message.view_id,
-        "checkpoint_key": result.final_key,
-        "archive_key": archive_key,
-        "model_name": _model_name(ctx.job_id),
-        "weights_fingerprint": weights_fingerprint(weights),
-        "steps_done": result.step,
-        "stopped_by_time_budget": result.step < steps,
-        "resumed_from": result.resumed_from,
-        "device": str(device),
-        "metrics": _last_values(result.curves),
-        "stages": spec.family.stages(spec.options, result.step, result.checkpoint.extra),
-        "curves_key": curves_key,
-        "registered_at": utcnow().isoformat(),
-    }
-    key = f"{prefix}generator.json"
-    ctx.store.put_json(key, registry)
+    entry = GeneratorEntry(
+        generator_id=ctx.job_id,
+        family=family,
+        spec=spec.to_dict(),
+        mask_sources=spec.family.mask_sources_for(spec.options),
+        condition_on=message.condition_on or None,
+        dataset=message.dataset,
+        dataset_version=view.dataset_version,
+        view_id=message.view_id,
+        checkpoint_key=result.final_key,
+        archive_key=archive_key,
+        model_name=_model_name(ctx.job_id),
+        weights_fingerprint=weights_fingerprint(weights),
+        steps_done=result.step,
+        stopped_by_time_budget=result.step < steps,
+        resumed_from=result.resumed_from,
+        device=str(device),
+        metrics=_last_values(result.curves),
+        stages=spec.family.stages(spec.options, result.step, result.checkpoint.extra),
+        curves_key=curves_key,
+        registered_at=utcnow(),
+    )
+    key = entry_key(ctx.job_id)
+    ctx.store.put_json(key, entry.stored())
     return {"generator": key, "checkpoint": result.final_key, "archive": archive_key, "curves": curves_key}
 
 

@@ -8,7 +8,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from medsynth import __version__
 from medsynth.core.devices import pick_device
@@ -17,13 +16,15 @@ from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.datasets.manifest import load_manifest
 from medsynth.dicom.export import CohortIdentity
 from medsynth.generators.base import SampleMode
-from medsynth.jobs.artifacts import generator_of, view_splits
+from medsynth.generators.entry import GeneratorEntry
+from medsynth.generators.registry import GeneratorSpec
+from medsynth.jobs.artifacts import generator_entry, view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.bus.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, ReleaseRefused, gate_from_proto
-from medsynth.sampling.modes import generator_spec, sample_mode
+from medsynth.sampling.modes import sample_mode
 from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
@@ -35,8 +36,7 @@ REQUEST_MARGIN_S = 30  # the client waits this much longer than TorchServe lets 
 
 
 def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, str]:
-    generator = generator_of(ctx.records, spec.generator_id)
-    registry = ctx.store.get_json(generator.result_keys["generator"])
+    entry = generator_entry(ctx.store, ctx.records, spec.generator_id)
     prefix = f"cohorts/{ctx.job_id}/"
     manifest_key = prefix + MANIFEST_NAME
     audit_key = f"audits/{ctx.job_id}/closest_pairs.png"  # apart from the cohort: it shows training images
@@ -44,30 +44,30 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
         discard_incomplete(ctx.store, prefix)  # what a killed attempt left behind
         ctx.store.delete(audit_key)
         mode = sample_mode(
-            registry, spec.mask_source, *(getattr(spec, f) if spec.HasField(f) else None for f in ("condition", "sample_steps", "eta"))
+            entry, spec.mask_source, *(getattr(spec, f) if spec.HasField(f) else None for f in ("condition", "sample_steps", "eta"))
         )
         options = gate_from_proto(spec.release)
-        ctx.progress(0.0, f"memorization gate: auditing against the training images of view {registry['view_id']}")
-        gate = _gate(ctx, registry, options)
-        sampler = _sampler(ctx, registry, mode)
+        ctx.progress(0.0, f"memorization gate: auditing against the training images of view {entry.view_id}")
+        gate = _gate(ctx, entry, options)
+        sampler = _sampler(ctx, entry, mode)
         provenance = {
             "cohort_id": ctx.job_id,
             "generator_id": spec.generator_id,
-            "family": registry.get("family", "joint-gan"),
-            "checkpoint_key": registry["checkpoint_key"],
-            "checkpoint_sha256": ctx.store.stat(registry["checkpoint_key"]).sha256,
-            "archive_key": registry["archive_key"],
-            "dataset": registry["dataset"],
-            "dataset_version": registry["dataset_version"],
-            "view_id": registry["view_id"],
+            "family": entry.family,
+            "checkpoint_key": entry.checkpoint_key,
+            "checkpoint_sha256": ctx.store.stat(entry.checkpoint_key).sha256,
+            "archive_key": entry.archive_key,
+            "dataset": entry.dataset,
+            "dataset_version": entry.dataset_version,
+            "view_id": entry.view_id,
         }
         try:
             write_cohort(
                 ctx.store, prefix, sampler,
-                count=spec.count, seed=spec.seed, batch_size=request_batch(registry, mode, spec.batch_size or 64, ctx.settings),
+                count=spec.count, seed=spec.seed, batch_size=request_batch(entry.generator_spec(), mode, spec.batch_size or 64, ctx.settings),
                 formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
                 progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
-                gate=gate, audit_key=audit_key, dicom=_dicom_identity(ctx, registry, spec),
+                gate=gate, audit_key=audit_key, dicom=_dicom_identity(ctx, entry, spec),
             )  # fmt: skip
         except ReleaseRefused:
             GATE_REFUSED.inc()
@@ -80,33 +80,32 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
     return {"manifest": manifest_key}
 
 
-def _dicom_identity(ctx: JobContext, registry: dict[str, Any], spec: jobs_pb2.SampleCohort) -> CohortIdentity | None:
+def _dicom_identity(ctx: JobContext, entry: GeneratorEntry, spec: jobs_pb2.SampleCohort) -> CohortIdentity | None:
     """What the cohort's DICOM files say they are: the training data's modality (MR when it came as
     NIfTI) and its label names, under a synthetic identity."""
     if "dicom" not in spec.formats:
         return None
-    manifest = load_manifest(ctx.store, registry["dataset"], registry["dataset_version"])
+    manifest = load_manifest(ctx.store, entry.dataset, entry.dataset_version)
     modality = next((s.dicom.modality for s in manifest.scans if s.dicom is not None and s.dicom.modality), "MR")
     names = {v: n for s in manifest.scans for v, n in s.label_names.items()}
-    return CohortIdentity(cohort_id=ctx.job_id, generator_id=spec.generator_id, family=registry.get("family", "joint-gan"),
+    return CohortIdentity(cohort_id=ctx.job_id, generator_id=spec.generator_id, family=entry.family,
                           modality=modality, label_names=tuple(sorted(names.items())), software_version=__version__)
 
 
-def request_batch(registry: dict[str, Any], mode: SampleMode, asked: int, settings: Settings) -> int:
+def request_batch(spec: GeneratorSpec, mode: SampleMode, asked: int, settings: Settings) -> int:
     """The samples per sampling request: ``asked``, cut for an iterative sampler so that samples ×
     network passes per sample stays within ``sampler_passes_per_request`` (one request must finish
     inside TorchServe's response timeout, and progress is reported per request)."""
-    spec = generator_spec(registry)
     passes = spec.family.passes_per_sample(spec.options, mode)
     return max(1, min(asked, settings.sampler_passes_per_request // passes))
 
 
-def _gate(ctx: JobContext, registry: dict[str, Any], options: GateOptions) -> ReleaseGate:
+def _gate(ctx: JobContext, entry: GeneratorEntry, options: GateOptions) -> ReleaseGate:
     """The gate over the training split the generator learned from."""
-    _, splits = view_splits(ctx.store, registry["dataset"], registry["view_id"], splits=("train",))
+    _, splits = view_splits(ctx.store, entry.dataset, entry.view_id, splits=("train",))
     train = splits["train"]
     if not train:
-        raise InvalidInput(f"view {registry['view_id']} has no training images to audit the cohort against.")
+        raise InvalidInput(f"view {entry.view_id} has no training images to audit the cohort against.")
     return ReleaseGate.for_training_images(train["images"], options)
 
 
@@ -118,24 +117,24 @@ def _progress_line(done: int, total: int, gate: ReleaseGate) -> str:
     return line
 
 
-def _sampler(ctx: JobContext, registry: dict[str, Any], mode: SampleMode) -> Sampler:
+def _sampler(ctx: JobContext, entry: GeneratorEntry, mode: SampleMode) -> Sampler:
     if ctx.settings.sampler_backend is SamplerBackend.inprocess:
-        checkpoint = load_checkpoint(ctx.store.get_bytes(registry["checkpoint_key"]), family=registry["family"])
+        checkpoint = load_checkpoint(ctx.store.get_bytes(entry.checkpoint_key), family=entry.family)
         device = pick_device(ctx.settings.device)
         return InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)
-    if "spec" not in registry:
+    if entry.spec is None:
         raise InvalidInput(
-            f"generator {registry['generator_id']} was registered before generator families: its TorchServe archive "
+            f"generator {entry.generator_id} was registered before generator families: its TorchServe archive "
             "holds the old handler. Sample it with MEDSYNTH_SAMPLER_BACKEND=inprocess, or retrain it."
         )
     request_s = ctx.settings.sampler_request_s
     client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url,
                               timeout_s=request_s + REQUEST_MARGIN_S, key_file=ctx.settings.torchserve_key_file)  # fmt: skip
     _wait_for(client, ctx)
-    if not client.is_registered(registry["model_name"]):
-        client.register(_publish_archive(ctx.store, ctx.settings, registry["archive_key"]), registry["model_name"],
+    if not client.is_registered(entry.model_name):
+        client.register(_publish_archive(ctx.store, ctx.settings, entry.archive_key), entry.model_name,
                         response_timeout_s=request_s)  # fmt: skip
-    return TorchServeSampler(client, registry["model_name"], mode)
+    return TorchServeSampler(client, entry.model_name, mode)
 
 
 def _wait_for(client: TorchServeClient, ctx: JobContext) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from medsynth.core.errors import InvalidInput, NotFound, PermanentJobError
 from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.views import ViewSummary
 from medsynth.jobs.artifacts import cohort_arrays, view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.segmentation.config import SegmentationSpec
@@ -83,16 +84,16 @@ def _patients_worth(train: Mapping[str, np.ndarray], images: np.ndarray, masks: 
     return images[:wanted], masks[:wanted], wanted / (n_real + wanted)
 
 
-def hd95_spacing(store: ObjectStore, view: dict, test: Mapping[str, np.ndarray]) -> tuple[np.ndarray | tuple[float, float], str, str]:
+def hd95_spacing(store: ObjectStore, view: ViewSummary, test: Mapping[str, np.ndarray]) -> tuple[np.ndarray | tuple[float, float], str, str]:
     """``(spacing, unit, how)`` for HD95 on the test split: per-item mm from the manifest version the
-    view was built from, else ``(1, 1)`` view pixels (an old or 3D-patch view, a missing manifest)."""
-    if "scans" in test and "dataset_version" in view:
+    view was built from, else ``(1, 1)`` view pixels (a 3D-patch view, a missing manifest)."""
+    if "scans" in test:
         try:
-            manifest = load_manifest(store, view["dataset"], view["dataset_version"])
+            manifest = load_manifest(store, view.dataset, view.dataset_version)
         except (NotFound, InvalidInput):
             manifest = None
         if manifest is not None:
-            spacing = view_pixel_spacing(view, {s.scan_id: s for s in manifest.scans}, test["scans"])
+            spacing = view_pixel_spacing(view.model_dump(), {s.scan_id: s for s in manifest.scans}, test["scans"])
             if spacing is not None:
                 return spacing, MM_UNIT, MM_SOURCE
     return (1.0, 1.0), PIXEL_UNIT, PIXEL_SOURCE

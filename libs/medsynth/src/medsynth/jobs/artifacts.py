@@ -9,20 +9,26 @@ import nibabel as nib
 import numpy as np
 
 from medsynth.core.errors import InvalidInput
-from medsynth.datasets.views import load_view_split, view_key
+from medsynth.datasets.views import ViewSummary, load_view, load_view_split
+from medsynth.generators.entry import GeneratorEntry, load_entry
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecord, JobRecords
 from medsynth.bus.messages import JobKind
 from medsynth.store import ObjectStore
 
 
-def view_splits(store: ObjectStore, dataset: str, view_id: str, splits=("train", "val", "test")) -> tuple[dict, dict[str, dict]]:
-    key = view_key(dataset, view_id)
-    return store.get_json(key), {s: load_view_split(store, key, s) for s in splits}
+def view_splits(store: ObjectStore, dataset: str, view_id: str, splits=("train", "val", "test")) -> tuple[ViewSummary, dict[str, dict]]:
+    view = load_view(store, dataset, view_id)
+    return view, {s: load_view_split(store, view, s) for s in splits}
 
 
 def generator_of(records: JobRecords, generator_id: str) -> JobRecord:
     return finished(records, generator_id, JobKind.train_generator)
+
+
+def generator_entry(store: ObjectStore, records: JobRecords, generator_id: str) -> GeneratorEntry:
+    """A finished generator's registry entry (404 unknown, 409 not finished, 422 an entry that does not validate)."""
+    return load_entry(store, generator_of(records, generator_id).result_keys["generator"])
 
 
 def cohort_arrays(store: ObjectStore, records: JobRecords, cohort_id: str, limit: int | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:

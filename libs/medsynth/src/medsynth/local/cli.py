@@ -189,18 +189,24 @@ def _generators(args: argparse.Namespace) -> int:
                 for name, schema in info["options"].items():
                     print(f"{'':<12}{name}: {schema.get('description', '')} (default {json.dumps(schema.get('default'))})")
         return 0
+    from medsynth.core.errors import InvalidInput
+    from medsynth.generators.entry import load_entry
     from medsynth.store.projects import project_store
 
     store = project_store(_root_store(), args.project)
-    entries = [store.get_json(k) for k in sorted(store.list("generators/")) if k.endswith("/generator.json")]
+    entries = []
+    for key in sorted(k for k in store.list("generators/") if k.endswith("/generator.json")):
+        try:
+            entries.append(load_entry(store, key))
+        except InvalidInput as exc:
+            print(exc, file=sys.stderr)
     if not entries:
         print("no trained generators in the store")
         return 0
     print(f"{'generator':<36} {'family':<10} {'dataset':<16} {'steps':>7}  {'mask sources':<26} registered")
     for e in entries:
-        steps = e.get("steps_done", (e.get("spec") or {}).get("training", {}).get("steps", "?"))
-        sources = ",".join(e.get("mask_sources", ["generated"]))
-        print(f"{e['generator_id']:<36} {e.get('family', 'joint-gan'):<10} {e['dataset']:<16} {steps:>7}  {sources:<26} {e['registered_at'][:19]}")
+        sources = ",".join(s.value for s in e.mask_sources)
+        print(f"{e.generator_id:<36} {e.family:<10} {e.dataset:<16} {e.steps_done:>7}  {sources:<26} {e.registered_at.isoformat()[:19]}")
     return 0
 
 

@@ -24,7 +24,7 @@ from medsynth.commands.requests import Id, Name, Seed
 from medsynth.bus.messages import JobKind
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from medsynth.datasets.views import load_view_split, view_key
+from medsynth.datasets.views import load_view, load_view_split
 from medsynth.jobs.artifacts import cohort_arrays
 from medsynth.jobs.lookup import finished
 from medsynth.jobs.records import JobRecords
@@ -85,10 +85,10 @@ def create_reader_study(body: ReaderStudyCreate, root: ObjectStore, project: str
     _, fake, _ = cohort_arrays(store, records, body.cohort_id, limit=body.n_synthetic)
     if len(fake) < body.n_synthetic:
         raise InvalidInput(f"cohort {body.cohort_id} has {len(fake)} images; n_synthetic is {body.n_synthetic}")
-    key = view_key(generator.spec["dataset"], generator.spec["view_id"])
-    split, real = "test", load_view_split(store, key, "test")
+    view = load_view(store, generator.spec["dataset"], generator.spec["view_id"])
+    split, real = "test", load_view_split(store, view, "test")
     if len(real.get("images", [])) < body.n_real:
-        split, real = "train", load_view_split(store, key, "train")
+        split, real = "train", load_view_split(store, view, "train")
     if len(real.get("images", [])) < body.n_real:
         raise InvalidInput(f"the generator's view has {len(real.get('images', []))} real images in its largest split; n_real is {body.n_real}")
     rng = np.random.default_rng(body.seed)

@@ -51,8 +51,8 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
     nodes = expand(spec)
     check_size(nodes, max_jobs)
     if spec.arms.synthetic_patients:
-        view = store.get_json(view_key(spec.dataset, spec.view_id))
-        per_patient = view["counts"]["train"] / max(1, len(view["patients"]["train"]))
+        view = load_view(store, spec.dataset, spec.view_id)
+        per_patient = view.counts["train"] / max(1, len(view.patients["train"]))
         largest = max(spec.arms.synthetic_patients)
         if round(largest * per_patient) > spec.cohort_size:
             raise InvalidInput(f"the arm +{largest} patients needs {round(largest * per_patient)} synthetic slices ({per_patient:.1f} "

@@ -11,7 +11,7 @@ from medsynth.commands.requests import PrepareDatasetCreate
 from medsynth.commands.build import prepare_dataset_command
 from medsynth.api.schemas import DatasetPublic, DatasetsPublic, JobPublic
 from medsynth.datasets.manifest import DatasetManifest, list_datasets, list_versions, load_manifest
-from medsynth.datasets.views import view_key
+from medsynth.datasets.views import load_view
 from medsynth.bus.messages import JobKind
 from medsynth.core.errors import NotFound
 
@@ -63,4 +63,4 @@ def prepare_views(dataset: str, body: PrepareDatasetCreate, store: StoreDep, job
 
 @router.get("/{dataset}/views/{view_id}")
 def get_view(dataset: str, view_id: str, store: StoreDep) -> dict[str, Any]:
-    return store.get_json(view_key(dataset, view_id))
+    return load_view(store, dataset, view_id).model_dump(mode="json")

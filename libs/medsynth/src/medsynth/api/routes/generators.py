@@ -17,6 +17,7 @@ from medsynth.api.schemas import (
     JobsPublic,
     job_with_result,
 )
+from medsynth.generators.entry import load_entry
 from medsynth.generators.registry import FAMILIES
 from medsynth.jobs.lookup import of_kind
 from medsynth.jobs.records import JobState
@@ -44,7 +45,8 @@ def list_generators(jobs: JobsDep, state: JobState | None = None) -> JobsPublic:
 @router.get("/{generator_id}")
 def get_generator(generator_id: str, store: StoreDep, jobs: JobsDep) -> dict[str, Any]:
     """The training job, and once it succeeded the registered generator (family, spec, metrics, archive)."""
-    return job_with_result(of_kind(jobs.records, generator_id, JobKind.train_generator), "generator", "generator", store.get_json)
+    return job_with_result(of_kind(jobs.records, generator_id, JobKind.train_generator), "generator", "generator",
+                           lambda key: load_entry(store, key).stored())
 
 
 @families_router.get("", response_model=GeneratorFamiliesPublic)
