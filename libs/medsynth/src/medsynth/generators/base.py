@@ -246,7 +246,8 @@ class TrainState:
     """A family's networks and optimisers by name.
 
     ``ema`` holds an exponential-moving-average copy of some of ``nets`` (same names), updated by the
-    loop after every step; ``extra`` holds whatever else the family carries across steps (plain data
+    loop after every step (its batch-norm statistics re-estimated with its own weights before every
+    checkpoint); ``extra`` holds whatever else the family carries across steps (plain data
     and tensors only: it goes into checkpoints as is), e.g. an adaptive augmentation probability.
     """
 
@@ -413,7 +414,10 @@ class GeneratorFamily(ABC):
 
     @abstractmethod
     def sampling_net(self, options: FamilyOptions, data: DataSpec, nets: Mapping[str, nn.Module], mode: SampleMode) -> SamplingNet:
-        """The :class:`SamplingNet` for ``mode`` over the loaded ``nets`` (check ``mode`` first)."""
+        """The :class:`SamplingNet` for ``mode`` over the loaded ``nets`` (check ``mode`` first).
+
+        The training loop also builds it over the live EMA networks (raw ones where no EMA copy is kept)
+        of every mode, to re-estimate their batch-norm statistics on the inputs sampling gives them."""
 
     def check_mode(self, options: FamilyOptions, data: DataSpec, mode: SampleMode) -> None:
         """Reject a sampling mode this generator cannot serve, naming why."""

@@ -41,9 +41,9 @@ class SpadeNorm(nn.Module):
     The parameter-free normalisation is *instance* norm, not the paper's (synchronised) batch norm:
 
     * a sample's output depends on that sample alone, in training and at sampling time alike — no
-      running statistics that differ between ``train()`` and ``eval()``, and none that would belong to
-      the raw weights while the export samples with the EMA weights (the loop copies buffers into the
-      EMA net unaveraged, so batch-norm statistics would not match the averaged weights);
+      running statistics that differ between ``train()`` and ``eval()``, and none to re-estimate for
+      the EMA weights the export samples with (the loop does that for batch norm before every
+      checkpoint: :func:`medsynth.training.loop.recompute_ema_batch_norm`);
     * the SamplingNet contract (each sample a function of its own noise) holds by construction.
 
     What instance norm removes — each channel's per-sample mean and scale — is what SPADE puts back

@@ -14,6 +14,11 @@ finished job only rewrites the final outputs.
 The family (:mod:`medsynth.generators`) owns networks, optimisers and the step; this loop owns
 everything around it: seeding, resume, EMA, curves, checkpoints, progress and cancellation.
 
+EMA and batch norm: the loop averages parameters only. Batch-norm statistics belong to the weights
+upstream of each layer, so the raw network's (which :func:`update_ema` copies between checkpoints) do
+not fit the averaged weights; before every checkpoint the EMA networks' statistics are re-estimated
+with the EMA weights themselves (:func:`recompute_ema_batch_norm`, :mod:`medsynth.training.batch_norm`).
+
 Determinism: initial weights come from ``training.seed`` (drawn inside :func:`torch.random.fork_rng`,
 so the caller's global generator is left alone) and every step's randomness from
 :func:`step_generator` ``(seed, step)``. Checkpoints hold weights, BatchNorm statistics, optimiser
@@ -39,9 +44,12 @@ import torch
 from torch import nn
 
 from medsynth.core.errors import Conflict, InvalidInput
-from medsynth.generators.base import RESUMABLE_CHANGES, Precision, StepContext, TrainingData, TrainState, prepare_data
+from medsynth.generators.base import (
+    RESUMABLE_CHANGES, Precision, SampleMode, StepContext, TrainingData, TrainState, prepare_data,
+)
 from medsynth.generators.registry import GeneratorSpec
 from medsynth.store.base import ObjectStore, check_prefix
+from medsynth.training import batch_norm
 from medsynth.generators.checkpoint import RNG_SCHEME, Checkpoint, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -112,6 +120,7 @@ def train_generator(
         else:
             logger.info("training %s (%s) from step %d to %d on %s", prefix, spec.options.family, start, spec.training.steps, device)
             end = _train_steps(state, curves, spec, data, start, _Sink(store, prefix, on_progress))
+        recompute_ema_batch_norm(state, spec, end)
         final = snapshot(state, spec, end, curves)
         if end < spec.training.steps:
             final.metrics["stopped_by_time_budget"] = True
@@ -147,6 +156,7 @@ def _train_steps(state: TrainState, curves: LossCurves, spec: GeneratorSpec, dat
         curves.add(losses)
         point = curves.flush(done) if done % training.log_every == 0 else None
         if done % training.checkpoint_every == 0:
+            recompute_ema_batch_norm(state, spec, done)
             write_checkpoint(sink.store, sink.prefix, snapshot(state, spec, done, curves))
         if point is not None:
             _report(done, {**point, "steps_per_s": timer.rate(done)}, sink.on_progress)
@@ -181,8 +191,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
-    """``ema ← β·ema + (1-β)·model`` with ``β = min(decay, (1 + step) / (10 + step))``; buffers
-    (BatchNorm statistics) copied. ``decay == 0`` copies the weights exactly."""
+    """``ema ← β·ema + (1-β)·model`` with ``β = min(decay, (1 + step) / (10 + step))``; buffers copied.
+    ``decay == 0`` copies the weights exactly.
+
+    Copied batch-norm statistics are the raw network's, which do not fit the averaged weights: they
+    are placeholders until :func:`recompute_ema_batch_norm` re-estimates them before a checkpoint."""
     beta = min(decay, (1 + step) / (10 + step))
     for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
         if beta == 0:
@@ -191,6 +204,56 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
             p_ema.lerp_(p, 1 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+def recompute_ema_batch_norm(state: TrainState, spec: GeneratorSpec, step: int) -> None:
+    """Re-estimate the batch-norm statistics of the EMA networks with the EMA weights (in place).
+
+    Family-agnostic: the family's own :class:`~medsynth.generators.base.SamplingNet` of every mask
+    source (and every class condition of a conditioned generator) runs over the EMA networks (raw ones
+    where no EMA copy is kept, e.g. a mask bank) in eval mode, on standard-normal noise of its
+    ``noise_shapes`` as the sampler draws it, from generators seeded by ``(seed, step)``; see
+    :mod:`medsynth.training.batch_norm` for the estimate. The result depends on the EMA weights, the
+    spec and ``step`` only (not on the statistics the EMA copy held), so resumed runs stay bit-exact.
+    Nothing to do for EMA networks without batch norm, or when ``ema_decay == 0``: then the EMA copy
+    *is* the raw network, whose statistics were tracked with its own weights. The step's randomness
+    and the global generator are left alone.
+    """
+    layers = batch_norm.batch_norm_layers(state.ema.values())
+    if not layers or spec.training.ema_decay == 0:
+        return
+    family, options, data = spec.family, spec.options, spec.data
+    nets = {**state.nets, **state.ema}
+    modes = [
+        SampleMode(mask_source=source, condition=condition)
+        for source in family.mask_sources_for(options)
+        for condition in (range(data.num_conditions) if family.conditional(options) else (None,))
+    ]
+    training_flags = {m: m.training for net in nets.values() for m in net.modules()}
+    try:
+        samplers = [family.sampling_net(options, data, nets, mode) for mode in modes]  # eval mode
+        device = next(t for net in state.ema.values() for t in (*net.parameters(), *net.buffers())).device
+        words = np.random.SeedSequence([int(spec.training.seed), int(step), 0x454D41424E]).generate_state(2, dtype=np.uint32)
+        base = ((int(words[0]) << 31) ^ int(words[1])) % 2**62
+
+        def source(k: int) -> Callable[[int, int], None]:
+            sampler, condition = samplers[k], modes[k].condition or 0
+
+            def forward(i: int, n: int) -> None:  # batch i of mode k: the same noise every time
+                rng = torch.Generator(device="cpu").manual_seed(base + i * len(samplers) + k)
+                noise = [torch.randn(n, *shape, generator=rng).to(device) for shape in sampler.noise_shapes]
+                sampler(noise, torch.full((n,), condition, dtype=torch.int64, device=device))
+
+            return forward
+
+        batches = -(-batch_norm.SAMPLES // batch_norm.BATCH)
+        missed = batch_norm.recompute_batch_norm([source(k) for k in range(len(samplers))], layers, batches)
+    finally:
+        for module, flag in training_flags.items():  # sampling_net set eval() on raw nets too
+            module.training = flag
+    if missed:
+        logger.warning("%d batch-norm layer(s) of the EMA networks are not reached by any sampling mode; "
+                       "their statistics stay the raw network's", len(missed))
 
 
 # State ---------------------------------------------------------------------------------------------
