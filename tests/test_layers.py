@@ -8,7 +8,6 @@ the top of a module, and no two modules may import each other, directly or round
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "libs" / "medsynth" / "src" / "medsynth"

@@ -14,7 +14,7 @@ import pytest
 
 from medsynth.sampling.archive import build_model_archive
 from medsynth.sampling.backends import InProcessSampler
-from medsynth.sampling.torchserve import TorchServeProcess
+from medsynth.local.torchserve import TorchServeProcess
 from medsynth.store.local import LocalStore
 from sampling_helpers import HANDLER_PATH, MODEL_NAME, MODEL_VERSION, SmallGenerator, served_generators, small_generator
 

@@ -16,7 +16,8 @@ from medsynth.generators.base import MaskSource, SampleMode
 from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
 from medsynth.sampling.cohort import read_manifest, regenerate, write_cohort
 from medsynth.sampling.generate import generate
-from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient, TorchServeProcess, free_ports
+from medsynth.local.torchserve import TorchServeProcess, free_ports
+from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
 from medsynth.store.local import LocalStore
 from sampling_helpers import (
     MODEL_NAME,

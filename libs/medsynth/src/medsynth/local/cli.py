@@ -217,7 +217,7 @@ def _torchserve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from medsynth.sampling.torchserve import TorchServeProcess
+    from medsynth.local.torchserve import TorchServeProcess
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ from medsynth.commands.build import SUBMISSIONS
 from medsynth.bus.messages import JobKind
 from medsynth.bus.client import Bus
 from medsynth.core.clock import utcnow
-from medsynth.datasets.views import view_key
+from medsynth.datasets.views import load_view
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
 from medsynth.jobs.records import JobState
 from medsynth.jobs.service import JobDeferred, JobService
