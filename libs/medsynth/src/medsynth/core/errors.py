@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class MedsynthError(Exception):
     """Root of all medsynth errors."""
@@ -66,3 +68,9 @@ class RateLimited(MedsynthError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = max(1, int(retry_after_s + 0.999))
+
+
+def describe_invalid(exc: ValidationError, *, skip: int = 0, whole: str = "value") -> str:
+    """Pydantic's errors as ``field: message; ...``: each field at fault, by its dotted path (``skip``
+    drops leading parts, e.g. a union's tag; an error of the value as a whole is named ``whole``)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'][skip:]) or whole}: {e['msg']}" for e in exc.errors())

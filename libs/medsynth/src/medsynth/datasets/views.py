@@ -20,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from medsynth.core.errors import InvalidInput
+from medsynth.core.errors import InvalidInput, describe_invalid
 from medsynth.core.names import check_name
 from medsynth.datasets.manifest import DatasetManifest, ScanEntry, dataset_prefix
 from medsynth.datasets.split import SPLITS, split_patients
@@ -216,8 +216,7 @@ def parse_view(raw: Any, where: str) -> ViewSummary:
     try:
         return ViewSummary.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'view'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"view {where} is not valid: {problems}") from None
+        raise InvalidInput(f"view {where} is not valid: {describe_invalid(exc, whole='view')}") from None
 
 
 def load_view(store: ObjectStore, dataset: str, view_id: str) -> ViewSummary:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medsynth.core.errors import InvalidInput
+from medsynth.core.errors import InvalidInput, describe_invalid
 from medsynth.generators.base import MaskSource
 from medsynth.generators.checkpoint import spec_from_v1_config
 from medsynth.generators.registry import GeneratorSpec
@@ -94,8 +94,7 @@ def parse_entry(raw: Any, where: str) -> GeneratorEntry:
     try:
         return GeneratorEntry.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInput(f"generator entry {where} is not valid: {problems}") from None
+        raise InvalidInput(f"generator entry {where} is not valid: {describe_invalid(exc, whole='entry')}") from None
 
 
 def load_entry(store: ObjectStore, key: str) -> GeneratorEntry:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from medsynth.core.errors import InvalidInput
+from medsynth.core.errors import InvalidInput, describe_invalid
 from medsynth.generators.base import DataSpec, FamilyOptions, GeneratorFamily, TrainingOptions
 from medsynth.generators.diffusion import Diffusion
 from medsynth.generators.joint import JointGan
@@ -60,7 +60,7 @@ def parse_options(data: Mapping[str, Any] | FamilyOptions) -> FamilyOptions:
     try:
         return _OPTIONS.validate_python(dict(data))
     except ValidationError as exc:
-        raise InvalidInput(f"invalid {data.get('family')} options: {_describe(exc, skip=1)}") from None
+        raise InvalidInput(f"invalid {data.get('family')} options: {describe_invalid(exc, skip=1, whole='options')}") from None
 
 
 def parse_training(data: Mapping[str, Any] | TrainingOptions) -> TrainingOptions:
@@ -69,13 +69,8 @@ def parse_training(data: Mapping[str, Any] | TrainingOptions) -> TrainingOptions
     try:
         return TrainingOptions.model_validate(dict(data))
     except (ValidationError, TypeError, ValueError) as exc:
-        detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        detail = describe_invalid(exc, whole="options") if isinstance(exc, ValidationError) else str(exc)
         raise InvalidInput(f"invalid training options: {detail}") from None
-
-
-def _describe(exc: ValidationError, skip: int = 0) -> str:
-    """Pydantic's errors as ``field: message; ...`` (``skip`` drops leading location parts, e.g. the union tag)."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'][skip:]) or 'options'}: {e['msg']}" for e in exc.errors())
 
 
 @dataclass(frozen=True)
