@@ -290,7 +290,10 @@ def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) 
         if real > 0:
             assert spade["relative_dice"] == pytest.approx(spade["dice"]["mean"] / real)
         (group,) = results["comparisons"]
-        assert {r["a"] for r in group["rows"]} == set(arms) - {group["against"]} and all(0 <= r["p_holm"] <= 1 for r in group["rows"])
+        assert {r["a"] for r in group["rows"]} == set(arms) - {group["against"]}
+        for r in group["rows"]:  # two seeds: per-seed Wilcoxon and the pooled test; a p, or no p and the reason
+            assert [t["seed"] for t in r["per_seed"]] == [0, 1] and r["decided_by"].startswith("pooled") and r["warnings"]
+            assert (r["p"] is None and r["p_holm"] is None and r["refused"]) or 0 <= r["p"] <= r["p_holm"] <= 1
         assert "skipped" in results["friedman"]  # two families: the Friedman test needs three
         assert len(results["generators"]) == 4 and all(g["fid"] is not None for g in results["generators"])
         paths = save_results(api, study, tmp_path)

@@ -43,3 +43,25 @@ def test_the_neighbourhoods_match_the_perplexity() -> None:
 def test_bad_input() -> None:
     with pytest.raises(InvalidInput, match="t-SNE needs"):
         tsne(np.zeros((3, 4)))
+
+
+def test_against_scikit_learns_exact_tsne() -> None:
+    """The in-house t-SNE against scikit-learn's (method="exact"), an independent implementation: the same joint
+    P for a perplexity, the same KL(P || Q) of a map, and a map of about the same quality (KL within 10 %,
+    trustworthiness within 0.02) on features with a known structure."""
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.manifold import TSNE, trustworthiness
+    from sklearn.manifold._t_sne import _joint_probabilities
+
+    x, _ = _clusters()
+    reference_p = squareform(_joint_probabilities(squareform(pdist(x, "sqeuclidean")), 20.0, 0))
+    p = joint_p(x, 20.0)
+    off_diagonal = ~np.eye(len(x), dtype=bool)
+    # both binary searches stop within 1e-5 of the entropy log(perplexity): the same P to about that
+    assert np.abs(p - reference_p)[off_diagonal].max() < 1e-4 * reference_p.max()
+    reference = TSNE(perplexity=20, method="exact", init="random", random_state=1)
+    y_reference = reference.fit_transform(x)
+    assert kl_divergence(p, y_reference) == pytest.approx(reference.kl_divergence_, rel=1e-3)  # the same objective
+    y = tsne(x, perplexity=20, seed=1)
+    assert kl_divergence(p, y) < 1.1 * reference.kl_divergence_
+    assert trustworthiness(x, y, n_neighbors=10) > trustworthiness(x, y_reference, n_neighbors=10) - 0.02

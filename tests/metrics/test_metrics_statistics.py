@@ -35,7 +35,8 @@ def test_wilcoxon_by_hand() -> None:
     b = np.full(6, 10.0)
     result = wilcoxon_signed_rank(a, b)
     assert result["statistic"] == 3.0 and result["p"] == pytest.approx(10 / 64) and result["n"] == 6
-    assert wilcoxon_signed_rank([1.0, 2.0, np.nan], [1.0, 2.0, 5.0])["p"] == 1.0  # no difference left: no evidence
+    none_left = wilcoxon_signed_rank([1.0, 2.0, np.nan], [1.0, 2.0, 5.0])  # no difference left: no test, and it says so
+    assert none_left["p"] is None and "no pair differs" in none_left["refused"]
 
 
 def test_paired_comparisons_correct_for_the_number_of_tests() -> None:
@@ -67,7 +68,9 @@ def test_friedman_by_hand_and_against_scipy() -> None:
     result = friedman_nemenyi(scores, ["a", "b", "c"])
     assert result["average_ranks"] == pytest.approx({"a": 4 / 3, "b": 5 / 3, "c": 3.0})
     assert result["statistic"] == pytest.approx(14 / 3) and result["iman_davenport_f"] == pytest.approx(7.0)
-    assert result["p"] == pytest.approx(stats.friedmanchisquare(*scores.T).pvalue)
+    assert result["p_chi2"] == pytest.approx(stats.friedmanchisquare(*scores.T).pvalue)
+    # the p that decides at three blocks is the exact one (7/36, see test_metrics_statistics_exact.py), not chi2's 0.097
+    assert result["decided_by"] == "exact" and result["p"] == pytest.approx(7 / 36)
     assert result["critical_difference"] == pytest.approx(nemenyi_critical_difference(3, 3))
     # lower is better (FID): the ranks flip
     assert average_ranks(scores, higher_is_better=False) == pytest.approx([8 / 3, 7 / 3, 1.0])
@@ -78,7 +81,7 @@ def test_friedman_groups_and_the_cd_diagram() -> None:
     blocks = 12
     scores = np.column_stack([rng.normal(m, 0.02, blocks) for m in (0.80, 0.79, 0.60, 0.40)])
     result = friedman_nemenyi(scores, ["spade", "joint-gan", "stylegan2", "diffusion"])
-    assert result["p"] < 0.01
+    assert result["p"] < 0.01 and result["p_iman_davenport"] < 0.01
     assert ["spade", "joint-gan"] in result["groups"]  # 0.01 apart: not distinguishable
     assert not any({"spade", "diffusion"} <= set(g) for g in result["groups"])
     svg = cd_diagram_svg(result)

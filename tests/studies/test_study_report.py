@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medsynth.studies.report import render_study_report
-from medsynth.metrics.statistics import bootstrap_over_seeds_and_patients, friedman_nemenyi
+from medsynth.metrics.statistics import bootstrap_over_seeds_and_patients, friedman_nemenyi, holm, paired_over_seeds, rank_correlation
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAMILIES = ("joint-gan", "spade", "stylegan2")
@@ -33,6 +33,12 @@ def results() -> dict:
     for arm in arms:
         arm["relative_dice"] = arm["dice"]["mean"] / arms[0]["dice"]["mean"]
     scores = np.array([[0.7 + rng.normal(0, 0.01) - 0.1 * i for i in range(3)] for _ in range(3)])
+    real_dice = rng.uniform(0.6, 0.9, (3, 12))  # per seed and test patient: Wilcoxon per seed, the pooled test
+    rows = [{"a": a["arm_id"], "b": arms[0]["arm_id"], "seeds": [0, 1, 2],
+             **paired_over_seeds(real_dice + rng.normal(-0.05, 0.03, (3, 12)), real_dice, [0, 1, 2])} for a in arms[1:]]
+    rows[-1] = {**rows[-1], **paired_over_seeds(real_dice[:1, :5] + 0.01, real_dice[:1, :5], [0])}  # one that cannot decide
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = adjusted
     spec = {"dataset": "hippocampus-msd", "view_id": "v64", "seeds": [0, 1, 2], "cohort_size": 200,
             "families": [{"generator": {"family": f}, "training": {"steps": 600}} for f in FAMILIES],
             "arms": {"synthetic": True, "ratios": [0.5], "synthetic_patients": [5, 20], "augmentation": [False]},
@@ -40,24 +46,40 @@ def results() -> dict:
     return {"study_id": "study-0123456789abcdef", "name": "hippocampus <grid>", "spec": spec, "computed_at": "2026-12-04T18:00:00",
             "test_patients": [str(i) for i in range(12)], "arms": arms,
             "failed_arms": [{"arm_id": "stylegan2 · mixed 0.25 · unet · aug off", "failures": [{"seed": 0, "state": "failed", "error": "out of memory"}]}],
-            "comparisons": [{"model": "unet", "augment": False, "against": arms[0]["arm_id"],
-                             "rows": [{"a": a["arm_id"], "b": arms[0]["arm_id"], "n": 12, "median_difference": -0.1, "p": 0.01, "p_holm": 0.04}
-                                      for a in arms[1:]]}],
+            "comparisons": [{"model": "unet", "augment": False, "against": arms[0]["arm_id"], "rows": rows}],
             "friedman": {"score": "synthetic-only mean Dice", **friedman_nemenyi(scores, list(FAMILIES))},
             "generators": [{"family": f, "seed": s, "fid": 0.2, "fid_real_baseline": 0.01, "kid": 0.001, "precision": 0.7, "recall": 0.5,
                             "density": 0.9, "coverage": 0.6, "memorized_fraction": 0.0, "extractor": "in-domain unet encoder",
                             "n_real": 200, "n_fake": 200} for f in FAMILIES for s in (0, 1, 2)],
-            "fid_vs_dice": {"x": "FID", "y": "Dice", "test": "spearman", "n": 9, "rho": -0.2, "p": 0.6, "reading": "near zero: FID did not predict usefulness"}}
+            "fid_vs_dice": {"x": "FID", "y": "Dice", **rank_correlation([0.2, 0.1, 0.4, 0.3, 0.5, 0.9, 0.7, 0.8, 0.6], [0.5, 0.4, 0.45, 0.6, 0.3, 0.4, 0.35, 0.5, 0.55]),
+                            "reading": "near zero: FID did not predict usefulness"}}
 
 
 def test_the_report_explains_shows_settings_and_warns(results: dict) -> None:
     html = render_study_report(results)
     for text in ("What the numbers mean", "Relative Dice", "Friedman", "CD = ", "Too small for conclusions", "300 steps",
                  "Arms with no result", "out of memory", "real + 20 synthetic patients", "hippocampus &lt;grid&gt;",
-                 "Spearman ρ = -0.20", "Coverage", "seed 001"):
+                 "Spearman ρ = -0.18 (p = 0.6361, exact permutation (362880 pairings); n = 9)", "Coverage", "seed 001", "Wilcoxon p per seed", "pooled two-level test", "exact permutation",
+                 "decides", "fewer than 5", "cannot decide"):
         assert text in html, text
     assert html.count("<svg") == 3  # Dice vs share, Dice vs synthetic patients, the CD diagram
     assert "<grid>" not in html  # names are escaped
+
+
+def test_the_report_reads_results_written_before_the_exact_tests(results: dict) -> None:
+    """results.json written before issue 22 (Wilcoxon on seed-averaged Dice, Friedman's chi2 p, Spearman's
+    t-approximation) still renders: the numbers it has, and who decided then."""
+    old = dict(results)
+    old["comparisons"] = [{"model": "unet", "augment": False, "against": results["arms"][0]["arm_id"],
+                           "rows": [{"a": a["arm_id"], "b": results["arms"][0]["arm_id"], "n": 12, "median_difference": -0.1, "p": 0.01,
+                                     "p_holm": 0.04} for a in results["arms"][1:]]}]
+    old["friedman"] = {"score": "synthetic-only mean Dice", "test": "friedman", "n_blocks": 3, "n_methods": 3, "statistic": 4.667, "p": 0.097,
+                       "iman_davenport_f": 7.0, "alpha": 0.05, "critical_difference": 1.91,
+                       "average_ranks": {"joint-gan": 1.33, "spade": 1.67, "stylegan2": 3.0}, "groups": [["joint-gan", "spade"]]}
+    old["fid_vs_dice"] = {"x": "FID", "y": "Dice", "test": "spearman", "n": 9, "rho": -0.2, "p": 0.6, "reading": "near zero"}
+    html = render_study_report(old)
+    for text in ("Wilcoxon on seed-averaged Dice", "0.0100", "0.0400", "χ² = 4.67", "0.0970", "F = 7.00", "Spearman ρ = -0.20 (p = 0.6000; n = 9)"):
+        assert text in html, text
 
 
 def test_the_report_in_a_real_browser(results: dict, tmp_path: Path) -> None:

@@ -39,12 +39,22 @@ EXPLAINED = [
                       "1.0 means the synthetic data served as well as the real data; the seed studies report 0.86-1.00."),
     ("95% interval", "a two-level bootstrap: seeds resampled, then test patients, so the interval holds both the "
                      "randomness of training and the choice of test patients."),
-    ("Paired test", "Wilcoxon signed-rank on the same test patients (each patient's Dice averaged over seeds), each arm "
-                    "against real data only; p-values Holm-corrected for the number of arms compared. Small p: the "
-                    "difference is unlikely to be chance."),
+    ("Paired test", "each arm against real data only with the same segmenter and augmentation, on the same test patients. "
+                    "Per seed: Wilcoxon signed-rank over the patients of that training run (exact p). Pooled, and deciding: "
+                    "a two-level test over seeds × patients (Dorfman–Berbaum–Metz with Hillis's degrees of freedom) that counts "
+                    "the spread between training runs as well as between patients, so a difference one run happened to "
+                    "produce is not taken as evidence many times over; with one seed, that seed's Wilcoxon decides. The "
+                    "deciding p-values are Holm-corrected for the number of arms compared. Small p: the difference is "
+                    "unlikely to be chance."),
     ("Friedman / Nemenyi", "the families ranked within each seed × segmenter × augmentation block by synthetic-only Dice "
-                           "(rank 1 best). Families whose average ranks differ by less than the critical difference (CD) "
-                           "cannot be told apart at α = 0.05; the diagram joins them with a bar."),
+                           "(rank 1 best). The p that decides is exact (every within-block ranking enumerated) where that is "
+                           "possible, a permutation p for other small numbers of blocks, else Iman–Davenport's F; Friedman's "
+                           "χ² approximation is shown beside it (it is too conservative with few blocks). Families whose "
+                           "average ranks differ by less than the critical difference (CD) cannot be told apart at α = 0.05; "
+                           "the diagram joins them with a bar."),
+    ("Missing p-values", "a test asked to decide on too few cases gives no p-value and says why (for example, with 3 "
+                         "generators the smallest p Spearman's exact test can reach is 1/3, so no correlation over 3 can be "
+                         "significant). A warning marks results that rest on fewer than 5 seeds."),
     ("FID", "Fréchet distance between the features of real and synthetic images (extractor named): 0 for identical "
             "distributions, lower is better; read it against the real-versus-real baseline (two halves of the real "
             "data). FID and Dice need not agree (seed 000): the rank correlation says whether they did here."),
@@ -58,6 +68,25 @@ EXPLAINED = [
 
 def _num(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _p(value: Any) -> str:
+    """A p-value as text: four decimals, small ones in scientific notation (never a bare 0.0000)."""
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def _why(result: dict[str, Any] | None) -> str:
+    """The reason a result has no p-value, as a sentence fragment (empty when it has one)."""
+    if not result:
+        return ""
+    return result.get("refused") or result.get("skipped") or ""
+
+
+def _warnings(items: list[str]) -> str:
+    unique = list(dict.fromkeys(w for w in items if w))
+    return "".join(f"<div class=caveat><strong>Warning:</strong> {escape(w)}</div>" for w in unique)
 
 
 def _interval(summary: dict[str, Any] | None, digits: int = 3) -> str:
@@ -108,6 +137,23 @@ def _arms_table(arms: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _per_seed(row: dict[str, Any]) -> str:
+    tests = row.get("per_seed")
+    if tests is None:
+        return "–"
+    return "<br>".join(f"seed {escape(str(t['seed']))}: " + (_p(t["p"]) if t.get("p") is not None else f"– ({escape(_why(t))})")
+                       for t in tests) or "–"
+
+
+def _pooled(row: dict[str, Any]) -> str:
+    pooled = row.get("pooled")
+    if pooled is None:
+        return "–"
+    if pooled.get("p") is None:
+        return f"– ({escape(_why(pooled))})"
+    return f"{_p(pooled['p'])} (t = {pooled['statistic']:.2f}, {pooled['df']:.1f} df)"
+
+
 def _comparisons_table(groups: list[dict[str, Any]]) -> str:
     parts = []
     for g in groups:
@@ -115,11 +161,64 @@ def _comparisons_table(groups: list[dict[str, Any]]) -> str:
         if "skipped" in g:
             parts.append(f"<p>{title}: {escape(g['skipped'])}.</p>")
             continue
-        rows = "".join(f"<tr><td>{escape(r['a'])}</td><td class=n>{_num(r['median_difference'])}</td><td class=n>{r['n']}</td>"
-                       f"<td class=n>{_num(r['p'], 4)}</td><td class=n>{_num(r['p_holm'], 4)}</td></tr>" for r in g["rows"])
-        parts.append(f"<h3>{title}: against {escape(g['against'])}</h3><table><tr><th>Arm</th><th>Median Dice difference</th>"
-                     f"<th>Patients</th><th>p</th><th>p (Holm)</th></tr>{rows}</table>")
+        rows, warnings = [], []
+        for r in g["rows"]:
+            decided = r.get("decided_by") or "Wilcoxon on seed-averaged Dice"  # results written before per-seed tests
+            note = escape(decided) + (f"; no p-value: {escape(_why(r))}" if r.get("p") is None and _why(r) else "")
+            seeds = r.get("n_seeds")
+            rows.append(f"<tr><td>{escape(r['a'])}</td><td class=n>{'–' if seeds is None else seeds}</td><td class=n>{r.get('n', '–')}</td>"
+                        f"<td class=n>{_num(r.get('median_difference'))}</td><td class=n>{_per_seed(r)}</td><td class=n>{_pooled(r)}</td>"
+                        f"<td class=n>{_p(r.get('p'))}</td><td class=n>{_p(r.get('p_holm'))}</td><td>{note}</td></tr>")
+            warnings += r.get("warnings") or []
+        parts.append(f"<h3>{title}: against {escape(g['against'])}</h3><table><tr><th>Arm</th><th>Seeds</th><th>Patients</th>"
+                     "<th>Median Dice difference</th><th>Wilcoxon p per seed</th><th>Pooled p (seeds × patients)</th>"
+                     f"<th>p (deciding)</th><th>p (Holm)</th><th>Decided by</th></tr>{''.join(rows)}</table>{_warnings(warnings)}")
     return "".join(parts)
+
+
+def _friedman_section(friedman: dict[str, Any]) -> str:
+    if "skipped" in friedman:
+        return f"<p>{escape(friedman['skipped'])}.</p>"
+    chi2_p = friedman.get("p_chi2", friedman.get("p") if "decided_by" not in friedman else None)  # older results: p was χ²'s
+    rows = [("Friedman χ² (approximation)", f"χ² = {_num(friedman.get('statistic'), 2)}", _p(chi2_p), friedman.get("decided_by") is None and "p_chi2" not in friedman)]
+    if "iman_davenport_f" in friedman:
+        df = friedman.get("iman_davenport_df") or ["?", "?"]
+        if friedman.get("p_iman_davenport") is not None:
+            id_p = _p(friedman["p_iman_davenport"])
+        elif friedman.get("iman_davenport_f") is None and friedman.get("statistic") is not None and friedman.get("n_blocks", 0) > 1:
+            id_p = "– (F unbounded: every block ranks the families alike)"
+        else:
+            id_p = "–"
+        rows.append((f"Iman–Davenport F ({df[0]}, {df[1]} df)", f"F = {_num(friedman.get('iman_davenport_f'), 2)}", id_p,
+                     friedman.get("decided_by") == "iman-davenport"))
+    if friedman.get("p_exact") is not None or friedman.get("decided_by") == "exact":
+        rows.append(("exact permutation", "", _p(friedman.get("p_exact")), friedman.get("decided_by") == "exact"))
+    if friedman.get("p_permutation") is not None:
+        rows.append((f"Monte Carlo permutation ({friedman.get('n_resamples')} resamples)", "", _p(friedman["p_permutation"]),
+                     friedman.get("decided_by") == "permutation"))
+    verdict = "cannot decide: see below" if friedman.get("refused") else "decides"
+    body = "".join(f"<tr><td>{escape(name)}</td><td class=n>{escape(stat)}</td><td class=n>{escape(p)}</td><td>{verdict if decides else ''}</td></tr>"
+                   for name, stat, p, decides in rows)
+    out = [f"<p>{friedman['n_blocks']} blocks, {friedman.get('n_methods', len(friedman['average_ranks']))} families; "
+           f"Nemenyi CD = {friedman['critical_difference']:.2f}.</p>",
+           f"<table><tr><th>Test</th><th>Statistic</th><th>p</th><th></th></tr>{body}</table>"]
+    if friedman.get("refused"):
+        out.append(f"<p><strong>No p-value decides:</strong> {escape(friedman['refused'])}.</p>")
+    out.append(_warnings(friedman.get("warnings") or []))
+    out.append(f"<figure>{cd_diagram_svg(friedman)}<figcaption>Average rank of each family by synthetic-only Dice (1 = best); a bar "
+               "joins families that do not differ significantly.</figcaption></figure>")
+    return "".join(out)
+
+
+def _correlation(corr: dict[str, Any]) -> str:
+    if "skipped" in corr:
+        return escape(corr["skipped"])
+    rho = "ρ undefined" if corr.get("rho") is None else f"Spearman ρ = {corr['rho']:.2f}"
+    if corr.get("p") is None:
+        p = f"no p-value: {escape(_why(corr) or 'not computed')}"
+    else:
+        p = f"p = {_p(corr['p'])}" + (f", {escape(corr['p_method'])}" if corr.get("p_method") else "")
+    return f"{rho} ({p}; n = {corr['n']}); {escape(corr['reading'])}"
 
 
 def _share(arm: dict[str, Any]) -> float | None:
@@ -277,20 +376,12 @@ def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, by
         if plot:
             parts.append(f"<figure>{plot}<figcaption>{caption}</figcaption></figure>")
     parts += ["<h2>Paired tests against real data only</h2>", _comparisons_table(results["comparisons"]), "<h2>Families compared</h2>"]
-    friedman = results["friedman"]
-    if "skipped" in friedman:
-        parts.append(f"<p>{escape(friedman['skipped'])}.</p>")
-    else:
-        parts.append(f"<p>Friedman χ² = {friedman['statistic']:.2f}, p = {friedman['p']:.4f} over {friedman['n_blocks']} blocks; "
-                     f"Nemenyi CD = {friedman['critical_difference']:.2f}.</p><figure>{cd_diagram_svg(friedman)}"
-                     "<figcaption>Average rank of each family by synthetic-only Dice (1 = best); a bar joins families that "
-                     "do not differ significantly.</figcaption></figure>")
+    parts.append(_friedman_section(results["friedman"]))
     parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"])]
     parts.append(_family_figures(results, figures or {}))
     corr = results["fid_vs_dice"]
-    parts.append("<p>FID against synthetic-only Dice across generators: "
-                 + (escape(corr["skipped"]) if "skipped" in corr else f"Spearman ρ = {corr['rho']:.2f} (p = {corr['p']:.3f}, n = {corr['n']}); {escape(corr['reading'])}")
-                 + ".</p>")
+    parts.append("<p>FID against synthetic-only Dice across generators: " + _correlation(corr) + ".</p>"
+                 + _warnings(corr.get("warnings") or []))
     parts.append(_reader_section(results.get("reader_studies") or []))
     parts.append("<p>Every number is also in <code>results.json</code> and, per arm and seed, <code>results.csv</code>.</p></body></html>")
     return "".join(parts)

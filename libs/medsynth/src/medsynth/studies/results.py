@@ -1,7 +1,10 @@
 """A finished study's numbers: per arm, Dice and HD95 over test patients and seeds with bootstrap
-intervals and relative Dice; paired tests of each arm against real data only; the Friedman test with
-Nemenyi's critical difference across families; the rank correlation of FID and Dice across
-generators. Written as ``results.json``, ``results.csv`` (one row per arm and seed) and the report."""
+intervals and relative Dice; paired tests of each arm against real data only (Wilcoxon per seed and a
+pooled test over seeds × patients); the Friedman test (exact where it can be) with Nemenyi's critical
+difference across families; the rank correlation of FID and Dice across generators. A test that cannot
+decide on the cases it has says why instead of giving a number, and a result resting on fewer than
+five seeds carries a warning. Written as ``results.json``, ``results.csv`` (one row per arm and seed)
+and the report."""
 
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from medsynth.jobs.records import JobRecords
 from medsynth.metrics.statistics import (
     bootstrap_over_seeds_and_patients,
     friedman_nemenyi,
-    paired_comparisons,
+    holm,
+    paired_over_seeds,
     rank_correlation,
+    seed_warning,
 )
 from medsynth.store import ObjectStore
 
@@ -111,14 +116,22 @@ def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords
     return {
         "study_id": record.study_id, "name": record.name, "spec": record.spec, "computed_at": utcnow().isoformat(),
         "test_patients": patients, "arms": arms, "failed_arms": failed,
-        "comparisons": _comparisons(arms), "friedman": _friedman(arms, runs), "generators": generators,
+        "comparisons": _comparisons(arms, runs, patients), "friedman": _friedman(arms, runs), "generators": generators,
         "fid_vs_dice": _fid_vs_dice(generators, runs),
     }
 
 
-def _comparisons(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per segmenter model and augmentation: each arm against real data only, on the test patients'
-    seed-averaged Dice (Wilcoxon signed-rank, Holm-corrected within the group)."""
+def _seed_table(entries: list[dict[str, Any]], seeds: list[Any], patients: list[str]) -> np.ndarray:
+    """Per-patient Dice of the given seeds' runs, one row a seed (NaN where a patient has no score)."""
+    by_seed = {e["labels"]["seed"]: e for e in entries if "dice" in e}
+    return np.array([[by_seed[s]["dice"].get(p, np.nan) for p in patients] for s in seeds], dtype=np.float64).reshape(len(seeds), len(patients))
+
+
+def _comparisons(arms: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]], patients: list[str]) -> list[dict[str, Any]]:
+    """Per segmenter model and augmentation: each arm against real data only, on the seeds both ran and
+    the test patients: a Wilcoxon signed-rank test per seed, and the pooled two-level test that counts the
+    spread between training runs (:func:`~medsynth.metrics.statistics.paired_over_seeds`); the p that
+    decides is Holm-corrected within the group (a test that refused stays out of the family)."""
     out = []
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = defaultdict(list)
     for arm in arms:
@@ -130,8 +143,15 @@ def _comparisons(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if real is None or not others:
             out.append({"model": model, "augment": augment, "skipped": "needs real data only and one other arm scored"})
             continue
-        values = {a["arm_id"]: list(a["per_patient_dice"].values()) for a in members}
-        rows = paired_comparisons(values, pairs=[(o["arm_id"], real["arm_id"]) for o in others])
+        real_seeds = {e["labels"]["seed"] for e in runs[real["arm_id"]] if "dice" in e}
+        rows = []
+        for other in others:
+            entries = runs[other["arm_id"]]
+            seeds = sorted(real_seeds & {e["labels"]["seed"] for e in entries if "dice" in e}, key=str)
+            test = paired_over_seeds(_seed_table(entries, seeds, patients), _seed_table(runs[real["arm_id"]], seeds, patients), seeds)
+            rows.append({"a": other["arm_id"], "b": real["arm_id"], "seeds": seeds, **test})
+        for row, adjusted in zip(rows, holm([r["p"] for r in rows])):
+            row["p_holm"] = adjusted
         out.append({"model": model, "augment": augment, "against": real["arm_id"], "rows": rows})
     return out
 
@@ -153,14 +173,16 @@ def _friedman(arms: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]])
     families = sorted({k[0] for k in scores})
     blocks = sorted({k[1:] for k in scores}, key=str)
     complete = [b for b in blocks if all((f, *b) in scores for f in families)]
-    if len(families) < 3 or len(complete) < 2:
-        return {"skipped": f"the Friedman test needs 3 families scored in 2 blocks (seed × model × augmentation); "
+    if len(families) < 3 or not complete:
+        return {"skipped": f"the Friedman test needs 3 families scored in the same blocks (seed × model × augmentation); "
                            f"this study has {len(families)} families and {len(complete)} complete blocks"}
     table = np.array([[scores[(f, *b)] for f in families] for b in complete])
     try:
-        return {"score": "synthetic-only mean Dice", "blocks": [list(b) for b in complete], **friedman_nemenyi(table, families)}
+        result = friedman_nemenyi(table, families)
     except InvalidInput as exc:
         return {"skipped": str(exc)}
+    warning = seed_warning(len({b[0] for b in complete}), "the ranking of the families")
+    return {"score": "synthetic-only mean Dice", "blocks": [list(b) for b in complete], **result, "warnings": [warning] if warning else []}
 
 
 def _fid_vs_dice(generators: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -169,12 +191,14 @@ def _fid_vs_dice(generators: list[dict[str, Any]], runs: dict[str, list[dict[str
     for g in generators:
         dice = [v for (f, s, _, _), v in scores.items() if f == g["family"] and s == g["seed"]]
         if g["fid"] is not None and dice:
-            pairs.append((g["fid"], float(np.mean(dice))))
-    if len(pairs) < 3:
-        return {"skipped": f"needs 3 generators with FID and synthetic-only Dice, has {len(pairs)}"}
-    fid, dice = zip(*pairs)
+            pairs.append((g["fid"], float(np.mean(dice)), g["seed"]))
+    if not pairs:
+        return {"skipped": "needs generators with FID and synthetic-only Dice, has none"}
+    fid, dice, seeds = zip(*pairs)
+    warning = seed_warning(len(set(seeds)), "the FID–Dice correlation")
     return {"x": "FID (lower is better)", "y": "synthetic-only mean Dice", **rank_correlation(fid, dice),
-            "reading": "a negative rho means lower FID went with higher Dice; near zero, FID did not predict usefulness"}
+            "reading": "a negative rho means lower FID went with higher Dice; near zero, FID did not predict usefulness",
+            "warnings": [warning] if warning else []}
 
 
 def results_csv(runs: dict[str, list[dict[str, Any]]]) -> str:
