@@ -8,8 +8,10 @@ progress), the interface they use."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +97,10 @@ def _succeeded(store: ObjectStore, kind: JobKind, result_keys: dict[str, str], j
     return record.job_id
 
 
+#: The first joint GAN's config, as format 1 entries hold it (tests/stored/generator-entry-format1.json).
+FORMAT_1_CONFIG = json.loads((Path(__file__).parents[1] / "stored" / "generator-entry-format1.json").read_text())["config"]
+
+
 def _generator(store: ObjectStore, view_id: str, version: int) -> str:
     """A registry entry in the first format (before generator families: a config, no spec), which
     evaluation still reads; no checkpoint or archive is behind it, evaluation does not open them."""
@@ -103,7 +109,7 @@ def _generator(store: ObjectStore, view_id: str, version: int) -> str:
     store.put_json(f"{prefix}curves.json", {"step": [1, 2, 3], "loss_d": [1.4, 1.2, 1.1], "loss_g": [0.7, 0.9, 1.0]})
     store.put_json(f"{prefix}generator.json", {
         "generator_id": job_id, "family": "joint-gan", "dataset": "ph", "dataset_version": version, "view_id": view_id,
-        "config": {"family": "stand-in"}, "checkpoint_key": f"{prefix}ckpt/final.pt", "archive_key": f"{prefix}g.mar",
+        "config": FORMAT_1_CONFIG, "checkpoint_key": f"{prefix}ckpt/final.pt", "archive_key": f"{prefix}g.mar",
         "model_name": job_id.replace(".", "_"), "weights_fingerprint": "0" * 64, "resumed_from": None,
         "metrics": {"loss_d": 1.1}, "curves_key": f"{prefix}curves.json", "registered_at": "2026-11-23T10:00:00+00:00",
     })  # fmt: skip
