@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import socket
 import subprocess
 import zipfile
@@ -295,21 +296,24 @@ def test_c_store_from_storescu_matches_the_rest_upload(platform_settings: Settin
 # --- masks -----------------------------------------------------------------------------------------------
 
 
-def _seg(folder: Path, label: np.ndarray) -> bytes:
-    """A DICOM-SEG (highdicom) of ``label`` (x, y, z; values 1 and 2) on the series in ``folder``."""
+def _seg(folder: Path, label: np.ndarray, seg_type: str = "BINARY", *, slices: slice = slice(None), edit=None) -> bytes:
+    """A DICOM-SEG (highdicom) of ``label`` (x, y, z; values 1 and 2, or a boolean (x, y, z, segment)
+    stack) on the series in ``folder`` (its slices ``slices`` only); ``edit(seg)`` may change it."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    sources = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+    sources = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))][slices]
     descriptions = [hd.seg.SegmentDescription(
         segment_number=n, segment_label=name, segmented_property_category=codes.SCT.Tissue,
         segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
         for n, name in ((1, "hippocampus head"), (2, "hippocampus body"))]
-    pixels = np.stack([label[:, :, k].T for k in range(label.shape[2])]).astype(np.uint8)
-    seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+    pixels = np.ascontiguousarray(np.swapaxes(label, 0, 2)).astype(np.uint8)[slices]  # (slice, row, column[, segment])
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels, segmentation_type=seg_type,
                               segment_descriptions=descriptions, series_instance_uid=pydicom.uid.generate_uid(), series_number=99,
                               sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1, manufacturer="test",
                               manufacturer_model_name="test", software_versions="1", device_serial_number="1")
+    if edit is not None:
+        edit(seg)
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()
@@ -349,20 +353,71 @@ def _rtstruct(folder: Path, affine: np.ndarray, box: tuple[int, int, int, int], 
     return buffer.getvalue()
 
 
-def test_a_dicom_seg_becomes_the_label_map(client: TestClient, series, store: ObjectStore) -> None:
+def _slicer_style(seg) -> None:
+    """As dcmqi / 3D Slicer write them: aligned frames with no DerivationImageSequence."""
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        del item.DerivationImageSequence
+
+
+@pytest.mark.parametrize("form", ["BINARY", "FRACTIONAL", "LABELMAP", "slicer"])
+def test_a_dicom_seg_becomes_the_label_map(client: TestClient, series, store: ObjectStore, form: str) -> None:
+    """Each kind of DICOM-SEG, LABELMAP (its own SOP class) included, is the series' mask, not an image of its own."""
     from medsynth.io.nifti import canonicalise
 
     folder, image, affine = series
     label = np.zeros(image.shape, dtype=np.uint8)
     label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:5] = 1, 2
-    files = _files(folder) + [("file", ("seg.dcm", _seg(folder, label), "application/dicom"))]
+    pixels = np.stack([label == 1, label == 2], axis=-1) if form == "FRACTIONAL" else label
+    seg = _seg(folder, pixels, "BINARY" if form == "slicer" else form, edit=_slicer_style if form == "slicer" else None)
+    assert (pydicom.dcmread(io.BytesIO(seg)).SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7") == (form == "LABELMAP")
+    files = _files(folder) + [("file", ("seg.dcm", seg, "application/dicom"))]
     r = client.post("/v1/datasets/segmented/dicom", files=files)
     assert r.status_code == 201, r.text
-    (scan,) = r.json()["scans"]
+    (scan,) = r.json()["scans"]  # one scan: the SEG is not a series of its own
+    assert scan["dicom"]["instances"] == 6 and scan["dicom"]["modality"] != "SEG"
     assert scan["label_values"] == [0, 1, 2] and scan["label_names"] == {"1": "hippocampus head", "2": "hippocampus body"}
     expected = canonicalise(image, affine, label).label
     assert np.array_equal(_canonical(store, scan["label_key"]), expected)
     assert load_manifest(store, "segmented").scans[0].dicom.mask == "DICOM-SEG"
+
+
+def _two_series(seg) -> None:
+    from pydicom.dataset import Dataset
+
+    other = Dataset()
+    other.SeriesInstanceUID = pydicom.uid.generate_uid()
+    other.ReferencedInstanceSequence = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    seg.ReferencedSeriesSequence.append(other)
+
+
+@pytest.mark.parametrize("case", ["no-series", "two-series", "overlap", "some-slices"])
+def test_unusable_segs_are_refused_with_a_reason(client: TestClient, series, store: ObjectStore, case: str) -> None:
+    """A SEG whose series never arrives, one that references two series, overlapping segments (the
+    default rule refuses them) and a SEG of some slices (the others unlabeled): 422 naming the SEG and
+    the problem, nothing stored."""
+    folder, image, _ = series
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:5] = 1, 2
+    files = _files(folder)
+    if case == "no-series":
+        files, seg = [], _seg(folder, label)
+        match = r"seg\.dcm \(DICOM-SEG\) references series [0-9.]+, which is not here: send the images with their mask"
+    elif case == "two-series":
+        seg = _seg(folder, label, edit=_two_series)
+        match = r"seg\.dcm \(DICOM-SEG\) references 2 series .*send one SEG per series"
+    elif case == "overlap":
+        one, two = label == 1, label == 2
+        two[10:20, 8:12, 2:4] = True
+        seg = _seg(folder, np.stack([one, two], axis=-1))
+        match = r"seg\.dcm \(DICOM-SEG\): segments 1 \('hippocampus head'\) and 2 \('hippocampus body'\) overlap"
+    else:
+        seg = _seg(folder, label, slices=slice(1, 4))
+        match = r"seg\.dcm \(DICOM-SEG\) labels 3 of the 6 slices of its series; slices 0, 4–5 .* are unlabeled"
+    r = client.post("/v1/datasets/badseg/dicom", files=files + [("file", ("seg.dcm", seg, "application/dicom"))])
+    assert r.status_code == 422, r.text
+    assert re.search(match, r.json()["detail"]), r.json()["detail"]
+    assert "RuntimeError" not in r.json()["detail"] and "highdicom" not in r.json()["detail"]
+    assert not list(store.list("datasets/badseg/"))
 
 
 def test_an_rtstruct_is_rasterised_onto_the_series(client: TestClient, series, store: ObjectStore) -> None:

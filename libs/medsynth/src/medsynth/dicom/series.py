@@ -48,6 +48,7 @@ SPACING_RTOL = 0.05
 PIXEL_SPACING_ATOL = 1e-4
 NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "a DICOM-SEG (segmentation) object",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a LABELMAP DICOM-SEG (segmentation) object",
     "1.2.840.10008.5.1.4.1.1.481.3": "an RT Structure Set",
 }
 
