@@ -69,12 +69,24 @@ def test_every_segmentation_option_survives_the_command_typed() -> None:
 
     assert set(SegmentationCreate.model_fields) == set(jobs_pb2.TrainSegmenter.DESCRIPTOR.fields_by_name)
     body = SegmentationCreate(dataset="d", view_id="v", source="mixed", cohort_id="c", synthetic_ratio=0.3, synthetic_patients=7,
-                              augment=True, model="swin-unetr", steps=123, batch_size=5, seed=2**40)
+                              augment=True, model="swin-unetr", steps=123, batch_size=5, seed=2**40, early_stopping=True,
+                              val_every=7, patience=3, min_steps=50, min_delta=0.01)
     wire = jobs_pb2.TrainSegmenter.FromString(segmenter_message(body).SerializeToString())
     options = segmentation_options(wire)
     assert options == body.model_dump(mode="json", exclude={"dataset", "view_id", "cohort_id"})
     ratio_only = jobs_pb2.TrainSegmenter.FromString(segmenter_message(SegmentationCreate(dataset="d", view_id="v")).SerializeToString())
     assert "synthetic_patients" not in segmentation_options(ratio_only) and segmentation_options(ratio_only)["source"] == "real"
+    assert segmentation_options(ratio_only) == SegmentationCreate(dataset="d", view_id="v").model_dump(
+        mode="json", exclude={"dataset", "view_id", "cohort_id", "synthetic_patients"})  # unset val_every and patience stay unset
+
+
+def test_a_prepare_dataset_request_reaches_the_worker_field_by_field() -> None:
+    from medsynth.commands.requests import PrepareDatasetCreate
+    from medsynth.v1 import jobs_pb2
+
+    body_fields = set(PrepareDatasetCreate.model_fields) - {"version", "mode"}
+    assert body_fields <= set(jobs_pb2.PrepareDataset.DESCRIPTOR.fields_by_name)
+    assert "keep_empty_eval" in body_fields and PrepareDatasetCreate().keep_empty_eval is True
 
 
 def test_a_segmentation_command_without_its_typed_fields_fails_permanently_with_a_reason() -> None:

@@ -136,6 +136,16 @@ def test_a_cohort_of_a_generator_whose_entry_is_broken_fails_naming_the_field(tm
     assert list(store.list(f"cohorts/{ctx.job_id}/")) == []
 
 
+def test_views_of_both_formats_load_and_say_which_splits_keep_empty_slices(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for name, keeps_test in (("view-format1.json", False), ("view-format2.json", True)):
+        raw = _stored(name)
+        store.put_json(view_key(raw["dataset"], raw["view_id"]), raw)
+        view = load_view(store, raw["dataset"], raw["view_id"])
+        assert view.model_dump(mode="json") == raw, name  # read back and dumped as written
+        assert (view.spec.keeps_empty("test"), view.spec.keeps_empty("val"), view.spec.keeps_empty("train")) == (keeps_test, keeps_test, False)
+
+
 def test_the_stored_view_loads_typed_and_one_missing_a_split_names_it(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     raw = _stored("view-format1.json")

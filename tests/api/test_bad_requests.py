@@ -64,6 +64,30 @@ def test_numbers_past_their_fields_are_a_422(api: TestClient, path: str, body: d
     assert r.status_code == 422 and any(field in map(str, e["loc"]) for e in r.json()["detail"]), r.text
 
 
+SEG = {"dataset": "d", "view_id": "v"}
+STUDY = {"dataset": "d", "view_id": "v", "families": [{"generator": {"family": "joint-gan"}}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "says"),
+    [
+        ("/v1/segmentations", {**SEG, "early_stopping": True, "patience": 0}, "patience", "greater than or equal to 1"),
+        ("/v1/segmentations", {**SEG, "patience": 3}, "patience", "early stopping only"),
+        ("/v1/segmentations", {**SEG, "min_delta": 0.1}, "min_delta", "early stopping only"),
+        ("/v1/segmentations", {**SEG, "steps": 100, "early_stopping": True, "min_steps": 101}, "min_steps", "must not exceed steps"),
+        ("/v1/segmentations", {**SEG, "steps": 100, "val_every": 101}, "val_every", "must not exceed steps"),
+        ("/v1/segmentations", {**SEG, "early_stopping": True, "min_delta": 1.0}, "min_delta", "less than 1"),
+        ("/v1/studies", {**STUDY, "segmentation": {"steps": 100, "val_every": 101}}, "segmentation", "val_every"),
+        ("/v1/studies", {**STUDY, "segmentation": {"patience": 0}}, "patience", "greater than or equal to 1"),
+    ],
+)
+def test_bad_early_stopping_settings_are_a_422_naming_the_field(api: TestClient, path: str, body: dict, field: str, says: str) -> None:
+    r = api.post(path, json=body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["detail"]
+    assert any(field in map(str, e["loc"]) and says in e["msg"] for e in errors), r.text
+
+
 def test_a_huge_id_is_refused_without_being_echoed_back(api: TestClient) -> None:
     huge = "x" * 500_000
     r = api.post("/v1/cohorts", json={"generator_id": huge, "count": 4})

@@ -1,7 +1,8 @@
 """Small real-like splits for the segmentation tests: 2D axial slices of 32×32 phantoms.
 
 Each patient is one phantom (``make_phantom(seed, (32, 32, 8))``), intensity-normalised like a
-view (``datasets.views.normalise``); only slices with foreground are kept, as views do by default.
+view (``datasets.views.normalise``); only slices with foreground are kept, as views made without
+``keep_empty_eval`` did, unless ``keep_empty`` (every slice, as new views keep val and test patients).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ DEPTH = 8
 NUM_CLASSES = 3
 
 
-def phantom_split(seeds: range | list[int]) -> dict[str, np.ndarray]:
+def phantom_split(seeds: range | list[int], keep_empty: bool = False) -> dict[str, np.ndarray]:
     """A view-like split: ``images`` (N, 1, 32, 32), ``masks``, ``patients``, ``scans``, ``index``."""
     images, masks, patients, scans, index = [], [], [], [], []
     for seed in seeds:
         image, label, _ = make_phantom(seed, (SIZE, SIZE, DEPTH))
         image = normalise(image)
         for k in range(DEPTH):
-            if label[..., k].any():
+            if keep_empty or label[..., k].any():
                 images.append(image[..., k])
                 masks.append(label[..., k])
                 patients.append(f"phantom-{seed:03d}")

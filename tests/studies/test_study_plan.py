@@ -74,3 +74,51 @@ def test_a_grid_past_the_cap_is_refused_with_its_size() -> None:
 def test_bad_grids_are_refused(change: dict, named: str) -> None:
     with pytest.raises(ValidationError, match=named):
         StudyCreate.model_validate({**TWO_FAMILIES, **change})
+
+
+def test_every_arm_trains_by_the_same_early_stopping_rule() -> None:
+    """Real data only (the denominator of relative Dice) and every other arm stop at their own validation
+    plateau under one rule; each body is a valid segmentation request."""
+    from medsynth.commands.requests import SegmentationCreate
+
+    spec = StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": {"models": ["unet"], "steps": 4000, "batch_size": 8,
+                                                                         "patience": 4, "val_every": 50}})
+    segments = [n for n in expand(spec).values() if n.kind.value == "train-segmenter"]
+    rule = {"steps": 4000, "batch_size": 8, "early_stopping": True, "patience": 4, "val_every": 50, "min_steps": 0}
+    assert {n.labels["arm"] for n in segments} == {"real", "synthetic", "mixed 0.5"}
+    for node in segments:
+        assert {k: node.body.get(k) for k in rule} == rule, node.id
+        SegmentationCreate.model_validate({**node.body, **{k: "c" for k in node.deps}})
+    assert StudyCreate.model_validate({k: v for k, v in TWO_FAMILIES.items() if k != "segmentation"}).segmentation.early_stopping
+
+
+def test_a_fixed_step_study_asks_for_what_it_asked_before_early_stopping() -> None:
+    """early_stopping false: the bodies (hence the jobs' keys) are those of studies before early stopping."""
+    spec = StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": {**TWO_FAMILIES["segmentation"], "early_stopping": False}})
+    real = expand(spec)["segment/real/unet/aug0/s0"]
+    assert real.body == {"dataset": "demo", "view_id": "v1", "steps": 4, "batch_size": 8, "source": "real", "model": "unet",
+                         "augment": False, "seed": 0}
+
+
+@pytest.mark.parametrize("segmentation, named", [
+    ({"steps": 100, "val_every": 200}, "val_every"),
+    ({"steps": 100, "min_steps": 200}, "min_steps"),
+    ({"early_stopping": False, "patience": 3}, "early stopping only"),
+    ({"patience": 0}, "patience"),
+])
+def test_bad_segmentation_rules_are_refused(segmentation: dict, named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": segmentation})
+
+
+def test_a_study_recorded_before_early_stopping_keeps_its_jobs() -> None:
+    """A study record's spec is re-expanded as the study advances: one written before early stopping (no
+    segmentation.early_stopping) must keep fixed steps, its nodes' bodies and keys, not take the new default."""
+    before = {**TWO_FAMILIES, "segmentation": {"models": ["unet"], "steps": 4, "batch_size": 8}}  # as such records hold it
+    spec = StudyCreate.from_record(before)
+    assert spec.segmentation.early_stopping is False
+    fixed = StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": {**before["segmentation"], "early_stopping": False}})
+    assert node_keys(expand(spec)) == node_keys(expand(fixed))
+    assert "early_stopping" not in expand(spec)["segment/real/unet/aug0/s0"].body
+    recorded_now = StudyCreate.model_validate(before).model_dump(mode="json")  # a record written from now on has the key
+    assert StudyCreate.from_record(recorded_now).segmentation.early_stopping is True

@@ -66,6 +66,16 @@ def test_the_report_explains_shows_settings_and_warns(results: dict) -> None:
     assert "<grid>" not in html  # names are escaped
 
 
+def test_the_report_says_how_the_segmenters_stopped(results: dict) -> None:
+    """A study before early stopping trained every run for its steps; one with it names the rule and the cap."""
+    assert "300 steps each" in render_study_report(results)
+    early = {**results, "spec": {**results["spec"], "segmentation": {**results["spec"]["segmentation"], "early_stopping": True,
+                                                                      "patience": 4, "val_every": 25}}}
+    html = render_study_report(early)
+    assert "early-stopped at its validation plateau (4 checks without gain, checked every 25 steps), at most 300 steps" in html
+    assert "segmenters capped at 300 steps" in html
+
+
 def test_the_report_reads_results_written_before_the_exact_tests(results: dict) -> None:
     """results.json written before issue 22 (Wilcoxon on seed-averaged Dice, Friedman's chi2 p, Spearman's
     t-approximation) still renders: the numbers it has, and who decided then."""

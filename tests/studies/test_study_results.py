@@ -111,3 +111,17 @@ def test_the_report_shows_which_test_decides() -> None:
     for text in ("Wilcoxon p per seed", "Pooled p (seeds × patients)", "pooled two-level test", "df)", "exact permutation",
                  "decides", "Friedman χ² (approximation)", "Iman–Davenport F (2, 4 df)"):
         assert text in html, text
+
+
+def test_how_each_run_stopped_is_in_the_results_and_the_csv() -> None:
+    from medsynth.studies.results import results_csv
+
+    runs = _runs()
+    for k, entry in enumerate(runs[arm_id({"family": None, "arm": "real", "model": "unet", "augment": False})]):
+        entry["stopping"] = {"stopped_step": 1200 + 100 * k, "best_step": 700 + 100 * k, "stop_reason": "plateau"}
+    real = next(a for a in _results(runs)["arms"] if a["arm"] == "real")
+    assert [(s["stopped_step"], s["best_step"], s["stop_reason"]) for s in real["per_seed"]] == [
+        (1200, 700, "plateau"), (1300, 800, "plateau"), (1400, 900, "plateau")]
+    rows = results_csv(runs).splitlines()
+    assert rows[0].endswith(",stopped_step,best_step,stop_reason")
+    assert any(r.endswith(",1200,700,plateau") for r in rows) and any(r.endswith(",,,") for r in rows)  # runs without it: blank

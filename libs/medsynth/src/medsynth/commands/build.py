@@ -48,6 +48,7 @@ def prepare_dataset_command(dataset: str, body: PrepareDatasetCreate, store: Obj
         test_fraction=body.test_fraction,
         seed=body.seed,
         keep_empty=body.keep_empty,
+        keep_empty_eval=body.keep_empty_eval,
     )
 
 
@@ -117,6 +118,11 @@ def segmenter_message(body: SegmentationCreate) -> jobs_pb2.TrainSegmenter:
         steps=body.steps,
         batch_size=body.batch_size,
         seed=body.seed,
+        early_stopping=body.early_stopping,
+        val_every=body.val_every or 0,  # 0: the worker's default (medsynth.segmentation.config.default_val_every)
+        patience=body.patience or 0,  # 0: the default patience
+        min_steps=body.min_steps,
+        min_delta=body.min_delta,
     )
 
 

@@ -8,9 +8,9 @@ study runner take the same bodies.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from medsynth.generators.base import MAX_SEED, MaskSource, TrainingOptions
 from medsynth.generators.registry import AnyFamilyOptions, default_options
@@ -37,7 +37,10 @@ class PrepareDatasetCreate(BaseModel):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: Seed = 0
-    keep_empty: bool = Field(False, description="Keep slices/patches without any foreground label.")
+    keep_empty: bool = Field(False, description="Keep slices/patches without any foreground label, in every split.")
+    keep_empty_eval: bool = Field(
+        True, description="Keep them in the val and test splits whatever keep_empty says, so that segmenters are selected and "
+                          "tested on whole patients (a false positive on an empty slice counts). False: as keep_empty.")
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="1-64 letters, digits, '.', '_', '-'.")]
 
@@ -112,10 +115,36 @@ class SegmentationCreate(BaseModel):
     )
     augment: bool = False
     model: str = Field("unet", pattern="^(unet|swin-unetr)$")
-    steps: int = Field(600, ge=1, le=1_000_000)
+    steps: int = Field(600, ge=1, le=1_000_000, description="Optimiser steps; with early_stopping, the most it may take.")
     batch_size: int = Field(32, ge=1, le=1024)
     seed: Seed = 0
+    early_stopping: bool = Field(
+        False, description="Stop once the Dice on the real validation patients has not improved for `patience` checks "
+                           "(not before `min_steps`); the best-validation weights are tested either way. False: train all `steps`.")
+    val_every: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Steps between validation checks (and one after the last step). Default max(1, steps // 10); "
+                    "with early_stopping at most 100.")
+    patience: int | None = Field(None, ge=1, le=10_000,
+                                 description="Early stopping: validation checks without improvement before it stops (default 5).")
+    min_steps: int = Field(0, ge=0, le=1_000_000, description="Early stopping: never stop before this step.")
+    min_delta: float = Field(0.0, ge=0, lt=1, description="Early stopping: the validation Dice gain that counts as an improvement.")
 
+    @field_validator("val_every", "min_steps")
+    @classmethod
+    def _within_steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        steps = info.data.get("steps")
+        if value is not None and steps is not None and value > steps:
+            raise ValueError(f"{info.field_name} ({value}) must not exceed steps ({steps})")
+        return value
+
+    @field_validator("patience", "min_steps", "min_delta")
+    @classmethod
+    def _only_with_early_stopping(cls, value: Any, info: ValidationInfo) -> Any:
+        # validators run on the values a client sent, not on defaults; a default sent explicitly is fine
+        if value != cls.model_fields[info.field_name].default and not info.data.get("early_stopping", False):
+            raise ValueError(f"{info.field_name} applies to early stopping only: set early_stopping true")
+        return value
 
     @model_validator(mode="after")
     def _patients_only_when_mixed(self) -> SegmentationCreate:

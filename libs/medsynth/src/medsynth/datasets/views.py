@@ -5,7 +5,13 @@ Layout: ``datasets/<name>/views/<view_id>/view.json`` (:class:`ViewSummary`: spe
 and shards per split) and
 ``.../<split>/shard-<NNNNN>.npz`` with ``images`` (N, 1, *size) float32 in [0, 1], ``masks`` (N, *size)
 uint8, and per-item ``patients``, ``scans`` and ``index`` (slice or patch number). ``view_id`` is a
-hash of the source manifest version and the spec, so a redelivered job rewrites the same keys.
+hash of the source manifest version and the spec as stored, so a redelivered job rewrites the same keys.
+
+Which items a split keeps: every slice (patch) with foreground, and those without where
+``keep_empty`` says so, or, for the val and test splits, where ``keep_empty_eval`` does. With
+``keep_empty_eval`` the held-out patients are whole: segmenters are selected and tested on every slice
+of them, so a false positive on a slice without foreground counts against their Dice and the slices of
+a scan stack back into its volume (3D Dice and HD95, :mod:`medsynth.segmentation.evaluate`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medsynth.core.errors import InvalidInput, describe_invalid
 from medsynth.core.names import check_name
@@ -27,6 +33,7 @@ from medsynth.datasets.split import SPLITS, split_patients
 from medsynth.store import ObjectStore
 
 SHARD_ITEMS = 2048
+EVAL_SPLITS = ("val", "test")  # the splits keep_empty_eval keeps whole
 T = TypeVar("T")
 
 
@@ -45,8 +52,19 @@ class PerSplit(BaseModel, Generic[T]):
 
 
 class ViewSpec(BaseModel):
-    """How the view was cut (the prepare-dataset request, resolved); its hash with the manifest
-    version is the view id."""
+    """How the view was cut (the prepare-dataset request, resolved); its dump hashed with the manifest
+    version is the view id.
+
+    Fields added after the first format default to what views did before them and are left out of
+    the dump at that default, so a stored view reads back (and dumps) as it was written and a view cut
+    the old way keeps its id.
+
+    Attributes:
+        keep_empty: keep slices (patches) without foreground in every split.
+        keep_empty_eval: keep them in the val and test splits whatever ``keep_empty`` says (training
+            keeps ``keep_empty``'s choice). False in views made before it existed (they dropped empty
+            held-out slices too); the prepare-dataset request defaults it to True.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: Literal["slices2d", "patches3d"]
@@ -56,11 +74,16 @@ class ViewSpec(BaseModel):
     test_fraction: float
     seed: int
     keep_empty: bool
+    keep_empty_eval: bool = Field(False, exclude_if=lambda v: v is False)
+
+    def keeps_empty(self, split: str) -> bool:
+        """Whether ``split`` holds every slice (patch) of its patients' labelled scans."""
+        return self.keep_empty or (self.keep_empty_eval and split in EVAL_SPLITS)
 
 
 class ViewSummary(BaseModel):
-    """A view's ``view.json``. Read with :func:`load_view`; the format has not changed since views
-    were added, so every stored view is one of these."""
+    """A view's ``view.json``. Read with :func:`load_view`; every stored view is one of these (the
+    format has only gained ``spec.keep_empty_eval``, absent meaning False)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     view_id: str
@@ -148,18 +171,23 @@ def build_views(
     test_fraction: float,
     seed: int,
     keep_empty: bool,
+    keep_empty_eval: bool = False,
     load_scan: Callable[[ScanEntry], tuple[np.ndarray, np.ndarray | None]],
     progress: Callable[[float, str], None] = lambda f, m: None,
 ) -> str:
-    """Write the views of ``manifest`` and return the key of their ``view.json``."""
+    """Write the views of ``manifest`` and return the key of their ``view.json``.
+
+    ``keep_empty`` keeps slices (patches) without foreground in every split, ``keep_empty_eval`` in
+    the val and test splits (see :class:`ViewSpec`); unlabelled scans keep all of theirs."""
     if mode not in ("slices2d", "patches3d"):
         raise InvalidInput(f"mode must be 'slices2d' or 'patches3d', got {mode!r}.")
     if not 8 <= size <= 1024:
         raise InvalidInput(f"size must be between 8 and 1024 voxels, got {size}.")
     if not manifest.scans:
         raise InvalidInput(f"dataset {manifest.dataset!r} version {manifest.version} has no scans.")
-    spec = dict(mode=mode, size=size, axis=axis, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, keep_empty=keep_empty)
-    view_id = view_id_for(manifest, spec)
+    spec = ViewSpec(mode=mode, size=size, axis=axis, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                    keep_empty=keep_empty, keep_empty_eval=keep_empty_eval)
+    view_id = view_id_for(manifest, spec.model_dump(mode="json"))
     root = f"{dataset_prefix(manifest.dataset)}views/{view_id}/"
     assignment = split_patients(manifest.patients, val_fraction, test_fraction, seed)
 
@@ -171,9 +199,11 @@ def build_views(
         labelled = mask is not None
         image = normalise(image)
         mask = mask.astype(np.uint8) if labelled else np.zeros(image.shape, np.uint8)
-        views = patches_3d(image, mask, size, keep_empty or not labelled) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep_empty or not labelled)
+        split = assignment[scan.patient_id]
+        keep = spec.keeps_empty(split) or not labelled
+        views = patches_3d(image, mask, size, keep) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep)
         for index, img, msk in views:
-            items[assignment[scan.patient_id]].append((scan.patient_id, scan.scan_id, index, img, msk))
+            items[split].append((scan.patient_id, scan.scan_id, index, img, msk))
         progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
 
     shards = {split: _write_shards(store, f"{root}{split}/", items[split]) for split in SPLITS}
@@ -181,7 +211,7 @@ def build_views(
         view_id=view_id,
         dataset=manifest.dataset,
         dataset_version=manifest.version,
-        spec=ViewSpec(**spec),
+        spec=spec,
         normalisation=NORMALISATION,
         patients=PerSplit[list[str]](**{s: sorted(p for p, v in assignment.items() if v == s) for s in SPLITS}),
         counts=PerSplit[int](**{s: len(items[s]) for s in SPLITS}),

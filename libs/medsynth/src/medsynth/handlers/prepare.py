@@ -34,6 +34,7 @@ def prepare_dataset(spec: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[s
         test_fraction=spec.test_fraction,
         seed=spec.seed,
         keep_empty=spec.keep_empty,
+        keep_empty_eval=spec.keep_empty_eval,  # false in commands from before it: as views were then
         load_scan=load_scan,
         progress=ctx.progress,
     )

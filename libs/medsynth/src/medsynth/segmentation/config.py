@@ -11,6 +11,16 @@ from medsynth.core.errors import InvalidInput
 SOURCES = ("real", "synthetic", "mixed")
 MODELS = ("unet", "swin-unetr")
 SWIN_DIVISOR = 32  # SwinUNETR: patch size 2, then four 2× patch mergings
+DEFAULT_PATIENCE = 5  # validation checks without improvement before early stopping
+EARLY_STOPPING_MAX_VAL_EVERY = 100  # default check interval of early-stopping runs is at most this
+
+
+def default_val_every(steps: int, early_stopping: bool) -> int:
+    """Steps between validation checks when a request leaves it out: ``max(1, steps // 10)`` (ten
+    checks per run, as runs always had); with early stopping at most 100, so that a generous
+    ``steps`` cap does not make the patience window (``patience × val_every`` steps) huge."""
+    every = max(1, steps // 10)
+    return min(every, EARLY_STOPPING_MAX_VAL_EVERY) if early_stopping else every
 
 
 @dataclass(frozen=True)
@@ -30,11 +40,17 @@ class SegmentationSpec:
             jitter; see :mod:`medsynth.segmentation.augment`).
         model: ``"unet"`` (MONAI 2D UNet) or ``"swin-unetr"`` (MONAI SwinUNETR, ``spatial_dims=2``;
             needs an image size divisible by 32, at least 64, and the ``einops`` package).
-        steps: optimiser steps.
+        steps: optimiser steps; with ``early_stopping``, the most the run may take (the cap).
         batch_size: training batch size.
         lr: Adam learning rate.
         seed: seeds weight initialisation, batch sampling and augmentation.
         val_every: evaluate on the real validation split every this many steps (and at the end).
+        early_stopping: stop at a validation plateau: once ``patience`` checks in a row have not
+            beaten the best validation Dice so far by more than ``min_delta``, and the step is at
+            least ``min_steps``. The best-validation weights are kept either way.
+        patience: validation checks without improvement before stopping (at least 1).
+        min_steps: no early stop before this step (at most ``steps``).
+        min_delta: the gain in validation Dice that counts as an improvement (in [0, 1)).
         num_classes: mask classes including background.
         channels: UNet widths per level; strides are 2 between levels, so the image size must be
             divisible by ``2 ** (len(channels) - 1)``.
@@ -51,6 +67,10 @@ class SegmentationSpec:
     lr: float = 1e-3
     seed: int = 0
     val_every: int = 100
+    early_stopping: bool = False
+    patience: int = DEFAULT_PATIENCE
+    min_steps: int = 0
+    min_delta: float = 0.0
     num_classes: int = 3
     channels: tuple[int, ...] = (16, 32, 64, 128)
     swin_feature_size: int = 24
@@ -75,6 +95,13 @@ class SegmentationSpec:
             raise InvalidInput(f"lr must be positive, got {self.lr}.")
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("val_every", self.val_every, 1, 10_000_000)
+        if not isinstance(self.early_stopping, bool):
+            raise InvalidInput(f"early_stopping must be a bool, got {self.early_stopping!r}.")
+        _check_int("patience", self.patience, 1, 10_000_000)
+        _check_int("min_steps", self.min_steps, 0, self.steps)
+        _check_number("min_delta", self.min_delta, 0.0, 1.0)
+        if self.min_delta >= 1.0:
+            raise InvalidInput(f"min_delta must be below 1 (Dice gains are at most 1), got {self.min_delta}.")
         _check_int("num_classes", self.num_classes, 2, 64)
         self._check_architecture()
         if self.source == "mixed" and self.batch_size < 2:

@@ -1,25 +1,46 @@
 """Prediction and evaluation of a trained segmenter on real held-out patients.
 
 Metrics are per CASE, a case being one patient: the patient's slices are stacked, ordered by
-``(scan, index)``, into a ``(n_slices, S, S)`` array, and
+``(scan, index)``, into a ``(n_slices, S, S)`` array. Which slices there are is the view's choice:
+views made with ``keep_empty_eval`` (the default of new prepare-dataset requests) hold every slice of
+a test patient, with or without foreground, so a prediction of foreground on a slice without any
+counts against the case; older views dropped slices without foreground, and a false positive there
+went unseen. ``empty_slices`` and ``false_positive_slices`` (per case and in total) say how many
+slices had no target foreground and on how many of them the model predicted some.
 
 * Dice per foreground class is ``metrics.segmentation.dice_per_class`` on the stacked arrays, i.e.
-  volumetric Dice over the patient's slices (NaN where the class is absent from both);
+  3D (volumetric) Dice over all the patient's voxels. Conventions (MONAI's ``compute_dice`` with
+  ``ignore_empty=False`` except for the first):
+
+  - class absent from prediction and target: NaN (not 1.0 as in MONAI): the case says nothing about
+    the class, and means over classes and cases leave it out;
+  - class predicted but absent from the target: 0 (every predicted voxel is a false positive);
+  - class in the target but not predicted: 0.
+
+  ``mean_dice`` is the mean over the case's classes with a Dice (None if it has none).
 * HD95 per foreground class is computed in one of two ways, chosen by ``slice_spacing``:
 
   - ``None`` (default): per SLICE, in-plane, with that slice's (row, col) pixel spacing, then
-    averaged over the patient's slices where it is defined (``hd95`` gives NaN when a slice's
-    prediction or target of that class is empty; a case with no defined slice gets NaN).
-    This makes no assumption about the geometry between slices, which a view does not preserve:
-    views drop slices without foreground by default, resize each slice on its own, and a patient
-    may have several scans.
-  - a number: on the stacked 3D arrays with spacing ``(slice_spacing, row, col)``, for views whose
-    slices are known to be contiguous (one scan per patient, empty slices kept); a case's slices
-    must then share one in-plane spacing.
+    averaged over the patient's slices where it is defined. No assumption about the geometry between
+    slices: for views that drop empty slices (their slices are not a volume) or whose slice spacing
+    is unknown.
+  - a number, or one per item: in 3D, per SCAN: the scan's slices, which must be contiguous (one
+    index after another: every slice of the scan, as ``keep_empty_eval`` views hold them), stacked
+    with spacing ``(slice_spacing, row, col)`` (a scan must have one in-plane spacing); a scan of one
+    slice (a 2D scan; NaN slice spacing marks one) gets the in-plane 2D distance. The case's HD95 is
+    the mean over its scans where it is defined (one scan per patient: the scan's 3D HD95).
+
+  HD95 is MONAI's ``compute_hausdorff_distance(percentile=95, spacing=...)``
+  (:func:`medsynth.metrics.segmentation.hd95`) and, as there, undefined (NaN, reported as None) when
+  the prediction or the target of the class is empty. Each undefined value is explained in
+  ``hd95_undefined``: ``"absent"`` (neither has the class), ``"false positive"`` (predicted, not in
+  the target: Dice is 0), ``"missed"`` (in the target, not predicted: Dice is 0), or ``"no slice with
+  both"`` / ``"no scan with both"`` (both have it, never in the same slice or scan). Read HD95 with
+  these counts: a mean over the defined cases leaves out exactly the failures Dice scores as 0.
 
 The unit of HD95 is the unit of ``spacing``, recorded as ``hd95_unit``: ``"mm"`` when the caller
 passes the physical pixel spacing of each item (:mod:`medsynth.segmentation.spacing` derives it
-from the view and the dataset manifest), ``"px"`` (view pixels) by default.
+from the view and the dataset manifest, and the slice spacing too), ``"px"`` (view pixels) by default.
 
 Summaries (mean and percentile-bootstrap CI) come from ``metrics.segmentation.summarise`` over the
 cases where a value is defined (it drops NaN; ``n`` says how many). In the returned dict NaN becomes ``None``, so
@@ -96,7 +117,7 @@ def evaluate_segmenter(
     spacing: Sequence[float] | np.ndarray = (1.0, 1.0),
     *,
     spacing_unit: str = "px",
-    slice_spacing: float | None = None,
+    slice_spacing: float | Sequence[float] | np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -105,84 +126,175 @@ def evaluate_segmenter(
     Args:
         model: the trained network.
         real_test: a view split with ``images``, ``masks``, ``patients`` (``scans``, ``index``
-            optional, used to order a patient's slices).
+            optional, used to order a patient's slices; 3D HD95 needs them).
         num_classes: mask classes including background.
         spacing: in-plane (row, col) pixel spacing for HD95: one pair for all items, or an
             ``(N, 2)`` array with one pair per item of ``real_test``.
         spacing_unit: the unit of ``spacing`` (``"mm"`` or ``"px"``), recorded as ``hd95_unit``.
-        slice_spacing: ``None`` for per-slice HD95, or the spacing between stacked slices for 3D HD95.
+        slice_spacing: ``None`` for per-slice HD95; for 3D HD95 per scan, the spacing between the
+            stacked slices: one number, or one per item (NaN for the slice of a 2D scan).
         n_boot: bootstrap resamples for the confidence intervals.
         seed: bootstrap seed.
 
     Returns:
-        ``{"per_case": [{"patient", "n_slices", "pixel_spacing", "dice": {cls: v}, "hd95": {cls: v},
-        "mean_dice"}], "dice": {cls: summary}, "hd95": {cls: summary}, "mean_dice": summary,
-        "n_cases", "hd95_mode", "hd95_unit"}`` where ``cls`` is the class label as a string and a summary is
-        ``{"mean", "ci_low", "ci_high", "n", "ci_level", "n_boot"}`` (from ``summarise``);
-        ``mean_dice`` summarises each case's mean foreground Dice; ``pixel_spacing`` lists the
-        distinct (row, col) spacings of the case's slices.
+        ``{"per_case": [{"patient", "n_slices", "empty_slices", "false_positive_slices",
+        "pixel_spacing", "slice_spacing", "dice": {cls: v}, "hd95": {cls: v}, "hd95_undefined":
+        {cls: reason}, "mean_dice"}], "dice": {cls: summary}, "hd95": {cls: summary}, "mean_dice":
+        summary, "hd95_undefined": {cls: {reason: count}}, "n_cases", "n_slices", "empty_slices",
+        "false_positive_slices", "hd95_mode", "hd95_unit"}`` where ``cls`` is the class label as a
+        string and a summary is ``{"mean", "ci_low", "ci_high", "n", "ci_level", "n_boot"}`` (from
+        ``summarise``); ``mean_dice`` summarises each case's mean foreground Dice; ``pixel_spacing``
+        lists the distinct (row, col) spacings of the case's slices, ``slice_spacing`` the distinct
+        slice spacings (3D mode; ``[]`` per slice); ``hd95_undefined`` holds the classes whose HD95
+        is None, with why.
     """
     from medsynth.metrics.segmentation import summarise
 
     pairs = as_pairs(real_test, "real_test", num_classes)
-    item_spacing = _check_spacing(spacing, slice_spacing, len(pairs))
+    item_spacing = _check_spacing(spacing, len(pairs))
+    item_slice = _check_slice_spacing(slice_spacing, len(pairs))
     if spacing_unit not in ("mm", "px"):
         raise InvalidInput(f"spacing_unit must be 'mm' or 'px', got {spacing_unit!r}.")
     if "patients" not in real_test:
         raise InvalidInput("real_test needs 'patients' to group slices into cases.")
-    cases = group_cases(real_test["patients"], real_test.get("scans"), real_test.get("index"))
+    n = len(pairs)
+    scans = np.asarray(real_test["scans"]).astype(str) if "scans" in real_test else np.full(n, "")
+    index = np.asarray(real_test["index"]).astype(np.int64) if "index" in real_test else None
+    if item_slice is not None and index is None:
+        raise InvalidInput("3D HD95 needs each item's slice number ('index') to stack a scan's slices.")
+    cases = group_cases(real_test["patients"], scans, index)
     pred, target = predict(model, pairs.images).numpy(), pairs.masks.numpy()
-    per_case = [_case_metrics(pid, pred[idx], target[idx], num_classes, item_spacing[idx], slice_spacing) for pid, idx in cases.items()]
+    geometry = _Geometry(scans, index, item_spacing, item_slice)
+    per_case = [_case_metrics(pid, idx, pred, target, num_classes, geometry) for pid, idx in cases.items()]
     classes = [str(c) for c in range(1, num_classes)]
 
     def summary(values: list[float | None]) -> dict[str, Any]:
         x = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
         return _jsonable(summarise(x, n_boot=n_boot, seed=seed))  # summarise drops NaN
 
+    undefined: dict[str, dict[str, int]] = {c: {} for c in classes}
+    for case in per_case:
+        for c, reason in case["hd95_undefined"].items():
+            undefined[c][reason] = undefined[c].get(reason, 0) + 1
     result = {
         "per_case": per_case,
         "dice": {c: summary([case["dice"][c] for case in per_case]) for c in classes},
         "hd95": {c: summary([case["hd95"][c] for case in per_case]) for c in classes},
         "mean_dice": summary([case["mean_dice"] for case in per_case]),
+        "hd95_undefined": undefined,
         "n_cases": len(per_case),
-        "hd95_mode": "per-slice" if slice_spacing is None else "3d-stack",
+        "n_slices": n,
+        "empty_slices": sum(case["empty_slices"] for case in per_case),
+        "false_positive_slices": sum(case["false_positive_slices"] for case in per_case),
+        "hd95_mode": "per-slice" if item_slice is None else "3d-stack",
         "hd95_unit": spacing_unit,
     }
-    log.info("evaluated %d cases: mean foreground Dice %s", len(per_case), result["mean_dice"]["mean"])
+    log.info("evaluated %d cases (%d slices, %d without foreground): mean foreground Dice %s",
+             len(per_case), n, result["empty_slices"], result["mean_dice"]["mean"])
     return result
 
 
-def _case_metrics(patient: str, pred: np.ndarray, target: np.ndarray, num_classes: int, spacing: np.ndarray, slice_spacing: float | None) -> dict[str, Any]:
+class _Geometry:
+    """Per item: scan id, slice number, (row, col) spacing and slice spacing (``None``: per-slice HD95)."""
+
+    def __init__(self, scans: np.ndarray, index: np.ndarray | None, spacing: np.ndarray, slice_spacing: np.ndarray | None) -> None:
+        self.scans, self.index, self.spacing, self.slice_spacing = scans, index, spacing, slice_spacing
+
+
+def _case_metrics(patient: str, idx: np.ndarray, pred_all: np.ndarray, target_all: np.ndarray, num_classes: int,
+                  geo: _Geometry) -> dict[str, Any]:
+    """One case's metrics; ``idx``: its items in ``(scan, index)`` order."""
     from medsynth.metrics.segmentation import dice_per_class
 
+    pred, target = pred_all[idx], target_all[idx]
     dice = np.asarray(dice_per_class(pred, target, num_classes), dtype=np.float64)
-    distinct = np.unique(spacing, axis=0)
-    if slice_spacing is not None and len(distinct) > 1:
-        raise InvalidInput(f"3D HD95 needs one in-plane spacing per case; patient {patient} has {distinct.tolist()}.")
-    hd = [_case_hd95(pred == c, target == c, spacing, slice_spacing) for c in range(1, num_classes)]
+    if geo.slice_spacing is None:
+        hd = [_per_slice_hd95(pred == c, target == c, geo.spacing[idx]) for c in range(1, num_classes)]
+        slice_spacings: list[float] = []
+    else:
+        scans = _scan_volumes(patient, idx, geo)
+        hd = [_per_scan_hd95(pred == c, target == c, scans) for c in range(1, num_classes)]
+        slice_spacings = sorted({sp for _, sp, _ in scans if math.isfinite(sp)})
+    empty = ~target.reshape(len(target), -1).any(axis=1)
     mean = float(np.nanmean(dice)) if np.isfinite(dice).any() else math.nan
+    undefined = {}
+    for c, value in zip(range(1, num_classes), hd):
+        if not math.isfinite(value):
+            undefined[str(c)] = _why_undefined(bool((pred == c).any()), bool((target == c).any()), geo.slice_spacing is None)
     return {
         "patient": patient,
         "n_slices": int(len(pred)),
-        "pixel_spacing": distinct.tolist(),
+        "empty_slices": int(empty.sum()),
+        "false_positive_slices": int((empty & pred.reshape(len(pred), -1).any(axis=1)).sum()),
+        "pixel_spacing": np.unique(geo.spacing[idx], axis=0).tolist(),
+        "slice_spacing": slice_spacings,
         "dice": {str(c): _finite_or_none(v) for c, v in zip(range(1, num_classes), dice)},
         "hd95": {str(c): _finite_or_none(v) for c, v in zip(range(1, num_classes), hd)},
+        "hd95_undefined": undefined,
         "mean_dice": _finite_or_none(mean),
     }
 
 
-def _case_hd95(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray, slice_spacing: float | None) -> float:
-    """``spacing`` is (n_slices, 2): the (row, col) spacing of each slice."""
+def _why_undefined(predicted: bool, present: bool, per_slice: bool) -> str:
+    if not predicted and not present:
+        return "absent"
+    if not present:
+        return "false positive"
+    if not predicted:
+        return "missed"
+    return "no slice with both" if per_slice else "no scan with both"
+
+
+def _per_slice_hd95(pred: np.ndarray, target: np.ndarray, spacing: np.ndarray) -> float:
+    """Mean of the in-plane HD95 of each slice where it is defined; ``spacing`` is (n_slices, 2)."""
     from medsynth.metrics.segmentation import hd95
 
-    if slice_spacing is not None:
-        return float(hd95(pred, target, (slice_spacing, *spacing[0])))
-    values = [float(hd95(p, t, sp)) for p, t, sp in zip(pred, target, spacing) if p.any() or t.any()]
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    values = [float(hd95(p, t, sp)) for p, t, sp in zip(pred, target, spacing) if p.any() and t.any()]
+    return float(np.mean(values)) if values else math.nan
 
 
-def _check_spacing(spacing: Any, slice_spacing: float | None, n: int) -> np.ndarray:
+def _scan_volumes(patient: str, idx: np.ndarray, geo: _Geometry) -> list[tuple[np.ndarray, float, tuple[float, float]]]:
+    """The case's scans as ``(positions in idx, in slice order; slice spacing; (row, col) spacing)``,
+    checked to be whole stacks: contiguous slice numbers, one in-plane and one slice spacing."""
+    out = []
+    scans = geo.scans[idx]
+    for scan in dict.fromkeys(scans.tolist()):  # group_cases orders by scan, then index
+        positions = np.flatnonzero(scans == scan)
+        items = idx[positions]
+        numbers = geo.index[items]
+        if len(items) > 1 and not (np.diff(numbers) == 1).all():
+            raise InvalidInput(f"3D HD95 needs every slice of a scan; patient {patient} scan {scan!r} has slices "
+                               f"{_some(numbers)} (a view that drops empty slices needs per-slice HD95).")
+        inplane = np.unique(geo.spacing[items], axis=0)
+        if len(inplane) > 1:
+            raise InvalidInput(f"3D HD95 needs one in-plane spacing per case and scan; patient {patient} scan {scan!r} has {inplane.tolist()}.")
+        across = np.unique(geo.slice_spacing[items])
+        if len(across) > 1 or (len(items) > 1 and not np.isfinite(across).all()):
+            raise InvalidInput(f"3D HD95 needs one positive slice spacing per scan; patient {patient} scan {scan!r} has {across.tolist()}.")
+        out.append((positions, float(across[0]), (float(inplane[0][0]), float(inplane[0][1]))))
+    return out
+
+
+def _per_scan_hd95(pred: np.ndarray, target: np.ndarray, scans: list[tuple[np.ndarray, float, tuple[float, float]]]) -> float:
+    """Mean over the scans where it is defined of each scan's 3D HD95 (2D for a one-slice scan);
+    ``pred`` and ``target`` are the case's binary masks of one class."""
+    from medsynth.metrics.segmentation import hd95
+
+    values = []
+    for positions, across, inplane in scans:
+        p, t = pred[positions], target[positions]
+        if not (p.any() and t.any()):
+            continue
+        values.append(float(hd95(p[0], t[0], inplane)) if len(positions) == 1 else float(hd95(p, t, (across, *inplane))))
+    return float(np.mean(values)) if values else math.nan
+
+
+def _some(numbers: np.ndarray) -> str:
+    shown = numbers[:12].tolist()
+    return f"{shown}{' …' if len(numbers) > 12 else ''}"
+
+
+def _check_spacing(spacing: Any, n: int) -> np.ndarray:
     """One (row, col) spacing per item: ``(n, 2)`` float64."""
     try:
         values = np.asarray(spacing, dtype=np.float64)
@@ -193,8 +305,23 @@ def _check_spacing(spacing: Any, slice_spacing: float | None, n: int) -> np.ndar
     if values.shape != (n, 2) or not (np.isfinite(values).all() and (values > 0).all()):
         shown = tuple(values.ravel()) if values.size <= 4 else f"an array of shape {values.shape}"
         raise InvalidInput(f"spacing must be two positive in-plane values (row, col) or an ({n}, 2) array of them, got {shown!r}.")
-    if slice_spacing is not None and not (math.isfinite(slice_spacing) and slice_spacing > 0):
-        raise InvalidInput(f"slice_spacing must be positive or None, got {slice_spacing!r}.")
+    return values
+
+
+def _check_slice_spacing(slice_spacing: Any, n: int) -> np.ndarray | None:
+    """``None``, or one slice spacing per item: ``(n,)`` float64, positive or NaN (a 2D scan's slice)."""
+    if slice_spacing is None:
+        return None
+    try:
+        values = np.asarray(slice_spacing, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"slice_spacing must be positive, one value per item, or None, got {slice_spacing!r}.") from exc
+    if values.ndim == 0:
+        if not (math.isfinite(values) and values > 0):
+            raise InvalidInput(f"slice_spacing must be positive or None, got {slice_spacing!r}.")
+        return np.full(n, float(values))
+    if values.shape != (n,) or (values[~np.isnan(values)] <= 0).any() or np.isinf(values).any():
+        raise InvalidInput(f"slice_spacing per item must be an ({n},) array of positive values (NaN for a 2D scan's slice).")
     return values
 
 
@@ -213,4 +340,3 @@ def _jsonable(summary: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-

@@ -4,7 +4,10 @@ Format version 1::
 
     {"format_version": 1, "spec": SegmentationSpec.to_dict(), "state_dict": {name: tensor},
      "best_step": int, "curves": {"train_loss": [...], "val_step": [...], "val_dice": [...]},
-     "best_val_dice": float, "image_size": int}
+     "best_val_dice": float, "image_size": int, "stopped_step": int, "stop_reason": str}
+
+(the last two since early stopping; files without them load with ``stopped_step`` 0 and
+``stop_reason`` ``"cap"``).
 
 Only plain containers, numbers, strings and tensors are stored, so loading uses
 ``torch.load(weights_only=True)`` (no arbitrary unpickling).
@@ -40,6 +43,8 @@ class LoadedSegmenter:
     curves: dict[str, list] = field(default_factory=dict)
     best_val_dice: float = math.nan
     image_size: int = 0
+    stopped_step: int = 0
+    stop_reason: str = "cap"
 
 
 def save_segmenter(result: SegmentationResult) -> bytes:
@@ -52,6 +57,8 @@ def save_segmenter(result: SegmentationResult) -> bytes:
         "curves": result.curves,
         "best_val_dice": float(result.best_val_dice),
         "image_size": int(result.image_size),
+        "stopped_step": int(result.stopped_step),
+        "stop_reason": str(result.stop_reason),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -86,6 +93,8 @@ def load_segmenter(data: bytes) -> LoadedSegmenter:
         curves=payload["curves"],
         best_val_dice=float(payload.get("best_val_dice", math.nan)),
         image_size=int(payload.get("image_size", 0)),
+        stopped_step=int(payload.get("stopped_step", 0)),
+        stop_reason=str(payload.get("stop_reason", "cap")),
     )
 
 

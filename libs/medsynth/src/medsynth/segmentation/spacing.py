@@ -12,6 +12,10 @@ where the row and column axes are the volume's axes other than ``axis``, in orde
 is the scan's canonical voxel size in the dataset manifest (``ScanEntry.spacing``, mm). Anisotropic
 voxels stay anisotropic: the view keeps the pixel aspect ratio, not the physical one.
 
+Consecutive slices of a scan lie ``spacing[axis]`` mm apart (the slicing does not resample along
+``axis``): :func:`view_slice_spacing` gives that distance per item, for 3D HD95 on the stacked
+slices of views that keep every slice of a held-out scan (``ViewSpec.keep_empty_eval``).
+
 Views do not record per-item spacing; it is derived here from the manifest version the view was
 built from. When that cannot be done (a 3D-patch view, a view record without its spec, scans missing
 from the manifest), :func:`view_pixel_spacing` returns ``None`` and distances stay in view pixels,
@@ -57,6 +61,42 @@ def slice_pixel_spacing(shape: Sequence[int], spacing: Sequence[float], axis: in
     return sp[rows] * side / size, sp[cols] * side / size
 
 
+def _entry(scans: Mapping[str, Any], scan_id: str) -> tuple[Any, Any] | None:
+    entry = scans.get(scan_id)
+    if entry is None:
+        return None
+    return tuple(entry[k] if isinstance(entry, Mapping) else getattr(entry, k) for k in ("shape", "spacing"))  # type: ignore[return-value]
+
+
+def view_slice_spacing(view: Mapping[str, Any], scans: Mapping[str, Any], item_scans: Sequence[str]) -> np.ndarray | None:
+    """Per-item distance in mm between a ``slices2d`` view item and the next slice of its scan.
+
+    Args: as :func:`view_pixel_spacing`.
+
+    Returns:
+        ``(N,)`` float64: the scan's voxel spacing along the view's axis, NaN for the slice of a 2D
+        scan (no axis between slices); ``None`` when :func:`view_pixel_spacing` would be ``None``.
+    """
+    spec = view.get("spec") or {}
+    if spec.get("mode") != "slices2d" or "axis" not in spec:
+        return None
+    cache: dict[str, float] = {}
+    out = np.empty(len(item_scans), dtype=np.float64)
+    for i, scan_id in enumerate(np.asarray(item_scans).astype(str)):
+        if scan_id not in cache:
+            entry = _entry(scans, scan_id)
+            if entry is None:
+                return None
+            shape, spacing = entry
+            if len(shape) == 2:
+                cache[scan_id] = float("nan")
+            else:
+                slice_pixel_spacing(shape, spacing, int(spec["axis"]), 1)  # checks shape, spacing and axis
+                cache[scan_id] = float(spacing[int(spec["axis"]) % 3])
+        out[i] = cache[scan_id]
+    return out
+
+
 def view_pixel_spacing(view: Mapping[str, Any], scans: Mapping[str, Any], item_scans: Sequence[str]) -> np.ndarray | None:
     """Per-item (row, col) pixel spacing in mm of a ``slices2d`` view's items, or ``None``.
 
@@ -76,10 +116,10 @@ def view_pixel_spacing(view: Mapping[str, Any], scans: Mapping[str, Any], item_s
     out = np.empty((len(item_scans), 2), dtype=np.float64)
     for i, scan_id in enumerate(np.asarray(item_scans).astype(str)):
         if scan_id not in cache:
-            entry = scans.get(scan_id)
+            entry = _entry(scans, scan_id)
             if entry is None:
                 return None
-            shape, spacing = (entry[k] if isinstance(entry, Mapping) else getattr(entry, k) for k in ("shape", "spacing"))
+            shape, spacing = entry
             cache[scan_id] = slice_pixel_spacing(shape, spacing, int(spec["axis"]), int(spec["size"]))
         out[i] = cache[scan_id]
     return out

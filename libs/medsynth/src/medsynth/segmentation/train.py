@@ -4,8 +4,13 @@ patients.
 Loss: ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)``; optimiser: Adam. Every
 ``val_every`` steps (and after the last step) the model predicts the whole real validation split
 and is scored by :func:`~medsynth.segmentation.evaluate.pooled_dice` (mean foreground Dice with
-counts pooled over the split); the best-scoring weights (earliest on ties) are kept and loaded into
-the returned model.
+counts pooled over the split, empty slices included where the view keeps them, so false positives
+there count); the best-scoring weights (earliest on ties) are kept and loaded into the returned model.
+
+Stopping: after ``spec.steps`` (``stop_reason`` ``"cap"``), or, with ``spec.early_stopping``, at a
+validation plateau (``"plateau"``): :class:`EarlyStopping` — ``patience`` checks in a row that do not
+beat the best Dice so far by more than ``min_delta``, at a step of at least ``min_steps``. The run
+then stops at that check; the weights tested are still the best-validation ones.
 
 Determinism: weight initialisation, batch order and augmentation all derive from ``spec.seed`` (the
 global torch RNG is forked, so callers' RNG state is untouched). On one machine with the same
@@ -33,7 +38,7 @@ from medsynth.segmentation.data import BatchSampler, Pairs, as_pairs, batch_coun
 from medsynth.segmentation.evaluate import evaluate_segmenter, pooled_dice, predict
 from medsynth.segmentation.models import build_model, check_image_size, encoder
 
-__all__ = ["SegmentationResult", "train_segmenter", "evaluate_segmenter", "encoder"]
+__all__ = ["EarlyStopping", "SegmentationResult", "train_segmenter", "evaluate_segmenter", "encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class SegmentationResult:
         curves: ``{"train_loss": [loss per step], "val_step": [...], "val_dice": [...]}``.
         image_size: the side of the square training images.
         seconds: wall-clock training time.
+        stopped_step: the last step trained (``spec.steps`` unless early stopping ended the run).
+        stop_reason: ``"plateau"`` (early stopping) or ``"cap"`` (all ``spec.steps`` were trained).
     """
 
     spec: SegmentationSpec
@@ -63,6 +70,8 @@ class SegmentationResult:
     curves: dict[str, list] = field(default_factory=dict)
     image_size: int = 0
     seconds: float = 0.0
+    stopped_step: int = 0
+    stop_reason: str = "cap"
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description without the weights."""
@@ -72,6 +81,8 @@ class SegmentationResult:
             "best_val_dice": self.best_val_dice,
             "image_size": self.image_size,
             "seconds": self.seconds,
+            "stopped_step": self.stopped_step,
+            "stop_reason": self.stop_reason,
             "curves": self.curves,
         }
 
@@ -107,12 +118,14 @@ def train_segmenter(
         torch.manual_seed(spec.seed)
         model = build_model(spec)
         outcome = _fit(spec, model, train_real, train_syn, val, on_progress or (lambda f, m: None))
-    best_state, best_step, best_dice, curves = outcome
+    best_state, best_step, best_dice, curves, stop_reason = outcome
     model.load_state_dict(best_state)
     model.eval()
     seconds = time.monotonic() - started
-    log.info("trained %s on %s for %d steps in %.1fs: best real-val Dice %.4f at step %d", spec.model, spec.source, spec.steps, seconds, best_dice, best_step)
-    return SegmentationResult(spec, model, best_state, best_step, best_dice, curves, val.size, seconds)
+    stopped = len(curves["train_loss"])
+    log.info("trained %s on %s for %d of %d steps (%s) in %.1fs: best real-val Dice %.4f at step %d",
+             spec.model, spec.source, stopped, spec.steps, stop_reason, seconds, best_dice, best_step)
+    return SegmentationResult(spec, model, best_state, best_step, best_dice, curves, val.size, seconds, stopped, stop_reason)
 
 
 def _prepare_data(spec: SegmentationSpec, real_train: Any, real_val: Any, synthetic: Any) -> tuple[Pairs | None, Pairs | None, Pairs]:
@@ -136,14 +149,38 @@ def _prepare_data(spec: SegmentationSpec, real_train: Any, real_val: Any, synthe
     return train_real, train_syn, val
 
 
-def _fit(spec: SegmentationSpec, model: nn.Module, real: Pairs | None, syn: Pairs | None, val: Pairs, progress: Progress) -> tuple[dict, int, float, dict]:
-    """The training loop; returns ``(best state, best step, best val Dice, curves)``."""
+class EarlyStopping:
+    """The plateau rule: ``update(step, dice)`` after each validation check says whether to stop.
+
+    A check improves when its Dice beats the best so far by more than ``min_delta`` (the first
+    check always does); the run stops once ``patience`` checks in a row have not, at a step of at
+    least ``min_steps``. ``wait`` counts the checks since the last improvement.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, min_steps: int = 0) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise InvalidInput(f"patience must be an integer of at least 1, got {patience!r}.")
+        self.patience, self.min_delta, self.min_steps = patience, min_delta, min_steps
+        self.best, self.wait = -math.inf, 0
+
+    def update(self, step: int, dice: float) -> bool:
+        if dice > self.best + self.min_delta:
+            self.best, self.wait = dice, 0
+        else:
+            self.wait += 1
+        return self.wait >= self.patience and step >= self.min_steps
+
+
+def _fit(spec: SegmentationSpec, model: nn.Module, real: Pairs | None, syn: Pairs | None, val: Pairs,
+         progress: Progress) -> tuple[dict, int, float, dict, str]:
+    """The training loop; returns ``(best state, best step, best val Dice, curves, stop reason)``."""
     sampler = BatchSampler(real, syn, batch_counts(spec.source, spec.batch_size, spec.synthetic_ratio), np.random.default_rng(spec.seed))
     aug_gen = torch.Generator().manual_seed(spec.seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(model.parameters(), lr=spec.lr)
     curves: dict[str, list] = {"train_loss": [], "val_step": [], "val_dice": []}
     best_state, best_step, best_dice = _snapshot(model), 0, -math.inf
+    stopper = EarlyStopping(spec.patience, spec.min_delta, spec.min_steps) if spec.early_stopping else None
     for step in range(1, spec.steps + 1):
         images, masks, _ = sampler.next()
         if spec.augment:
@@ -156,8 +193,12 @@ def _fit(spec: SegmentationSpec, model: nn.Module, real: Pairs | None, syn: Pair
             if dice > best_dice:
                 best_state, best_step, best_dice = _snapshot(model), step, dice
             log.debug("step %d: loss %.4f, real-val Dice %.4f", step, curves["train_loss"][-1], dice)
+            if stopper is not None and stopper.update(step, dice) and step < spec.steps:
+                progress(1.0, f"step {step}/{spec.steps}: val Dice {dice:.3f}; stopped, no gain in {stopper.wait} checks "
+                              f"(best {best_dice:.3f} at {best_step})")
+                return best_state, best_step, best_dice, curves, "plateau"
             progress(step / spec.steps, f"step {step}/{spec.steps}: val Dice {dice:.3f} (best {best_dice:.3f} at {best_step})")
-    return best_state, best_step, best_dice, curves
+    return best_state, best_step, best_dice, curves, "cap"
 
 
 def _train_step(model: nn.Module, loss_fn: nn.Module, optimiser: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor) -> float:

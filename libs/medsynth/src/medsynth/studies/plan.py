@@ -3,7 +3,9 @@
 Per family and seed: a generator, its cohort and (unless no arm uses it) an evaluation. Per
 segmenter model, augmentation setting and seed: a real-only segmentation run, and per family one run
 on the cohort alone (``synthetic``), one per mixing ratio (``mixed r``) and one per number of synthetic
-patients added to the real data (``+N patients``). A node's request body is
+patients added to the real data (``+N patients``). Every segmentation run trains by the same rule
+(:class:`~medsynth.studies.spec.StudySegmentation`: by default early stopping at its own validation
+plateau, capped at ``steps``), the real-only baseline included. A node's request body is
 complete but for the ids of the jobs it needs (``deps``: body field → node), filled in when those
 finish. Its key hashes its kind, body and its dependencies' keys, so that one request made twice, in
 one study or two, is one job.
@@ -51,8 +53,8 @@ def expand(spec: StudyCreate) -> dict[str, Node]:
     def add(node: Node) -> None:
         nodes[node.id] = node
 
-    seg_common = {"dataset": spec.dataset, "view_id": spec.view_id, "steps": spec.segmentation.steps,
-                  "batch_size": spec.segmentation.batch_size}
+    # one training rule for every arm (early stopping at the validation plateau by default): StudySegmentation
+    seg_common = {"dataset": spec.dataset, "view_id": spec.view_id, **spec.segmentation.request_fields()}
     for seed in spec.seeds:
         for model in spec.segmentation.models:
             for augment in spec.arms.augmentation:

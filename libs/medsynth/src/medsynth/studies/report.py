@@ -100,7 +100,8 @@ def _caveats(spec: dict[str, Any]) -> list[str]:
     if len(spec["seeds"]) < SMALL["seeds"]:
         out.append(f"{len(spec['seeds'])} seed(s): intervals over seeds need at least {SMALL['seeds']}.")
     if spec["segmentation"]["steps"] < SMALL["segmentation_steps"]:
-        out.append(f"segmenters trained for {spec['segmentation']['steps']} steps (far from converged below about "
+        capped = "capped at" if spec["segmentation"].get("early_stopping") else "trained for"
+        out.append(f"segmenters {capped} {spec['segmentation']['steps']} steps (far from converged below about "
                    f"{SMALL['segmentation_steps']}).")
     if spec["cohort_size"] < SMALL["cohort_size"]:
         out.append(f"cohorts of {spec['cohort_size']} samples (FID is biased upwards on small samples).")
@@ -109,11 +110,21 @@ def _caveats(spec: dict[str, Any]) -> list[str]:
     return out
 
 
+def _training_rule(seg: dict[str, Any]) -> str:
+    """How every segmenter trained (studies before early stopping have no ``early_stopping``: fixed steps)."""
+    if not seg.get("early_stopping"):
+        return f"{seg['steps']} steps each"
+    patience = seg.get("patience") or 5  # medsynth.segmentation.config.DEFAULT_PATIENCE
+    every = f"every {seg['val_every']} steps" if seg.get("val_every") else "at the default interval"
+    return (f"every arm early-stopped at its validation plateau ({patience} checks without gain, checked {every}), "
+            f"at most {seg['steps']} steps, best-validation weights tested")
+
+
 def _settings(spec: dict[str, Any]) -> str:
     families = ", ".join(escape(f.get("label") or f["generator"]["family"]) for f in spec["families"])
     rows = [("Dataset / view", f"{escape(spec['dataset'])} / {escape(spec['view_id'])}"), ("Families", families),
             ("Seeds", ", ".join(map(str, spec["seeds"]))),
-            ("Segmenters", ", ".join(spec["segmentation"]["models"]) + f"; {spec['segmentation']['steps']} steps, batch "
+            ("Segmenters", ", ".join(spec["segmentation"]["models"]) + f"; {_training_rule(spec['segmentation'])}, batch "
              f"{spec['segmentation']['batch_size']}"),
             ("Arms", "real only" + (", synthetic only" if spec["arms"]["synthetic"] else "")
              + "".join(f", real + synthetic at {r:g}" for r in spec["arms"]["ratios"])

@@ -30,7 +30,8 @@ from medsynth.metrics.statistics import (
 )
 from medsynth.store import ObjectStore
 
-CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "synthetic_patients", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients", "run_id"]
+CSV_FIELDS = ["arm_id", "family", "arm", "ratio", "synthetic_patients", "model", "augment", "seed", "state", "mean_dice", "mean_hd95", "n_patients",
+              "run_id", "stopped_step", "best_step", "stop_reason"]
 
 
 def arm_id(labels: dict[str, Any]) -> str:
@@ -56,6 +57,9 @@ def _runs(record: StudyRecord, store: ObjectStore, records: JobRecords) -> dict[
             entry["dice"] = {str(c["patient"]): float(c["mean_dice"]) for c in cases}
             entry["hd95"] = {str(c["patient"]): _case_hd95(c) for c in cases}
             entry["hd95_unit"] = metrics["test"].get("hd95_unit") or metrics.get("hd95_unit")
+            # how the run stopped (runs from before early stopping: all their steps, reason unrecorded)
+            entry["stopping"] = {"stopped_step": metrics.get("stopped_step"), "best_step": metrics.get("best_step"),
+                                 "stop_reason": metrics.get("stop_reason")}
         arms[arm_id(state.labels)].append(entry)
     return arms
 
@@ -101,8 +105,8 @@ def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords
             row["dice"] = bootstrap_over_seeds_and_patients(dice)
             row["hd95"] = bootstrap_over_seeds_and_patients(_table(entries, "hd95", patients))
             row["hd95_unit"] = next((e.get("hd95_unit") for e in entries if "dice" in e), None)
-            row["per_seed"] = [{"seed": e["labels"]["seed"], "run_id": e["run_id"], "mean_dice": float(np.nanmean(list(e["dice"].values())))}
-                               for e in entries if "dice" in e]
+            row["per_seed"] = [{"seed": e["labels"]["seed"], "run_id": e["run_id"], "mean_dice": float(np.nanmean(list(e["dice"].values()))),
+                                **e.get("stopping", {})} for e in entries if "dice" in e]
             row["per_patient_dice"] = dict(zip(patients, np.nanmean(dice, axis=0).tolist()))
         else:
             failed.append({"arm_id": aid, "failures": bad})
@@ -213,7 +217,8 @@ def results_csv(runs: dict[str, list[dict[str, Any]]]) -> str:
                              "model": lab["model"], "augment": lab["augment"], "seed": lab["seed"], "state": e["state"],
                              "mean_dice": f"{np.nanmean(list(e['dice'].values())):.6f}" if "dice" in e else "",
                              "mean_hd95": f"{np.nanmean(list(e['hd95'].values())):.6f}" if "hd95" in e else "",
-                             "n_patients": len(e.get("dice", {})), "run_id": e["run_id"] or ""})
+                             "n_patients": len(e.get("dice", {})), "run_id": e["run_id"] or "",
+                             **{k: "" if v is None else v for k, v in e.get("stopping", {}).items()}})
     return out.getvalue()
 
 

@@ -111,7 +111,7 @@ def _advance(record: StudyRecord, store: ObjectStore, jobs: JobService) -> Study
     if record.state != "running":
         return record
     before = record.model_dump_json()
-    nodes = expand(StudyCreate.model_validate(record.spec))
+    nodes = expand(StudyCreate.from_record(record.spec))  # a record from before early stopping keeps fixed steps
     for node_id, node in nodes.items():
         state = record.nodes[node_id]
         if state.job_id is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,10 +57,47 @@ class StudyArms(BaseModel):
 
 
 class StudySegmentation(BaseModel):
+    """How every segmenter of the study trains: one rule for all arms, real-only included.
+
+    With ``early_stopping`` (the default) each run stops at its own plateau of the Dice on the real
+    validation patients, with ``steps`` as the cap, and is tested with its best-validation weights:
+    the real-only baseline (the denominator of relative Dice) is then trained as far as validation
+    says it still gains, not cut off at a step count where it is still climbing, and every other arm
+    gets the same chance. False: every run trains exactly ``steps`` (studies before early stopping).
+    """
+
     model_config = ConfigDict(extra="forbid")
     models: list[SegmenterModel] = Field([SegmenterModel.unet, SegmenterModel.swin_unetr], min_length=1, max_length=2)
-    steps: int = Field(600, ge=1, le=1_000_000)
+    steps: int = Field(5000, ge=1, le=1_000_000, description="Optimiser steps; with early_stopping, the cap.")
     batch_size: int = Field(32, ge=2, le=1024)
+    early_stopping: bool = Field(True, description="Every arm stops at its validation plateau (same rule for all).")
+    patience: int | None = Field(None, ge=1, le=10_000, description="Early stopping: checks without improvement (default 5).")
+    val_every: int | None = Field(None, ge=1, le=1_000_000,
+                                  description="Steps between validation checks; default max(1, steps // 10), with early stopping at most 100.")
+    min_steps: int = Field(0, ge=0, le=1_000_000, description="Early stopping: never stop before this step.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySegmentation:
+        for name in ("val_every", "min_steps"):
+            value = getattr(self, name)
+            if value is not None and value > self.steps:
+                raise ValueError(f"segmentation {name} ({value}) must not exceed steps ({self.steps})")
+        if not self.early_stopping and (self.patience is not None or self.min_steps):
+            raise ValueError("segmentation patience and min_steps apply to early stopping only: set early_stopping true")
+        return self
+
+    def request_fields(self) -> dict[str, Any]:
+        """The fields of each segmentation request that carry this training rule; the early-stopping
+        ones only when it is on (so a fixed-step study asks for exactly what it asked before)."""
+        out: dict[str, Any] = {"steps": self.steps, "batch_size": self.batch_size}
+        if self.val_every is not None:
+            out["val_every"] = self.val_every
+        if self.early_stopping:
+            out["early_stopping"] = True
+            out["min_steps"] = self.min_steps
+            if self.patience is not None:
+                out["patience"] = self.patience
+        return out
 
 
 class StudyCreate(BaseModel):
@@ -76,6 +113,17 @@ class StudyCreate(BaseModel):
     segmentation: StudySegmentation = Field(default_factory=StudySegmentation)
     cohort_size: int = Field(1000, ge=2, le=100_000, description="Image + mask pairs sampled per generator and seed.")
     max_eval_samples: int = Field(2000, ge=2, le=50_000, description="Images per side for FID/KID and the audits.")
+
+    @classmethod
+    def from_record(cls, spec: dict[str, Any]) -> StudyCreate:
+        """The request a study record holds (``StudyRecord.spec``, a dump of this model). A record written
+        before early stopping has no ``segmentation.early_stopping``: its runs trained for their steps,
+        and the rest of them must too (not the new default), so that one study keeps one rule and its
+        jobs keep their keys."""
+        segmentation = spec.get("segmentation")
+        if isinstance(segmentation, dict) and "early_stopping" not in segmentation:
+            spec = {**spec, "segmentation": {**segmentation, "early_stopping": False}}
+        return cls.model_validate(spec)
 
     @model_validator(mode="after")
     def _grid(self) -> StudyCreate:

@@ -32,7 +32,7 @@ SLICES_2D: ViewMode
 PATCHES_3D: ViewMode
 
 class PrepareDataset(_message.Message):
-    __slots__ = ("dataset", "version", "mode", "size", "axis", "val_fraction", "test_fraction", "seed", "keep_empty")
+    __slots__ = ("dataset", "version", "mode", "size", "axis", "val_fraction", "test_fraction", "seed", "keep_empty", "keep_empty_eval")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class PrepareDataset(_message.Message):
     TEST_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     KEEP_EMPTY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_EMPTY_EVAL_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     version: int
     mode: ViewMode
@@ -51,7 +52,8 @@ class PrepareDataset(_message.Message):
     test_fraction: float
     seed: int
     keep_empty: bool
-    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ...) -> None: ...
+    keep_empty_eval: bool
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ..., keep_empty_eval: _Optional[bool] = ...) -> None: ...
 
 class TrainingOptions(_message.Message):
     __slots__ = ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed", "precision", "time_budget_s")
@@ -290,7 +292,7 @@ class ReleaseGate(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., max_flagged_fraction: _Optional[float] = ..., max_extra_draws: _Optional[float] = ..., threshold_ratio: _Optional[float] = ..., threshold_quantile: _Optional[float] = ...) -> None: ...
 
 class TrainSegmenter(_message.Message):
-    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "dataset", "source", "synthetic_patients", "model", "steps", "batch_size", "seed")
+    __slots__ = ("view_id", "cohort_id", "synthetic_ratio", "augment", "dataset", "source", "synthetic_patients", "model", "steps", "batch_size", "seed", "early_stopping", "patience", "val_every", "min_steps", "min_delta")
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_RATIO_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +304,11 @@ class TrainSegmenter(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    EARLY_STOPPING_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    VAL_EVERY_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DELTA_FIELD_NUMBER: _ClassVar[int]
     view_id: str
     cohort_id: str
     synthetic_ratio: float
@@ -313,7 +320,12 @@ class TrainSegmenter(_message.Message):
     steps: int
     batch_size: int
     seed: int
-    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., dataset: _Optional[str] = ..., source: _Optional[str] = ..., synthetic_patients: _Optional[int] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    early_stopping: bool
+    patience: int
+    val_every: int
+    min_steps: int
+    min_delta: float
+    def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., dataset: _Optional[str] = ..., source: _Optional[str] = ..., synthetic_patients: _Optional[int] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping: _Optional[bool] = ..., patience: _Optional[int] = ..., val_every: _Optional[int] = ..., min_steps: _Optional[int] = ..., min_delta: _Optional[float] = ...) -> None: ...
 
 class Evaluate(_message.Message):
     __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "dataset", "max_samples")
