@@ -117,3 +117,23 @@ def test_a_case_that_does_not_get_in_stops_the_demo_and_fails_the_command(platfo
         assert main(["ingest", str(tmp_path / "msd"), "--dataset", "d", "--url", url, "--api-key", key]) == 1
         (tmp_path / "msd" / "imagesTr" / "broken.nii.gz").unlink()
         assert main(["ingest", str(tmp_path / "msd"), "--dataset", "d", "--url", url, "--api-key", key]) == 0  # all present
+
+
+def test_a_multi_modal_decathlon_folder_is_rejected_as_channels_not_time(tmp_path: Path) -> None:
+    """dataset.json declaring several modalities (BraTS: FLAIR, T1w, t1gd, T2w) means channels on the
+    fourth axis: every case is rejected with that reason, and nothing is sent (no server here)."""
+    import json
+
+    from medsynth.local.ingest_client import declared_channels
+
+    root = _decathlon(tmp_path / "brats", ["BRATS_001", "BRATS_002"])
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}))
+    summary = ingest_folder(root, "brats", "http://127.0.0.1:9", api_key="unused", progress=False)
+    assert not summary.accepted and not summary.failed
+    assert set(summary.rejected) == {"BRATS_001", "BRATS_002"}
+    assert "declares 4 modalities (FLAIR, T1w, t1gd, T2w): each image holds them as channels" in summary.rejected["BRATS_001"]
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}}))
+    assert declared_channels(root) == ["MRI"]  # one modality: a fourth axis, if any, is time (the service's call)
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(InvalidInput, match="is not a Decathlon dataset.json"):
+        declared_channels(root)

@@ -109,3 +109,63 @@ def with_raw_text(data: bytes, keyword: str, text: str) -> bytes:
     encoded, marker = buffer.getvalue(), placeholder.encode()
     assert encoded.count(marker) == 1 and len(text) <= len(marker), (keyword, text)
     return encoded.replace(marker, text.encode().ljust(len(marker)))
+
+
+def mosaic_series(image: np.ndarray, affine: np.ndarray, *, times: int = 1, csa: bool = True,
+                  identity: SeriesIdentity | None = None) -> list:
+    """Siemens mosaics of ``image`` (column, row, slice), one per time point (time point ``t`` holds
+    ``image + t``), as a Siemens scanner lays them out: the slices tiled row by row in a square grid,
+    ImagePositionPatient that of the whole mosaic image, the CSA image header (0029,1010) giving
+    NumberOfImagesInMosaic and SliceNormalVector (the direction of the affine's slice axis), and
+    SpacingBetweenSlices. ``csa=False`` leaves the CSA header out."""
+    import math
+
+    from pydicom.uid import generate_uid
+
+    from medsynth.dicom.mosaic import CSA_CREATOR, write_csa
+    from medsynth.dicom.series import LPS_TO_RAS
+
+    identity = identity or SeriesIdentity("PID-0001", "Doe^Jane", series_description="epi mosaic", manufacturer="SIEMENS")
+    cols, rows, n = image.shape
+    across = math.ceil(math.sqrt(n))
+    lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(affine, dtype=np.float64)
+    col_spacing, row_spacing = float(np.linalg.norm(lps[:3, 0])), float(np.linalg.norm(lps[:3, 1]))
+    row_dir, col_dir = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
+    step = lps[:3, 2]
+    out = []
+    for t in range(times):
+        (ds,) = series_from_volume((image + t)[:, :, :1], affine, identity)  # slice 0's geometry and identity
+        stored = np.zeros((rows * across, cols * across), dtype=np.int16)
+        for k in range(n):
+            top, left = (k // across) * rows, (k % across) * cols
+            stored[top:top + rows, left:left + cols] = (image[:, :, k] + t).T
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = t + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+        ds.Rows, ds.Columns = rows * across, cols * across
+        corner = lps[:3, 3] - row_dir * col_spacing * (cols * across - cols) / 2 - col_dir * row_spacing * (rows * across - rows) / 2
+        ds.ImagePositionPatient = [f"{v:.10g}" for v in corner]
+        ds.SpacingBetweenSlices = f"{float(np.linalg.norm(step)):.10g}"
+        ds.SliceThickness = ds.SpacingBetweenSlices
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+        ds.PixelData = stored.tobytes()
+        if csa:
+            normal = step / np.linalg.norm(step)
+            header = write_csa({"NumberOfImagesInMosaic": ("US", [str(n)]),
+                                "SliceNormalVector": ("FD", [repr(float(v)) for v in normal]),
+                                "ProtocolSliceNumber": ("IS", ["0"])})
+            block = ds.private_block(0x0029, CSA_CREATOR, create=True)
+            block.add_new(0x10, "OB", header)
+        out.append(ds)
+    return out
+
+
+def write_mosaics(folder: Path, datasets: list) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t, ds in enumerate(datasets):
+        path = folder / f"{t:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

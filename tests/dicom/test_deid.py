@@ -174,3 +174,32 @@ def test_possible_burned_in_text_is_flagged() -> None:
 
 def test_dummy_text_is_a_valid_value_for_short_vrs() -> None:
     assert len(DUMMY_TEXT) <= 16 and DUMMY_TEXT.isupper()
+
+
+def test_a_mosaic_keeps_only_the_numbers_of_its_csa_header() -> None:
+    """The Retain Safe Private Option for Siemens mosaics: a CSA image header rebuilt from the fields
+    that unpack it (numbers only; a field holding text is dropped); every other private attribute,
+    the rest of the CSA header and a non-mosaic's CSA header go."""
+    from medsynth.dicom.mosaic import CSA_CREATOR, csa_image_header, read_csa, write_csa
+
+    ds = Dataset()
+    ds.PatientID, ds.SOPInstanceUID, ds.ImageType = "HOSP-1", generate_uid(), ["ORIGINAL", "PRIMARY", "M", "MOSAIC"]
+    block = ds.private_block(0x0029, CSA_CREATOR, create=True)
+    block.add_new(0x10, "OB", write_csa({"NumberOfImagesInMosaic": ("US", ["5"]), "SliceNormalVector": ("FD", ["0", "0.5", "-1"]),
+                                         "ProtocolSliceNumber": ("IS", ["Smith^Alice"]), "PatientName": ("PN", ["Smith^Alice"]),
+                                         "tProtocolName": ("LO", ["Dr Who's brain"])}))
+    block.add_new(0x20, "OB", b"series header: Smith^Alice")
+    out = Deidentifier(DeidPolicy(KEY)).apply(ds)
+    assert read_csa(csa_image_header(out)) == {"NumberOfImagesInMosaic": ["5"], "SliceNormalVector": ["0.0", "0.5", "-1.0"]}
+    assert [e.tag for e in out if e.tag.is_private] == [0x00290010, 0x00291010]
+    assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113111"]
+    buffer = io.BytesIO()
+    out.file_meta = pydicom.dataset.FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out.save_as(buffer, enforce_file_format=False)
+    assert b"Smith" not in buffer.getvalue() and b"Dr Who" not in buffer.getvalue()
+
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]  # not a mosaic: nothing private is kept
+    plain = Deidentifier(DeidPolicy(KEY)).apply(ds)
+    assert not [e for e in plain if e.tag.is_private]
+    assert [c.CodeValue for c in plain.DeidentificationMethodCodeSequence] == ["113100"]

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import phantom, read_folder, tool, with_raw_text, write_series
+from dicom_helpers import mosaic_series, phantom, read_folder, tool, with_raw_text, write_mosaics, write_series
 from fastapi.testclient import TestClient
 
 from medsynth.api.app import create_ingest_app
@@ -467,3 +467,96 @@ def test_project_options_and_the_key_that_links_pseudonyms_back(platform_setting
                              capture_output=True, text=True, check=True).stdout.strip()
     linked = "P" + hmac.new(bytes.fromhex(printed), b"patient\x00HOSP-778899", hashlib.sha256).hexdigest()[:20]
     assert linked == scan["patient_id"]
+
+
+# --- time series and Siemens mosaics ---------------------------------------------------------------
+
+MOSAIC_IDENTITY = SeriesIdentity("HOSP-778899", "Smith^Alice", series_description="bold Smith", series_number=7,
+                                 manufacturer="SIEMENS", extra={"InstitutionName": "St Example Hospital"})
+
+
+def _mosaics(folder: Path, *, times: int = 3, csa: bool = True) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """A Siemens fMRI-like series: ``times`` mosaics of 7 slices (3x3 tiles), time point t holding image + t."""
+    image, affine = phantom(shape=(12, 10, 7))
+    return image, affine, write_mosaics(folder, mosaic_series(image, affine, times=times, csa=csa, identity=MOSAIC_IDENTITY))
+
+
+@pytest.mark.parametrize("option", ["refuse", "first", "split"])
+def test_a_time_series_follows_the_project_option(platform_settings: Settings, tmp_path: Path, store: ObjectStore, option: str) -> None:
+    """Three mosaics of one series (three time points): refused, the first kept, or one scan each; every
+    stored original is a de-identified mosaic that still unpacks (its CSA header cut down to the numbers)."""
+    from medsynth.io.nifti import canonicalise
+    from medsynth.store.projects import DicomOptions, Projects, project_store
+
+    Projects(store).create("fmri", dicom=DicomOptions(time_series=option))
+    image, affine, _ = _mosaics(tmp_path / "bold")
+    with TestClient(create_ingest_app(platform_settings), headers=bearer(platform_settings, "uploader", project="fmri")) as c:
+        r = c.post("/v1/datasets/bold/dicom", files=_files(tmp_path / "bold"))
+    if option == "refuse":
+        assert r.status_code == 422, r.text
+        assert "series 7 is a time series (3 time points), which this project refuses" in r.json()["detail"], r.text
+        assert not list(store.list("projects/fmri/datasets/bold/"))
+        return
+    assert r.status_code == 201, r.text
+    scans = r.json()["scans"]
+    assert len(scans) == (1 if option == "first" else 3)
+    for t, scan in enumerate(scans):
+        assert scan["dicom"]["time_point"] == t and scan["dicom"]["time_points"] == 3 and scan["dicom"]["instances"] == 1
+        assert np.array_equal(_canonical(store, "projects/fmri/" + scan["image_key"]), canonicalise(image + t, affine).image)
+        (key,) = store.list("projects/fmri/" + scan["original_image_key"])
+        stored = tmp_path / f"stored-{t}"
+        stored.mkdir()
+        (stored / "0000.dcm").write_bytes(store.get_bytes(key))
+        assert np.array_equal(read_folder(stored).image, canonicalise(image + t, affine).image)
+        instance = pydicom.dcmread(stored / "0000.dcm")
+        assert [c.CodeValue for c in instance.DeidentificationMethodCodeSequence] == ["113100", "113111"]
+    manifest = load_manifest(project_store(store, "fmri"), "bold")
+    assert [e.original_filename for e in manifest.scans] == [f"series 7-t{t:03d}" for t in range(len(scans))]
+    assert_no_identifier_stored(store)
+
+
+def test_a_mosaic_without_its_csa_header_is_refused_and_nothing_is_stored(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
+    _mosaics(tmp_path / "bold", times=1, csa=False)
+    r = client.post("/v1/datasets/bold/dicom", files=_files(tmp_path / "bold"))
+    assert r.status_code == 422, r.text
+    assert re.search(r"series 7: 0000.dcm is a Siemens mosaic .* without its CSA image header", r.json()["detail"]), r.text
+    assert not list(store.list("datasets/bold/"))
+
+
+def test_staged_mosaics_are_split_on_commit(store: ObjectStore, tmp_path: Path) -> None:
+    """The staged path (STOW-RS, C-STORE) reads staged instances for their geometry only: the CSA header
+    is part of it. Committed under 'split', the series' record names every scan."""
+    from medsynth.datasets.dicom_ingest import receive
+    from medsynth.datasets.dicom_staging import commit, stage
+    from medsynth.datasets.manifest import load_manifest
+    from medsynth.dicom.deid import DeidPolicy, Deidentifier
+    from medsynth.dicom.series import read_instance
+
+    deid = Deidentifier(DeidPolicy(b"k" * 32))
+    _, _, paths = _mosaics(tmp_path / "bold")
+    for path in reversed(paths):
+        stage(store, "bold", receive(read_instance(path.read_bytes(), path.name), path.name, deid), source="test")
+    (record,) = commit(store, "bold", max_voxels=10**8, time_series="split")
+    assert record.state == "ingested", record.reason
+    assert len(record.scan_ids) == 3 and record.scan_id == record.scan_ids[0]
+    assert [s.scan_id for s in load_manifest(store, "bold").scans] == record.scan_ids
+    assert [s.dicom.time_point for s in load_manifest(store, "bold").scans] == [0, 1, 2]
+
+
+def test_a_4d_nifti_follows_the_same_option(platform_settings: Settings, client: TestClient, store: ObjectStore) -> None:
+    """The NIfTI route reads the project's time_series too: the default refuses a 4D image, 'first'
+    keeps its first time point (the 4D file is the scan's original)."""
+    from medsynth.store.projects import DicomOptions, Projects
+
+    image, affine = phantom(shape=(12, 10, 7))
+    series = np.stack([image, image + 1], axis=-1)
+    data = gzip.compress(nib.Nifti1Image(series, affine).to_bytes())
+    form = {"data": {"patient_id": "p1"}, "files": {"image": ("bold.nii.gz", data, "application/octet-stream")}}
+    r = client.post("/v1/datasets/bold/scans", **form)
+    assert r.status_code == 422 and "a 4D NIfTI is a time series (2 time points" in r.json()["detail"], r.text
+    Projects(store).create("fmri", dicom=DicomOptions(time_series="first"))
+    with TestClient(create_ingest_app(platform_settings), headers=bearer(platform_settings, "uploader", project="fmri")) as c:
+        r = c.post("/v1/datasets/bold/scans", **form)
+    assert r.status_code == 201, r.text
+    from medsynth.io.nifti import canonicalise
+    assert np.array_equal(_canonical(store, "projects/fmri/" + r.json()["image_key"]), canonicalise(image, affine).image)

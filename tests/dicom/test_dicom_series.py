@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import DCMTK_DECODE, dcm2niix, dcmtk_decoded, phantom, read_folder, tool, write_series
+from dicom_helpers import (DCMTK_DECODE, PYDICOM_ENCODED, dcm2niix, dcmtk_decoded, mosaic_series, phantom, read_folder, tool,
+                           write_mosaics, write_series)
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
@@ -19,6 +20,8 @@ from medsynth.io.nifti import canonicalise
 
 AFFINE_ATOL = 1e-4
 SHARED_GE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dcm_qa_nih" / "In" / "20180918GE"
+SHARED_SIEMENS = SHARED_GE.parent / "20180918Si"
+NO_SHARED = "../shared/data/dcm_qa_nih is not on this machine (only in the dev/CI tree)"
 
 LOSSLESS = ["explicit", "implicit", "deflate", "rle", "jpeg-ls", "jpeg2000", "jpeg-lossless"]
 
@@ -246,3 +249,126 @@ def test_dcm_qa_nih_ge_series_are_voxel_identical_to_dcm2niix(tmp_path: Path, se
     assert ours.shape == ref.shape == (64, 64, 15, 10)
     assert np.array_equal(ours.image, ref.image)
     assert np.abs(ours.affine - ref.affine).max() < AFFINE_ATOL
+
+
+# --- Siemens mosaics -------------------------------------------------------------------------------
+
+
+def _mosaic_phantom(shape=(12, 10, 7), flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """An integer volume (int16 range) on the oblique phantom affine; ``flip`` reverses its slice axis,
+    so the mosaic's SliceNormalVector points against the orientation's normal (as in Siemens sagittals)."""
+    image, affine = phantom(shape=shape)
+    if flip:
+        affine = affine.copy()
+        affine[:3, 2] *= -1
+    return image, affine
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["normal-along", "normal-against"])
+def test_a_mosaic_time_series_unpacks_to_its_volumes_and_matches_dcm2niix(tmp_path: Path, flip: bool) -> None:
+    """7 slices tiled 3x3 (two tiles blank), three time points, on an oblique grid."""
+    image, affine = _mosaic_phantom(flip=flip)
+    write_mosaics(tmp_path / "in", mosaic_series(image, affine, times=3))
+    ours = read_folder(tmp_path / "in")
+    truth = canonicalise(np.stack([image + t for t in range(3)], axis=-1), affine)
+    assert ours.shape == truth.shape and ours.shape[-1] == 3
+    assert np.array_equal(ours.image, truth.image)
+    assert np.abs(ours.affine - truth.affine).max() < 1e-6
+    ref = dcm2niix(tmp_path / "in", tmp_path / "out")
+    assert np.array_equal(ours.image, ref.image)
+    assert np.abs(ours.affine - ref.affine).max() < AFFINE_ATOL
+    geometry_only = [(f.name, read_instance(f.read_bytes(), f.name, geometry_only=True)) for f in sorted((tmp_path / "in").glob("*.dcm"))]
+    assert np.array_equal(assemble_series(geometry_only, max_voxels=10**8).image, ours.image)
+
+
+def test_one_mosaic_is_one_3d_volume(tmp_path: Path) -> None:
+    image, affine = _mosaic_phantom(shape=(8, 6, 4))  # 2x2 tiles, none blank
+    write_mosaics(tmp_path / "in", mosaic_series(image, affine))
+    ours = read_folder(tmp_path / "in")
+    assert ours.image.ndim == 3
+    assert np.array_equal(ours.image, canonicalise(image, affine).image)
+
+
+@pytest.mark.parametrize("syntax", ["rle", "jpeg-ls", "jpeg2000"])
+def test_compressed_mosaics_decode_then_unpack(tmp_path: Path, syntax: str) -> None:
+    image, affine = _mosaic_phantom(shape=(16, 14, 7))  # OpenJPEG needs a few dozen pixels a side
+    datasets = mosaic_series(image, affine, times=2)
+    for ds in datasets:
+        ds.compress(PYDICOM_ENCODED[syntax])
+    write_mosaics(tmp_path / "in", datasets)
+    truth = canonicalise(np.stack([image, image + 1], axis=-1), affine)
+    assert np.array_equal(read_folder(tmp_path / "in").image, truth.image)
+
+
+def test_a_mosaic_without_a_usable_csa_header_is_refused_with_the_series_and_why(tmp_path: Path) -> None:
+    image, affine = _mosaic_phantom()
+    write_mosaics(tmp_path / "none", mosaic_series(image, affine, csa=False))
+    with pytest.raises(InvalidInput, match=r"series 1 \(epi mosaic\): 0000.dcm is a Siemens mosaic .* without its CSA image header"):
+        read_folder(tmp_path / "none")
+
+    (broken,) = mosaic_series(image, affine)
+    broken.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value = b"SV10\x04\x03\x02\x01" + b"\xff" * 40
+    write_mosaics(tmp_path / "broken", [broken])
+    with pytest.raises(InvalidInput, match=r"series 1 \(epi mosaic\): 0000.dcm is a Siemens mosaic whose CSA image header cannot be read"):
+        read_folder(tmp_path / "broken")
+
+    from medsynth.dicom.mosaic import write_csa
+    (odd,) = mosaic_series(image, affine)
+    odd.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value = write_csa(
+        {"NumberOfImagesInMosaic": ("US", ["11"]), "SliceNormalVector": ("FD", ["0", "0", "1"])})  # 4x4 tiles: 30 rows do not divide
+    write_mosaics(tmp_path / "odd", [odd])
+    with pytest.raises(InvalidInput, match=r"a mosaic of 11 slices is a grid of 4x4 tiles, which its 30x36 pixels do not divide into"):
+        read_folder(tmp_path / "odd")
+
+    (sideways,) = mosaic_series(image, affine)
+    sideways.private_block(0x0029, "SIEMENS CSA HEADER")[0x10].value = write_csa(
+        {"NumberOfImagesInMosaic": ("US", ["7"]), "SliceNormalVector": ("FD", [str(v) for v in sideways.ImageOrientationPatient[:3]])})
+    write_mosaics(tmp_path / "sideways", [sideways])
+    with pytest.raises(InvalidInput, match="SliceNormalVector .* is not the normal of its ImageOrientationPatient"):
+        read_folder(tmp_path / "sideways")
+
+
+def test_mosaics_mixed_with_single_slices_are_refused(tmp_path: Path) -> None:
+    image, affine = _mosaic_phantom()
+    (mosaic,) = mosaic_series(image, affine)
+    write_series(tmp_path / "plain", image, affine)
+    plain = pydicom.dcmread(sorted((tmp_path / "plain").glob("*.dcm"))[0])
+    plain.SeriesInstanceUID = mosaic.SeriesInstanceUID
+    with pytest.raises(InvalidInput, match=r"mixes Siemens mosaics \(m.dcm\) with single-slice images \(0000.dcm\)"):
+        assemble_series([("m.dcm", mosaic), ("0000.dcm", plain)], max_voxels=10**8)
+
+
+@pytest.mark.skipif(not SHARED_SIEMENS.is_dir(), reason=NO_SHARED)
+@pytest.mark.parametrize("series", ["mr_0003", "mr_0004", "mr_0005", "mr_0006"])
+def test_dcm_qa_nih_siemens_mosaics_are_voxel_identical_to_dcm2niix(tmp_path: Path, series: str) -> None:
+    """The Siemens EPI series of dcm_qa_nih: two mosaics each (5 slices of 72x72 tiled 3x3 in 216x216),
+    one per time point; checked as sent, and after de-identification (which keeps only the numbers of
+    the CSA header that unpack it) both by medsynth and by dcm2niix."""
+    from medsynth.dicom.deid import Deidentifier, DeidPolicy
+
+    import nibabel as nib
+
+    folder = SHARED_SIEMENS / series
+    files = sorted(folder.glob("*.dcm"))
+    ours = assemble_series([(f.name, read_instance(f.read_bytes(), f.name)) for f in files], max_voxels=10**8)
+    ref = dcm2niix(folder, tmp_path / "out")
+    assert ours.shape == ref.shape == (72, 72, 5, 2)
+    assert np.array_equal(ours.image, ref.image)
+    assert np.abs(ours.affine - ref.affine).max() < AFFINE_ATOL
+    geometry_only = [(f.name, read_instance(f.read_bytes(), f.name, geometry_only=True)) for f in files]
+    assert np.array_equal(assemble_series(geometry_only, max_voxels=10**8).image, ref.image)
+    # and the NIfTI that dcm_qa_nih ships (made by upstream dcm2niix: Ref/EPI_PE=<direction>_<series>.nii)
+    (shipped,) = (SHARED_SIEMENS.parents[1] / "Ref").glob(f"EPI_PE=*_{int(series[-2:])}.nii")
+    upstream = nib.load(shipped)
+    upstream = canonicalise(np.asarray(upstream.dataobj, dtype=np.float32), np.asarray(upstream.affine, dtype=np.float64))
+    assert np.array_equal(ours.image, upstream.image)
+    assert np.abs(ours.affine - upstream.affine).max() < AFFINE_ATOL
+
+    deid = Deidentifier(DeidPolicy(b"k" * 32))
+    (tmp_path / "deid").mkdir()
+    for f in files:
+        deid.apply(pydicom.dcmread(f)).save_as(tmp_path / "deid" / f.name, enforce_file_format=True)
+    assert np.array_equal(read_folder(tmp_path / "deid").image, ref.image)
+    again = dcm2niix(tmp_path / "deid", tmp_path / "out-deid")
+    assert np.array_equal(again.image, ref.image)
+    assert np.abs(again.affine - ref.affine).max() < AFFINE_ATOL

@@ -134,6 +134,32 @@ def test_4d_with_a_single_volume_is_read_as_3d(phantom) -> None:
     assert scan.shape == (24, 24, 12)
 
 
+@pytest.mark.parametrize("stored", ["bytes", "file"])
+def test_a_4d_image_is_a_time_series_that_the_project_option_decides(phantom, tmp_path, stored: str) -> None:
+    """NIfTI's fourth axis is time: 'first' keeps time point 0 (with a label map on the spatial grid);
+    'refuse' and 'split' (one upload makes one scan) refuse it, saying so and that channels (a Decathlon
+    multi-modal image) are not supported either."""
+    image, label, affine = phantom
+    series = np.stack([image, image * 2, image * 3], axis=-1)
+    data = nifti_bytes(series, LPS)
+    source = data
+    if stored == "file":
+        source = tmp_path / "bold.nii.gz"
+        source.write_bytes(data)
+    scan = validate_scan(source, nifti_bytes(label, LPS), max_voxels=MAX_VOXELS, time_series="first")
+    expected = validate_scan(nifti_bytes(image, LPS), nifti_bytes(label, LPS), max_voxels=MAX_VOXELS)
+    assert scan.shape == (24, 24, 12) and np.array_equal(scan.image, expected.image) and np.array_equal(scan.label, expected.label)
+    assert np.allclose(scan.affine, expected.affine)
+    for option, why in (("refuse", "which this project refuses"), ("split", "which one NIfTI upload cannot split into scans")):
+        with pytest.raises(InvalidInput, match=rf"a 4D NIfTI is a time series \(3 time points: its fourth axis is time\), {why}.*"
+                                                r"channels \(Decathlon multi-modal images\) are not supported"):
+            validate_scan(data, None, max_voxels=MAX_VOXELS, time_series=option)
+    with pytest.raises(InvalidInput, match="label map must be 2D or 3D"):
+        validate_scan(data, nifti_bytes(series.astype(np.uint8), LPS), max_voxels=MAX_VOXELS, time_series="first")
+    with pytest.raises(InvalidInput, match=r"image must be 2D or 3D, got shape \(24, 24, 12, 3, 2\)"):
+        validate_scan(nifti_bytes(np.stack([series, series], axis=-1), LPS), None, max_voxels=MAX_VOXELS, time_series="first")
+
+
 def test_label_dtype_follows_its_largest_value(phantom) -> None:
     image, label, affine = phantom
     big = label.astype(np.int32) * 150  # 0, 150, 300

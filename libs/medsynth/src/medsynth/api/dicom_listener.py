@@ -115,6 +115,7 @@ def run_quiet_committer(settings: Settings, root_store, bus, stop: threading.Eve
         try:
             stores = {name: project_store(root_store, name) for name in Projects(root_store).names()}
             commit_quiet(stores, settings.dicom_quiet_s, max_voxels=settings.max_voxels,
-                         on_ingested=lambda project, dataset, entry, manifest: scan_announcer(bus, project, dataset)(entry, manifest))
+                         on_ingested=lambda project, dataset, entry, manifest: scan_announcer(bus, project, dataset)(entry, manifest),
+                         time_series=lambda project: Projects(root_store).get(project).dicom.time_series)
         except Exception:  # noqa: BLE001 - the committer must outlive a store hiccup
             log.exception("assembling quiet DICOM series failed; trying again")

@@ -5,6 +5,10 @@ instance in memory (or quarantines it when its pixels may show identity) before 
 and then :func:`ingest_series`, which turns one series' de-identified instances into a canonical scan,
 stores them (they are the scan's "original") beside the canonical copy, and registers it in the dataset
 through the same commit as a NIfTI upload. The raw bytes of an instance never reach the store.
+
+A time series (several volumes at one position: fMRI, DWI, one Siemens mosaic per time point) follows
+the project's ``time_series`` option: refused (the default), its first time point kept, or split into
+one scan per time point (``<series>-t000``, ...), each storing the instances of its own time point.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from pydicom.dataset import Dataset
 
 from medsynth.core.errors import InvalidInput
 from medsynth.core.names import check_name
-from medsynth.datasets.ingest import commit_scan
+from medsynth.datasets.ingest import commit_scans
 from medsynth.datasets.manifest import DicomSource, ManifestVersion, ScanEntry, dataset_prefix, refuse_duplicate
 from medsynth.dicom.deid import Deidentifier
 from medsynth.dicom.masks import MASK_SOP_CLASSES, is_mask, label_map, referenced_series
-from medsynth.dicom.series import INSTANCE_NUMBER, check_instance, integer, series_label, series_volume
+from medsynth.dicom.series import INSTANCE_NUMBER, SeriesVolume, check_instance, integer, series_label, series_volume
 from medsynth.io.nifti import check_label_values, to_nifti_bytes
+from medsynth.store.projects import TimeSeries
 
 
 @dataclass(frozen=True)
@@ -101,18 +106,21 @@ def ingest_series(
     instances: Sequence[Received],
     *,
     max_voxels: int,
+    time_series: TimeSeries = "refuse",
     on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
-) -> tuple[ScanEntry, ManifestVersion]:
-    """Assemble one series of de-identified instances into a scan and register it. Raises
-    :class:`InvalidInput` (naming the series), :class:`TooLarge` or :class:`Conflict` (already in the
-    dataset) before anything is written."""
-    prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels)
-    return prepared.entry, commit_scan(store, dataset, prepared.entry, prepared.objects, on_ingested)
+) -> tuple[list[ScanEntry], ManifestVersion]:
+    """Assemble one series of de-identified instances into its scans (one, or one per time point) and
+    register them in one version. Raises :class:`InvalidInput` (naming the series), :class:`TooLarge`
+    or :class:`Conflict` (already in the dataset) before anything is written."""
+    prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels, time_series=time_series)
+    return [p.entry for p in prepared], commit_scans(store, dataset, [(p.entry, p.objects) for p in prepared], on_ingested)
 
 
-def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_voxels: int) -> PreparedScan:
-    """The checks and the work of :func:`ingest_series` short of writing (one read: the duplicate check).
-    ``instances`` may include one mask (DICOM-SEG or RTSTRUCT) drawn on the series: it becomes the label map."""
+def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_voxels: int,
+                   time_series: TimeSeries = "refuse") -> list[PreparedScan]:
+    """The checks and the work of :func:`ingest_series` short of writing (one read per scan: the
+    duplicate check): one scan, or for a time series what ``time_series`` says. ``instances`` may
+    include one mask (DICOM-SEG or RTSTRUCT) drawn on the series: it becomes the label map."""
     check_name(dataset, "dataset name")
     masks = [r for r in instances if is_mask(r.dataset)]
     images = sorted((r for r in instances if not is_mask(r.dataset)),
@@ -124,15 +132,37 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     if len(masks) > 1:
         raise InvalidInput(f"{len(masks)} masks ({', '.join(m.name for m in masks)}) reference one series; send one.")
     first = images[0].dataset
+    label = series_label(first)
     volume = series_volume([(r.name, r.dataset) for r in images], max_voxels=max_voxels)
-    if volume.image.shape[3] > 1:
-        raise InvalidInput(f"{series_label(first)} is a time series ({volume.image.shape[3]} temporal positions); medsynth "
-                           "ingests 2D and 3D scans.")
-    label, names = (None, {})
+    times = volume.image.shape[3]
+    if times == 1:
+        return [_prepare(store, dataset, volume, images, masks[0] if masks else None, label, None)]
+    if time_series == "refuse":
+        raise InvalidInput(f"{label} is a time series ({times} time points), which this project refuses: its DICOM option "
+                           "time_series can keep the 'first' time point or 'split' the series into one scan per time point.")
     if masks:
-        raw, names = label_map(masks[0].dataset, volume, masks[0].name)
-        label = check_label_values(raw)
-    scan = volume.canonical(label)
+        raise InvalidInput(f"{label} is a time series ({times} time points) sent with a mask ({masks[0].name}); masks are "
+                           "taken on 2D and 3D series only.")
+    prepared = [_prepare(store, dataset, volume.at(t), [r for r in images if str(r.dataset.SOPInstanceUID) in volume.instances(t)],
+                         None, label, (t, times))
+                for t in ([0] if time_series == "first" else range(times))]
+    seen: dict[str, int] = {}
+    for t, p in enumerate(prepared):
+        if (earlier := seen.setdefault(p.entry.scan_id, t)) != t:
+            raise InvalidInput(f"{label}: time points {earlier} and {t} are the same volume, voxel for voxel; a time series "
+                               "split into scans needs each to differ.")
+    return prepared
+
+
+def _prepare(store, dataset: str, volume: SeriesVolume, images: Sequence[Received], mask: Received | None, label: str,
+             time: tuple[int, int] | None) -> PreparedScan:
+    """One scan: ``volume`` (3D, or one time point) from ``images`` (the instances it is stored as)."""
+    first = images[0].dataset
+    mask_label, names = (None, {})
+    if mask is not None:
+        raw, names = label_map(mask.dataset, volume, mask.name)
+        mask_label = check_label_values(raw)
+    scan = volume.canonical(mask_label)
     patient_id = check_name(str(first.PatientID), "patient pseudonym")
     canonical = to_nifti_bytes(scan.image, scan.affine)
     image_sha = hashlib.sha256(canonical).hexdigest()
@@ -145,7 +175,7 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     label_keys: dict[str, str | None] = {"original_label_key": None, "label_key": None}
     label_sha = None
     if scan.label is not None:
-        mask_bytes = masks[0].payload()
+        mask_bytes = mask.payload()
         label_sha = hashlib.sha256(mask_bytes).hexdigest()
         label_keys = {"original_label_key": f"{base}original/mask.dcm", "label_key": f"{base}canonical/label.nii.gz"}
         objects[label_keys["original_label_key"]] = mask_bytes
@@ -163,7 +193,7 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
         orientation=scan.orientation,
         label_values=list(scan.label_values),
         label_names={value: names[value] for value in scan.label_values if value in names},
-        original_filename=series_label(first),
+        original_filename=label if time is None else f"{label}-t{time[0]:03d}",
         source_format="dicom",
         dicom=DicomSource(
             study_instance_uid=str(first.StudyInstanceUID),
@@ -173,7 +203,9 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
             transfer_syntax_uid=str(first.file_meta.TransferSyntaxUID),
             instances=len(images),
             deidentification=_values(first.get("DeidentificationMethod")),
-            mask=MASK_SOP_CLASSES[str(masks[0].dataset.SOPClassUID)] if masks else None,
+            mask=MASK_SOP_CLASSES[str(mask.dataset.SOPClassUID)] if mask is not None else None,
+            time_point=None if time is None else time[0],
+            time_points=None if time is None else time[1],
         ),
     )
     return PreparedScan(entry, objects)

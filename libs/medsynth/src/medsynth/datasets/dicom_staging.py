@@ -4,7 +4,8 @@ A de-identified instance is staged under ``dicom/staging/<dataset>/<series>/<sop
 and the series' record ``dicom/series/<dataset>/<series>.json`` notes when the last one came. A series is
 assembled when someone commits it (``POST /v1/datasets/{d}/dicom/commit``) or when no instance has come
 for ``MEDSYNTH_DICOM_QUIET_S`` (:func:`commit_quiet`, run by the ingest service). Its record then says
-``ingested`` (with the scan id) or ``rejected`` (with the reason), and its staged instances are removed.
+``ingested`` (with the scan id: ids, for a time series the project splits) or ``rejected`` (with the
+reason), and its staged instances are removed.
 Records are how a sender finds out what became of a series (``GET /v1/datasets/{d}/dicom/series``).
 
 Concurrent committers (several ingest replicas) are safe: the dataset's scan-id claim lets one register
@@ -24,10 +25,12 @@ from pydantic import BaseModel, Field
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import Conflict, InvalidInput, NotFound, TooLarge
 from medsynth.core.names import check_name
-from medsynth.datasets.dicom_ingest import Received, commit_scan, instance_bytes, prepare_series
+from medsynth.datasets.dicom_ingest import Received, instance_bytes, prepare_series
+from medsynth.datasets.ingest import commit_scans
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry
 from medsynth.dicom.masks import is_mask
 from medsynth.dicom.series import read_instance
+from medsynth.store.projects import TimeSeries
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class SeriesRecord(BaseModel):
     last_received_at: datetime = Field(default_factory=utcnow)
     instances: int = 0
     scan_id: str | None = None
+    scan_ids: list[str] = Field(default_factory=list, description="Every scan the series became: one, or one per time "
+                                "point of a time series the project splits (scan_id is the first).")
     reason: str | None = None
     decided_at: datetime | None = None
 
@@ -96,15 +101,18 @@ def records(store, dataset: str) -> list[SeriesRecord]:
 
 
 def commit(store, dataset: str, series: str | None = None, *, max_voxels: int,
-           on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None) -> list[SeriesRecord]:
-    """Assemble every staged series of ``dataset`` (or just ``series``) now; returns their records."""
+           on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
+           time_series: TimeSeries = "refuse") -> list[SeriesRecord]:
+    """Assemble every staged series of ``dataset`` (or just ``series``) now, a time series as the
+    project's ``time_series`` option says; returns their records."""
     staged = [r for r in records(store, dataset) if r.state == "staged" and (series is None or r.series_instance_uid == series)]
     if series is not None and not staged:
         raise NotFound(f"no staged series {series!r} in dataset {dataset!r}")
-    return [_commit_one(store, dataset, r, max_voxels, on_ingested) for r in staged]
+    return [_commit_one(store, dataset, r, max_voxels, on_ingested, time_series) for r in staged]
 
 
-def _commit_one(store, dataset: str, record: SeriesRecord, max_voxels: int, on_ingested) -> SeriesRecord:
+def _commit_one(store, dataset: str, record: SeriesRecord, max_voxels: int, on_ingested,
+                time_series: TimeSeries = "refuse") -> SeriesRecord:
     series = record.series_instance_uid
     keys = _staged_keys(store, dataset, series)
     prepared = None
@@ -112,9 +120,9 @@ def _commit_one(store, dataset: str, record: SeriesRecord, max_voxels: int, on_i
         instances = [_staged(key.rsplit("/", 1)[-1], store.get_bytes(key), series) for key in keys]
         if not instances:
             raise InvalidInput(f"series {series} has no staged instances left.")
-        prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels)
-        commit_scan(store, dataset, prepared.entry, prepared.objects, on_ingested)
-        record.state, record.scan_id = "ingested", prepared.entry.scan_id
+        prepared = prepare_series(store, dataset, instances, max_voxels=max_voxels, time_series=time_series)
+        commit_scans(store, dataset, [(p.entry, p.objects) for p in prepared], on_ingested)
+        record.state, record.scan_id, record.scan_ids = "ingested", prepared[0].entry.scan_id, [p.entry.scan_id for p in prepared]
     except Conflict as exc:
         current = _read(store, dataset, series)
         if current is not None and current.state == "ingested":
@@ -141,9 +149,11 @@ def _staged(name: str, data: bytes, series: str) -> Received:
 
 
 def commit_quiet(stores: Mapping[str, object], quiet_s: float, *, max_voxels: int,
-                 on_ingested: Callable[[str, str, ScanEntry, ManifestVersion], None] | None = None) -> list[SeriesRecord]:
+                 on_ingested: Callable[[str, str, ScanEntry, ManifestVersion], None] | None = None,
+                 time_series: Callable[[str], TimeSeries] | None = None) -> list[SeriesRecord]:
     """Commit every staged series, in every project's store (name → store), that has had no instance
-    for ``quiet_s``; ``on_ingested(project, dataset, entry, manifest)`` for each scan made."""
+    for ``quiet_s``; ``on_ingested(project, dataset, entry, manifest)`` for each scan made;
+    ``time_series(project)`` is the project's option for time series (asked only when one commits)."""
     done = []
     cutoff = utcnow() - timedelta(seconds=quiet_s)
     for project, store in stores.items():
@@ -152,5 +162,6 @@ def commit_quiet(stores: Mapping[str, object], quiet_s: float, *, max_voxels: in
             record = _read(store, dataset, series)
             if record is not None and record.state == "staged" and record.last_received_at <= cutoff:
                 announce = partial(on_ingested, project, dataset) if on_ingested else None
-                done.append(_commit_one(store, dataset, record, max_voxels, announce))
+                option = time_series(project) if time_series is not None else "refuse"
+                done.append(_commit_one(store, dataset, record, max_voxels, announce, option))
     return done

@@ -74,16 +74,19 @@ def ingest_scan(
     label: Upload | None,
     *,
     max_voxels: int,
+    time_series: str = "refuse",
     on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
 ) -> tuple[ScanEntry, ManifestVersion]:
     """Validate, store and register one scan. Raises :class:`InvalidInput`, :class:`TooLarge` or
-    :class:`Conflict` (the same image is already in the dataset) before writing anything."""
+    :class:`Conflict` (the same image is already in the dataset) before writing anything. A 4D image
+    (a time series) follows ``time_series``, the project's option: its ``"first"`` time point is the
+    scan (the 4D file its original), else it is refused (see :func:`validate_scan`)."""
     check_name(dataset, "dataset name")
     check_name(patient_id, "patient id")
     check_nifti_name(image, "image")
     if label is not None:
         check_nifti_name(label, "label map")
-    scan = validate_scan(image.source, label.source if label else None, max_voxels=max_voxels)
+    scan = validate_scan(image.source, label.source if label else None, max_voxels=max_voxels, time_series=time_series)
 
     image_sha = image.digest()
     scan_id = image_sha[:16]

@@ -52,6 +52,9 @@ class DicomSource(BaseModel):
     instances: int = Field(description="De-identified instances stored under original_image_key.")
     deidentification: list[str] = Field(default_factory=list, description="DeidentificationMethod of the stored instances.")
     mask: Literal["DICOM-SEG", "RTSTRUCT"] | None = Field(None, description="What the label map was made from.")
+    time_point: int | None = Field(None, description="Which time point (from 0) of a time series this scan is, when the "
+                                   "project keeps the first one or splits the series; None for a 2D or 3D series.")
+    time_points: int | None = Field(None, description="How many time points that series has.")
 
 
 class ScanEntry(BaseModel):

@@ -10,7 +10,10 @@ Temporal Information with Modified Dates Option:
 * A compound action (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``, ``X/Z/U*``) takes the option that keeps the
   dataset conformant whatever the attribute's type: ``U`` where allowed (a reference sequence kept, its
   UIDs replaced — a DICOM-SEG still finds its source images), else ``D``, else ``Z``.
-* Private attributes (odd groups) are removed at every level; sequences are walked recursively.
+* Private attributes (odd groups) are removed at every level; sequences are walked recursively. The
+  one exception, under the Retain Safe Private Option: a Siemens mosaic keeps a CSA image header rebuilt
+  to hold only the numbers that unpack it (:func:`medsynth.dicom.mosaic.safe_csa_header`), without
+  which its slices could not be told apart.
 * PatientID and PatientName become a keyed pseudonym (HMAC of the patient id): the same patient gets
   the same pseudonym, and a hospital holding the key can link back. With the modified-dates option
   on, dates (DA, DT) are shifted by a whole number of days fixed per patient.
@@ -37,12 +40,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
+from medsynth.dicom.mosaic import CSA_CREATOR, is_mosaic, safe_csa_header
 from medsynth.store.base import ObjectStore
 from medsynth.store.projects import Projects
 
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 MODIFIED_DATES_CODE = ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option")
+SAFE_PRIVATE_CODE = ("113111", "DCM", "Retain Safe Private Option")
 METHOD = ("PS3.15 E.1 Basic Application Confidentiality Profile", "Retain Longitudinal Modified Dates Option")
+SAFE_PRIVATE_METHOD = "Retain Safe Private Option (Siemens mosaic geometry)"
 #: Dates move back by 1..MAX_SHIFT_DAYS days, a fixed number per patient.
 MAX_SHIFT_DAYS = 3650
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants below it
@@ -158,8 +164,14 @@ class Deidentifier:
         out.PatientID = pseudonym
         out.PatientName = pseudonym
         out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = list(METHOD if self.policy.retain_dates else METHOD[:1])
+        methods = list(METHOD if self.policy.retain_dates else METHOD[:1])
         codes = [BASIC_PROFILE_CODE] + ([MODIFIED_DATES_CODE] if self.policy.retain_dates else [])
+        csa = safe_csa_header(ds) if is_mosaic(ds) else None
+        if csa is not None:
+            out.private_block(0x0029, CSA_CREATOR, create=True).add_new(0x10, "OB", csa)
+            methods.append(SAFE_PRIVATE_METHOD)
+            codes.append(SAFE_PRIVATE_CODE)
+        out.DeidentificationMethod = methods
         out.DeidentificationMethodCodeSequence = Sequence([_code(*c) for c in codes])
         out.LongitudinalTemporalInformationModified = "MODIFIED" if self.policy.retain_dates else "REMOVED"
         out.file_meta = self._meta(getattr(ds, "file_meta", None), out)

@@ -12,10 +12,15 @@ path makes:
   deflate), MONOCHROME1 is inverted to MONOCHROME2, RescaleSlope/Intercept are applied per frame;
 * the affine maps voxel (column, row, slice) to patient LPS millimetres and is flipped to RAS, then
   reoriented like any NIfTI upload. Enhanced (multi-frame) objects contribute one slice per frame from
-  their functional groups.
+  their functional groups;
+* a Siemens mosaic (ImageType MOSAIC) contributes one slice per tile, unpacked as
+  :mod:`medsynth.dicom.mosaic` describes (its CSA image header gives the number of tiles and the slice
+  direction; positions are corrected from the whole mosaic's to each tile's): one mosaic is one volume,
+  the mosaics of a series are its time points.
 
-A missing slice, uneven spacing, mixed orientation, size or spacing, duplicate instances, a localizer
-or a non-image object is an :class:`~medsynth.core.errors.InvalidInput` that names the series and why.
+A missing slice, uneven spacing, mixed orientation, size or spacing, duplicate instances, a localizer,
+a non-image object, or a mosaic without a usable CSA header (or mixed with other images) is an
+:class:`~medsynth.core.errors.InvalidInput` that names the series and why.
 
 Every number read from a DICOM text attribute (DS, IS) goes through :func:`numbers`, and
 :func:`check_instance` runs every such attribute of an instance through it on arrival: a value that is
@@ -25,6 +30,7 @@ de-identification or assembly (both of which would otherwise meet it as a bare `
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 from collections.abc import Sequence
@@ -39,6 +45,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from medsynth.core.errors import InvalidInput, TooLarge
+from medsynth.dicom.mosaic import CSA_TAGS, MosaicInfo, mosaic_info
 from medsynth.io.nifti import CanonicalScan, canonicalise
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -67,10 +74,19 @@ class Slice:
     slope: float
     intercept: float
     order: float  # temporal order among slices at one position
+    mosaic: MosaicInfo | None = None  # the tiling of a Siemens mosaic; then ``tile`` is this slice's tile
+    tile: int = 0
 
     @property
     def normal(self) -> np.ndarray:
         return np.cross(self.orientation[:3], self.orientation[3:])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(rows, columns) of this slice's pixels: a tile's for a mosaic."""
+        if self.mosaic is not None:
+            return self.mosaic.tile_rows, self.mosaic.tile_columns
+        return self.header.rows, self.header.columns
 
 
 #: What :func:`series_volume` reads of an instance; ``read_instance(..., geometry_only=True)`` parses only these.
@@ -80,7 +96,7 @@ GEOMETRY_TAGS = [
     "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration",
     "NumberOfFrames", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "RescaleSlope",
     "RescaleIntercept", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "PixelData",
-    "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "SpacingBetweenSlices", *CSA_TAGS,
 ]
 
 
@@ -142,6 +158,18 @@ class SeriesVolume:
     affine: np.ndarray
     slices: list[list[tuple[str, int | None]]]
 
+    @property
+    def times(self) -> int:
+        return int(self.image.shape[3])
+
+    def at(self, t: int) -> SeriesVolume:
+        """The volume of time point ``t`` alone (a view of its voxels)."""
+        return SeriesVolume(self.image[..., t:t + 1], self.affine, [[at_position[t]] for at_position in self.slices])
+
+    def instances(self, t: int) -> set[str]:
+        """The SOPInstanceUIDs whose pixels make time point ``t``."""
+        return {at_position[t][0] for at_position in self.slices}
+
     def canonical(self, label: np.ndarray | None = None) -> CanonicalScan:
         """The canonical scan (2D for one slice, 3D, or 4D with time last); ``label`` on this grid
         (column, row, slice) is reoriented with it."""
@@ -167,12 +195,13 @@ def series_volume(instances: Sequence[tuple[str, Dataset]], *, max_voxels: int) 
     label = series_label(first)
     headers = [Header.of(ds, name) for name, ds in instances]
     _refuse_non_images(instances, headers, label)
+    _refuse_mixed_mosaics(instances, headers, label)
     slices = [s for (name, ds), header in zip(instances, headers, strict=True) for s in _slices(name, ds, header, label)]
     ref = slices[0]
-    rows, cols = headers[0].rows, headers[0].columns
+    rows, cols = ref.size
     for s in slices:
-        if (s.header.rows, s.header.columns) != (rows, cols):
-            raise InvalidInput(f"{label}: {s.source} is {s.header.rows}x{s.header.columns} pixels, the series {rows}x{cols}.")
+        if s.size != (rows, cols):
+            raise InvalidInput(f"{label}: {s.source} is {s.size[0]}x{s.size[1]} pixels, the series {rows}x{cols}.")
         if np.abs(s.orientation - ref.orientation).max() > ORIENTATION_ATOL:
             raise InvalidInput(f"{label}: mixed orientations ({s.source} differs from {ref.source}).")
         if max(abs(a - b) for a, b in zip(s.pixel_spacing, ref.pixel_spacing)) > PIXEL_SPACING_ATOL:
@@ -197,9 +226,6 @@ def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], headers: Sequen
             raise InvalidInput(f"{label}: {name} is {NON_IMAGE_SOP_CLASSES[h.sop_class]}, not an image.")
         if not h.has_pixels:
             raise InvalidInput(f"{label}: {name} holds no pixel data (SOP class {h.sop_class} {UID(h.sop_class).name}), not an image.")
-        if "MOSAIC" in h.image_type:
-            raise InvalidInput(f"{label} is a Siemens mosaic (ImageType MOSAIC: several slices tiled in one image), which "
-                               "medsynth does not unpack; convert it with dcm2niix and upload the NIfTI.")
         if "LOCALIZER" in h.image_type:
             raise InvalidInput(f"{label} is a localizer (ImageType {'/'.join(h.image_type)}), not a scan.")
         if h.rows < 1 or h.columns < 1:
@@ -209,8 +235,19 @@ def _refuse_non_images(instances: Sequence[tuple[str, Dataset]], headers: Sequen
                                "(MONOCHROME1/2) series are accepted.")
 
 
+def _refuse_mixed_mosaics(instances: Sequence[tuple[str, Dataset]], headers: Sequence[Header], label: str) -> None:
+    mosaics = [name for (name, _), h in zip(instances, headers, strict=True) if h.mosaic]
+    if mosaics and len(mosaics) != len(instances):
+        other = next(name for (name, _), h in zip(instances, headers, strict=True) if not h.mosaic)
+        raise InvalidInput(f"{label} mixes Siemens mosaics ({mosaics[0]}) with single-slice images ({other}).")
+
+
 def _slices(name: str, ds: Dataset, header: Header, label: str) -> list[Slice]:
     frames = header.frames
+    if header.mosaic:
+        if frames != 1:
+            raise InvalidInput(f"{label}: {name} is a Siemens mosaic of {frames} frames; mosaics are single-frame.")
+        return _mosaic_slices(name, ds, header, label)
     if 0x52009230 not in ds:  # PerFrameFunctionalGroupsSequence
         if frames != 1:
             raise InvalidInput(f"{label}: {name} has {frames} frames but no per-frame functional groups.")
@@ -231,9 +268,35 @@ def _slices(name: str, ds: Dataset, header: Header, label: str) -> list[Slice]:
     return out
 
 
+def _mosaic_slices(name: str, ds: Dataset, header: Header, label: str) -> list[Slice]:
+    """The tiles of a Siemens mosaic as slices: each tile's position is the mosaic's ImagePositionPatient
+    moved from the whole image's corner to the tile's (half the size difference, in pixels, along the
+    row and column directions), then SpacingBetweenSlices (else SliceThickness) along the slice normal
+    per tile, which way the CSA SliceNormalVector says."""
+    whole = _slice(name, ds, header, None, ds, ds, ds, header.order)
+    info = mosaic_info(ds, header.rows, header.columns, f"{label}: {name}")
+    normal = whole.normal
+    alignment = float(normal @ info.slice_normal)
+    if abs(alignment) < 0.99:
+        raise InvalidInput(f"{label}: {name} is a Siemens mosaic whose CSA SliceNormalVector {info.slice_normal.tolist()} is not "
+                           f"the normal of its ImageOrientationPatient {whole.orientation.tolist()}.")
+    spacing = _decimals(ds, SPACING_BETWEEN_SLICES, name, default=[0.0])[0] or _decimals(ds, SLICE_THICKNESS, name, default=[0.0])[0]
+    if not spacing > 0:
+        raise InvalidInput(f"{label}: {name} is a Siemens mosaic with neither SpacingBetweenSlices nor SliceThickness: "
+                           "the distance between its slices is unknown.")
+    row_spacing, col_spacing = whole.pixel_spacing
+    first = (whole.position
+             + whole.orientation[:3] * col_spacing * (header.columns - info.tile_columns) / 2
+             + whole.orientation[3:] * row_spacing * (header.rows - info.tile_rows) / 2)
+    step = normal * spacing * (1.0 if alignment > 0 else -1.0)
+    return [dataclasses.replace(whole, source=f"{name} tile {k + 1}", position=first + k * step, mosaic=info, tile=k)
+            for k in range(info.images)]
+
+
 IMAGE_POSITION, IMAGE_ORIENTATION, PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
 RESCALE_INTERCEPT, RESCALE_SLOPE = 0x00281052, 0x00281053
 INSTANCE_NUMBER, TEMPORAL_POSITION, NUMBER_OF_FRAMES, SLICE_THICKNESS = 0x00200013, 0x00200100, 0x00280008, 0x00180050
+SPACING_BETWEEN_SLICES = 0x00180088
 NUMERIC_VRS = {"DS": "a decimal number", "IS": "an integer"}
 _SHOWN = 64  # characters of a bad value that a message repeats
 
@@ -361,6 +424,11 @@ class Header:
     has_pixels: bool
     syntax: str
 
+    @property
+    def mosaic(self) -> bool:
+        """A Siemens mosaic: several slices tiled in one image."""
+        return "MOSAIC" in self.image_type
+
     @classmethod
     def of(cls, ds: Dataset, what: str) -> Header:
         temporal = integer(ds, TEMPORAL_POSITION, what, -1)
@@ -471,6 +539,10 @@ def _values(s: Slice, label: str) -> np.ndarray:
     if h.frames > 1 and s.frame is None:
         raise InvalidInput(f"{label}: {s.source} is multi-frame without functional groups.")
     raw = np.asarray(pixels)
+    if s.mosaic is not None:
+        m = s.mosaic
+        top, left = (s.tile // m.across) * m.tile_rows, (s.tile % m.across) * m.tile_columns
+        raw = raw[top:top + m.tile_rows, left:left + m.tile_columns]
     if h.photometric == "MONOCHROME1":
         bits = h.bits_stored or raw.dtype.itemsize * 8
         raw = -1 - raw.astype(np.int64) if h.signed else (1 << bits) - 1 - raw.astype(np.int64)

@@ -277,12 +277,16 @@ def _inflate(compressed: Iterable[bytes], what: str) -> Iterator[bytes]:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def validate_scan(image_data: bytes | Path, label_data: bytes | Path | None, *, max_voxels: int) -> CanonicalScan:
+def validate_scan(image_data: bytes | Path, label_data: bytes | Path | None, *, max_voxels: int,
+                  time_series: str = "refuse") -> CanonicalScan:
     """Check an uploaded image (and optional label map), as bytes or as files, and return it in
     canonical RAS orientation.
 
     A 4D (or 5D) file whose extra axes are all 1 is read as 3D, and a 3D file whose third axis is 1 as
-    2D. A 2D image keeps its two in-plane axes, flipped and/or swapped into RAS order. Raises
+    2D. A 2D image keeps its two in-plane axes, flipped and/or swapped into RAS order. A 4D image is a
+    time series (NIfTI's fourth axis is time): ``time_series`` (a project's option) ``"first"`` keeps
+    its first time point; otherwise it is refused, the message saying why (a fourth axis that holds
+    channels, as in Decathlon multi-modal images, is not supported either). Raises
     :class:`InvalidInput` (or :class:`TooLarge`) naming the first problem found.
 
     Memory: one array per file (the voxels as read, converted in place of a copy where the type
@@ -290,7 +294,9 @@ def validate_scan(image_data: bytes | Path, label_data: bytes | Path | None, *, 
     those (no reoriented copy): write them with :func:`write_nifti`, which reads them a slab at a time.
     """
     img, raw_image, header = _read(image_data, "image", max_voxels)
-    image = _squeeze(raw_image, "image")
+    image = _squeeze(raw_image, "image", time=True)
+    if image.ndim == 4:
+        image = _first_time_point(image, tuple(raw_image.shape), time_series)
     _check_pixdim(header, "image", image.ndim)
     affine = _check_affine(np.asarray(img.affine, dtype=np.float64), image.ndim)
     image = _check_image_values(image)
@@ -354,19 +360,32 @@ def _distinct_values(label: np.ndarray) -> tuple[int, ...]:
     return tuple(sorted(found))
 
 
-def _squeeze(array: np.ndarray, what: str) -> np.ndarray:
-    """Drop trailing size-1 axes beyond the second; the result must be 2D or 3D and non-empty."""
+def _squeeze(array: np.ndarray, what: str, *, time: bool = False) -> np.ndarray:
+    """Drop trailing size-1 axes beyond the second; the result must be 2D or 3D (or, with ``time``,
+    4D: a time series, time last) and non-empty."""
     shape = tuple(array.shape)
     squeezed = shape
     while len(squeezed) > 2 and squeezed[-1] == 1:
         squeezed = squeezed[:-1]
     if array.size == 0:
         raise InvalidInput(f"{what} must not be empty, got shape {shape}.")
-    if len(squeezed) not in (2, 3):
+    if len(squeezed) not in ((2, 3, 4) if time else (2, 3)):
         raise InvalidInput(f"{what} must be 2D or 3D, got shape {shape}.")
     if array.dtype.kind not in "biuf":
         raise InvalidInput(f"{what} must hold real numbers, got data type {array.dtype}.")
     return array.reshape(squeezed)
+
+
+def _first_time_point(image: np.ndarray, shape: tuple[int, ...], time_series: str) -> np.ndarray:
+    """The first time point of a 4D ``image`` when ``time_series`` is ``"first"``; else the refusal."""
+    if time_series == "first":
+        return _squeeze(image[..., 0], "image")
+    why = ("which this project refuses (its option time_series can keep the 'first' time point)" if time_series != "split" else
+           "which one NIfTI upload cannot split into scans (an upload makes one scan: send each time point as its own file, "
+           "or keep the 'first' with the project's option time_series)")
+    raise InvalidInput(f"image must be 2D or 3D, got shape {shape}: a 4D NIfTI is a time series ({shape[3]} time points: its "
+                       f"fourth axis is time), {why}. Images whose fourth axis holds channels (Decathlon multi-modal images) "
+                       "are not supported yet.")
 
 
 def _check_pixdim(header: nib.Nifti1Header, what: str, ndim: int) -> None:

@@ -130,7 +130,8 @@ def _projects(args: argparse.Namespace) -> int:
     if args.action == "create":
         if not args.name:
             raise InvalidInput("projects create needs a name")
-        options = DicomOptions(retain_dates=args.retain_dates, allow_burned_in=args.allow_burned_in)
+        options = DicomOptions(retain_dates=args.retain_dates, allow_burned_in=args.allow_burned_in,
+                               time_series=args.time_series)
         project = projects.create(args.name, description=args.description or "", created_by="cli", dicom=options)
         print(f"created project {project.name}")
     elif args.action == "deid-key":
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create: DICOM dates shifted per patient instead of removed (the modified-dates option)")
     p.add_argument("--allow-burned-in", action="store_true",
                    help="create: ingest DICOM that may show identifying text in its pixels instead of quarantining it")
+    p.add_argument("--time-series", choices=["refuse", "first", "split"], default="refuse",
+                   help="create: a time series (DICOM, 4D NIfTI) is refused (default), kept as its first time point, "
+                        "or split into one scan per time point")
     p.set_defaults(run=_projects)
 
     p = sub.add_parser("audit", help="read or verify the audit trail")

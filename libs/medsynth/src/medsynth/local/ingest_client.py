@@ -5,6 +5,9 @@
   has several scans, and a split that takes each file for its own patient leaks patients between
   training and test: ``--patients map.csv`` (columns ``case,patient_id``) or ``--patient-pattern REGEX``
   (the first group, or the group named ``patient``, of a match against the case name).
+  A ``dataset.json`` that declares several modalities (Decathlon BraTS, prostate) means each image
+  holds them as channels on its fourth axis: such cases are rejected here, with that reason, and not
+  sent (the service would take a fourth axis for time; channels are not supported yet).
 * A folder of DICOM files (any depth; no ``imagesTr/``): one upload per patient (PatientID) to the
   DICOM route, each series becoming a scan, de-identified by the service.
 
@@ -18,6 +21,7 @@ platform's (also listed: run the command again to send those).
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -147,6 +151,21 @@ def find_cases(root: Path, patient_of: PatientOf | None = None) -> list[Case]:
     return cases
 
 
+def declared_channels(root: Path) -> list[str]:
+    """The modalities ``root/dataset.json`` declares (``"modality": {"0": "FLAIR", "1": "T1w", ...}``),
+    in channel order; [] when there is no dataset.json or it declares none."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        return []
+    try:
+        modality = json.loads(path.read_text()).get("modality") or {}
+    except (ValueError, AttributeError) as exc:
+        raise InvalidInput(f"{path} is not a Decathlon dataset.json: {exc}") from None
+    if isinstance(modality, dict):
+        return [str(modality[k]) for k in sorted(modality, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    return [str(m) for m in modality] if isinstance(modality, list) else [str(modality)]
+
+
 def dicom_patients(root: Path) -> dict[str, list[Path]]:
     """The DICOM files under ``root`` by PatientID (headers only are read; non-DICOM files are skipped)."""
     import pydicom
@@ -183,6 +202,11 @@ def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: 
         return _ingest_dicom(patients, dataset, url, api_key=api_key, workers=workers, progress=progress, retry=retry)
     cases = find_cases(root, patient_of)
     summary = Summary()
+    if len(channels := declared_channels(root)) > 1:
+        reason = (f"dataset.json declares {len(channels)} modalities ({', '.join(channels)}): each image holds them as channels "
+                  "on its fourth axis, not time points; multi-channel images are not supported yet")
+        summary.rejected.update({case_name(c.image): reason for c in cases})
+        return summary
     with api_client(api_key=api_key, timeout=300, retry=retry) as client, ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): case_name(c.image) for c in cases}
         for future in tqdm(as_completed(futures), total=len(futures), unit="scan", disable=not progress, desc=dataset):

@@ -8,6 +8,7 @@ and holds what was written before projects did.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,14 +22,26 @@ DEFAULT_PROJECT = "default"
 REGISTRY = "auth/projects/"
 
 
+#: What ingest does with a time series (several volumes of one series: fMRI, DWI, Siemens mosaics over
+#: time; or a 4D NIfTI): refuse it, keep its first time point, or make one scan per time point.
+TimeSeries = Literal["refuse", "first", "split"]
+
+
 class DicomOptions(BaseModel):
-    """How the project's DICOM is de-identified on the way in (DICOM PS3.15 Annex E)."""
+    """How the project's DICOM is de-identified on the way in (DICOM PS3.15 Annex E), and what becomes of
+    time series (DICOM series and 4D NIfTI alike)."""
 
     model_config = ConfigDict(extra="forbid")
     retain_dates: bool = Field(False, description="Retain Longitudinal Temporal Information with Modified Dates: "
                                                    "dates shifted by a fixed number of days per patient instead of removed.")
     allow_burned_in: bool = Field(False, description="Ingest images that may show identifying text in their pixels "
                                                       "(BurnedInAnnotation YES, secondary captures, ultrasound) instead of quarantining them.")
+    time_series: TimeSeries = Field("refuse", description="A time series (a DICOM series with several volumes at one "
+                                    "position — fMRI, DWI, Siemens mosaics over time — or a 4D NIfTI, whose fourth axis "
+                                    "is time): 'refuse' it with the reason, keep its 'first' time point as the scan, or "
+                                    "'split' it into one scan per time point (named <series>-t000, -t001, ...). A 4D "
+                                    "image whose fourth axis holds channels (a Decathlon multi-modal image) is not a "
+                                    "time series and is refused whatever this says.")
 
 
 class Project(BaseModel):

@@ -28,6 +28,7 @@ from medsynth.datasets.ingest import commit_scans
 from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import read_instance
 from medsynth.runtime.telemetry import DICOM_INSTANCES, INGESTED
+from medsynth.store.projects import Projects, TimeSeries
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/datasets", tags=["dicom"])
@@ -61,6 +62,11 @@ def deidentifier(request: Request, project: str) -> Deidentifier:
     if project not in cache:
         cache[project] = Deidentifier(deid_policy(request.app.state.store, project))
     return cache[project]
+
+
+def time_series_option(request: Request, project: str) -> TimeSeries:
+    """The project's DICOM option for time series (read each time: one small object)."""
+    return Projects(request.app.state.store).get(project).dicom.time_series
 
 
 #: A zip declaring less than this, inflated, is not held to MEDSYNTH_MAX_ZIP_RATIO: small archives may
@@ -138,11 +144,12 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
     that may show identity in their pixels are quarantined (listed, not stored)."""
     _before_body(dataset, guard, principal, project)
     deid = deidentifier(request, project)
+    time_series = time_series_option(request, project)
     form = await _read(request, settings, related=False,
                        usage="the upload must be multipart/form-data with one or more `file` parts (DICOM files or zips).")
     try:
         async with upload_slots(request.app, settings).hold(form.received):  # its series will be in memory
-            return await run_in_threadpool(_ingest_upload, form, dataset, project, deid, settings, store, bus)
+            return await run_in_threadpool(_ingest_upload, form, dataset, project, deid, time_series, settings, store, bus)
     except Exception as exc:
         INGESTED.labels(type(exc).__name__).inc()
         raise
@@ -150,7 +157,8 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
         form.close()
 
 
-def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifier, settings, store, bus) -> DicomUploadPublic:
+def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifier, time_series: TimeSeries, settings, store,
+                   bus) -> DicomUploadPublic:
     files = dicom_files(form, settings.max_dicom_upload_bytes, settings.max_zip_ratio)
     received = [receive(read_instance(data, name), name, deid) for name, data in files]
     if not received:
@@ -160,7 +168,8 @@ def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifi
     series = group_series(received)
     if not series:
         raise InvalidInput(f"nothing to ingest: all {len(received)} instances were quarantined ({quarantined[0].reason}).")
-    prepared = [prepare_series(store, dataset, instances, max_voxels=settings.max_voxels) for instances in series.values()]
+    prepared = [scan for instances in series.values()
+                for scan in prepare_series(store, dataset, instances, max_voxels=settings.max_voxels, time_series=time_series)]
     # one version for the whole upload: every series is stored, or (on any error) none
     manifest = commit_scans(store, dataset, [(p.entry, p.objects) for p in prepared], scan_announcer(bus, project, dataset))
     INGESTED.labels("accepted").inc(len(prepared))
@@ -283,7 +292,8 @@ async def commit_series(dataset: str, request: Request, settings: SettingsDep, s
     """Assemble staged series now instead of waiting for the quiet period; each record says
     ``ingested`` (with the scan id) or ``rejected`` (with the reason)."""
     done = await run_in_threadpool(commit, store, dataset, series, max_voxels=settings.max_voxels,
-                                   on_ingested=scan_announcer(bus, project, dataset))
+                                   on_ingested=scan_announcer(bus, project, dataset),
+                                   time_series=time_series_option(request, project))
     return SeriesListPublic(dataset=dataset, series=done)
 
 

@@ -17,6 +17,7 @@ from medsynth.datasets.ingest import ingest_scan
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry
 from medsynth.bus.messages import make_event
 from medsynth.runtime.telemetry import INGESTED, INGESTED_BYTES
+from medsynth.store.projects import Projects
 from medsynth.v1 import events_pb2
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ UPLOAD_BODY = {
         "required": ["patient_id", "image"],
         "properties": {
             "patient_id": {"type": "string", "description": "Pseudonymous patient id; scans are split by it."},
-            "image": {"type": "string", "format": "binary", "description": "NIfTI image (.nii or .nii.gz), 2D or 3D."},
+            "image": {"type": "string", "format": "binary", "description": "NIfTI image (.nii or .nii.gz), 2D or 3D; 4D (time) "
+                                                                                "as the project's option time_series says."},
             "label": {"type": "string", "format": "binary", "description": "Optional integer label map on the image's grid."},
         },
     }}},
@@ -67,7 +69,7 @@ async def upload_scan(dataset: str, request: Request, settings: SettingsDep, sto
         raise
     try:
         async with upload_slots(request.app, settings).hold(form.received):  # its volume will be in memory
-            return await _ingest(dataset, project, form, settings, store, bus)
+            return await _ingest(dataset, project, form, settings, store, bus, request.app.state.store)
     finally:
         form.close()
 
@@ -100,7 +102,12 @@ def scan_public(dataset: str, entry: ScanEntry, manifest: ManifestVersion) -> Sc
     )
 
 
-async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, bus) -> ScanPublic:
+def _ingest_in_project(root, project: str, *args, **kwargs) -> tuple[ScanEntry, ManifestVersion]:
+    """:func:`ingest_scan` under the project's option for time series (4D images)."""
+    return ingest_scan(*args, time_series=Projects(root).get(project).dicom.time_series, **kwargs)
+
+
+async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, bus, root) -> ScanPublic:
     image_upload, label_upload = form.image, form.label
     announce = scan_announcer(bus, project, dataset)
     try:
@@ -109,7 +116,7 @@ async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, b
         if image_upload is None:
             raise InvalidInput("the file field image is missing or empty.")
         entry, manifest = await run_in_threadpool(
-            ingest_scan, store, dataset, form.patient_id, image_upload, label_upload,
+            _ingest_in_project, root, project, store, dataset, form.patient_id, image_upload, label_upload,
             max_voxels=settings.max_voxels, on_ingested=announce,
         )
     except Exception as exc:
