@@ -73,7 +73,7 @@ bench-study: install
 	$(VENV)/bin/python -m medsynth.bench.study $(ARGS)
 
 # The service images (deploy/images/Dockerfile), where a Docker engine exists: VARIANT=cuda for the GPU stages.
-IMAGE_TARGETS := api ingest trainer sampler segmenter evaluator torchserve
+IMAGE_TARGETS := api ingest trainer preparer sampler segmenter evaluator torchserve
 GPU_TARGETS := trainer segmenter torchserve
 VERSION ?= 0.1.0
 images:

@@ -136,3 +136,46 @@ def test_every_torch_process_has_a_bounded_thread_count(compose: dict) -> None:
     PyTorch's thread per core, which makes concurrent jobs spin against each other."""
     for name in ("trainer", "segmenter", "evaluator", "sampler", "torchserve"):
         assert compose["services"][name]["environment"]["OMP_NUM_THREADS"] == "${MEDSYNTH_TORCH_THREADS:-2}", name
+
+
+def test_each_job_kind_is_consumed_by_one_worker(compose: dict) -> None:
+    """The trainer (GPU_VARIANT=cuda: on the GPU) trains generators only; prepare-dataset is the CPU preparer's.
+    Each worker runs what its MEDSYNTH_WORKER_KINDS says (handlers_for), and each job kind has one worker."""
+    from medsynth.bus.messages import JobKind
+    from medsynth.handlers import handlers_for
+
+    consumed: dict[str, str] = {}
+    for name in ("trainer", "preparer", "sampler", "segmenter", "evaluator"):
+        kinds = compose["services"][name]["environment"].get("MEDSYNTH_WORKER_KINDS")
+        runs = handlers_for(name, kinds.split(",") if kinds else None)
+        for kind in runs:
+            assert kind.value not in consumed, (kind, consumed.get(kind.value), name)
+            consumed[kind.value] = name
+    assert set(consumed) == {k.value for k in JobKind} and consumed["prepare-dataset"] == "preparer"
+
+
+def test_kafka_tls_sasl_and_the_stores_ca_pass_through_from_the_env_file(compose: dict, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/.env pointing the services at brokers of one's own over SASL_SSL and a store over https with an
+    internal CA: every service's environment loads with those settings (the empty defaults of .env.example load
+    as unset, as the test above shows)."""
+    from tls_certs import make_pki
+
+    from medsynth.bus.client import kafka_security_options
+
+    pki = make_pki(tmp_path)
+    env = dict(example_env(), MEDSYNTH_KAFKA_BOOTSTRAP="b-1.kafka.example.org:9093", MEDSYNTH_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+               MEDSYNTH_KAFKA_SASL_MECHANISM="SCRAM-SHA-256", MEDSYNTH_KAFKA_SASL_USERNAME="medsynth",
+               MEDSYNTH_KAFKA_SASL_PASSWORD="kafka-secret", MEDSYNTH_KAFKA_SSL_CAFILE=str(pki.ca),
+               MEDSYNTH_S3_ENDPOINT="s3.example.org:443", MEDSYNTH_S3_SECURE="true", MEDSYNTH_S3_CA_BUNDLE=str(pki.ca))
+    for name in SERVICES:
+        with monkeypatch.context() as m:
+            for key in [k for k in os.environ if k.startswith("MEDSYNTH_")]:
+                m.delenv(key)
+            for key, value in compose["services"][name]["environment"].items():
+                m.setenv(key, substitute(value, env))
+            settings = Settings()
+        options = kafka_security_options(settings)
+        assert settings.kafka_bootstrap == "b-1.kafka.example.org:9093" and settings.s3_secure and settings.s3_ca_bundle == pki.ca
+        assert options == {"security_protocol": "SASL_SSL", "ssl_check_hostname": True, "ssl_cafile": str(pki.ca),
+                           "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "medsynth", "sasl_plain_password": "kafka-secret"}, name

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 
-from medsynth.bus.client import Bus, BusError
+from medsynth.bus.client import Bus, BusError, unreachable
 
 
 def ensure_topics(bus: Bus, topics: Sequence[tuple[str, int]], *, timeout_s: float = 30.0) -> list[str]:
@@ -15,8 +16,8 @@ def ensure_topics(bus: Bus, topics: Sequence[tuple[str, int]], *, timeout_s: flo
 
     try:
         admin = KafkaAdminClient(**bus.client_options(), request_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise BusError(f"cannot reach Kafka at {bus.settings.kafka_bootstrap}: {exc}") from exc
+    except (KafkaError, ssl.SSLError) as exc:
+        raise unreachable(bus.settings, exc) from exc
     created = []
     try:
         for name, partitions in topics:
@@ -25,7 +26,7 @@ def ensure_topics(bus: Bus, topics: Sequence[tuple[str, int]], *, timeout_s: flo
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
-            except KafkaError as exc:
+            except (KafkaError, ssl.SSLError) as exc:
                 raise BusError(f"creating topic {name} failed: {exc}") from exc
     finally:
         admin.close()

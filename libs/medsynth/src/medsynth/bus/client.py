@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from medsynth.bus.topics import command_topic, events_topic
 from medsynth.core.errors import MedsynthError
-from medsynth.core.settings import Settings
+from medsynth.core.settings import KafkaSecurityProtocol, Settings
 from medsynth.bus.messages import Command, Event, JobKind
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,37 @@ log = logging.getLogger(__name__)
 
 class BusError(MedsynthError):
     """The broker is unreachable or did not acknowledge a message."""
+
+
+def kafka_security_options(settings: Settings) -> dict:
+    """kafka-python's transport-security options from the settings (validated there): TLS with the brokers'
+    CA and an optional client certificate, SASL PLAIN or SCRAM with the user's password. Nothing for
+    PLAINTEXT, so that a plaintext client is built exactly as before."""
+    protocol = settings.kafka_security_protocol
+    options: dict = {}
+    if protocol is KafkaSecurityProtocol.plaintext:
+        return options
+    options["security_protocol"] = protocol.value
+    if protocol.tls:
+        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
+        for option, path in (("ssl_cafile", settings.kafka_ssl_cafile), ("ssl_certfile", settings.kafka_ssl_certfile),
+                             ("ssl_keyfile", settings.kafka_ssl_keyfile)):
+            if path is not None:
+                options[option] = str(path)
+    if protocol.sasl:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism.value
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password_value
+    return options
+
+
+def unreachable(settings: Settings, exc: Exception) -> BusError:
+    """The error for a client that could not be built or connect; a TLS failure (the brokers' certificate
+    not signed by a trusted CA, a client certificate refused) says which settings are involved."""
+    if isinstance(exc, ssl.SSLError):
+        return BusError(f"TLS to Kafka at {settings.kafka_bootstrap} failed: {exc} (MEDSYNTH_KAFKA_SSL_CAFILE: the CA "
+                        "of the brokers' certificates; MEDSYNTH_KAFKA_SSL_CERTFILE/KEYFILE: the client certificate)")
+    return BusError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -57,12 +89,15 @@ class Bus:
         self._acked: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset acknowledged to this process
 
     def client_options(self) -> dict:
-        """What every kafka-python client of this bus is built with (bootstrap, client id, protocol)."""
+        """What every kafka-python client of this bus is built with (bootstrap, client id, protocol version,
+        and the transport security of :func:`kafka_security_options`): its producer, its consumers and the
+        admin client of :func:`medsynth.bus.admin.ensure_topics`."""
         version = self.settings.kafka_api_version
         return dict(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             client_id=self.client_id,
             api_version=tuple(int(p) for p in version.split(".")) if version else None,
+            **kafka_security_options(self.settings),
         )
 
     def _get_producer(self):
@@ -88,8 +123,8 @@ class Bus:
                         request_timeout_ms=timeout_ms,
                         delivery_timeout_ms=timeout_ms,
                     )
-                except KafkaError as exc:
-                    raise BusError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+                except (KafkaError, ssl.SSLError) as exc:
+                    raise unreachable(self.settings, exc) from exc
             return self._producer
 
     def _send(self, topic: str, key: bytes, value: bytes) -> Delivered:
@@ -166,7 +201,7 @@ class Bus:
         while True:
             try:
                 return self._send(topic, key, value)
-            except KafkaError as exc:
+            except (KafkaError, ssl.SSLError) as exc:
                 error: Exception = exc
                 self._discard_producer()  # kafka-python can keep a partition muted after a lost connection
             if found is not None:  # the failed send may have reached the log all the same
@@ -174,7 +209,7 @@ class Bus:
                     if (earlier := found()) is not None:
                         log.info("a send to %s that reported failure had reached the log (%s); not sent again", topic, earlier)
                         return earlier
-                except KafkaError as exc:
+                except (KafkaError, ssl.SSLError) as exc:
                     error = exc
             if time.monotonic() >= deadline:
                 raise BusError(f"publishing to {topic} failed: {error}") from error
@@ -259,7 +294,12 @@ class Bus:
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
         )
         options.update(overrides)
-        consumer = KafkaConsumer(**options)
+        from kafka.errors import KafkaError
+
+        try:
+            consumer = KafkaConsumer(**options)
+        except (KafkaError, ssl.SSLError) as exc:  # it connects at once unless the protocol version is pinned
+            raise unreachable(self.settings, exc) from exc
         consumer.subscribe(list(topics))
         return consumer
 

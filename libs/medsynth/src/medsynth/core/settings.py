@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import ssl
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_S3_SECRET = "medsynth-dev-secret"
 
@@ -24,6 +27,60 @@ class StoreBackend(str, Enum):
 class SamplerBackend(str, Enum):
     torchserve = "torchserve"
     inprocess = "inprocess"
+
+
+class KafkaSecurityProtocol(str, Enum):
+    """How the Kafka clients reach the brokers (Kafka's ``security.protocol``)."""
+
+    plaintext = "PLAINTEXT"
+    ssl = "SSL"
+    sasl_plaintext = "SASL_PLAINTEXT"
+    sasl_ssl = "SASL_SSL"
+
+    @property
+    def tls(self) -> bool:
+        return self in (KafkaSecurityProtocol.ssl, KafkaSecurityProtocol.sasl_ssl)
+
+    @property
+    def sasl(self) -> bool:
+        return self in (KafkaSecurityProtocol.sasl_plaintext, KafkaSecurityProtocol.sasl_ssl)
+
+
+class KafkaSaslMechanism(str, Enum):
+    plain = "PLAIN"
+    scram_sha_256 = "SCRAM-SHA-256"
+    scram_sha_512 = "SCRAM-SHA-512"
+
+
+#: Setting → its variable, for the errors of the transport-security settings.
+_ENUMS = {"kafka_security_protocol": KafkaSecurityProtocol, "kafka_sasl_mechanism": KafkaSaslMechanism}
+_FILES = ("kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "s3_ca_bundle")
+_WORKER_KIND = re.compile(r"^[a-z][a-z-]*$")
+
+
+def _variable(field: str) -> str:
+    return f"MEDSYNTH_{field.upper()}"
+
+
+def _readable_file(variable: str, path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"{variable}={path}: no such file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{variable}={path}: cannot be read ({exc.strerror})") from None
+
+
+def _ca_file(variable: str, path: Path) -> None:
+    """A PEM file of one or more CA certificates, as TLS clients load it."""
+    _readable_file(variable, path)
+    try:
+        context = ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"{variable}={path}: not a PEM bundle of CA certificates ({exc})") from None
+    if not context.cert_store_stats()["x509"]:
+        raise ValueError(f"{variable}={path}: holds no certificate")
 
 
 class DicomPeer(BaseModel):
@@ -73,8 +130,12 @@ class Settings(BaseSettings):
     s3_bucket: str = "medsynth"
     s3_access_key: str = "medsynth"
     s3_secret_key: str = DEV_S3_SECRET
-    s3_secure: bool = False
+    s3_secure: bool = Field(False, description="https to the S3 server (also set by an https:// endpoint).")
     s3_region: str = "us-east-1"
+    s3_ca_bundle: Path | None = Field(
+        None, description="PEM file of the CAs that sign the S3 server's certificate (an internal CA), trusted instead "
+        "of the public ones; needs https (MEDSYNTH_S3_SECURE=true or an https:// endpoint).",
+    )
 
     # bus
     kafka_bootstrap: str | None = Field(None, description="Unset: `medsynth stack up` starts a local broker.")
@@ -89,6 +150,27 @@ class Settings(BaseSettings):
         False,
         description="Let the broker drop a producer's retried duplicates (Kafka >= 0.11; tansu 0.6 refuses it). Events "
         "are published once either way: a failed send is looked for in the log before it is sent again.",
+    )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        KafkaSecurityProtocol.plaintext, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL: passed to every Kafka client.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        None, description="SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL_*: the user medsynth authenticates as.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL_*: its password (or MEDSYNTH_KAFKA_SASL_PASSWORD_FILE, a file holding it).",
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="SASL_*: a file holding the password (a mounted Secret, a Vault agent's file); read at start.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="SSL / SASL_SSL: PEM file of the CAs that sign the brokers' certificates; unset: the system's CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="SSL / SASL_SSL: client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="SSL / SASL_SSL: the client certificate's private key (PEM, unencrypted).")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="SSL / SASL_SSL: the broker's certificate must name the host connected to.",
     )
     max_attempts: int = Field(3, ge=1, description="Handler attempts before a command is dead-lettered.")
     retry_backoff_s: float = Field(1.0, ge=0)
@@ -105,6 +187,12 @@ class Settings(BaseSettings):
         60.0, ge=1,
         description="A running job's lease: its worker renews it every third of this; once it expires (the worker "
         "died) the reconciler puts the job's command back on the queue.",
+    )
+
+    # workers
+    worker_kinds: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="A worker service runs only these of its job kinds (comma-separated, e.g. train-generator); "
+        "unset: all of them. Lets the trainer leave prepare-dataset to the CPU preparer service.",
     )
 
     # compute
@@ -207,6 +295,90 @@ class Settings(BaseSettings):
     uploads_per_minute_per_key: int = Field(600, ge=1, description="Scans one key may upload per minute.")
     uploads_per_minute_per_project: int = Field(3000, ge=1, description="Scans one project may take in per minute.")
     max_json_bytes: int = Field(1024**2, ge=1024, description="Largest JSON request body (uploads have their own limit).")
+
+    @field_validator(*_ENUMS, mode="before")
+    @classmethod
+    def _named_choice(cls, value: object, info) -> object:
+        """One of the enum's values (any case), with the variable named when it is not."""
+        if value is None or isinstance(value, Enum):
+            return value
+        text = str(value).strip()
+        if not text:
+            return None if info.field_name != "kafka_security_protocol" else KafkaSecurityProtocol.plaintext
+        choices = _ENUMS[info.field_name]
+        for choice in choices:
+            if text.upper() == choice.value:
+                return choice
+        allowed = ", ".join(c.value for c in choices)
+        raise ValueError(f"{_variable(info.field_name)} must be one of {allowed}, not {text!r}")
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", *_FILES, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (compose passes `${X:-}` through) means not set."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("worker_kinds", mode="before")
+    @classmethod
+    def _kinds_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()] or None
+        if value is not None:
+            bad = [kind for kind in value if not _WORKER_KIND.match(str(kind))]
+            if bad or not value:
+                raise ValueError(f"MEDSYNTH_WORKER_KINDS: comma-separated job kinds (e.g. prepare-dataset,train-generator), not {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _transport_security(self) -> Settings:
+        """Kafka's and the store's TLS and SASL settings fit together and their files are there; checked when
+        the settings are read, so that a service refuses to start rather than fail on its first connection."""
+        protocol = self.kafka_security_protocol
+        named = f"MEDSYNTH_KAFKA_SECURITY_PROTOCOL={protocol.value}"
+        sasl = {"kafka_sasl_mechanism": self.kafka_sasl_mechanism, "kafka_sasl_username": self.kafka_sasl_username,
+                "kafka_sasl_password": self.kafka_sasl_password, "kafka_sasl_password_file": self.kafka_sasl_password_file}
+        tls = {"kafka_ssl_cafile": self.kafka_ssl_cafile, "kafka_ssl_certfile": self.kafka_ssl_certfile,
+               "kafka_ssl_keyfile": self.kafka_ssl_keyfile}
+        if protocol.sasl:
+            missing = [_variable(name) for name in ("kafka_sasl_mechanism", "kafka_sasl_username") if not sasl[name]]
+            if not self.kafka_sasl_password and not self.kafka_sasl_password_file:
+                missing.append("MEDSYNTH_KAFKA_SASL_PASSWORD (or MEDSYNTH_KAFKA_SASL_PASSWORD_FILE)")
+            if missing:
+                raise ValueError(f"{named} needs {', '.join(missing)}")
+            if self.kafka_sasl_password and self.kafka_sasl_password_file:
+                raise ValueError("set MEDSYNTH_KAFKA_SASL_PASSWORD or MEDSYNTH_KAFKA_SASL_PASSWORD_FILE, not both")
+        elif set_anyway := [_variable(name) for name, value in sasl.items() if value]:
+            raise ValueError(f"{', '.join(set_anyway)} set, but {named} has no SASL (SASL_SSL or SASL_PLAINTEXT uses it)")
+        if not protocol.tls and (set_anyway := [_variable(name) for name, value in tls.items() if value]):
+            raise ValueError(f"{', '.join(set_anyway)} set, but {named} has no TLS (SSL or SASL_SSL uses it)")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("MEDSYNTH_KAFKA_SSL_KEYFILE needs MEDSYNTH_KAFKA_SSL_CERTFILE (the client certificate)")
+        if self.s3_ca_bundle and not (self.s3_secure or self.s3_endpoint.lower().startswith("https://")):
+            raise ValueError("MEDSYNTH_S3_CA_BUNDLE set, but the store is reached over plain http: set MEDSYNTH_S3_SECURE=true")
+        for name in ("kafka_ssl_cafile", "s3_ca_bundle"):
+            if (path := getattr(self, name)) is not None:
+                _ca_file(_variable(name), path)
+        for name in ("kafka_sasl_password_file", "kafka_ssl_keyfile"):
+            if (path := getattr(self, name)) is not None:
+                _readable_file(_variable(name), path)
+        if self.kafka_ssl_certfile is not None:
+            _readable_file("MEDSYNTH_KAFKA_SSL_CERTFILE", self.kafka_ssl_certfile)
+            try:
+                ssl.create_default_context().load_cert_chain(str(self.kafka_ssl_certfile), self.kafka_ssl_keyfile and str(self.kafka_ssl_keyfile))
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"MEDSYNTH_KAFKA_SSL_CERTFILE / MEDSYNTH_KAFKA_SSL_KEYFILE: not a PEM certificate and its "
+                                 f"unencrypted private key ({exc})") from None
+        if self.kafka_sasl_password_file is not None and not self.kafka_sasl_password_file.read_text().strip():
+            raise ValueError(f"MEDSYNTH_KAFKA_SASL_PASSWORD_FILE={self.kafka_sasl_password_file}: the file is empty")
+        return self
+
+    @property
+    def kafka_sasl_password_value(self) -> str | None:
+        """The SASL password, from MEDSYNTH_KAFKA_SASL_PASSWORD or read from its file (trailing newline dropped)."""
+        if self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().rstrip("\r\n")
+        password = self.kafka_sasl_password
+        return password.get_secret_value() if isinstance(password, SecretStr) else password
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:

@@ -20,9 +20,11 @@ from medsynth.runtime.http import health_router, serve_in_thread
 def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; the job in hand stops at its next progress step and is redelivered.
 
-    ``handlers`` defaults to the worker's own (:func:`medsynth.handlers.handlers_for`).
+    ``handlers`` defaults to the worker's own (:func:`medsynth.handlers.handlers_for`), those of
+    ``MEDSYNTH_WORKER_KINDS`` if set.
     """
-    worker = Worker(name, settings, open_service_store(settings), Bus(settings, client_id=name), handlers or handlers_for(name))
+    handlers = handlers or handlers_for(name, settings.worker_kinds)  # a bad MEDSYNTH_WORKER_KINDS fails before anything starts
+    worker = Worker(name, settings, open_service_store(settings), Bus(settings, client_id=name), handlers)
 
     def ready() -> Mapping[str, bool]:
         return {"consumer": worker.ready.is_set(), "kafka": worker.bus.reachable()}

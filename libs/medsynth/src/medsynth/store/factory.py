@@ -23,6 +23,7 @@ def open_store(settings: Settings) -> ObjectStore:
             settings.s3_secret_key,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            ca_bundle=settings.s3_ca_bundle,
         ).ensure_bucket()
     from medsynth.store.local import LocalStore
 

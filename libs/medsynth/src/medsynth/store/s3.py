@@ -47,8 +47,13 @@ class S3Store(ObjectStore):
         *,
         secure: bool = False,
         region: str = "us-east-1",
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``ca_bundle``: a PEM file of the CAs to trust for the server's certificate (an internal CA) instead
+        of the public ones (``SSL_CERT_FILE``, else certifi's); https only."""
         self.endpoint, self.secure = _split_endpoint(endpoint, secure)
+        if ca_bundle is not None and not self.secure:
+            raise InvalidInput(f"an S3 CA bundle ({ca_bundle}) is for https; the endpoint {endpoint!r} is reached over http.")
         self.bucket = bucket
         try:
             check_bucket_name(bucket, strict=True)
@@ -61,7 +66,7 @@ class S3Store(ObjectStore):
                 secret_key=secret_key,
                 secure=self.secure,
                 region=region,
-                http_client=_http_client(),
+                http_client=_http_client(ca_bundle),
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid S3 endpoint {endpoint!r}: {exc}") from None
@@ -248,14 +253,14 @@ def _split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "https"
 
 
-def _http_client() -> urllib3.PoolManager:
+def _http_client(ca_bundle: str | os.PathLike[str] | None = None) -> urllib3.PoolManager:
     """minio's default pool, with a short connect timeout and few retries so that an unreachable
-    endpoint fails in seconds rather than minutes."""
+    endpoint fails in seconds rather than minutes; certificates checked against ``ca_bundle`` if given."""
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=5, read=30),  # read: the longest silence within one response
         maxsize=16,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        ca_certs=os.fspath(ca_bundle) if ca_bundle is not None else os.environ.get("SSL_CERT_FILE") or certifi.where(),
         retries=urllib3.Retry(total=3, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
     )
 
