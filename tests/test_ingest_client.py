@@ -3,6 +3,7 @@ larger than the rate limit's burst getting in whole, and the demo stopping when 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -64,6 +65,116 @@ def test_a_dicom_folder_is_uploaded_one_patient_at_a_time(platform_settings, tmp
     assert len(summary.accepted) == 2 and not summary.rejected, summary.lines()
     manifest = load_manifest(store, "pacs")
     assert len(manifest.patients) == 2 and not {"HOSP-1", "HOSP-2"} & set(manifest.patients)
+
+
+def _series(folder: Path, patient: str, number: int, shape=(16, 12, 4), seed: int = 0, edit=None) -> list:
+    """One series of ``patient`` written to ``folder`` (``edit(ds, k)`` may change each instance)."""
+    folder.mkdir(parents=True)
+    image = np.random.default_rng(seed).integers(0, 1000, shape).astype(np.float32)
+    identity = SeriesIdentity(patient, f"Doe^{patient}", series_number=number, series_description=f"series of {patient}")
+    datasets = series_from_volume(image, np.eye(4), identity)
+    for k, ds in enumerate(datasets):
+        if edit is not None:
+            edit(ds, k)
+        ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
+    return datasets
+
+
+def _overlapping_seg(sources: list, path: Path) -> None:
+    """A DICOM-SEG on ``sources`` whose two segments hold the same voxels (refused under the no-overlap rule)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    pixels = np.zeros((len(sources), sources[0].Rows, sources[0].Columns, 2), dtype=np.uint8)
+    pixels[1:3, 2:8, 2:6, :] = 1
+    segments = [hd.seg.SegmentDescription(segment_number=n, segment_label=f"s{n}", segmented_property_category=codes.SCT.Tissue,
+                                          segmented_property_type=codes.SCT.Tissue,
+                                          algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL) for n in (1, 2)]
+    seg = hd.seg.Segmentation(source_images=sources, pixel_array=pixels, segmentation_type="BINARY", segment_descriptions=segments,
+                              series_instance_uid=generate_uid(), series_number=99, sop_instance_uid=generate_uid(), instance_number=1,
+                              manufacturer="test", manufacturer_model_name="test", software_versions="1", device_serial_number="1")
+    path.parent.mkdir(parents=True)
+    seg.save_as(path)
+
+
+def _pacs_export(root: Path) -> Path:
+    """Three patients: p1 a good series, a Siemens mosaic without its CSA header (refused) and a series one
+    instance of which may show identity (quarantined); p2 a good series with an overlapping SEG (stored
+    unlabeled); p3 a good series."""
+    import pydicom
+
+    _series(root / "p1" / "t1", "HOSP-1", 1)
+    _series(root / "p1" / "bold", "HOSP-1", 7, shape=(8, 8, 1), seed=1,
+            edit=lambda ds, k: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]))
+    _series(root / "p1" / "sc", "HOSP-1", 5, seed=2, edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES" if k == 1 else "NO"))
+    _series(root / "p2" / "t1", "HOSP-2", 1, seed=3)
+    _overlapping_seg([pydicom.dcmread(f) for f in sorted((root / "p2" / "t1").glob("*.dcm"))], root / "p2" / "seg" / "seg.dcm")
+    _series(root / "p3" / "t1", "HOSP-3", 1, seed=4)
+    return root
+
+
+def test_a_dicom_folder_summary_counts_and_names_each_series(platform_settings, tmp_path: Path, store: ObjectStore, capsys) -> None:
+    """`medsynth ingest` on a DICOM folder: accepted / unlabeled / quarantined / refused counts, each series
+    that was not accepted named by the folder (or file) it was sent from, and the reason; exit status 1."""
+    root = _pacs_export(tmp_path / "pacs")
+    key = api_key(platform_settings, "uploader")
+    with live_server(create_ingest_app(platform_settings)) as url:
+        assert main(["ingest", str(root), "--dataset", "pacs", "--url", url, "--api-key", key]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "accepted 2, unlabeled 1, quarantined 1, refused 1, already present 0", lines
+    text = "\n".join(lines)
+    assert re.search(r"  refused p1/bold/0000\.dcm: series 7: bold/0000\.dcm is a Siemens mosaic .* without its CSA image header",
+                     text), text
+    assert re.search(r"  quarantined p1/sc/ \(4 files\): sc/0001\.dcm may show identifying text", text), text
+    assert re.search(r"  unlabeled p2/seg/seg\.dcm \+ p2/t1/ \(4 files\): mask not used, the series is stored unlabeled: "
+                     r"seg\.dcm \(DICOM-SEG\): segments 1 \('s1'\) and 2 \('s2'\) overlap", text), text
+    assert "HOSP-" not in text and "Doe^" not in text and "series of" not in text  # nothing read from the files
+    manifest = load_manifest(store, "pacs")
+    assert len(manifest.scans) == 3 and sum(e.label_key is None for e in manifest.scans) == 3
+
+
+def test_on_error_stop_sends_no_patient_after_a_refusal(platform_settings, tmp_path: Path, store: ObjectStore) -> None:
+    root = _pacs_export(tmp_path / "pacs")
+    with live_server(create_ingest_app(platform_settings)) as url:
+        summary = ingest_folder(root, "stopped", url, api_key=api_key(platform_settings, "uploader"), progress=False, workers=1,
+                                on_error="stop")
+    assert summary.lines()[0] == ("accepted 1, unlabeled 0, quarantined 1, refused 1, already present 0, not sent 2 "
+                                  "(--on-error stop)"), summary.lines()
+    assert summary.not_sent == ["p2/seg/seg.dcm + p2/t1/ (4 files)", "p3/t1/ (4 files)"]
+    assert not summary.complete and len(load_manifest(store, "stopped").scans) == 1
+
+
+SHARED_SIEMENS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dcm_qa_nih" / "In" / "20180918Si"
+
+
+@pytest.mark.skipif(not SHARED_SIEMENS.is_dir(), reason="../shared/data/dcm_qa_nih is not on this machine (only in the dev/CI tree)")
+def test_a_real_mosaic_study_with_one_series_stripped_of_its_csa_header(platform_settings, tmp_path: Path, store: ObjectStore,
+                                                                        capsys) -> None:
+    """dcm_qa_nih's Siemens study (four EPI series, two mosaics each), one series' CSA headers removed as an
+    anonymiser that drops private attributes would: three series stored, that one refused, named by its
+    folder (in a project that keeps a time series' first time point)."""
+    import shutil
+
+    import pydicom
+
+    from medsynth.store.projects import DicomOptions, Projects, project_store
+
+    root = tmp_path / "si"
+    shutil.copytree(SHARED_SIEMENS, root)
+    for path in sorted((root / "mr_0005").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.remove_private_tags()
+        ds.save_as(path)
+    Projects(store).create("epi", dicom=DicomOptions(time_series="first"))
+    key = api_key(platform_settings, "uploader", project="epi")
+    with live_server(create_ingest_app(platform_settings)) as url:
+        assert main(["ingest", str(root), "--dataset", "epi", "--url", url, "--api-key", key]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "accepted 3, unlabeled 0, quarantined 0, refused 1, already present 0", lines
+    assert re.match(r"  refused mr_0005/ \(2 files\): series 5: epi_pe_rl-0000[12]\.dcm is a Siemens mosaic .* without its CSA "
+                    r"image header", lines[1]), lines
+    assert len(load_manifest(project_store(store, "epi"), "epi").scans) == 3
 
 
 def _refused_429() -> float:

@@ -48,8 +48,8 @@ def client(platform_settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def _files(folder: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("file", (f.name, f.read_bytes(), "application/dicom")) for f in sorted(folder.glob("*.dcm"))]
+def _files(folder: Path, prefix: str = "") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("file", (prefix + f.name, f.read_bytes(), "application/dicom")) for f in sorted(folder.glob("*.dcm"))]
 
 
 def _canonical(store: ObjectStore, key: str) -> np.ndarray:
@@ -96,9 +96,11 @@ def test_a_zip_upload_gives_the_same_volume(client: TestClient, series, store: O
     assert r.json()["scans"][0]["scan_id"] == direct["scan_id"]  # same canonical volume, same content hash
 
 
-@pytest.mark.parametrize("case", ["not-dicom", "truncated", "missing-slice", "two-patients", "one-file-bad", "duplicate"])
+@pytest.mark.parametrize("case", ["not-dicom", "truncated", "missing-slice", "two-patients", "duplicate"])
 def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, series, store: ObjectStore, tmp_path: Path,
                                                           case: str) -> None:
+    """An upload whose one series is refused (or that holds two patients) is a 422 naming the file, and
+    nothing of it is stored: a series goes in whole or not at all."""
     folder, image, affine = series
     files = _files(folder)
     if case == "not-dicom":
@@ -115,12 +117,9 @@ def test_bad_uploads_are_refused_whole_and_leave_nothing(client: TestClient, ser
         other = SeriesIdentity("HOSP-000001", "Other^Bob", series_description="other")
         files += _files(write_series(tmp_path / "other", image, affine, identity=other)[0].parent)
         match = "2 patients"
-    elif case == "duplicate":
+    else:
         files.append(("file", ("again.dcm", files[1][1][1], "application/dicom")))
         match = "are the same instance (one SOPInstanceUID): duplicate instances"
-    else:
-        files.append(("file", ("notes.txt", b"not an image", "text/plain")))
-        match = "notes.txt is not a DICOM file"
     r = client.post("/v1/datasets/bad/dicom", files=files)
     assert r.status_code == 422, r.text
     assert match in r.json()["detail"]
@@ -149,17 +148,22 @@ def test_a_malformed_number_is_a_422_naming_the_attribute_and_value(client: Test
     assert not list(store.list("datasets/bad/"))
 
 
-def test_two_series_with_one_volume_are_refused_whole(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
-    """Two series of one patient with identical pixels: the upload is a conflict, and neither is stored."""
+def test_two_series_with_one_volume_are_stored_once(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
+    """Two series of one patient with identical pixels: the first is stored, the second is already
+    present (207); sent again, both are (409, nothing stored)."""
     image, affine = phantom(shape=(24, 20, 3))
     files = []
     for number in (1, 2):
         identity = SeriesIdentity("HOSP-1", "Doe^Jane", series_description=f"copy {number}", series_number=number)
-        files += _files(write_series(tmp_path / f"s{number}", image, affine, identity=identity)[0].parent)
+        files += _files(write_series(tmp_path / f"s{number}", image, affine, identity=identity)[0].parent, prefix=f"s{number}/")
     r = client.post("/v1/datasets/twice/dicom", files=files)
-    assert r.status_code == 409, r.text
-    assert "series 1" in r.json()["detail"] and "series 2" in r.json()["detail"], r.text
-    assert not list(store.list("datasets/twice/"))
+    assert r.status_code == 207, r.text
+    first, second = r.json()["series"]
+    assert first["fate"] == "stored" and second["fate"] == "already-present", r.text
+    assert "series 2 is the same image as series 1 of this upload" in second["reason"]
+    assert len(load_manifest(store, "twice").scans) == 1
+    again = client.post("/v1/datasets/twice/dicom", files=files)
+    assert again.status_code == 409 and again.json()["counts"]["already-present"] == 2, again.text
 
 
 def test_an_empty_image_is_refused(client: TestClient, tmp_path: Path, store: ObjectStore) -> None:
@@ -177,8 +181,14 @@ def test_possible_burned_in_text_is_quarantined(client: TestClient, tmp_path: Pa
     write_series(folder, image, affine, identity=IDENTITY, edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES" if k == 2 else "NO"))
     r = client.post("/v1/datasets/burned/dicom", files=_files(folder))
     assert r.status_code == 422, r.text  # one instance flagged: its whole series is held back, not shortened
-    assert "all 3 instances were quarantined" in r.json()["detail"]
+    (outcome,) = r.json()["series"]
+    assert outcome["fate"] == "quarantined" and outcome["files"] == ["0000.dcm", "0001.dcm", "0002.dcm"], r.text
+    assert "nothing stored (1 quarantined): 0002.dcm may show identifying text" in r.json()["detail"]
+    assert len(r.json()["quarantined"]) == 3
     assert not list(store.list("datasets/burned/"))
+    (record,) = client.get("/v1/datasets/burned/dicom/series").json()["series"]
+    assert (record["state"], record["fate"], record["source"]) == ("quarantined", "quarantined", "upload"), record
+    assert record["reason"].startswith("instance 3 of series 3 may show identifying text"), record["reason"]  # not the file name
     assert_no_identifier_stored(store)
 
 
@@ -391,10 +401,10 @@ def _two_series(seg) -> None:
 
 
 @pytest.mark.parametrize("case", ["no-series", "two-series", "overlap", "some-slices"])
-def test_unusable_segs_are_refused_with_a_reason(client: TestClient, series, store: ObjectStore, case: str) -> None:
-    """A SEG whose series never arrives, one that references two series, overlapping segments (the
-    default rule refuses them) and a SEG of some slices (the others unlabeled): 422 naming the SEG and
-    the problem, nothing stored."""
+def test_unusable_segs_leave_their_images_stored_unlabeled(client: TestClient, series, store: ObjectStore, case: str) -> None:
+    """A SEG whose series never arrives is refused (422, nothing stored); one that references two series,
+    overlapping segments (the default rule refuses them) and a SEG of some slices (the others unlabeled)
+    cost only the label map: the images are stored unlabeled (207), the SEG's reason the series' warning."""
     folder, image, _ = series
     label = np.zeros(image.shape, dtype=np.uint8)
     label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:5] = 1, 2
@@ -414,10 +424,25 @@ def test_unusable_segs_are_refused_with_a_reason(client: TestClient, series, sto
         seg = _seg(folder, label, slices=slice(1, 4))
         match = r"seg\.dcm \(DICOM-SEG\) labels 3 of the 6 slices of its series; slices 0, 4–5 .* are unlabeled"
     r = client.post("/v1/datasets/badseg/dicom", files=files + [("file", ("seg.dcm", seg, "application/dicom"))])
-    assert r.status_code == 422, r.text
-    assert re.search(match, r.json()["detail"]), r.json()["detail"]
-    assert "RuntimeError" not in r.json()["detail"] and "highdicom" not in r.json()["detail"]
-    assert not list(store.list("datasets/badseg/"))
+    if case == "no-series":
+        assert r.status_code == 422, r.text
+        assert re.search(match, r.json()["detail"]), r.json()["detail"]
+        assert r.json()["series"][0]["fate"] == "refused" and r.json()["series"][0]["files"] == ["seg.dcm"]
+        assert not list(store.list("datasets/badseg/"))
+        return
+    assert r.status_code == 207, r.text
+    (outcome,) = r.json()["series"]
+    assert outcome["fate"] == "stored-unlabeled" and outcome["files"][-1] == "seg.dcm" and outcome["instances"] == 7, outcome
+    (warning,) = outcome["warnings"]
+    assert warning.startswith("mask not used, the series is stored unlabeled: ") and re.search(match, warning), warning
+    assert "RuntimeError" not in warning and "highdicom" not in warning
+    (scan,) = r.json()["scans"]
+    assert scan["label_key"] is None and scan["dicom"]["mask"] is None and scan["dicom"]["instances"] == 6
+    assert not [k for k in store.list("datasets/badseg/") if k.endswith("mask.dcm")]  # the unused SEG is not stored
+    (record,) = client.get("/v1/datasets/badseg/dicom/series").json()["series"]
+    assert record["fate"] == "stored-unlabeled" and record["scan_id"] == scan["scan_id"], record
+    assert re.search(match.replace(r"seg\.dcm", r"instance 1 of series 99"), record["warnings"][0]), record  # named as sent
+    assert "1.2.826.0.1.3680043" not in record["warnings"][0]  # the series a SEG references, by their de-identified UIDs
 
 
 def test_an_rtstruct_is_rasterised_onto_the_series(client: TestClient, series, store: ObjectStore) -> None:
@@ -560,3 +585,195 @@ def test_a_4d_nifti_follows_the_same_option(platform_settings: Settings, client:
     assert r.status_code == 201, r.text
     from medsynth.io.nifti import canonicalise
     assert np.array_equal(_canonical(store, "projects/fmri/" + r.json()["image_key"]), canonicalise(image, affine).image)
+
+
+# --- per-series outcomes: a bad series costs only itself, on every way in ------------------------------
+
+
+def _patient_with_a_bad_series(tmp_path: Path, series) -> tuple[list, Path, Path]:
+    """The ``series`` fixture's series (3, 6 slices) and, of the same patient, a Siemens mosaic without its
+    CSA header (series 7): the upload's files, named by folder."""
+    folder, _, _ = series
+    _mosaics(tmp_path / "bold", times=1, csa=False)
+    return _files(folder, "t1/") + _files(tmp_path / "bold", "bold/"), folder, tmp_path / "bold"
+
+
+def _overlapping_seg(folder: Path, image: np.ndarray) -> bytes:
+    one = np.zeros(image.shape, dtype=bool)
+    one[4:20, 6:14, 1:4] = True
+    two = one.copy()  # the same voxels: overlapping segments, refused under the default rule
+    return _seg(folder, np.stack([one, two], axis=-1))
+
+
+MOSAIC_REFUSED = r"series 7: {name} is a Siemens mosaic .* without its CSA image header"
+OVERLAP = r"{name} \(DICOM-SEG\): segments 1 \('hippocampus head'\) and 2 \('hippocampus body'\) overlap"
+
+
+def test_rest_stores_the_good_series_and_reports_each_other_one(client: TestClient, series, store: ObjectStore,
+                                                                  tmp_path: Path) -> None:
+    """One patient: a good series, a mosaic without its CSA header, a file that is not DICOM. The good
+    series is stored (207); the others are reported, named by the files sent; GET …/dicom/series lists
+    both series with their fates, naming instances by number (no file name, no SeriesDescription stored)."""
+    files, folder, _ = _patient_with_a_bad_series(tmp_path, series)
+    files.append(("file", ("notes.txt", b"not an image", "text/plain")))
+    r = client.post("/v1/datasets/mixed/dicom", files=files)
+    assert r.status_code == 207, r.text
+    good, bold, notes = r.json()["series"]
+    assert good["fate"] == "stored" and good["files"] == [f"t1/{k:04d}.dcm" for k in range(6)] and good["series_number"] == 3
+    assert good["series_description"] == "T1 brain Smith" and good["scan_ids"] == [r.json()["scans"][0]["scan_id"]]
+    assert bold["fate"] == "refused" and bold["files"] == ["bold/0000.dcm"] and bold["modality"] == "MR", bold
+    assert re.search(MOSAIC_REFUSED.format(name="bold/0000.dcm"), bold["reason"]), bold
+    assert notes == {**notes, "fate": "refused", "series_instance_uid": None, "files": ["notes.txt"]}, notes
+    assert "notes.txt is not a DICOM file" in notes["reason"]
+    assert r.json()["counts"] == {"stored": 1, "stored-unlabeled": 0, "quarantined": 0, "refused": 2, "already-present": 0}
+    (scan,) = r.json()["scans"]
+    assert np.array_equal(_canonical(store, scan["image_key"]), read_folder(folder).image)
+    assert [e.scan_id for e in load_manifest(store, "mixed").scans] == [scan["scan_id"]]
+    listed = {s["series_number"]: s for s in client.get("/v1/datasets/mixed/dicom/series").json()["series"]}
+    assert (listed[3]["state"], listed[3]["fate"], listed[3]["source"]) == ("ingested", "stored", "upload"), listed[3]
+    assert listed[3]["scan_id"] == scan["scan_id"]
+    assert (listed[7]["state"], listed[7]["fate"]) == ("rejected", "refused"), listed[7]
+    assert re.search(MOSAIC_REFUSED.format(name="instance 1 of series 7"), listed[7]["reason"]), listed[7]
+    refused = client.get("/v1/datasets/mixed/dicom/series", params={"fate": "refused"}).json()["series"]
+    assert [s["series_number"] for s in refused] == [7]
+    assert_no_identifier_stored(store)
+    assert not [k for k in store.list("") if b"bold Smith" in store.get_bytes(k)]
+
+
+def test_stow_rs_fails_what_it_cannot_store_instead_of_acknowledging_it(live, series, store: ObjectStore, tmp_path: Path) -> None:
+    """One STOW-RS request with a good series and a mosaic without its CSA header: the mosaic fails (0110)
+    and its series is recorded rejected at once; the good one is acknowledged and stored on commit."""
+    import httpx
+    from dicomweb_client.api import DICOMwebClient
+
+    url, auth = live
+    _, folder, bold = _patient_with_a_bad_series(tmp_path, series)
+    client = DICOMwebClient(f"{url}/v1/datasets/stowed/dicomweb", headers=auth)
+    sent = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm")) + sorted(bold.glob("*.dcm"))]
+    response = client.store_instances(sent)
+    assert len(response.ReferencedSOPSequence) == 6 and all("WarningReason" not in i for i in response.ReferencedSOPSequence)
+    (failed,) = response.FailedSOPSequence
+    assert failed.FailureReason == 0x0110
+    listed = {s["series_number"]: s for s in httpx.get(f"{url}/v1/datasets/stowed/dicom/series", headers=auth).json()["series"]}
+    assert (listed[3]["state"], listed[3]["fate"], listed[3]["instances"]) == ("staged", None, 6), listed
+    assert (listed[7]["state"], listed[7]["fate"], listed[7]["source"]) == ("rejected", "refused", "stow-rs"), listed
+    assert re.search(MOSAIC_REFUSED.format(name="instance 1 of series 7"), listed[7]["reason"]), listed[7]
+    done = httpx.post(f"{url}/v1/datasets/stowed/dicom/commit", headers=auth).json()["series"]
+    assert [(s["series_number"], s["fate"]) for s in done] == [(3, "stored")], done
+    assert not list(store.list("dicom/staging/"))
+    assert_no_identifier_stored(store)
+
+
+def test_stow_rs_acknowledges_an_incomplete_series_with_a_warning(live, series, store: ObjectStore) -> None:
+    """A series sent without its middle slice: staged, but each instance carries WarningReason B000 and
+    the Warning header says why; the missing slice in a second request completes it."""
+    import httpx
+
+    url, auth = live
+    folder, _, _ = series
+    paths = sorted(folder.glob("*.dcm"))
+
+    def stow(parts: list[Path]) -> httpx.Response:
+        body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n" for p in parts) + b"--b--\r\n"
+        return httpx.post(f"{url}/v1/datasets/late/dicomweb/studies", content=body, timeout=30,
+                          headers={**auth, "content-type": 'multipart/related; type="application/dicom"; boundary=b'})
+
+    r = stow(paths[:3] + paths[4:])
+    assert r.status_code == 202, r.text
+    assert [i["00081196"]["Value"] for i in r.json()["00081199"]["Value"]] == [[0xB000]] * 5 and "00081198" not in r.json()
+    assert "series 3: staged, but it cannot be stored as it stands (series 3: a missing slice" in r.headers["warning"], r.headers
+    r = stow([paths[3]])
+    assert r.status_code == 200 and "warning" not in r.headers, r.text
+    (done,) = httpx.post(f"{url}/v1/datasets/late/dicom/commit", headers=auth).json()["series"]
+    assert (done["fate"], done["instances"]) == ("stored", 6), done
+
+
+def test_stow_rs_an_unusable_seg_fails_and_its_series_is_stored_unlabeled(live, series, store: ObjectStore) -> None:
+    import httpx
+    from dicomweb_client.api import DICOMwebClient
+
+    url, auth = live
+    folder, image, _ = series
+    seg = pydicom.dcmread(io.BytesIO(_overlapping_seg(folder, image)))
+    client = DICOMwebClient(f"{url}/v1/datasets/segs/dicomweb", headers=auth)
+    response = client.store_instances([pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))] + [seg])
+    assert len(response.ReferencedSOPSequence) == 6
+    (failed,) = response.FailedSOPSequence
+    assert failed.FailureReason == 0x0110 and failed.ReferencedSOPClassUID == seg.SOPClassUID
+    (done,) = httpx.post(f"{url}/v1/datasets/segs/dicom/commit", headers=auth).json()["series"]
+    assert (done["state"], done["fate"], done["series_number"], done["modality"]) == ("ingested", "stored-unlabeled", 3, "MR"), done
+    (warning,) = done["warnings"]
+    assert re.search(OVERLAP.format(name="instance 1 of series 99"), warning), warning  # not the staged file's name
+    (entry,) = load_manifest(store, "segs").scans
+    assert entry.label_key is None and entry.dicom.instances == 6
+
+
+def test_stow_rs_quarantines_a_whole_series(live, tmp_path: Path, store: ObjectStore) -> None:
+    """One instance that may show identity: it and the rest of its series fail (409, nothing of it kept);
+    GET …/dicom/series lists the series as quarantined, before and after it is decided."""
+    import httpx
+    from dicomweb_client.api import DICOMwebClient
+    from requests import HTTPError
+
+    url, auth = live
+    image, affine = phantom(shape=(40, 36, 3))
+    folder = tmp_path / "burned"
+    write_series(folder, image, affine, identity=IDENTITY, edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES" if k == 1 else "NO"))
+    client = DICOMwebClient(f"{url}/v1/datasets/burned/dicomweb", headers=auth)
+    with pytest.raises(HTTPError, match="409"):
+        client.store_instances([pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))])
+    (staged,) = httpx.get(f"{url}/v1/datasets/burned/dicom/series", headers=auth).json()["series"]
+    assert (staged["state"], staged["fate"]) == ("staged", "quarantined"), staged
+    assert staged["reason"].startswith("instance 2 of series 3 may show identifying text"), staged
+    (done,) = httpx.post(f"{url}/v1/datasets/burned/dicom/commit", headers=auth).json()["series"]
+    assert (done["state"], done["fate"]) == ("quarantined", "quarantined"), done
+    assert not list(store.list("dicom/staging/")) and not list(store.list("datasets/burned/"))
+    assert_no_identifier_stored(store)
+
+
+def test_c_store_series_are_decided_one_by_one_and_all_listed(platform_settings: Settings, series, store: ObjectStore,
+                                                              tmp_path: Path) -> None:
+    """storescu pushes a patient's four series: one good, one with an overlapping SEG, a mosaic without its
+    CSA header, one with an instance that may show identity. Once quiet: stored, stored unlabeled (the
+    SEG's reason naming it as sent), refused, quarantined — every one in GET …/dicom/series."""
+    import time
+
+    folder, image, affine = series
+    seg = tmp_path / "seg" / "seg.dcm"
+    seg.parent.mkdir()
+    seg.write_bytes(_overlapping_seg(folder, image))
+    _mosaics(tmp_path / "bold", times=1, csa=False)
+    other = SeriesIdentity("HOSP-778899", "Smith^Alice", series_description="T2", series_number=4)
+    write_series(tmp_path / "t2", *phantom(shape=(20, 16, 3), seed=2), identity=other)
+    burned = SeriesIdentity("HOSP-778899", "Smith^Alice", series_description="scout", series_number=5)
+    write_series(tmp_path / "burned", *phantom(shape=(20, 16, 3), seed=3), identity=burned,
+                 edit=lambda ds, k: setattr(ds, "BurnedInAnnotation", "YES" if k == 1 else "NO"))
+    files = [*sorted(folder.glob("*.dcm")), seg, *sorted((tmp_path / "bold").glob("*.dcm")), *sorted((tmp_path / "t2").glob("*.dcm")),
+             *sorted((tmp_path / "burned").glob("*.dcm"))]
+    port = _free_port()
+    settings = platform_settings.model_copy(update={
+        "dicom_port": port, "dicom_ae_title": "MEDSYNTH", "dicom_quiet_s": 1.0,
+        "dicom_peers": [DicomPeer(ae_title="HOSPPACS", dataset="pushed")],
+    })
+    with TestClient(create_ingest_app(settings), headers=bearer(settings, "uploader")) as client:
+        # -R: propose the files' SOP classes (the SEG's too); -nh: go on after a failed store
+        sent = subprocess.run([tool("storescu"), "-v", "-R", "-nh", "-aet", "HOSPPACS", "-aec", "MEDSYNTH", "127.0.0.1", str(port),
+                               *map(str, files)], capture_output=True, text=True)
+        out = sent.stdout + sent.stderr
+        assert out.count("Received Store Response (Error") >= 2, out  # the flagged instance, and the one after it
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = client.get("/v1/datasets/pushed/dicom/series").json()["series"]
+            if len(listed) == 4 and all(s["state"] != "staged" for s in listed):
+                break
+            time.sleep(0.5)
+    fates = {s["series_number"]: (s["state"], s["fate"]) for s in listed}
+    assert fates == {3: ("ingested", "stored-unlabeled"), 7: ("rejected", "refused"), 4: ("ingested", "stored"),
+                     5: ("quarantined", "quarantined")}, listed
+    by_number = {s["series_number"]: s for s in listed}
+    assert re.search(OVERLAP.format(name="instance 1 of series 99"), by_number[3]["warnings"][0]), by_number[3]
+    assert re.search(MOSAIC_REFUSED.format(name="instance 1 of series 7"), by_number[7]["reason"]), by_number[7]
+    assert by_number[5]["reason"].startswith("instance 2 of series 5 may show identifying text"), by_number[5]
+    assert len(load_manifest(store, "pushed").scans) == 2
+    assert not list(store.list("dicom/staging/"))
+    assert_no_identifier_stored(store)

@@ -5,6 +5,11 @@ Only the calling AE titles in MEDSYNTH_DICOM_PEERS may associate (others are rej
 each peer's instances go to its configured project and dataset. Every instance is de-identified in
 memory and staged (:mod:`medsynth.datasets.dicom_staging`); an unusable one is answered with a DIMSE
 failure status and an ErrorComment naming the problem.
+
+DIMSE answers each instance as it comes, before its series is complete: what becomes of the series
+(stored, stored unlabeled, refused, quarantined) is decided once it is quiet and recorded where
+``GET /v1/datasets/{d}/dicom/series`` shows it. An instance that may show identity in its pixels fails
+and quarantines its series, so that the series' later instances fail too rather than be acknowledged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pynetdicom.sop_class import Verification
 from medsynth.core.errors import InvalidInput, MedsynthError
 from medsynth.core.settings import DicomPeer, Settings
 from medsynth.datasets.dicom_ingest import receive
-from medsynth.datasets.dicom_staging import commit_quiet, stage
+from medsynth.datasets.dicom_staging import SeriesQuarantined, commit_quiet, quarantine, stage
 from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import check_instance
 from medsynth.store.projects import Projects, project_store
@@ -80,10 +85,15 @@ class StoreSCP:
             ds.file_meta = event.file_meta
             check_instance(ds, name)
             received = receive(ds, name, self._deidentifier(peer.project))
+            store = project_store(self.root, peer.project)
             if received.quarantined:
+                quarantine(store, peer.dataset, received, source=f"c-store:{calling}")
                 DICOM_INSTANCES.labels("c-store", "quarantined").inc()
                 return _failure(CANNOT_UNDERSTAND, "quarantined: may show identity in its pixels")
-            stage(project_store(self.root, peer.project), peer.dataset, received, source=f"c-store:{calling}")
+            stage(store, peer.dataset, received, source=f"c-store:{calling}")
+        except SeriesQuarantined:
+            DICOM_INSTANCES.labels("c-store", "quarantined").inc()
+            return _failure(CANNOT_UNDERSTAND, "quarantined: its series may show identity")
         except InvalidInput as exc:
             DICOM_INSTANCES.labels("c-store", "failed").inc()
             return _failure(CANNOT_UNDERSTAND, str(exc))

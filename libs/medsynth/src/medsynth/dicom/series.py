@@ -60,6 +60,12 @@ NON_IMAGE_SOP_CLASSES = {
 }
 
 
+class Incomplete(InvalidInput):
+    """A series that may yet be whole: a slice, or an instance at some position, is missing. Where
+    instances arrive one at a time (STOW-RS, C-STORE) the rest may still come; a REST upload is whole,
+    and refuses it like any other :class:`InvalidInput`."""
+
+
 @dataclass(frozen=True)
 class Slice:
     """One frame of one instance, with its geometry and value transform."""
@@ -482,7 +488,7 @@ def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
     counts = {len(group) for group in stack}
     if len(counts) > 1:
         worst = max(stack, key=len)
-        raise InvalidInput(f"{label}: positions hold different numbers of instances ({sorted(counts)}): a missing or duplicate "
+        raise Incomplete(f"{label}: positions hold different numbers of instances ({sorted(counts)}): a missing or duplicate "
                            f"instance (e.g. {len(worst)} at {_fmt(worst[0].position)}).")
     times = counts.pop()
     for group in stack:
@@ -501,8 +507,9 @@ def _order(slices: list[Slice], label: str) -> tuple[list[list[Slice]], int]:
         for i, gap in enumerate(gaps):
             if abs(gap - step) > SPACING_RTOL * step:
                 what = "a missing slice" if abs(gap / step - round(gap / step)) < SPACING_RTOL and gap > step else "uneven slice spacing"
-                raise InvalidInput(f"{label}: {what} between {stack[i][0].source} and {stack[i + 1][0].source} "
-                                   f"({gap:.4g} mm apart, the series steps {step:.4g} mm).")
+                error = Incomplete if what == "a missing slice" else InvalidInput
+                raise error(f"{label}: {what} between {stack[i][0].source} and {stack[i + 1][0].source} "
+                            f"({gap:.4g} mm apart, the series steps {step:.4g} mm).")
         # the stack must run along the normal, not sideways (a sheared or mixed series)
         direction = (stack[-1][0].position - stack[0][0].position) / (len(stack) - 1)
         if np.linalg.norm(np.cross(direction / np.linalg.norm(direction), normal)) > 0.02:

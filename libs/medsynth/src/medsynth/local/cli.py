@@ -54,9 +54,10 @@ def _ingest(args: argparse.Namespace) -> int:
         raise InvalidInput("ingest needs an API key with the uploader role: --api-key or MEDSYNTH_API_KEY "
                            "(medsynth keys create --project P --role uploader)")
     patient_of = patient_mapping(Path(args.patients) if args.patients else None, args.patient_pattern)
-    summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers, patient_of=patient_of)
+    summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers, patient_of=patient_of,
+                            on_error=args.on_error)
     print("\n".join(summary.lines()))
-    return 0 if summary.complete else 1
+    return 0 if summary.as_sent else 1
 
 
 def _topics(args: argparse.Namespace) -> int:
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="ingest service URL (default: the local stack's)")
     p.add_argument("--workers", type=int, default=4, help="concurrent uploads")
     p.add_argument("--api-key", help="a key with the uploader role (default: $MEDSYNTH_API_KEY)")
+    p.add_argument("--on-error", choices=["skip", "stop"], default="skip",
+                   help="skip (default): go on after a patient (or case) something of which was refused, quarantined or not "
+                        "sent; stop: send no further one (those in flight finish; the rest are listed as not sent)")
     p.set_defaults(run=_ingest)
 
     p = sub.add_parser("keys", help="create, list or revoke API keys (bootstraps access to the stack)")

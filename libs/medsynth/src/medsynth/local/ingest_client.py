@@ -9,7 +9,14 @@
   holds them as channels on its fourth axis: such cases are rejected here, with that reason, and not
   sent (the service would take a fourth axis for time; channels are not supported yet).
 * A folder of DICOM files (any depth; no ``imagesTr/``): one upload per patient (PatientID) to the
-  DICOM route, each series becoming a scan, de-identified by the service.
+  DICOM route, each series becoming a scan, de-identified by the service. The service decides series by
+  series; the summary counts them — accepted, unlabeled (stored without the mask sent with them: the
+  mask's reason), quarantined, refused, already present — and names each that was not accepted by the
+  folder (or files) it was sent from, never by anything read from the files.
+
+``on_error="stop"`` sends no further patient (or case) once one was refused, quarantined or not sent
+for the platform's reasons (those in flight finish); the rest are listed as not sent. ``"skip"`` (the
+default) goes on.
 
 Uploads run concurrently through :func:`medsynth.local.api_client.api_client`: the platform's own
 pacing (429, with Retry-After) and a service that is down for a moment (503) are waited out and the
@@ -24,10 +31,11 @@ import csv
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import httpx
 
@@ -46,23 +54,35 @@ class Case:
 
 @dataclass
 class Summary:
-    """Each case of a folder in one of four lists. ``rejected``: refused for a reason of its own (bad
-    file, wrong dataset, no permission); ``failed``: not in for the platform's reasons (unreachable,
-    unavailable or still over its rate when the retries ran out) — sending it again may work."""
+    """Each case of a folder (each series, for DICOM) in one of the lists. ``rejected``: refused for a
+    reason of its own (bad file, wrong dataset, no permission); ``failed``: not in for the platform's
+    reasons (unreachable, unavailable or still over its rate when the retries ran out) — sending it
+    again may work. DICOM only: ``quarantined`` (may show identity in its pixels), ``unlabeled`` (stored
+    without its mask, the mask's reason given). ``not_sent``: left out by ``on_error="stop"``."""
 
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
+    unlabeled: dict[str, str] = field(default_factory=dict)
+    not_sent: list[str] = field(default_factory=list)
+    dicom: bool = False
 
     @property
     def complete(self) -> bool:
-        """Every case is in the dataset (accepted now or before)."""
-        return not self.rejected and not self.failed
+        """Every case is in the dataset (accepted now or before; unlabeled ones too)."""
+        return not self.missing()
+
+    @property
+    def as_sent(self) -> bool:
+        """Every case is in the dataset as it was sent (none stored without its mask)."""
+        return self.complete and not self.unlabeled
 
     def missing(self) -> dict[str, str]:
         """The cases that are not in the dataset, with why."""
-        return {**self.rejected, **self.failed}
+        stopped = {name: "not sent: an earlier one was not stored, and --on-error is stop" for name in self.not_sent}
+        return {**self.rejected, **self.quarantined, **self.failed, **stopped}
 
     def record(self, case: str, outcome: httpx.Response | httpx.HTTPError) -> None:
         """File ``case`` under the list its upload's answer (or the error that took its place) says."""
@@ -78,10 +98,22 @@ class Summary:
             self.rejected[case] = f"HTTP {outcome.status_code}: {_detail(outcome)}"
 
     def lines(self) -> list[str]:
-        head = f"accepted {len(self.accepted)}, already present {len(self.duplicates)}, rejected {len(self.rejected)}"
-        out = [head + (f", failed {len(self.failed)} (the platform's reason, not the case's: send them again)" if self.failed else "")]
+        if self.dicom:
+            head = (f"accepted {len(self.accepted)}, unlabeled {len(self.unlabeled)}, quarantined {len(self.quarantined)}, "
+                    f"refused {len(self.rejected)}, already present {len(self.duplicates)}")
+        else:
+            head = f"accepted {len(self.accepted)}, already present {len(self.duplicates)}, rejected {len(self.rejected)}"
+        head += f", failed {len(self.failed)} (the platform's reason, not the case's: send them again)" if self.failed else ""
+        head += f", not sent {len(self.not_sent)} (--on-error stop)" if self.not_sent else ""
+        out = [head]
+        if self.dicom:
+            for fate, named in (("refused", self.rejected), ("quarantined", self.quarantined), ("failed", self.failed),
+                                ("unlabeled", self.unlabeled)):
+                out += [f"  {fate} {name}: {reason}" for name, reason in sorted(named.items())]
+            out += [f"  not sent {name}" for name in self.not_sent]
+        else:
+            out += [f"  {case}: {reason}" for case, reason in sorted(self.missing().items())]
         missing = self.missing()
-        out += [f"  {case}: {reason}" for case, reason in sorted(missing.items())]
         reasons = Counter(reason.split(":")[0] for reason in missing.values())
         if len(missing) > 1:
             out += [f"  ({n}x) {reason}" for reason, n in reasons.most_common() if n > 1]
@@ -192,14 +224,49 @@ def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> htt
 UPLOAD_RETRY = RetryPolicy(idempotent_posts=True)
 
 
+OnError = Literal["skip", "stop"]
+Item = TypeVar("Item")
+
+
+def _each(items: Sequence[Item], send: Callable[[Item], httpx.Response],
+          handle: Callable[[Item, httpx.Response | httpx.HTTPError], bool], *, workers: int, on_error: OnError, progress) -> list[Item]:
+    """``send`` each item, at most ``workers`` at a time, and ``handle`` its answer (False: something
+    of it was not stored). Under ``on_error="stop"`` nothing more is sent after a False (what is in
+    flight finishes); returns the items not sent."""
+    queue = list(items)
+    stopped = False
+    with ThreadPoolExecutor(workers) as pool:
+        running: dict[Future, Item] = {}
+        while queue or running:
+            while queue and not stopped and len(running) < workers:
+                item = queue.pop(0)
+                running[pool.submit(send, item)] = item
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                try:
+                    outcome = future.result()
+                except httpx.HTTPError as exc:
+                    outcome = exc
+                if not handle(item, outcome) and on_error == "stop":
+                    stopped = True
+                progress.update(1)
+    return queue
+
+
 def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True,
-                  patient_of: PatientOf | None = None, retry: RetryPolicy = UPLOAD_RETRY) -> Summary:
+                  patient_of: PatientOf | None = None, retry: RetryPolicy = UPLOAD_RETRY, on_error: OnError = "skip") -> Summary:
     """Upload a Decathlon folder (or a folder of DICOM files, one request per patient); the summary
-    names NIfTI cases by their file's case name."""
+    names NIfTI cases by their file's case name, DICOM series by the folder (or files) they came from."""
     from tqdm import tqdm
 
+    if on_error not in ("skip", "stop"):
+        raise InvalidInput(f"on_error is skip or stop, not {on_error!r}")
     if not (root / "imagesTr").is_dir() and (patients := dicom_patients(root)):
-        return _ingest_dicom(patients, dataset, url, api_key=api_key, workers=workers, progress=progress, retry=retry)
+        return _ingest_dicom(root, patients, dataset, url, api_key=api_key, workers=workers, progress=progress, retry=retry,
+                             on_error=on_error)
     cases = find_cases(root, patient_of)
     summary = Summary()
     if len(channels := declared_channels(root)) > 1:
@@ -207,45 +274,102 @@ def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: 
                   "on its fourth axis, not time points; multi-channel images are not supported yet")
         summary.rejected.update({case_name(c.image): reason for c in cases})
         return summary
-    with api_client(api_key=api_key, timeout=300, retry=retry) as client, ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(upload_case, client, url.rstrip("/"), dataset, c): case_name(c.image) for c in cases}
-        for future in tqdm(as_completed(futures), total=len(futures), unit="scan", disable=not progress, desc=dataset):
-            try:
-                outcome = future.result()
-            except httpx.HTTPError as exc:
-                outcome = exc
-            summary.record(futures[future], outcome)
+
+    def handle(case: Case, outcome: httpx.Response | httpx.HTTPError) -> bool:
+        name = case_name(case.image)
+        summary.record(name, outcome)
+        return name not in summary.missing()
+
+    with api_client(api_key=api_key, timeout=300, retry=retry) as client, \
+            tqdm(total=len(cases), unit="scan", disable=not progress, desc=dataset) as bar:
+        left = _each(cases, lambda c: upload_case(client, url.rstrip("/"), dataset, c), handle, workers=workers, on_error=on_error,
+                     progress=bar)
+    summary.not_sent += [case_name(c.image) for c in left]
     return summary
 
 
-def _ingest_dicom(patients: dict[str, list[Path]], dataset: str, url: str, *, api_key: str, workers: int, progress: bool,
-                  retry: RetryPolicy) -> Summary:
-    """One upload per patient; the summary names patients by their files' folder (never the PatientID,
-    which is an identifier). An upload may hold several series, some of which a failed attempt may
-    have stored: it is sent again after a 429 or an unopened connection only, never after a 503."""
+def _sent_names(files: list[Path]) -> dict[str, Path]:
+    """The name each file is sent under: its own, or where two share one, its path below the patient's folder."""
+    if len({f.name for f in files}) == len(files):
+        return {f.name: f for f in files}
+    common = Path(*[parts[0] for parts in zip(*(f.parent.parts for f in files)) if len(set(parts)) == 1])
+    return {f.relative_to(common).as_posix(): f for f in files}
+
+
+def _named(sent: list[str], paths: dict[str, Path], root: Path, in_folder: Counter) -> str:
+    """Files the service names, as the user knows them: ``folder/ (24 files)`` for a whole folder,
+    else the files (the first of each folder, and how many more)."""
+    local = [paths[name] for name in sent if name in paths]
+    parts = []
+    for folder in dict.fromkeys(p.parent for p in local):
+        here = [p for p in local if p.parent == folder]
+        where = folder.relative_to(root).as_posix() if folder != root else "."
+        if len(here) == in_folder[folder] and len(here) > 1:
+            parts.append(f"{where}/ ({len(here)} files)")
+        else:
+            first = here[0].relative_to(root).as_posix()
+            parts.append(first if len(here) == 1 else f"{first} and {len(here) - 1} more in {where}/")
+    parts += [name for name in sent if name not in paths]  # a zip's members, as the service names them
+    return " + ".join(parts) or "?"
+
+
+def _ingest_dicom(root: Path, patients: dict[str, list[Path]], dataset: str, url: str, *, api_key: str, workers: int,
+                  progress: bool, retry: RetryPolicy, on_error: OnError) -> Summary:
+    """One upload per patient; each series of the answer filed under its fate, named by the folder its
+    files came from (never the PatientID, which is an identifier). An upload may hold several series,
+    some of which a failed attempt may have stored: it is sent again after a 429 or an unopened
+    connection only, never after a 503."""
     from tqdm import tqdm
 
-    summary = Summary()
+    summary = Summary(dicom=True)
+    in_folder = Counter(f.parent for files in patients.values() for f in files)
+    uploads = [_sent_names(files) for files in patients.values()]
 
-    def upload(client: httpx.Client, files: list[Path]) -> httpx.Response:
-        parts = [("file", (f.name, f.read_bytes(), "application/dicom")) for f in files]
+    def send(client: httpx.Client, names: dict[str, Path]) -> httpx.Response:
+        parts = [("file", (name, path.read_bytes(), "application/dicom")) for name, path in names.items()]
         return client.post(f"{url.rstrip('/')}/v1/datasets/{dataset}/dicom", files=parts)
 
-    with api_client(api_key=api_key, timeout=600, retry=replace(retry, idempotent_posts=False)) as client, \
-            ThreadPoolExecutor(workers) as pool:
-        futures = {pool.submit(upload, client, files): f"{files[0].parent.name} ({len(files)} files)" for files in patients.values()}
-        for future in tqdm(as_completed(futures), total=len(futures), unit="patient", disable=not progress, desc=dataset):
-            name = futures[future]
-            try:
-                response = future.result()
-            except httpx.HTTPError as exc:
-                summary.record(name, exc)
-                continue
-            if response.status_code == 201:
-                summary.accepted.extend(s["scan_id"] for s in response.json()["scans"])
+    def whole(names: dict[str, Path]) -> str:
+        return _named(list(names), names, root, in_folder)
+
+    def handle(names: dict[str, Path], response: httpx.Response | httpx.HTTPError) -> bool:
+        series = _series(response)
+        if series is None:  # the upload as a whole: not sent, or refused before any series was looked at
+            summary.record(whole(names), response)
+            return whole(names) not in summary.missing()
+        clean = True
+        for outcome in series:
+            name = _named(outcome.get("files") or [], names, root, in_folder)
+            fate, reason = outcome.get("fate"), outcome.get("reason") or ""
+            if fate == "stored":
+                summary.accepted.append(name)
+            elif fate == "stored-unlabeled":
+                summary.unlabeled[name] = "; ".join(outcome.get("warnings") or []) or "stored without its mask"
+            elif fate == "already-present":
+                summary.duplicates.append(name)
+            elif fate == "quarantined":
+                summary.quarantined[name], clean = reason, False
             else:
-                summary.record(name, response)
+                summary.rejected[name], clean = reason or "refused", False
+        return clean
+
+    with api_client(api_key=api_key, timeout=600, retry=replace(retry, idempotent_posts=False)) as client, \
+            tqdm(total=len(uploads), unit="patient", disable=not progress, desc=dataset) as bar:
+        left = _each(uploads, lambda names: send(client, names), handle, workers=workers, on_error=on_error, progress=bar)
+    summary.not_sent += [whole(names) for names in left]
     return summary
+
+
+def _series(response: httpx.Response | httpx.HTTPError) -> list[dict] | None:
+    """The per-series outcomes of a DICOM upload's answer; None when it has none (an error of the
+    upload as a whole, or of the platform)."""
+    if isinstance(response, httpx.HTTPError) or response.status_code not in (201, 207, 409, 422):
+        return None
+    try:
+        series = response.json().get("series")
+    except (ValueError, AttributeError):
+        return None
+    return series if isinstance(series, list) and series else None
 
 
 def _detail(response: httpx.Response) -> str:

@@ -56,7 +56,7 @@ def declare_worker_series(kinds) -> None:
 
 
 #: The DICOM ways in and what each counts (medsynth.api.routes.dicom, medsynth.api.dicom_listener).
-DICOM_OUTCOMES = {"upload": ("ingested", "quarantined"), "stow-rs": ("staged", "failed"),
+DICOM_OUTCOMES = {"upload": ("ingested", "quarantined"), "stow-rs": ("staged", "quarantined", "failed"),
                   "c-store": ("staged", "quarantined", "failed")}
 
 

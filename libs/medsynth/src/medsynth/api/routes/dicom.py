@@ -1,6 +1,8 @@
 """Ingest service: DICOM in. A REST upload of files (or zips) assembled at once; DICOMweb STOW-RS,
 whose instances are staged until their series is committed (explicitly, or after a quiet period).
-Either way every instance is de-identified in memory before anything is stored."""
+Either way every instance is de-identified in memory before anything is stored, and what becomes of
+the upload is decided series by series: a bad series costs itself, never the rest of the upload, and
+every series sent is listed with its fate (``GET …/dicom/series``)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from medsynth.api.deps import BusDep, GuardDep, PrincipalDep, ProjectDep, SettingsDep, StoreDep
@@ -22,9 +24,10 @@ from medsynth.api.schemas import ScanPublic
 from medsynth.api.upload_stream import FilesForm, read_files_form, upload_slots
 from medsynth.core.errors import InvalidInput, MedsynthError, TooLarge, UnsupportedMediaType
 from medsynth.core.names import check_name
-from medsynth.datasets.dicom_ingest import group_series, prepare_series, quarantined_series, receive
-from medsynth.datasets.dicom_staging import SeriesRecord, commit, records, stage
-from medsynth.datasets.ingest import commit_scans
+from medsynth.datasets.dicom_ingest import STORED, Fate, Received, SeriesOutcome, ingest_patient, receive
+from medsynth.datasets.dicom_staging import (Assessment, SeriesQuarantined, SeriesRecord, assess, commit, quarantine,
+                                             quarantine_reason, record_outcomes, records, reject, stage, staged_already)
+from medsynth.dicom.masks import is_mask
 from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import read_instance
 from medsynth.runtime.telemetry import DICOM_INSTANCES, INGESTED
@@ -38,6 +41,9 @@ DICOM_MEDIA_TYPE = "application/dicom"
 # STOW-RS failure reasons (DICOM PS3.18 / PS3.7 status codes)
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
+#: PS3.4 B000, Coercion of Data Elements (every instance is: it is de-identified): the warning an
+#: instance is acknowledged with when its series is staged but cannot be stored as it stands yet.
+COERCED = 0xB000
 
 
 class Quarantined(BaseModel):
@@ -45,10 +51,18 @@ class Quarantined(BaseModel):
     reason: str
 
 
+FATES: tuple[Fate, ...] = ("stored", "stored-unlabeled", "quarantined", "refused", "already-present")
+
+
 class DicomUploadPublic(BaseModel):
     dataset: str
-    scans: list[ScanPublic]
-    quarantined: list[Quarantined]
+    scans: list[ScanPublic] = Field(description="The scans stored now.")
+    series: list[SeriesOutcome] = Field(default_factory=list, description="Every series sent (and every file that is no "
+                                        "series), in the order they came, with its fate.")
+    counts: dict[str, int] = Field(default_factory=dict, description="Series by fate: stored, stored-unlabeled, quarantined, "
+                                   "refused, already-present.")
+    quarantined: list[Quarantined] = Field(description="Every quarantined instance (its series' outcome says so too).")
+    detail: str | None = Field(None, description="When nothing was stored: why, series by series.")
 
 
 class SeriesListPublic(BaseModel):
@@ -130,18 +144,31 @@ UPLOAD_BODY = {
 
 @router.post("/{dataset}/dicom", status_code=status.HTTP_201_CREATED, response_model=DicomUploadPublic,
              openapi_extra={"requestBody": UPLOAD_BODY}, max_body_size=STREAMED,
-             responses={413: {"description": "Over MEDSYNTH_MAX_DICOM_UPLOAD_BYTES or MEDSYNTH_MAX_VOXELS, or a zip declares "
-                                             "more than MEDSYNTH_MAX_ZIP_RATIO times its size (checked before it is inflated)."},
-                        422: {"description": "A file is not usable DICOM, a series is incomplete or inconsistent, or the "
-                                             "upload holds two patients; the detail names the file or series."},
+             responses={207: {"model": DicomUploadPublic, "description": "Some series stored, others quarantined, refused, "
+                                                                         "already present or stored without their mask."},
+                        409: {"model": DicomUploadPublic, "description": "Nothing stored: every series is already in the dataset."},
+                        413: {"description": "Over MEDSYNTH_MAX_DICOM_UPLOAD_BYTES, or a zip declares more than "
+                                             "MEDSYNTH_MAX_ZIP_RATIO times its size (checked before it is inflated)."},
+                        422: {"model": DicomUploadPublic, "description": "Nothing stored: no series could be (each one's reason in "
+                                                                         "the list and in detail); or the upload itself is "
+                                                                         "unusable (no files, two patients): detail alone."},
                         503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
                                              "Retry-After says when to try again."}})
 async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep,
-                       guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> DicomUploadPublic:
+                       guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> JSONResponse:
     """Upload one patient's DICOM (files or zips, multipart field ``file``, repeated). Each series becomes
-    a scan, all of them one new dataset version; all are checked before any is stored and committed
-    together, so a bad or duplicate series (422, 409) leaves nothing of the upload behind. Instances
-    that may show identity in their pixels are quarantined (listed, not stored)."""
+    a scan (or, for a time series the project splits, one per time point). Series are decided one by
+    one: every series that can be stored is, whatever becomes of the others, all in one new dataset
+    version. A series is stored whole or not at all: one unusable file of it refuses it, one instance
+    that may show identity in its pixels quarantines it; a mask that cannot be used (overlapping
+    segments, slices it leaves unlabeled, off the series' grid, two series referenced) leaves its series
+    stored unlabeled, the mask's reason its warning. The answer lists every series with its fate, named
+    by the files sent.
+
+    **201** every series stored as sent; **207** some stored, others quarantined, refused, already
+    present or stored without their mask (each one's ``fate``, ``reason``, ``warnings``); **409** nothing
+    stored, every series already in the dataset; **422** nothing stored (``detail`` and the list say why),
+    or the upload itself is unusable (no files, two patients, an unreadable zip)."""
     _before_body(dataset, guard, principal, project)
     deid = deidentifier(request, project)
     time_series = time_series_option(request, project)
@@ -149,34 +176,44 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
                        usage="the upload must be multipart/form-data with one or more `file` parts (DICOM files or zips).")
     try:
         async with upload_slots(request.app, settings).hold(form.received):  # its series will be in memory
-            return await run_in_threadpool(_ingest_upload, form, dataset, project, deid, time_series, settings, store, bus)
+            body, code = await run_in_threadpool(_ingest_upload, form, dataset, project, deid, time_series, settings, store, bus)
     except Exception as exc:
         INGESTED.labels(type(exc).__name__).inc()
         raise
     finally:
         form.close()
+    return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
 def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifier, time_series: TimeSeries, settings, store,
-                   bus) -> DicomUploadPublic:
+                   bus) -> tuple[DicomUploadPublic, int]:
     files = dicom_files(form, settings.max_dicom_upload_bytes, settings.max_zip_ratio)
-    received = [receive(read_instance(data, name), name, deid) for name, data in files]
-    if not received:
-        raise InvalidInput("the upload holds no files.")
-    received = quarantined_series(received)
-    quarantined = [Quarantined(name=r.name, reason=r.quarantined) for r in received if r.quarantined]
-    series = group_series(received)
-    if not series:
-        raise InvalidInput(f"nothing to ingest: all {len(received)} instances were quarantined ({quarantined[0].reason}).")
-    prepared = [scan for instances in series.values()
-                for scan in prepare_series(store, dataset, instances, max_voxels=settings.max_voxels, time_series=time_series)]
-    # one version for the whole upload: every series is stored, or (on any error) none
-    manifest = commit_scans(store, dataset, [(p.entry, p.objects) for p in prepared], scan_announcer(bus, project, dataset))
-    INGESTED.labels("accepted").inc(len(prepared))
-    scans = [scan_public(dataset, p.entry, manifest) for p in prepared]
-    DICOM_INSTANCES.labels("upload", "ingested").inc(len(received) - len(quarantined))
-    DICOM_INSTANCES.labels("upload", "quarantined").inc(len(quarantined))
-    return DicomUploadPublic(dataset=dataset, scans=scans, quarantined=quarantined)
+    done = ingest_patient(store, dataset, files, deid, max_voxels=settings.max_voxels, time_series=time_series,
+                          on_ingested=scan_announcer(bus, project, dataset))
+    outcomes = done.outcomes
+    try:
+        record_outcomes(store, dataset, outcomes, done.labels, source="upload")
+    except MedsynthError as exc:  # the manifest is the record of what was stored; this answer says the rest
+        log.warning("DICOM upload to %s: outcomes not written down for GET .../dicom/series: %s", dataset, exc)
+    INGESTED.labels("accepted").inc(len(done.stored))
+    for error in done.errors:
+        INGESTED.labels(error).inc()
+    DICOM_INSTANCES.labels("upload", "ingested").inc(sum(o.instances for o in outcomes if o.fate in STORED))
+    DICOM_INSTANCES.labels("upload", "quarantined").inc(len(done.quarantined))
+    counts = {fate: sum(o.fate == fate for o in outcomes) for fate in FATES}
+    if counts["stored"] + counts["stored-unlabeled"]:
+        code, detail = (201 if counts["stored"] == len(outcomes) else 207), None
+    else:
+        code = 409 if counts["already-present"] == len(outcomes) else 422
+        detail = f"nothing stored ({_counted(counts)}): " + "; ".join(o.reason or o.fate for o in outcomes)
+    body = DicomUploadPublic(dataset=dataset, scans=[scan_public(dataset, entry, manifest) for entry, manifest in done.stored],
+                             series=outcomes, counts=counts, quarantined=[Quarantined(name=n, reason=r) for n, r in done.quarantined],
+                             detail=detail)
+    return body, code
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {fate}" for fate, n in counts.items() if n)
 
 
 def _before_body(dataset: str, guard, principal, project: str) -> None:
@@ -211,35 +248,54 @@ STOW_BODY = {
 
 @router.post("/{dataset}/dicomweb/studies", max_body_size=STREAMED, openapi_extra={"requestBody": STOW_BODY},
              response_class=JSONResponse,
-             responses={200: {"description": "Every instance stored (staged for its series).",
+             responses={200: {"description": "Every instance stored (staged for its series); each series that began in "
+                                             "this request can be stored as it stands.",
                               "content": {"application/dicom+json": {}}},
-                        202: {"description": "Some instances stored, some failed (FailedSOPSequence, Warning headers)."},
+                        202: {"description": "Some instances stored, others failed (FailedSOPSequence), or stored with "
+                                             "WarningReason B000 (their series cannot be stored as it stands yet); the "
+                                             "reasons are in the Warning header."},
                         409: {"description": "No instance stored; each failure is in FailedSOPSequence with its reason."},
-                        415: {"description": 'Not multipart/related; type="application/dicom".'}})
+                        415: {"description": 'Not multipart/related; type="application/dicom".'},
+                        503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
+                                             "Retry-After says when to try again."}})
 async def stow_rs(dataset: str, request: Request, settings: SettingsDep, store: StoreDep,
                   guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> JSONResponse:
     """DICOMweb STOW-RS (PS3.18 10.5): store instances; the base URL of this dataset's DICOMweb service
     is ``/v1/datasets/{dataset}/dicomweb``. Instances are de-identified, then staged: a series becomes a
     scan when it is committed (``POST …/dicom/commit``) or after MEDSYNTH_DICOM_QUIET_S without new
-    instances. The response is the PS3.18 store-instances dataset; a failure's reason is also in a
-    ``Warning: 299`` header."""
+    instances. The response is the PS3.18 store-instances dataset; reasons are also in a ``Warning:
+    299`` header.
+
+    A series that begins in this request is checked as it stands before the answer, so that nothing is
+    acknowledged that is then rejected: one that cannot be stored whatever else comes (a mosaic without
+    its CSA header, a time series the project refuses, ...) is rejected now and its instances fail
+    (0110); one that more instances may complete (a missing slice, a mask whose images have not come)
+    is acknowledged with WarningReason B000 and the reason; a mask that will not be used fails (its
+    series is stored unlabeled). An instance that may show identity in its pixels quarantines its
+    series: it and the series' instances in this request fail, and so do the series' later instances."""
     _before_body(dataset, guard, principal, project)  # a bad name is the request's fault, not each instance's
     kind = request.headers.get("content-type", "")
     if "multipart/related" in kind and 'type="application/dicom"' not in kind.replace("'", '"') and "type=application/dicom" not in kind:
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom" (Part 10 instances); '
                                    f"got {kind!r}.")
     deid = deidentifier(request, project)
+    time_series = time_series_option(request, project)
     form = await _read(request, settings, related=True, usage='STOW-RS takes multipart/related; type="application/dicom".')
     try:
-        body, code, warnings = await run_in_threadpool(_stow, form, dataset, deid, store, str(request.url))
+        async with upload_slots(request.app, settings).hold(form.received):  # a new series is checked in memory
+            body, code, warnings = await run_in_threadpool(_stow, form, dataset, deid, store, str(request.url), settings.max_voxels,
+                                                           time_series)
     finally:
         form.close()
     headers = {"Warning": ", ".join(f'299 medsynth "{w}"' for w in warnings)} if warnings else None
     return JSONResponse(body, status_code=code, media_type="application/dicom+json", headers=headers)
 
 
-def _stow(form: FilesForm, dataset: str, deid: Deidentifier, store, url: str) -> tuple[dict, int, list[str]]:
-    stored, failed, warnings = [], [], []
+def _stow(form: FilesForm, dataset: str, deid: Deidentifier, store, url: str, max_voxels: int,
+          time_series: TimeSeries) -> tuple[dict, int, list[str]]:
+    failed, warnings = [], []
+    staged: list[Received] = []
+    fresh: dict[str, bool] = {}  # series → it begins in this request (nothing of it was staged before)
     for upload in form.files:
         part_type = form.part_types.get(upload.filename, "").split(";")[0].strip().lower()
         ds: Dataset | None = None
@@ -248,38 +304,85 @@ def _stow(form: FilesForm, dataset: str, deid: Deidentifier, store, url: str) ->
                 raise InvalidInput(f"{upload.filename} is {part_type or 'untyped'}, not {DICOM_MEDIA_TYPE}.")
             ds = read_instance(upload.read(), upload.filename)
             received = receive(ds, upload.filename, deid)
+            if received.series_uid not in fresh:
+                fresh[received.series_uid] = not staged_already(store, dataset, received.series_uid)
             if received.quarantined:
-                raise InvalidInput(received.quarantined)
+                quarantine(store, dataset, received, source="stow-rs")
+                raise SeriesQuarantined(received.quarantined)
             stage(store, dataset, received, source="stow-rs")
-            stored.append(_reference(received.dataset, f"{url}/{received.dataset.StudyInstanceUID}"))
+            staged.append(received)
             DICOM_INSTANCES.labels("stow-rs", "staged").inc()
         except MedsynthError as exc:
             code = CANNOT_UNDERSTAND if ds is None else PROCESSING_FAILURE
             failed.append(_failure(ds, code, deid))
-            warnings.append(str(exc).replace('"', "'"))
-            DICOM_INSTANCES.labels("stow-rs", "failed").inc()
+            warnings.append(_quoted(str(exc)))
+            DICOM_INSTANCES.labels("stow-rs", "quarantined" if isinstance(exc, SeriesQuarantined) else "failed").inc()
+    stored = []
+    for series in dict.fromkeys(r.series_uid for r in staged):
+        ours = [r for r in staged if r.series_uid == series]
+        verdict, why = _verdict(store, dataset, series, ours, fresh[series], max_voxels, time_series)
+        named = ours[0].label.split(" of ", 1)[-1]  # "series 7"
+        if verdict == "refused":
+            warnings.append(_quoted(f"{named}: not stored: {why}"))
+        elif verdict == "pending":
+            warnings.append(_quoted(f"{named}: staged, but it cannot be stored as it stands ({why}); unless the rest of it "
+                                    "comes within MEDSYNTH_DICOM_QUIET_S it will be rejected (GET .../dicom/series)"))
+        elif verdict == "present":
+            warnings.append(_quoted(f"{named}: already in the dataset: {why}"))
+        elif why:
+            warnings.append(_quoted(f"{named}: {why}"))
+        for r in ours:
+            if verdict == "refused" or (why and verdict == "ok" and is_mask(r.dataset)):
+                failed.append(_failure(r.dataset, PROCESSING_FAILURE, deid, deidentified=True))
+            else:
+                stored.append(_reference(r.dataset, f"{url}/{r.dataset.StudyInstanceUID}", COERCED if verdict == "pending" else None))
     body: dict = {}
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": stored}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
-    code = 200 if not failed else 202 if stored else 409
+    code = 200 if not warnings else 202 if stored else 409
     return body, code, warnings
 
 
-def _reference(ds: Dataset, study_url: str) -> dict:
-    return {"00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+def _quoted(text: str) -> str:
+    """``text`` fit for a Warning header's quoted string (latin-1: an en dash or an ellipsis spelled out)."""
+    text = text.replace('"', "'").replace("\r", " ").replace("\n", " ").replace("\u2026", "...").replace("\u2013", "-")
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _verdict(store, dataset: str, series: str, ours: list[Received], fresh: bool, max_voxels: int,
+             time_series: TimeSeries) -> tuple[Assessment, str | None]:
+    """What this request may say of its instances of ``series``: ``refused`` when the series is
+    quarantined meanwhile; for a series that begins in this request, :func:`assess` (one found that
+    cannot be stored is rejected now); a series begun earlier is decided when committed (``ok``)."""
+    if reason := quarantine_reason(store, dataset, series):
+        return "refused", f"its series is quarantined ({reason})"
+    if not fresh:
+        return "ok", None
+    verdict, why = assess(store, dataset, ours, max_voxels=max_voxels, time_series=time_series)
+    if verdict == "refused":
+        reject(store, dataset, series, why or "refused")
+    return verdict, why
+
+
+def _reference(ds: Dataset, study_url: str, warning: int | None = None) -> dict:
+    item = {"00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
             "00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
             "00081190": {"vr": "UR", "Value": [study_url]}}
+    if warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [warning]}  # WarningReason
+    return item
 
 
-def _failure(ds: Dataset | None, code: int, deid: Deidentifier) -> dict:
+def _failure(ds: Dataset | None, code: int, deid: Deidentifier, *, deidentified: bool = False) -> dict:
     """A FailedSOPSequence item; the instance UID is given as de-identified (never the original)."""
     item: dict = {"00081197": {"vr": "US", "Value": [code]}}
     if ds is not None and "SOPClassUID" in ds:
         item["00081150"] = {"vr": "UI", "Value": [str(ds.SOPClassUID)]}
     if ds is not None and "SOPInstanceUID" in ds:
-        item["00081155"] = {"vr": "UI", "Value": [deid.uid(str(ds.SOPInstanceUID))]}
+        uid = str(ds.SOPInstanceUID)
+        item["00081155"] = {"vr": "UI", "Value": [uid if deidentified else deid.uid(uid)]}
     return item
 
 
@@ -290,7 +393,8 @@ def _failure(ds: Dataset | None, code: int, deid: Deidentifier) -> dict:
 async def commit_series(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep, project: ProjectDep,
                         series: str | None = Query(None, description="One staged series (its de-identified UID); default all.")) -> SeriesListPublic:
     """Assemble staged series now instead of waiting for the quiet period; each record says
-    ``ingested`` (with the scan id) or ``rejected`` (with the reason)."""
+    ``ingested`` (with the scan id; fate ``stored``, or ``stored-unlabeled`` with a warning when the mask
+    sent with it was not usable), ``rejected`` (with the reason) or ``quarantined``."""
     done = await run_in_threadpool(commit, store, dataset, series, max_voxels=settings.max_voxels,
                                    on_ingested=scan_announcer(bus, project, dataset),
                                    time_series=time_series_option(request, project))
@@ -299,8 +403,12 @@ async def commit_series(dataset: str, request: Request, settings: SettingsDep, s
 
 @router.get("/{dataset}/dicom/series", response_model=SeriesListPublic)
 async def list_series(dataset: str, store: StoreDep,
-                      state: Literal["staged", "ingested", "rejected"] | None = None) -> SeriesListPublic:
-    """Every series sent to this dataset by STOW-RS or C-STORE, and what became of it."""
+                      state: Literal["staged", "ingested", "rejected", "quarantined"] | None = None,
+                      fate: Fate | None = None) -> SeriesListPublic:
+    """Every series sent to this dataset — by REST upload, STOW-RS or C-STORE — and what became of it:
+    its fate (stored, stored-unlabeled, quarantined, refused, already-present; none while staged, unless
+    already quarantined) with the reason or warnings; named by SeriesNumber and modality, its instances
+    by number (``instance 3 of series 7``)."""
     found = await run_in_threadpool(records, store, dataset)
-    return SeriesListPublic(dataset=dataset, series=[r for r in found if state is None or r.state == state])
-
+    return SeriesListPublic(dataset=dataset, series=[r for r in found if (state is None or r.state == state)
+                                                     and (fate is None or r.fate == fate)])
