@@ -132,6 +132,12 @@ def test_headline_shows_baselines_per_class_dice_units_and_warnings() -> None:
     assert "per class 1: 0.900, 2: nan" in text and "HD95 2.50 mm" in text
     old = headline({"utility": [{"source": "real", "mean_dice": 0.8, "dice_ci_low": 0.7, "dice_ci_high": 0.9, "mean_hd95": 2.5}]})
     assert "HD95 2.50 px" in old
+    held_out = {"metric": "fid", "value": 0.17, "extractor": "enc", "preprocessing": "none", "n_real": 40, "n_fake": 64,
+                "real_baseline": 0.06, "baseline_n": 30, "baseline_n_train": 40, "value_at_baseline_counts": 0.33}
+    missing = held_out | {"real_baseline": None, "baseline_missing": "no baseline: n = min(64 synthetic, 3 held-out real images) = 3"}
+    text = headline({"fidelity": [held_out, missing]})
+    assert "real-vs-real baseline 0.06 (held-out vs training, n=30 a side) vs synthetic 0.33 at the same n" in text
+    assert "; no baseline: n = min(64 synthetic, 3 held-out real images) = 3" in text
 
 
 def test_the_demo_does_not_go_on_when_a_case_did_not_get_in(tmp_path: Path) -> None:

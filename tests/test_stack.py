@@ -155,7 +155,7 @@ def test_pipeline_through_rest_kafka_workers_and_torchserve(stack_env: dict, tmp
         assert release["policy"] == "filter" and release["released_flagged"] == 0 and release["draws"] >= 24
         pairs = api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png")
         assert pairs.status_code == 200 and pairs.content.startswith(b"\x89PNG") and not any("closest" in n for n in names)
-        assert "Release gate" in html and f"{release['thresholds']['pixel']:.4g}" in html
+        assert "Release gate" in html and f"{release['thresholds']['image']:.4g}" in html
         metrics_text = metrics(stack_env, 18711)
         assert "medsynth_trainer_steps_per_second" in metrics_text
         assert 'medsynth_trainer_loss{family="joint-gan",loss="loss_d"}' in metrics_text
@@ -220,10 +220,11 @@ def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
 
 
 def test_a_blocked_cohort_fails_with_its_reason_and_is_not_downloadable(stack_env: dict) -> None:
-    """A threshold ten times the default anchors flags ordinary samples: under block the job fails."""
+    """The loosest threshold (0.99 x the 99th percentile of real slices' distances to other patients')
+    flags ordinary samples: under block the job fails."""
     with client(stack_env, timeout=60) as api:
         joint = next(j for j in api.get("/v1/generators").json()["jobs"] if j["state"] == "succeeded")
-        body = {"generator_id": joint["job_id"], "count": 8, "release": {"policy": "block", "threshold_ratio": 10}}
+        body = {"generator_id": joint["job_id"], "count": 8, "release": {"policy": "block", "threshold_ratio": 0.99, "threshold_quantile": 0.99}}
         job_id = api.post("/v1/cohorts", json=body).raise_for_status().json()["job_id"]
         with pytest.raises(MedsynthError, match=r"failed: ReleaseRefused: memorization gate \(block\): \d+ of \d+ draws"):
             wait_for_job(api, job_id, echo=lambda *_: None)

@@ -88,6 +88,22 @@ def test_bad_early_stopping_settings_are_a_422_naming_the_field(api: TestClient,
     assert any(field in map(str, e["loc"]) and says in e["msg"] for e in errors), r.text
 
 
+@pytest.mark.parametrize(
+    ("release", "field", "says"),
+    [
+        ({"threshold_ratio": 1.5}, "threshold_ratio", "less than 1"),
+        ({"threshold_ratio": 1}, "threshold_ratio", "less than 1"),
+        ({"threshold_ratio": 0}, "threshold_ratio", "greater than 0"),
+        ({"threshold_quantile": 1}, "threshold_quantile", "less than 1"),
+        ({"threshold_quantile": -0.01}, "threshold_quantile", "greater than 0"),
+    ],
+)
+def test_a_gate_threshold_outside_0_1_is_a_422_naming_it(api: TestClient, release: dict, field: str, says: str) -> None:
+    r = api.post("/v1/cohorts", json={"generator_id": "g", "count": 4, "release": release})
+    assert r.status_code == 422, r.text
+    assert any(field in map(str, e["loc"]) and says in e["msg"] for e in r.json()["detail"]), r.text
+
+
 def test_a_huge_id_is_refused_without_being_echoed_back(api: TestClient) -> None:
     huge = "x" * 500_000
     r = api.post("/v1/cohorts", json={"generator_id": huge, "count": 4})

@@ -209,11 +209,17 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
     report, html = _evaluate(world, "healthy")
     assert [r["metric"] for r in report["fidelity"]] == ["fid", "kid"]
     view = world["store"].get_json(f"datasets/ph/views/{world['view_id']}/view.json")
+    held = view["counts"]["val"] + view["counts"]["test"]  # this view keeps no empty slices anywhere: all of them
+    assert report["real_baseline"] | {"kind": None, "heldout": None} == {
+        "kind": None, "heldout": None, "n_heldout_available": held, "n_synthetic_available": world["n_healthy"],
+        "n": min(held, world["n_healthy"]), "missing": None}
+    assert "validation and test patients" in report["real_baseline"]["heldout"]
+    assert f"{len(view['patients']['val']) + len(view['patients']['test'])} patients" in report["real_baseline"]["heldout"]
     for row in report["fidelity"]:
         assert (row["n_real"], row["n_fake"]) == (view["counts"]["train"], world["n_healthy"])
-        assert row["baseline_split"].startswith("by patient") and row["baseline_n_a"] + row["baseline_n_b"] == row["n_real"]
+        assert row["baseline_n"] == row["n_fake_at_baseline_counts"] == min(held, world["n_healthy"])  # equal counts
+        assert row["baseline_n_train"] == row["n_real"] and row["baseline_n_heldout_available"] == held
         assert row["real_baseline"] is not None and row["value_at_baseline_counts"] is not None
-        assert row["n_fake_at_baseline_counts"] == min(row["n_fake"], row["baseline_n_b"])
     assert [r["name"] for r in report["fidelity"]] == [f"fid{world['n_healthy']}", f"kid{world['n_healthy']}"]
     embedding = report["embedding"]
     assert len(embedding["real"]) == min(200, view["counts"]["train"]) and len(embedding["synthetic"]) == min(200, world["n_healthy"])
@@ -236,7 +242,8 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
     assert real["dice_per_class"]["1"] == _metrics(world, "real")["test"]["dice"]["1"]
     assert set(report["segmentation_curves"]) == {"real", "synthetic", "mixed"}
     assert report["diversity"]["mode_collapse"] is False and report["diversity"]["pixel"]["n_synthetic"] == world["n_healthy"]
-    for text in ("real vs real (baseline)", f"Images used: real {view['counts']['train']} of {view['counts']['train']}", "Dice class 1", "Dice class 2", "mean HD95 (mm)", "Segmenter validation curves",
+    for text in ("real vs real (held-out vs training)", "Reference extractor", report["reference_extractor"]["sha256"],
+                 "Inception Score", "Not computed: no Inception extractor is configured", f"Images used: real {view['counts']['train']} of {view['counts']['train']}", "Dice class 1", "Dice class 2", "mean HD95 (mm)", "Segmenter validation curves",
                  'data-series="real"', 'data-series="mixed"', "Diversity", "no mode-collapse warning", "Training curves"):
         assert text in html, text
 
@@ -263,3 +270,197 @@ def test_reference_features_are_computed_once_per_extractor_and_real_images(worl
     again, _ = _evaluate(world, "healthy")
     assert again["reference_features"][name]["cached"] is False  # recomputed when gone
     assert [r["value"] for r in again["fidelity"]] == pytest.approx([r["value"] for r in first["fidelity"]])
+
+
+# --- fixed yardsticks: the reference extractor, the held-out baseline, the Inception Score ---------------
+
+
+def _features_through(world: dict, run_id: str, images: np.ndarray) -> np.ndarray:
+    """Features of ``images`` through the encoder of segmentation run ``run_id``, computed here."""
+    from medsynth.metrics.fidelity import EncoderExtractor, extract_features
+    from medsynth.segmentation.io import load_segmenter
+    from medsynth.segmentation.models import encoder
+
+    model = load_segmenter(world["store"].get_bytes(JobRecords(world["store"]).get(run_id).result_keys["model"])).model
+    return extract_features(torch.from_numpy(np.ascontiguousarray(images)), EncoderExtractor(encoder(model), "check"))
+
+
+def test_the_baseline_scores_held_out_patients_against_training_images_at_the_cohort_count(world: dict) -> None:
+    """Recomputed by hand from the reference encoder: n = min(cohort, held-out) validation + test images
+    (patients the encoder and the generator never saw) against the training images, and the cohort at
+    the same n against the same training images; not two halves of the training split."""
+    from medsynth.jobs.artifacts import cohort_arrays
+    from medsynth.metrics.fidelity import heldout_baseline, real_baseline
+
+    report, _ = _evaluate(world, "healthy")
+    store, real_run = world["store"], world["runs"]["real"]
+    view, splits = view_splits(store, "ph", world["view_id"])
+    assert not set(view.patients["val"] + view.patients["test"]) & set(view.patients["train"])
+    held = np.concatenate([splits["val"]["images"], splits["test"]["images"]])
+    f_train = _features_through(world, real_run, splits["train"]["images"])
+    f_held = _features_through(world, real_run, held)
+    f_fake = _features_through(world, real_run, cohort_arrays(store, JobRecords(store), world["healthy"])[1])
+    expected = heldout_baseline(f_train, f_held, f_fake, seed=0)
+    halves = real_baseline(f_train, f_fake, groups=splits["train"]["patients"], seed=0)
+    for row in report["fidelity"]:
+        assert row["baseline_n"] == expected["n"] == min(len(held), world["n_healthy"])
+        assert row["real_baseline"] == pytest.approx(expected["real_vs_real"][row["metric"]], rel=1e-6, abs=1e-9)
+        assert row["value_at_baseline_counts"] == pytest.approx(expected["synthetic_vs_real"][row["metric"]], rel=1e-6, abs=1e-9)
+    fid = report["fidelity"][0]
+    assert fid["real_baseline"] != pytest.approx(halves["real_vs_real"]["fid"], rel=1e-3)  # not the training halves
+    assert set(report["heldout_features"]) == {fid["extractor"]}
+
+
+def test_the_reference_extractor_is_recorded_with_its_recipe_and_hash(world: dict) -> None:
+    import hashlib
+
+    report, html = _evaluate(world, "healthy")
+    real_run = world["runs"]["real"]
+    metrics = _metrics(world, "real")
+    weights = world["store"].get_bytes(JobRecords(world["store"]).get(real_run).result_keys["model"])
+    ref = report["reference_extractor"]
+    assert ref["run_id"] == real_run and ref["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert "real-only run among segmentation_run_ids" in ref["chosen"]
+    assert (ref["model"], ref["seed"], ref["steps"], ref["stopped_step"], ref["view_id"], ref["source"]) == (
+        "unet", 0, SEG["steps"], metrics["stopped_step"], world["view_id"], "real")
+    assert ref["name"] == report["fidelity"][0]["extractor"] and ref["dim"] > 0
+    assert all(row["extractor_sha256"] == ref["sha256"] for row in report["fidelity"])
+    assert report["extractors"] == [ref]
+    assert report["inception_score"]["value"] is None and "MEDSYNTH_INCEPTION_WEIGHTS" in report["inception_score"]["not_computed"]
+    assert ref["sha256"] in html and "Reference extractor" in html
+
+
+def test_an_explicit_reference_run_is_the_extractor_whatever_runs_are_listed(world: dict) -> None:
+    """The real-only run named as reference, with only synthetic and mixed runs in the utility table:
+    the same yardstick (same features, same numbers) as when it was found among the runs."""
+    from medsynth.handlers.evaluate import evaluate_cohort
+
+    default, _ = _evaluate(world, "healthy")
+    ctx = Ctx(world["store"], new_job_id(JobKind.evaluate))
+    spec = jobs_pb2.Evaluate(cohort_id=world["healthy"], dataset="ph", view_id=world["view_id"], reference_run_id=world["runs"]["real"],
+                             segmentation_run_ids=[world["runs"]["synthetic"], world["runs"]["mixed"]])  # fmt: skip
+    report = world["store"].get_json(evaluate_cohort(spec, ctx)["report_json"])
+    ref = report["reference_extractor"]
+    assert ref["run_id"] == world["runs"]["real"] and ref["chosen"] == "the evaluation's reference_run_id"
+    assert ref["sha256"] == default["reference_extractor"]["sha256"]
+    assert [r["value"] for r in report["fidelity"]] == pytest.approx([r["value"] for r in default["fidelity"]])
+    assert {r["source"] for r in report["utility"]} == {"synthetic", "mixed"}
+
+
+def _fake_run(world: dict, **fields) -> str:
+    """A finished train-segmenter job whose metrics.json says what it trained on (its model is the real run's file)."""
+    record = JobRecords(world["store"]).get(world["runs"]["real"])
+    job_id = new_job_id(JobKind.train_segmenter)
+    metrics = {**_metrics(world, "real"), "run_id": job_id, **fields}
+    world["store"].put_json(f"segmentations/{job_id}/metrics.json", metrics)
+    return _succeeded(world["store"], JobKind.train_segmenter,
+                      {"model": record.result_keys["model"], "metrics": f"segmentations/{job_id}/metrics.json"}, job_id)
+
+
+def _request_records(world: dict) -> str:
+    """A cohort and its generator as the job service records them (with their specs): what evaluation_command reads."""
+    records = JobRecords(world["store"])
+    generator = records.get(_generator(world["store"], world["view_id"], load_manifest(world["store"], "ph").version))
+    records.put(generator.model_copy(update={"spec": {"dataset": "ph", "view_id": world["view_id"]}}))
+    cohort = records.get(world["healthy"])
+    cohort_id = new_job_id(JobKind.sample_cohort)
+    records.put(cohort.model_copy(update={"job_id": cohort_id, "spec": {"generator_id": generator.job_id}}))
+    return cohort_id
+
+
+def test_a_reference_run_from_another_view_or_of_synthetic_data_is_a_422_naming_the_problem(world: dict) -> None:
+    from medsynth.commands.build import evaluation_command
+    from medsynth.commands.requests import EvaluationCreate
+    from medsynth.core.errors import Conflict, InvalidInput, NotFound
+    from medsynth.handlers.evaluate import evaluate_cohort
+
+    store, records = world["store"], JobRecords(world["store"])
+    cohort = _request_records(world)
+    other_view = _fake_run(world, view_id="0123456789abcdef")
+    synthetic = world["runs"]["synthetic"]
+
+    def command(**body):
+        return evaluation_command(EvaluationCreate(cohort_id=cohort, **body), store, records)
+
+    ok = command(reference_run_id=world["runs"]["real"], segmentation_run_ids=[synthetic])
+    assert ok.reference_run_id == world["runs"]["real"] and list(ok.segmentation_run_ids) == [synthetic]
+    assert command(segmentation_run_ids=[world["runs"]["real"]]).reference_run_id == ""  # the default: chosen by the job
+    with pytest.raises(InvalidInput, match=f"reference run {other_view} was trained on view 0123456789abcdef; the cohort's "
+                                           f"generator learned from view {world['view_id']}"):
+        command(reference_run_id=other_view)
+    with pytest.raises(InvalidInput, match=f"reference run {other_view} was trained on view 0123456789abcdef"):
+        command(segmentation_run_ids=[synthetic, other_view])  # the default extractor is checked alike
+    with pytest.raises(InvalidInput, match=f"reference run {synthetic} was trained on synthetic data; the FID extractor must be "
+                                           "a real-only segmentation run"):
+        command(reference_run_id=synthetic)
+    with pytest.raises(InvalidInput, match="was trained on dataset 'other'"):
+        command(reference_run_id=_fake_run(world, dataset="other"))
+    with pytest.raises(NotFound):
+        command(reference_run_id="train-segmenter-0000000000000000")
+    running = new_job_id(JobKind.train_segmenter)
+    records.put(JobRecord(job_id=running, kind=JobKind.train_segmenter, spec={}, state=JobState.running))
+    with pytest.raises(Conflict, match="is running, not ready"):
+        command(reference_run_id=running)
+    # a command built elsewhere, without the check: the job refuses rather than scoring through another view's encoder
+    spec = jobs_pb2.Evaluate(cohort_id=world["healthy"], dataset="ph", view_id=world["view_id"], reference_run_id=other_view)
+    with pytest.raises(InvalidInput, match="was trained on view 0123456789abcdef"):
+        evaluate_cohort(spec, Ctx(store, new_job_id(JobKind.evaluate)))
+
+
+def test_held_out_images_are_selected_as_the_training_split_selects_slices(world: dict) -> None:
+    """A view that keeps empty slices only in val and test (keep_empty_eval): the baseline's held-out
+    images leave them out as training does, and say so; a view without held-out images has no baseline."""
+    from medsynth.handlers.evaluate import _baseline_plan, _heldout
+
+    view, _ = view_splits(world["store"], "ph", world["view_id"], splits=())
+    masks = np.zeros((6, 4, 4), np.uint8)
+    masks[[0, 2, 3], 1, 1] = 1
+    part = {"images": np.arange(6, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 4, 4), np.float32),
+            "masks": masks, "patients": np.array(["a", "a", "b", "b", "c", "c"])}
+    eval_only = view.model_copy(update={"spec": view.spec.model_copy(update={"keep_empty": False, "keep_empty_eval": True})})
+    held = _heldout(eval_only, {"val": part, "test": {}})
+    assert held.images[:, 0, 0, 0].tolist() == [0, 2, 3] and "3 slices without foreground left out" in held.description
+    assert "2 patients, 3 images" in held.description
+    everywhere = view.model_copy(update={"spec": view.spec.model_copy(update={"keep_empty": True})})
+    assert len(_heldout(everywhere, {"val": part, "test": part}).images) == 12
+    assert _heldout(view, {"val": {}, "test": {}}) is None
+    plan, images = _baseline_plan(None, 40, seed=0)
+    assert images is None and plan["n"] is None and "no validation or test images" in plan["missing"]
+    plan, images = _baseline_plan(held, 40, seed=0)
+    assert images is None and "n = min(40 synthetic, 3 held-out real images) = 3, fewer than the 4" in plan["missing"]
+
+
+class _ToyInception:
+    """Stands in for the Inception extractor: 3 features (the image's mean, its square, 1) and class
+    probabilities softmax(features @ W)."""
+
+    name, preprocessing, dim, has_classes = "toy inception", "none", 3, True
+    weight = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        m = images.mean(dim=(1, 2, 3)).double().numpy()
+        return np.stack([m, m**2, np.ones_like(m)], axis=1)
+
+    def class_probabilities(self, features: np.ndarray) -> np.ndarray:
+        logits = features @ self.weight.T
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def test_the_inception_score_is_reported_where_an_inception_extractor_is_configured() -> None:
+    from medsynth.handlers.evaluate import evaluation_results
+    from medsynth.metrics.fidelity import inception_score
+
+    rng = np.random.default_rng(3)
+    real = rng.uniform(0, 1, (30, 1, 8, 8)).astype(np.float32)
+    fake = rng.uniform(0, 1, (24, 1, 8, 8)).astype(np.float32) * np.linspace(0.2, 1, 24, dtype=np.float32)[:, None, None, None]
+    toy = _ToyInception()
+    numbers = evaluation_results(real, fake, [], [toy])
+    score = numbers["inception_score"]
+    expected = inception_score(toy.class_probabilities(toy(torch.from_numpy(fake))), splits=10)
+    assert (score["value"], score["std"]) == pytest.approx(expected) and (score["splits"], score["n"]) == (10, 24)
+    assert score["extractor"] == "toy inception" and "says little about medical images" in score["reading"]
+    assert numbers["reference_extractor"] is None and numbers["real_baseline"]["missing"].startswith("no baseline")
+    assert all(r["real_baseline"] is None and r["baseline_missing"] for r in numbers["fidelity"])  # no held-out: no number
+    few = evaluation_results(real, fake[:12], [], [toy])["inception_score"]
+    assert few["value"] is None and "12 synthetic images; the Inception Score's 10 splits need at least 20" in few["not_computed"]

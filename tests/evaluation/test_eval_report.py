@@ -12,6 +12,9 @@ from medsynth.handlers.evaluate import utility_row
 from medsynth.metrics.report import curve_svg, render_html
 
 
+SHA = "5e" * 32
+
+
 def _summary(mean, n=3):
     return {"mean": mean, "ci_low": None if mean is None else mean - 0.1, "ci_high": None if mean is None else mean + 0.1,
             "n": n, "ci_level": 0.95, "n_boot": 100}  # fmt: skip
@@ -29,8 +32,9 @@ def _run(source: str, unit: str | None = "mm") -> dict:
 def _results(diversity_warning: str | None = None, unit: str | None = "mm") -> dict:
     runs = [_run("real", unit), _run("synthetic", unit)]
     fidelity = [{"metric": "fid", "value": 0.17, "extractor": "enc", "preprocessing": "none", "n_real": 40, "n_fake": 64,
-                 "real_baseline": 0.05, "baseline_split": "by patient (3 | 3 patients)", "baseline_n_a": 20, "baseline_n_b": 20,
-                 "value_at_baseline_counts": 0.31, "n_fake_at_baseline_counts": 20}]  # fmt: skip
+                 "extractor_sha256": SHA, "real_baseline": 0.05, "baseline": "held-out patients vs training", "baseline_n": 40,
+                 "baseline_n_train": 40, "baseline_n_heldout_available": 52, "value_at_baseline_counts": 0.31,
+                 "n_fake_at_baseline_counts": 40}]  # fmt: skip
     space = {"distance": "pixel: RMS", "synthetic": 0.05, "real": 0.2, "ratio": 0.25, "n_synthetic": 64, "n_real": 40,
              "real_baseline_ratio": 1.01, "duplicate_fraction": 0.0}  # fmt: skip
     return {
@@ -40,6 +44,11 @@ def _results(diversity_warning: str | None = None, unit: str | None = "mm") -> d
         "segmentation_curves": {r["source"]: {"val_step": r["curves"]["val_step"], "val_dice": r["curves"]["val_dice"],
                                               "best_step": 20, "best_val_dice": 0.7} for r in runs},
         "relative_dice": 1.0, "memorization": {"fraction_flagged": 0.0},
+        "real_baseline": {"kind": "held-out vs training", "heldout": "the validation and test patients of view v (6 patients, 52 images)",
+                          "n_heldout_available": 52, "n_synthetic_available": 64, "n": 40, "missing": None},
+        "reference_extractor": {"name": "enc", "run_id": "train-segmenter-abc", "chosen": "the evaluation's reference_run_id",
+                                "model": "unet", "seed": 0, "steps": 600, "stopped_step": 450, "view_id": "v", "sha256": SHA, "dim": 256},
+        "inception_score": {"value": None, "not_computed": "no Inception extractor is configured (MEDSYNTH_INCEPTION_WEIGHTS is unset)"},
     }  # fmt: skip
 
 
@@ -74,11 +83,50 @@ def test_report_shows_dice_per_class_and_hd95_with_its_unit() -> None:
     assert "mean HD95 (px)" in old and "HD95 in view pixels (px)" in old and "(mm)" not in old
 
 
-def test_report_puts_the_real_baseline_and_counts_beside_each_score() -> None:
+def _fidelity_cells(page: str) -> list[str]:
+    return re.findall(r"<td>(.*?)</td>", page.split("<h2>Fidelity</h2>")[1].split("</table>")[0])
+
+
+def test_report_puts_the_held_out_baseline_and_counts_beside_each_score() -> None:
     page = render_html(_results(), {}, {})
-    table = page.split("<h2>Fidelity</h2>")[1].split("</table>")[0]
-    cells = re.findall(r"<td>(.*?)</td>", table)
-    assert cells == ["FID", "enc", "0.17", "40 / 64", "0.05", "20 / 20 (by patient (3 | 3 patients))", "0.31", "20 / 20"]
+    assert _fidelity_cells(page) == ["FID", "enc", "0.17", "40 / 64", "0.05", "0.31", "40 / 40 (held-out available 52)"]
+    assert "validation and test patients of view v (6 patients, 52 images)" in page and "what a perfect generator of new patients" in page
+
+
+def test_report_names_the_reference_extractor_and_its_hash() -> None:
+    page = render_html(_results(), {}, {})
+    section = page.split("<h3>Reference extractor</h3>")[1].split("<h3>")[0]
+    for text in ("train-segmenter-abc", "the evaluation&#x27;s reference_run_id", "unet", "450", SHA):
+        assert text in section, text
+
+
+def test_report_says_why_the_inception_score_or_the_baseline_is_missing_and_shows_them_when_there() -> None:
+    page = render_html(_results(), {}, {})
+    assert "<h3>Inception Score</h3><p>Not computed: no Inception extractor is configured" in page
+    scored = render_html(_results() | {"inception_score": {"value": 1.84, "std": 0.12, "splits": 10, "n": 64, "extractor": "inception-v3",
+                                                            "reading": "says little about medical images"}}, {}, {})
+    assert "IS = <b>1.84</b> ± 0.12 (mean ± std over 10 splits of 64 synthetic images; inception-v3)" in scored
+    missing = _results()
+    missing["fidelity"] = [{k: v for k, v in missing["fidelity"][0].items() if not k.startswith("baseline") and k != "n_fake_at_baseline_counts"}
+                           | {"real_baseline": None, "value_at_baseline_counts": None,
+                              "baseline_missing": "no baseline: n = min(64 synthetic, 3 held-out real images) = 3, fewer than the 4 a side it needs"}]
+    missing["real_baseline"] = missing["real_baseline"] | {"n": None, "missing": missing["fidelity"][0]["baseline_missing"]}
+    page = render_html(missing, {}, {})
+    assert _fidelity_cells(page)[4:] == ["no baseline: n = min(64 synthetic, 3 held-out real images) = 3, fewer than the 4 a side it needs", "–", "–"]
+
+
+def test_a_report_from_before_held_out_baselines_labels_its_training_halves() -> None:
+    """report.json written before (re-rendered for a viewer): the halves of the training split, labelled as such."""
+    old = _results()
+    for key in ("real_baseline", "reference_extractor", "inception_score"):
+        del old[key]
+    old["fidelity"] = [{"metric": "fid", "value": 0.17, "extractor": "enc", "preprocessing": "none", "n_real": 40, "n_fake": 64,
+                        "real_baseline": 0.05, "baseline_split": "by patient (3 | 3 patients)", "baseline_n_a": 20, "baseline_n_b": 20,
+                        "value_at_baseline_counts": 0.31, "n_fake_at_baseline_counts": 20}]  # fmt: skip
+    page = render_html(old, {}, {})
+    assert _fidelity_cells(page) == ["FID", "enc", "0.17", "40 / 64", "0.05 (training half A vs half B: no held-out patients)", "0.31",
+                                     "A 20 / B 20 (by patient (3 | 3 patients))"]
+    assert "Reference extractor" not in page and "Inception Score" not in page
 
 
 def test_mode_collapse_warning_is_a_banner_and_absent_otherwise() -> None:
@@ -133,7 +181,7 @@ def test_without_training_data_drops_pairs_patient_ids_and_training_figures() ->
 
     results = _results() | {
         "memorization": {"fraction_flagged": 0.0, "worst_pairs": [{"synthetic": 0, "train": 3, "train_patient": "p-007", "distance": 0.2}]},
-        "release": {"withheld": [{"index": 4, "train_index": 9, "lowpass_train_index": 9, "distance": 0.01}],
+        "release": {"withheld": [{"index": 4, "train_index": 9, "lowpass_train_index": 9, "mask_train_index": 9, "distance": 0.01}],
                     "worst_pairs": [{"index": 1, "train_index": 2}], "closest_pairs": {"key": "audits/c/closest_pairs.png"}},
         "figures": {"synthetic": "evaluations/e/figures/synthetic.png", "real": "evaluations/e/figures/real.png",
                     "memorization": "evaluations/e/figures/memorization.png"},
@@ -226,3 +274,20 @@ def test_a_viewer_gets_reports_without_training_images_closest_pairs_or_patient_
         assert full.status_code == 200 and all(t in full.text for t in training) and "withheld for this role" not in full.text
         assert TRAIN_PATIENT in str(api.get(f"/v1/evaluations/{evaluation_id}", headers=researcher).json()["report"])
         assert api.get(f"/v1/cohorts/{cohort_id}/closest-pairs.png", headers=researcher).content == RELEASE_PNG
+
+
+def test_the_release_section_shows_the_copy_search_and_old_manifests_still_render() -> None:
+    """A manifest of the search for copies in disguise names its thresholds (image, mask) and what it
+    searched; one from before (pixel and low-pass spaces) still renders."""
+    from medsynth.metrics.report import _release_section
+
+    new = {"policy": "filter", "draws": 10, "released": 8, "flagged": 2, "flagged_by_image": 1, "flagged_by_mask": 1,
+           "fraction_flagged": 0.2, "released_flagged": 0, "withheld": [{}, {}], "rule": "a draw is flagged when its image or its mask is",
+           "thresholds": {"image": 0.16, "mask": 0.07, "how": "0.8 x the 0.01 quantile"},
+           "audits": {"image": {"preparation": "per-image ranks", "search": "flips x rotations ±10°"}, "mask": {"preparation": "labels"}}}
+    page = _release_section(new)
+    assert "image threshold" in page and "mask threshold" in page and "rotations ±10°" in page and "flagged_by_mask" in page
+    old = {"policy": "filter", "draws": 66, "released": 64, "flagged": 2, "fraction_flagged": 2 / 66, "released_flagged": 0,
+           "withheld": [], "rule": "r", "thresholds": {"pixel": 0.1, "lowpass": 0.05, "how": "0.5 x the 0.01 quantile"},
+           "spaces": {"pixel": "p", "lowpass": "l"}}
+    assert "pixel threshold" in _release_section(old) and "Spaces: p; l" in _release_section(old)

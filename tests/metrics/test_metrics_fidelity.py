@@ -28,10 +28,12 @@ from medsynth.metrics.fidelity import (
     fidelity_scores,
     frechet_distance,
     frechet_distance_from_features,
+    heldout_baseline,
     inception_score,
     kernel_inception_distance,
     real_baseline,
     split_halves,
+    subsample_indices,
 )
 
 # Warnings raised inside the reference implementations (clean-fid, MONAI) and TorchScript itself.
@@ -472,3 +474,107 @@ def test_fidelity_from_features_equals_fidelity_scores() -> None:
     scores = fidelity_scores(real, fake, extractor, kid_subsets=5)
     direct = fidelity_from_features(extract_features(real, extractor), extract_features(fake, extractor), kid_subsets=5)
     assert {k: scores[k] for k in direct} == direct
+
+
+# --- the held-out baseline ---------------------------------------------------------------------
+
+
+def test_heldout_baseline_scores_held_out_against_training_at_equal_counts() -> None:
+    """Held-out features differ from training ones by a known shift (d = 8, shift 1 a dimension: FID
+    about 8); synthetic ones come from the training distribution (FID about 0). The baseline must show
+    the held-out shift (the halves of the training data cannot: they score about 0), with n a side =
+    min(held-out, synthetic) and both sets scored against all the training features."""
+    rng = np.random.default_rng(21)
+    d = 8
+    f_train = rng.normal(size=(400, d))
+    f_held = rng.normal(size=(150, d)) + 1.0
+    f_fake = rng.normal(size=(90, d))
+    base = heldout_baseline(f_train, f_held, f_fake, seed=4, kid_subsets=1)
+    assert (base["n"], base["n_train"], base["n_heldout_available"], base["n_synthetic_available"]) == (90, 400, 150, 90)
+    rr, sr = base["real_vs_real"], base["synthetic_vs_real"]
+    assert (rr["n_real"], rr["n_fake"], sr["n_real"], sr["n_fake"]) == (400, 90, 400, 90)  # equal counts
+    assert rr["fid"] == pytest.approx(d * 1.0, rel=0.3) and sr["fid"] < 1.0  # the held-out shift shows; training-like fakes do not
+    halves = real_baseline(f_train, f_fake, seed=4, kid_subsets=1)["real_vs_real"]["fid"]
+    assert halves < 1.0 < rr["fid"]  # two halves of the training data would have hidden it
+    # exactly: the seeded draws of subsample_indices, through clean-fid's arithmetic
+    held = f_held[subsample_indices(150, 90, seed=4, stream=1)]
+    assert rr["fid"] == pytest.approx(cleanfid_fid.fid_from_feats(f_train, held), rel=1e-8)
+    assert sr["fid"] == pytest.approx(cleanfid_fid.fid_from_feats(f_train, f_fake), rel=1e-8)  # all 90 fakes, in order
+    assert base == heldout_baseline(f_train, f_held, f_fake, seed=4, kid_subsets=1)
+    fewer_held = heldout_baseline(f_train, f_held[:30], f_fake, seed=4, kid_subsets=1)
+    assert fewer_held["n"] == 30 and fewer_held["synthetic_vs_real"]["n_fake"] == 30 and fewer_held["real_vs_real"]["n_fake"] == 30
+
+
+def test_heldout_baseline_refuses_too_few_images_rather_than_scoring_something_else() -> None:
+    rng = np.random.default_rng(22)
+    with pytest.raises(InvalidInput, match=r"n = min\(3 held-out real, 50 synthetic\) = 3"):
+        heldout_baseline(rng.normal(size=(50, 4)), rng.normal(size=(3, 4)), rng.normal(size=(50, 4)))
+    with pytest.raises(InvalidInput, match="feature dimensions differ"):
+        heldout_baseline(rng.normal(size=(50, 4)), rng.normal(size=(9, 5)), rng.normal(size=(50, 4)))
+
+
+def test_subsample_indices_are_seeded_sorted_and_all_when_asked_for_more() -> None:
+    a = subsample_indices(100, 10, seed=3, stream=1)
+    assert len(set(a)) == 10 and list(a) == sorted(a) and np.array_equal(a, subsample_indices(100, 10, seed=3, stream=1))
+    assert not np.array_equal(a, subsample_indices(100, 10, seed=3, stream=2))
+    assert list(subsample_indices(5, 9)) == list(subsample_indices(5, 5)) == [0, 1, 2, 3, 4]
+
+
+# --- the Inception Score from the Inception file's class probabilities -------------------------
+
+
+class _FakeInceptionWithClasses(_FakeInception):
+    """With clean-fid's file's ImageNet output layer (2048 → 1008): class 0 and 1 read features 0 and 1
+    with weight ln 3; every other class reads feature 2047 with weight -100; a bias that would make
+    class 5 win if it were (wrongly) applied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output = torch.nn.Linear(2048, 1008)
+        with torch.no_grad():
+            self.output.weight.zero_()
+            self.output.weight[0, 0] = self.output.weight[1, 1] = float(np.log(3.0))
+            self.output.weight[2:, 2047] = -100.0
+            self.output.bias.zero_()
+            self.output.bias[5] = 50.0
+
+
+@pytest.fixture(scope="module")
+def fake_inception_with_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("inception-classes") / INCEPTION_FILENAME
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_FakeInceptionWithClasses().eval()), str(path))
+    return path
+
+
+def test_inception_score_from_the_files_logits_by_hand(fake_inception_with_classes: Path) -> None:
+    """Features a = e0 + e2047, b = e1 + e2047: logits (ln 3, 0, -100, …) and (0, ln 3, -100, …), so
+    p(y|a) = (3/4, 1/4, ~0…), p(y|b) = (1/4, 3/4, ~0…). A split holding a and b has p(y) = (1/2, 1/2)
+    and KL = 3/4 ln(3/2) + 1/4 ln(1/2) = 3/4 ln 3 - ln 2, so IS = 3^(3/4) / 2; a split of a, a has IS 1."""
+    import hashlib
+
+    extractor = InceptionExtractor(fake_inception_with_classes)
+    assert extractor.has_classes
+    a, b = np.zeros(2048), np.zeros(2048)
+    a[[0, 2047]] = b[[1, 2047]] = 1.0
+    probs = extractor.class_probabilities(np.stack([a, b]))
+    assert probs.shape == (2, 1008)
+    # (to float32 rounding of ln 3: the file stores float32 weights) and no bias: class 5 stays ~0
+    np.testing.assert_allclose(probs[:, :2], [[0.75, 0.25], [0.25, 0.75]], rtol=1e-7)
+    assert probs[:, 2:].max() < 1e-40
+    mixed = 3 ** 0.75 / 2
+    assert inception_score(probs, splits=1) == pytest.approx((mixed, 0.0), rel=1e-7, abs=1e-12)
+    # the usual 10 splits, of 2 consecutive images: five (a, b) splits and five (a, a) ones
+    feats = np.stack([a, b] * 5 + [a, a] * 5)
+    mean, std = inception_score(extractor.class_probabilities(feats))
+    assert (mean, std) == pytest.approx(((mixed + 1) / 2, (mixed - 1) / 2), rel=1e-7)
+    assert extractor.recipe["sha256"] == hashlib.sha256(fake_inception_with_classes.read_bytes()).hexdigest()
+    assert extractor.recipe["class_probabilities"] is True
+
+
+def test_an_inception_file_without_its_output_layer_gives_no_class_probabilities(fake_inception_dir: Path) -> None:
+    extractor = InceptionExtractor(fake_inception_dir)
+    assert extractor.has_classes is False and extractor.recipe["class_probabilities"] is False
+    with pytest.raises(InvalidInput, match="no `output` layer"):
+        extractor.class_probabilities(np.zeros((2, 2048)))

@@ -133,3 +133,28 @@ def test_bad_inputs_are_named(train: np.ndarray) -> None:
         memorization_audit(train[:3], train, threshold_quantile=5)
     with pytest.raises(InvalidInput, match="finite"):
         memorization_audit(np.full((2, 64, 64), np.nan), train)
+
+
+def test_the_cohort_audit_searches_the_whole_training_split_and_says_so(train: np.ndarray, fresh: np.ndarray) -> None:
+    """The evaluation's audit (cohort_audit): copies in disguise of any training image — a shift the
+    pixel rule misses, a mask copied beside a fresh image — are flagged; the section says the search
+    covered every training image and the feature space only the subsample it was given."""
+    from medsynth.metrics.memorization import cohort_audit
+
+    masks = np.stack([make_phantom(s, shape=(64, 64), spacing=(1.0, 1.0))[1] for s in range(60)])
+    patients = np.array([f"p{i // 2}" for i in range(60)])  # two images a patient
+    shifted = np.ascontiguousarray(np.roll(train[[21]], 3, axis=-1))  # moved 3 px: missed by the pixel rule
+    cohort = np.concatenate([fresh[:6], shifted])
+    cohort_masks = np.concatenate([np.zeros((5, 64, 64), np.uint8), masks[[30]], masks[[21]]])  # sample 5: a copied mask
+    subsample = np.arange(0, 60, 2)
+    features = cohort.reshape(len(cohort), -1)[:, ::64], train.reshape(60, -1)[subsample, ::64]
+    feature_audit = memorization_audit(cohort, train[subsample], features_synth=features[0], features_train=features[1])
+    section = cohort_audit(cohort, cohort_masks, train, masks, patients, feature_audit=feature_audit, feature_train=subsample,
+                           feature_extractor="every 64th pixel")  # fmt: skip
+    assert section["copies"]["image"]["reference"]["fraction_searched"] == 1.0 and section["n_train"] == 60
+    assert section["feature_space"]["fraction_searched"] == 0.5 and "30 of 60 training images (50.0%)" in section["searched"]
+    assert "copies in disguise: 60 of 60 training images (100.0%" in section["searched"]
+    assert section["n_flagged_image"] >= 1 and section["n_flagged_mask"] >= 1 and section["n_synthetic"] == 7
+    pair = next(p for p in section["worst_pairs"] if p["synthetic"] == 6)
+    assert pair["train"] == 21 and "shift" in pair["transform"]
+    assert section["fraction_flagged"] >= 2 / 7

@@ -33,7 +33,7 @@ def test_the_grid_becomes_generators_cohorts_segmentations_and_evaluations() -> 
     mixed = nodes["segment/joint-gan/mixed-0.5/unet/aug0/s0"]
     assert mixed.body["source"] == "mixed" and mixed.body["synthetic_ratio"] == 0.5 and mixed.deps == {"cohort_id": "cohort/joint-gan/s0"}
     evaluation = nodes["evaluate/joint-gan/s0"]
-    assert evaluation.deps["segmentation_run_ids"][0] == "segment/real/unet/aug0/s0"  # its FID encoder: the real-only run
+    assert evaluation.deps["segmentation_run_ids"][0] == "segment/real/unet/aug0/s0"  # relative Dice's denominator
     assert set(evaluation.deps["segmentation_run_ids"][1:]) == {"segment/joint-gan/synthetic/unet/aug0/s0", mixed.id}
 
 
@@ -117,8 +117,47 @@ def test_a_study_recorded_before_early_stopping_keeps_its_jobs() -> None:
     before = {**TWO_FAMILIES, "segmentation": {"models": ["unet"], "steps": 4, "batch_size": 8}}  # as such records hold it
     spec = StudyCreate.from_record(before)
     assert spec.segmentation.early_stopping is False
-    fixed = StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": {**before["segmentation"], "early_stopping": False}})
+    fixed = StudyCreate.model_validate({**TWO_FAMILIES, "segmentation": {**before["segmentation"], "early_stopping": False},
+                                        "fid_extractor": "per-seed"})  # such a record also predates one FID extractor per study
     assert node_keys(expand(spec)) == node_keys(expand(fixed))
     assert "early_stopping" not in expand(spec)["segment/real/unet/aug0/s0"].body
     recorded_now = StudyCreate.model_validate(before).model_dump(mode="json")  # a record written from now on has the key
     assert StudyCreate.from_record(recorded_now).segmentation.early_stopping is True
+
+
+def test_every_evaluation_of_a_study_measures_through_one_reference_extractor() -> None:
+    """All families and seeds: the encoder of the first seed's real-only run (first model, first augmentation
+    setting), whatever seed the evaluation is of; each still lists its own seed's runs for the utility table."""
+    spec = StudyCreate.model_validate({**TWO_FAMILIES, "seeds": [3, 1], "arms": {"ratios": [0.5], "augmentation": [True, False]},
+                                       "segmentation": {"models": ["swin-unetr", "unet"], "steps": 4, "batch_size": 8}})
+    assert spec.fid_extractor == "study"
+    evaluations = [n for n in expand(spec).values() if n.kind.value == "evaluate"]
+    assert len(evaluations) == 4
+    for node in evaluations:
+        assert node.deps["reference_run_id"] == "segment/real/swin-unetr/aug1/s3", node.id
+        assert node.deps["segmentation_run_ids"][0] == f"segment/real/swin-unetr/aug1/s{node.labels['seed']}"
+    from medsynth.commands.requests import EvaluationCreate
+    EvaluationCreate.model_validate({**evaluations[0].body, "cohort_id": "c", "segmentation_run_ids": ["r"], "reference_run_id": "x"})
+
+
+def test_a_study_recorded_before_one_extractor_keeps_per_seed_extractors_and_its_keys() -> None:
+    """A record without fid_extractor: each seed's evaluation keeps its own real-only run (found among its runs, no
+    reference_run_id), so its evaluations keep their keys; a record written now keeps the one extractor."""
+    recorded_before = StudyCreate.model_validate(TWO_FAMILIES).model_dump(mode="json")
+    del recorded_before["fid_extractor"]
+    old = StudyCreate.from_record(recorded_before)
+    assert old.fid_extractor == "per-seed"
+    nodes = expand(old)
+    assert all("reference_run_id" not in n.deps for n in nodes.values())
+    keys, now = node_keys(nodes), node_keys(expand(StudyCreate.model_validate(TWO_FAMILIES)))
+    evaluations = {i for i, n in nodes.items() if n.kind.value == "evaluate"}
+    assert all(keys[i] != now[i] for i in evaluations)  # the new rule is a new evaluation job...
+    assert all(keys[i] == now[i] for i in keys if i not in evaluations)  # ...and nothing else changes
+    # the keys a record from before this field got: a hash of the evaluation's body and its deps' keys, no reference
+    import hashlib
+    import json
+    node = nodes["evaluate/spade/s1"]
+    deps = {"cohort_id": keys[node.deps["cohort_id"]], "segmentation_run_ids": [keys[d] for d in node.deps["segmentation_run_ids"]]}
+    text = json.dumps({"kind": "evaluate", "body": node.body, "deps": deps}, sort_keys=True, separators=(",", ":"))
+    assert keys["evaluate/spade/s1"] == hashlib.sha256(text.encode()).hexdigest()
+    assert StudyCreate.from_record(StudyCreate.model_validate(TWO_FAMILIES).model_dump(mode="json")).fid_extractor == "study"

@@ -13,6 +13,7 @@ from medsynth.studies.report import render_study_report
 from medsynth.metrics.statistics import bootstrap_over_seeds_and_patients, friedman_nemenyi, holm, paired_over_seeds, rank_correlation
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+REFERENCE_RUN, REFERENCE_SHA = "train-segmenter-5f0e4c2a9b7d1e63", "c0ffee" * 10 + "beef"
 FAMILIES = ("joint-gan", "spade", "stylegan2")
 
 
@@ -50,7 +51,9 @@ def results() -> dict:
             "friedman": {"score": "synthetic-only mean Dice", **friedman_nemenyi(scores, list(FAMILIES))},
             "generators": [{"family": f, "seed": s, "fid": 0.2, "fid_real_baseline": 0.01, "kid": 0.001, "precision": 0.7, "recall": 0.5,
                             "density": 0.9, "coverage": 0.6, "memorized_fraction": 0.0, "extractor": "in-domain unet encoder",
-                            "n_real": 200, "n_fake": 200} for f in FAMILIES for s in (0, 1, 2)],
+                            "n_real": 200, "n_fake": 200, "fid_at_baseline_n": 0.234, "baseline_n": 150,
+                            "extractor_run_id": REFERENCE_RUN, "extractor_sha256": REFERENCE_SHA} for f in FAMILIES for s in (0, 1, 2)],
+            "fid_extractor": {"rule": "study", "extractors": [{"run_id": REFERENCE_RUN, "sha256": REFERENCE_SHA}], "comparable": True},
             "fid_vs_dice": {"x": "FID", "y": "Dice", **rank_correlation([0.2, 0.1, 0.4, 0.3, 0.5, 0.9, 0.7, 0.8, 0.6], [0.5, 0.4, 0.45, 0.6, 0.3, 0.4, 0.35, 0.5, 0.55]),
                             "reading": "near zero: FID did not predict usefulness"}}
 
@@ -64,6 +67,33 @@ def test_the_report_explains_shows_settings_and_warns(results: dict) -> None:
         assert text in html, text
     assert html.count("<svg") == 3  # Dice vs share, Dice vs synthetic patients, the CD diagram
     assert "<grid>" not in html  # names are escaped
+
+
+def test_the_report_names_the_one_extractor_of_its_fids(results: dict) -> None:
+    """One line under the generators table: the run whose encoder measured every FID, and its hash; the
+    FID at the baseline's n beside the held-out baseline."""
+    html = render_study_report(results)
+    assert (f"<p>Extractor of every FID, KID and precision/recall above: the encoder of real-only run {REFERENCE_RUN} "
+            f"(SHA-256 {REFERENCE_SHA}).</p>") in html
+    assert "<th>FID at baseline n</th>" in html and "<td class=n>0.234</td><td class=n>0.010 (n 150)</td>" in html
+
+
+def test_the_report_warns_when_a_study_recorded_before_measured_each_seed_with_its_own_extractor(results: dict) -> None:
+    from medsynth.studies.results import fid_extractor
+
+    generators = [{k: v for k, v in g.items() if k not in ("fid_at_baseline_n", "baseline_n")}
+                  | {"extractor_run_id": f"run-s{g['seed']}", "extractor_sha256": f"{g['seed']}" * 64} for g in results["generators"]]
+    summary = fid_extractor("per-seed", generators)
+    assert summary["comparable"] is False and [e["run_id"] for e in summary["extractors"]] == ["run-s0", "run-s1", "run-s2"]
+    html = render_study_report(results | {"generators": generators, "fid_extractor": summary})
+    assert "Extractors differ (this study was recorded before one extractor per study" in html and "run-s2 (SHA-256 2222" in html
+    assert fid_extractor("study", results["generators"])["comparable"] is True
+    unrecorded = fid_extractor("per-seed", [{"extractor_run_id": None, "extractor_sha256": None}])  # evaluations before recipes
+    assert unrecorded["comparable"] is False
+    old = render_study_report({k: v for k, v in results.items() if k != "fid_extractor"}
+                              | {"generators": [{k: v for k, v in g.items() if not k.startswith(("extractor_", "fid_at", "baseline"))}
+                                                for g in results["generators"]]})
+    assert "Extractor of every FID" not in old and "<td class=n>0.010</td>" in old  # results.json from before render as they were
 
 
 def test_the_report_says_how_the_segmenters_stopped(results: dict) -> None:

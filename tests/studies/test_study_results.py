@@ -125,3 +125,35 @@ def test_how_each_run_stopped_is_in_the_results_and_the_csv() -> None:
     rows = results_csv(runs).splitlines()
     assert rows[0].endswith(",stopped_step,best_step,stop_reason")
     assert any(r.endswith(",1200,700,plateau") for r in rows) and any(r.endswith(",,,") for r in rows)  # runs without it: blank
+
+
+def test_the_results_name_the_extractor_of_every_evaluation(tmp_path) -> None:
+    """Each generator row carries its evaluation's reference run and hash and the FID at the baseline's n;
+    ``fid_extractor`` says whether one extractor measured them all (a study recorded now: it did)."""
+    from medsynth.bus.messages import JobKind
+    from medsynth.jobs.records import JobRecord, JobRecords, JobState, new_job_id
+    from medsynth.store.local import LocalStore
+    from medsynth.studies.record import NodeState
+
+    store = LocalStore(tmp_path / "store")
+    records = JobRecords(store)
+    nodes = {}
+    for family in FAMILIES[:2]:
+        for seed in (0, 1):
+            job_id = new_job_id(JobKind.evaluate)
+            store.put_json(f"evaluations/{job_id}/report.json", {
+                "generator_id": "g", "cohort_id": "c",
+                "fidelity": [{"metric": "fid", "value": 0.3, "extractor": "enc", "n_real": 100, "n_fake": 80, "real_baseline": 0.05,
+                              "baseline_n": 60, "value_at_baseline_counts": 0.32}],
+                "reference_extractor": {"run_id": "train-segmenter-ref", "sha256": "ab" * 32}})
+            records.put(JobRecord(job_id=job_id, kind=JobKind.evaluate, spec={}, state=JobState.succeeded,
+                                  result_keys={"report_json": f"evaluations/{job_id}/report.json"}))
+            nodes[f"evaluate/{family}/s{seed}"] = NodeState(kind="evaluate", key=job_id, labels={"family": family, "seed": seed},
+                                                            state="succeeded", job_id=job_id)
+    record = StudyRecord(study_id="study-0123456789abcdef", name="x", spec=SPEC | {"fid_extractor": "study"}, nodes=nodes)
+    results = compute_results(record, store, records, _runs())
+    assert {(g["extractor_run_id"], g["extractor_sha256"], g["fid_at_baseline_n"], g["baseline_n"]) for g in results["generators"]} == {
+        ("train-segmenter-ref", "ab" * 32, 0.32, 60)}
+    assert results["fid_extractor"] == {"rule": "study", "extractors": [{"run_id": "train-segmenter-ref", "sha256": "ab" * 32}],
+                                        "comparable": True}
+    assert _results(_runs())["fid_extractor"]["rule"] == "per-seed"  # SPEC as recorded before the field

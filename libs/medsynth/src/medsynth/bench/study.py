@@ -49,7 +49,7 @@ def measure(api: httpx.Client, study: dict[str, Any], created_at: float) -> dict
     from medsynth.studies.plan import expand
     from medsynth.studies.spec import StudyCreate
 
-    nodes = expand(StudyCreate.model_validate(study["spec"]))
+    nodes = expand(StudyCreate.from_record(study["spec"]))  # as the runner expands it (records from before keep their rules)
     jobs = {n["node"]: api.get(f"/v1/jobs/{n['job_id']}").json() for n in study["nodes"]}
     scheduling, queueing, rows = [], [], []
     for node_id, node in nodes.items():

@@ -28,7 +28,8 @@ from medsynth.generators.proto import to_proto
 from medsynth.generators.registry import GeneratorSpec
 from medsynth.jobs.artifacts import generator_entry
 from medsynth.jobs.lookup import finished
-from medsynth.jobs.records import JobRecords
+from medsynth.jobs.records import JobRecord, JobRecords
+from medsynth.metrics.reference import reference_run_problem
 from medsynth.sampling.gate import gate_to_proto
 from medsynth.sampling.modes import sample_mode
 from medsynth.store import ObjectStore
@@ -127,20 +128,41 @@ def segmenter_message(body: SegmentationCreate) -> jobs_pb2.TrainSegmenter:
 
 
 def evaluation_command(body: EvaluationCreate, store: ObjectStore, records: JobRecords) -> Message:
+    """404/409 for a cohort, segmentation run or reference run that is unknown or not finished; 422 for a
+    reference extractor that is not a real-only run on the cohort's generator's dataset and view (the
+    reference run when given, else the real-only run among the segmentation runs)."""
     cohort = finished(records, body.cohort_id, JobKind.sample_cohort)
     generator = finished(records, cohort.spec["generator_id"], JobKind.train_generator)
     dataset, view_id = generator.spec["dataset"], generator.spec["view_id"]
     if load_view(store, dataset, view_id).counts["train"] == 0:
         raise InvalidInput(f"reference view {view_id} of dataset {dataset!r} is empty")
-    for run in body.segmentation_run_ids:
-        finished(records, run, JobKind.train_segmenter)
+    runs = {run: finished(records, run, JobKind.train_segmenter) for run in body.segmentation_run_ids}
+    if body.reference_run_id:
+        reference = finished(records, body.reference_run_id, JobKind.train_segmenter)
+        candidates = [(body.reference_run_id, reference)]
+    else:  # the default extractor: the first real-only run listed (as the evaluation picks it)
+        first = next(((run, record) for run, record in runs.items() if _run_fields(store, record).get("source") == "real"), None)
+        candidates = [first] if first else []
+    for run, record in candidates:
+        problem = reference_run_problem(_run_fields(store, record), run, dataset, view_id)
+        if problem:
+            raise InvalidInput(problem)
     return jobs_pb2.Evaluate(
         cohort_id=body.cohort_id,
         view_id=view_id,
         dataset=dataset,
         segmentation_run_ids=body.segmentation_run_ids,
         max_samples=body.max_samples,
+        reference_run_id=body.reference_run_id or "",
     )
+
+
+def _run_fields(store: ObjectStore, record: JobRecord) -> dict:
+    """A finished segmentation run's source, dataset and view: from its metrics.json (what the run
+    did), else its command."""
+    key = record.result_keys.get("metrics")
+    metrics = store.get_json(key) if key and store.exists(key) else {}
+    return {name: metrics.get(name, record.spec.get(name)) for name in ("source", "dataset", "view_id")}
 
 
 #: Each job kind a client (or a study) can ask for: its request body and how it becomes a command.

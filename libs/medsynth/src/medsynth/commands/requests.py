@@ -160,3 +160,7 @@ class EvaluationCreate(BaseModel):
     cohort_id: Id
     segmentation_run_ids: list[Id] = Field(default_factory=list, max_length=64, description="Runs to put in the utility table.")
     max_samples: int = Field(2000, ge=2, le=50_000)
+    reference_run_id: Id | None = Field(
+        None, description="A finished real-only segmentation run on the generator's dataset and view whose encoder extracts the "
+                          "FID/KID and precision/recall features: the fixed yardstick every cohort compared should share. "
+                          "Default: the real-only run among segmentation_run_ids (the results name which run it was).")

@@ -101,12 +101,13 @@ def request_batch(spec: GeneratorSpec, mode: SampleMode, asked: int, settings: S
 
 
 def _gate(ctx: JobContext, entry: GeneratorEntry, options: GateOptions) -> ReleaseGate:
-    """The gate over the training split the generator learned from."""
+    """The gate over the training split the generator learned from: its images and masks, calibrated
+    across its patients."""
     _, splits = view_splits(ctx.store, entry.dataset, entry.view_id, splits=("train",))
     train = splits["train"]
     if not train:
         raise InvalidInput(f"view {entry.view_id} has no training images to audit the cohort against.")
-    return ReleaseGate.for_training_images(train["images"], options)
+    return ReleaseGate.for_training_images(train["images"], options, masks=train.get("masks"), patients=train.get("patients"))
 
 
 def _progress_line(done: int, total: int, gate: ReleaseGate) -> str:

@@ -252,9 +252,14 @@ def headline(report: dict) -> str:
     lines = ["== headline numbers"]
     for row in report.get("fidelity", []):
         line = f"  {row['metric']:<4} {row['value']:.4g} (n={row['n_real']} real / {row['n_fake']} synthetic)"
-        if row.get("real_baseline") is not None:
+        if row.get("real_baseline") is not None and "baseline_n" in row:
+            line += (f"; real-vs-real baseline {row['real_baseline']:.4g} (held-out vs training, n={row['baseline_n']} a side) "
+                     f"vs synthetic {row['value_at_baseline_counts']:.4g} at the same n")
+        elif row.get("real_baseline") is not None:  # a report from before held-out baselines: two halves of the training data
             line += (f"; real-vs-real baseline {row['real_baseline']:.4g} (n={row['baseline_n_a']}/{row['baseline_n_b']}, "
                      f"{row['baseline_split']}) vs synthetic {row['value_at_baseline_counts']:.4g} at the same counts")
+        elif row.get("baseline_missing"):
+            line += f"; {row['baseline_missing']}"
         lines.append(f"{line}  [{row['extractor']}; {row['preprocessing']}]")
     diversity = report.get("diversity") or {}
     ratios = [f"{space} {d['ratio']:.3g}" for space in ("pixel", "feature") if (d := diversity.get(space))]

@@ -1,7 +1,8 @@
 """How faithful, useful and safe a synthetic cohort is.
 
-- ``fidelity``: FID, KID and Inception Score from the features of a pluggable extractor
-  (ImageNet Inception-v3 from clean-fid's TorchScript file, or an in-domain encoder).
+- ``fidelity``: FID and KID from the features of a pluggable extractor (ImageNet Inception-v3 from
+  clean-fid's TorchScript file, or an in-domain encoder); the Inception Score from the Inception
+  file's class probabilities (an in-domain encoder has none).
 - ``segmentation``: per-case Dice and HD95 of a segmentation model, bootstrap summaries.
 - ``memorization``: nearest-neighbour audit of synthetic images against the training set.
 - ``diversity``: within-cohort versus within-real mean pairwise distance, a mode-collapse check.
@@ -11,8 +12,9 @@
 - ``statistics``: study statistics (two-level bootstrap, Wilcoxon + Holm, Friedman/Nemenyi, Spearman).
 - ``reader``: visual Turing test numbers (accuracy, sensitivity, specificity, exact binomial CIs).
 
-Every fidelity score can be read against a real-versus-real baseline (``real_baseline``: two
-disjoint halves of the real data, by patient, through the same extractor).
+Every fidelity score can be read against a real-versus-real baseline (``heldout_baseline``: real
+images of held-out patients against the training images, and the synthetic images at the same count,
+through the same extractor).
 
 Pure functions do the arithmetic and can be checked by hand on tiny arrays; every score dictionary
 they return names its extractor, preprocessing mode and sample counts.
@@ -30,6 +32,7 @@ from medsynth.metrics.fidelity import (
     fidelity_from_features,
     fidelity_scores,
     frechet_distance,
+    heldout_baseline,
     frechet_distance_from_features,
     inception_score,
     kernel_inception_distance,
@@ -54,6 +57,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_features",
     "hd95",
+    "heldout_baseline",
     "inception_score",
     "kernel_inception_distance",
     "mean_pairwise_distance",

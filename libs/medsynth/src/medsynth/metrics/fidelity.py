@@ -11,16 +11,23 @@ clean-fid gives the same numbers from the same features. Features come from a ``
 
 Scores from different extractors or preprocessing modes are not comparable, which is why
 ``fidelity_scores`` records both next to the sample counts. A score alone does not say whether it is
-good: ``real_baseline`` scores two disjoint halves of the real data (by patient, via
-``split_halves``) against each other through the same features, and the synthetic data at the same
-counts, since FID and KID are biased by sample count.
+good: ``heldout_baseline`` scores real images of patients the generator (and the in-domain extractor)
+never saw — the view's validation and test patients — against the training images, and the synthetic
+images at the same count against the same training images, since FID and KID are biased by sample
+count: the first is what a perfect generator of new patients would score. (``real_baseline``, two
+halves of the training data against each other, is kept for callers of the library; an in-domain
+extractor was trained on those very images, so it flatters the data and evaluations no longer use it.)
+
+The Inception Score needs class probabilities, which only the ImageNet Inception file gives
+(``InceptionExtractor.class_probabilities``); an in-domain encoder has none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -300,6 +307,43 @@ class InceptionExtractor:
                 f"{path} has no `layers` submodule; expected clean-fid's {INCEPTION_FILENAME}."
             )
         self._layers = layers.eval()
+        self._sha256: str | None = None
+        output = getattr(module, "output", None)  # the 2048 → 1008 ImageNet logit layer of clean-fid's file
+        weight = getattr(output, "weight", None) if output is not None else None
+        self._logit_weight = weight.detach().to(torch.float64).cpu() if isinstance(weight, torch.Tensor) else None
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The file this extractor reads and its SHA-256 (hashed once)."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            with open(self.weights_path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self._sha256 = digest.hexdigest()
+        return {"kind": "ImageNet Inception-v3 (clean-fid TorchScript)", "weights": str(self.weights_path),
+                "sha256": self._sha256, "class_probabilities": self.has_classes}
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether the file has its ImageNet output layer (``output.weight``), which the Inception Score needs."""
+        return self._logit_weight is not None
+
+    def class_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """ImageNet class probabilities (N, 1008) from this extractor's pool3 ``features`` (N, 2048):
+        ``softmax(features @ output.weightᵀ)`` without the output bias, as the original Inception Score
+        code (Salimans et al. 2016) and stylegan2-ada's ``no_output_bias=True`` compute them.
+
+        Raises:
+            InvalidInput: the file has no ``output`` layer, or ``features`` are not (N, 2048).
+        """
+        if self._logit_weight is None:
+            raise InvalidInput(f"{self.weights_path} has no `output` layer with a weight: no class probabilities, "
+                               "so no Inception Score")
+        f = torch.from_numpy(_check_features(features, "features"))
+        if f.shape[1] != self._logit_weight.shape[1]:
+            raise InvalidInput(f"features have {f.shape[1]} dimensions; the output layer takes {self._logit_weight.shape[1]}.")
+        return torch.softmax(f @ self._logit_weight.T, dim=1).numpy()
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         x = clean_resize(check_images(images)).expand(-1, 3, -1, -1)
@@ -317,7 +361,7 @@ class EncoderExtractor:
     The encoder may return a feature map (N, C, *spatial), pooled to (N, C), or vectors (N, D); if it
     returns a list or tuple (e.g. skip connections), the last element (the deepest) is used. It runs
     in eval mode under ``no_grad``; its training flag is restored afterwards. ``dim`` is found at
-    construction by running one zero image of ``probe_size``.
+    construction by running one zero image of ``probe_size``. ``recipe`` says how the encoder was made.
     """
 
     preprocessing = "none: [0,1] grey at native size"
@@ -329,6 +373,7 @@ class EncoderExtractor:
         *,
         probe_size: tuple[int, int] = (64, 64),
         device: str | torch.device = "cpu",
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(encoder, torch.nn.Module):
             raise InvalidInput(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}.")
@@ -338,6 +383,9 @@ class EncoderExtractor:
         self.name = name
         self.device = torch.device(device)
         self.dim = int(self._features(torch.zeros((1, 1, *probe_size))).shape[1])
+        #: How the encoder was made (e.g. its segmentation run, training settings and the SHA-256 of its
+        #: weights), recorded next to every score computed through it.
+        self.recipe: dict[str, Any] = {"kind": "in-domain encoder", **dict(recipe or {})}
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         return self._features(check_images(images)).numpy().astype(np.float64)
@@ -445,7 +493,76 @@ def fidelity_scores(
     return scores | {"extractor": extractor.name, "preprocessing": extractor.preprocessing, "feature_dim": extractor.dim}
 
 
-# --- real-versus-real baseline -------------------------------------------------------------------
+# --- real-versus-real baselines ------------------------------------------------------------------
+
+MIN_BASELINE_IMAGES = 4  # a side: FID needs 2, and fewer than 4 images say nothing about a distribution
+
+
+def subsample_indices(n: int, k: int, *, seed: int = 0, stream: int = 0) -> np.ndarray:
+    """``k`` of ``range(n)`` drawn without replacement, sorted; seeded by ``(seed, stream)`` (all of
+    them, in order, when ``k >= n``)."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, stream]).choice(n, k, replace=False))
+
+
+#: The streams of :func:`heldout_baseline`'s draws: held-out real images and synthetic images.
+HELDOUT_STREAM, SYNTHETIC_STREAM = 1, 2
+
+
+def heldout_baseline(
+    f_train: np.ndarray,
+    f_heldout: np.ndarray,
+    f_fake: np.ndarray,
+    *,
+    seed: int = 0,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+) -> dict[str, Any]:
+    """What FID / KID are for real images of NEW patients, and the synthetic score at the same count.
+
+    ``f_train`` are the features of the training images (the generator's, and the in-domain
+    extractor's, training data); ``f_heldout`` those of real images of patients neither saw (the
+    view's validation and test patients); ``f_fake`` those of the synthetic images. With
+    ``n = min(len(f_heldout), len(f_fake))``, n held-out images and n synthetic images are drawn
+    without replacement (:func:`subsample_indices`, streams ``HELDOUT_STREAM`` / ``SYNTHETIC_STREAM``
+    of ``seed``), and each set is scored against all of ``f_train``:
+
+    - ``real_vs_real``: held-out versus training — the score of a perfect generator of new
+      patients, given n images;
+    - ``synthetic_vs_real``: synthetic versus training, at the same n (FID is biased by sample count:
+      only scores at equal counts compare).
+
+    Raises:
+        InvalidInput: n is below ``MIN_BASELINE_IMAGES``, fewer than 2 training images, or feature
+            dimensions differ.
+
+    Returns:
+        ``{"n", "n_train", "n_heldout_available", "n_synthetic_available", "real_vs_real",
+        "synthetic_vs_real"}``, the inner dicts as :func:`fidelity_from_features` returns them (their
+        ``n_real`` is the training count, ``n_fake`` is n).
+    """
+    f_train, f_heldout, f_fake = (_check_features(f, name) for f, name in
+                                  ((f_train, "f_train"), (f_heldout, "f_heldout"), (f_fake, "f_fake")))
+    if not f_train.shape[1] == f_heldout.shape[1] == f_fake.shape[1]:
+        raise InvalidInput(f"feature dimensions differ: train {f_train.shape[1]}, held-out {f_heldout.shape[1]}, "
+                           f"synthetic {f_fake.shape[1]}.")
+    n = min(len(f_heldout), len(f_fake))
+    if n < MIN_BASELINE_IMAGES:
+        raise InvalidInput(f"a held-out baseline needs at least {MIN_BASELINE_IMAGES} images a side; n = min({len(f_heldout)} "
+                           f"held-out real, {len(f_fake)} synthetic) = {n}.")
+    held = f_heldout[subsample_indices(len(f_heldout), n, seed=seed, stream=HELDOUT_STREAM)]
+    fake = f_fake[subsample_indices(len(f_fake), n, seed=seed, stream=SYNTHETIC_STREAM)]
+    kwargs = {"kid_subset_size": kid_subset_size, "kid_subsets": kid_subsets, "seed": seed}
+    return {
+        "n": int(n),
+        "n_train": int(len(f_train)),
+        "n_heldout_available": int(len(f_heldout)),
+        "n_synthetic_available": int(len(f_fake)),
+        "real_vs_real": fidelity_from_features(f_train, held, **kwargs),
+        "synthetic_vs_real": fidelity_from_features(f_train, fake, **kwargs),
+    }
+
 
 
 def split_halves(n: int, groups: Sequence[Any] | np.ndarray | None = None, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
@@ -494,6 +611,10 @@ def real_baseline(
 ) -> dict[str, Any]:
     """What FID / KID look like between two halves of the REAL data, and the synthetic score at the
     same counts, so that a score can be read against real-data variability.
+
+    Evaluations use :func:`heldout_baseline` instead: the halves here are both training data, which an
+    in-domain extractor was trained on, so this baseline is lower than a generator of new patients could
+    reach. Kept for callers who have no held-out patients (and label it as such).
 
     The real features are split by :func:`split_halves` (by patient when ``groups`` are given) into
     A and B; then

@@ -20,6 +20,11 @@ Rule (pixel space; feature space is analogous):
 With features (e.g. from ``medsynth.metrics.fidelity``), the same rule runs on raw L2 feature
 distances without flips (pass features of flipped training images as extra rows if wanted), and an
 image is flagged if either space flags it.
+
+This pixel rule finds exact, flipped and lightly noised copies only: a copy shifted by a pixel, turned,
+rescaled or re-toned is missed. :func:`cohort_audit` (the evaluation's audit) pairs the search for
+copies in disguise of :mod:`medsynth.metrics.copies` over the *whole* training split (images and
+masks) with this module's feature-space rule, and says what fraction of the training images each searched.
 """
 
 from __future__ import annotations
@@ -316,3 +321,93 @@ def _exact(q: torch.Tensor, keys: torch.Tensor, idx: torch.Tensor) -> np.ndarray
     a = q.reshape(len(q), -1).double()
     b = keys[idx].reshape(len(idx), -1).double()
     return (a - b).norm(dim=1).numpy()
+
+
+def cohort_audit(
+    synthetic: np.ndarray,
+    synthetic_masks: np.ndarray | None,
+    train_images: np.ndarray,
+    train_masks: np.ndarray | None = None,
+    train_patients: np.ndarray | None = None,
+    *,
+    feature_audit: AuditResult | None = None,
+    feature_train: np.ndarray | None = None,
+    feature_extractor: str | None = None,
+    worst: int = 8,
+) -> dict[str, Any]:
+    """The evaluation's memorization audit of a cohort, as the report's ``memorization`` section.
+
+    A synthetic image is flagged when the search for copies in disguise
+    (:class:`medsynth.metrics.copies.CopyAudit`, default threshold) finds its image — or its mask —
+    a copy of a training image (mask), searching every training image; or, with ``feature_audit``
+    (this module's audit in an in-domain feature space, run on the training images at
+    ``feature_train``, indices into ``train_images``), when that flags it. The section says what
+    fraction of the training split each part searched.
+
+    Args:
+        synthetic, synthetic_masks: the cohort (N, 1, S, S) and its masks (N, S, S) (None: images only).
+        train_images, train_masks, train_patients: the whole training split.
+        feature_audit, feature_train, feature_extractor: the feature-space audit, the training images
+            it searched and the extractor's name.
+        worst: how many closest pairs to list (``train``: an index into ``train_images``).
+    """
+    from medsynth.metrics.copies import CopyAudit
+
+    n_train, n = int(len(train_images)), int(len(synthetic))
+    flagged = np.zeros(n, dtype=bool)
+    copies: dict[str, Any] = {}
+    image = mask = None
+    try:
+        audit = CopyAudit.of_images(train_images, train_patients)
+    except InvalidInput as exc:  # too small, or one patient: say so rather than fail the evaluation
+        copies["image"] = {"skipped": str(exc)}
+    else:
+        image = audit.audit(synthetic)
+        flagged |= image.flagged
+        copies["image"] = audit.summary() | {"n_flagged": int(image.flagged.sum())}
+        if synthetic_masks is not None and train_masks is not None and (np.asarray(train_masks) > 0).any():
+            try:
+                masks = CopyAudit.of_masks(train_masks, train_patients)
+            except InvalidInput as exc:
+                copies["mask"] = {"skipped": str(exc)}
+            else:
+                mask = masks.audit(synthetic_masks)
+                flagged |= mask.flagged
+                copies["mask"] = masks.summary() | {"n_flagged": int(mask.flagged.sum()), "n_audited": int(mask.audited.sum())}
+    searched = [f"copies in disguise: {copies['image']['reference']['searched']} of {n_train} training images"
+                f" ({copies['image']['reference']['fraction_searched']:.1%}; blank ones left out)" if image is not None
+                else f"copies in disguise: not searched ({copies['image']['skipped']})"]  # fmt: skip
+    feature = None
+    if feature_audit is not None and feature_audit.flagged_feature is not None:
+        used = n_train if feature_train is None else len(feature_train)
+        flagged |= feature_audit.flagged_feature
+        feature = {"extractor": feature_extractor, "threshold": feature_audit.feature_threshold,
+                   "n_flagged": int(feature_audit.flagged_feature.sum()), "searched": used, "of": n_train,
+                   "fraction_searched": used / n_train if n_train else 0.0,
+                   "rule": feature_audit.rule + " (L2 distance between features)"}  # fmt: skip
+        searched.append(f"in-domain features: {used} of {n_train} training images ({used / n_train:.1%})")
+    out: dict[str, Any] = {
+        "fraction_flagged": float(flagged.mean()) if n else 0.0,
+        "n_flagged": int(flagged.sum()),
+        "n_synthetic": n,
+        "n_train": n_train,
+        "searched": "; ".join(searched),
+        "rule": "flagged when the search for copies in disguise flags its image or its mask"
+                + (", or the in-domain feature space flags it" if feature is not None else ""),
+        "copies": copies,
+        "feature_space": feature,
+        "feature_extractor": feature_extractor,
+    }  # fmt: skip
+    if image is not None:
+        out |= {"threshold": copies["image"]["threshold"], "median_nn_distance": float(np.nanmedian(image.distance)),
+                "median_train_nn_distance": copies["image"]["calibration"]["median_distance"],
+                "n_flagged_image": int(image.flagged.sum()), "n_flagged_mask": int(mask.flagged.sum()) if mask is not None else 0}  # fmt: skip
+        order = np.argsort(image.distance, kind="stable")[: max(int(worst), 0)]
+        out["worst_pairs"] = [{"synthetic": int(i), "train": int(image.index[i]), "distance": float(image.distance[i]),
+                               "transform": image.poses[i].describe()} for i in order if image.index[i] >= 0]  # fmt: skip
+    elif feature_audit is not None:  # no search: the feature-space pairs, as before
+        out["worst_pairs"] = [{"synthetic": s, "train": int(feature_train[t]) if feature_train is not None else t, "distance": d}
+                              for s, t, d in feature_audit.worst_pairs(worst)]  # fmt: skip
+    else:
+        out["worst_pairs"] = []
+    return out

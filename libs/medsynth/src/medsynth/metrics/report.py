@@ -15,7 +15,7 @@ import numpy as np
 
 #: What shows or names a training image: closest (synthetic, training) pairs, wherever they are listed,
 #: training patient ids and the index of a training image.
-TRAINING_KEYS = frozenset({"worst_pairs", "closest_pairs", "train_patient", "train_index", "lowpass_train_index"})
+TRAINING_KEYS = frozenset({"worst_pairs", "closest_pairs", "train_patient", "train_index", "lowpass_train_index", "mask_train_index"})
 #: Figures of a report that show training images: real samples, the closest pairs of the evaluation's
 #: audit and of the release gate.
 TRAINING_FIGURES = frozenset({"real", "memorization", "release"})
@@ -184,7 +184,8 @@ def _kv_table(row: Mapping[str, Any]) -> str:
 EXPLAINED = (
     ("FID / KID", "distance between the features of real and synthetic images (extractor named): 0 for identical "
                   "distributions, lower is better. Read each against its real-versus-real baseline at the same counts: "
-                  "the score a perfect generator would get with this much data."),
+                  "held-out patients' images against the training images, the score a perfect generator of new patients "
+                  "would get with this much data. Only scores through the same reference extractor (same SHA-256) compare."),
     ("Precision / recall / density / coverage", "in the same feature space: the share of synthetic images that look real "
      "(precision), of real variety the cohort covers (recall, coverage), and crowding (density, about 1 when matched). Higher "
      "is better for precision, recall and coverage (at most 1)."),
@@ -222,24 +223,69 @@ def _ci(summary: Mapping[str, Any] | None) -> str:
     return f"{_fmt(summary['mean'])} [{_fmt(summary.get('ci_low'))}, {_fmt(summary.get('ci_high'))}] (n={_fmt(summary.get('n'))})"
 
 
-def _fidelity_section(rows: Sequence[Mapping[str, Any]]) -> str:
+def _baseline_cells(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A fidelity row's baseline columns: held-out patients against training images at n a side (now),
+    two halves of the training images (reports written before), or why there is none."""
+    if "baseline_n" in r:
+        return {"real vs real (held-out vs training)": r["real_baseline"],
+                "synthetic vs training, same n": r.get("value_at_baseline_counts"),
+                "n a side / training": f"{r['baseline_n']} / {r['baseline_n_train']} (held-out available {r['baseline_n_heldout_available']})"}
+    if "baseline_n_a" in r:  # a report from before held-out baselines: two halves of the training images
+        return {"real vs real (held-out vs training)": f"{_fmt(r.get('real_baseline'))} (training half A vs half B: no held-out patients)",
+                "synthetic vs training, same n": r.get("value_at_baseline_counts"),
+                "n a side / training": f"A {r['baseline_n_a']} / B {r['baseline_n_b']} ({r.get('baseline_split', '')})"}
+    return {"real vs real (held-out vs training)": r.get("baseline_missing") or r.get("baseline_split") or "–",
+            "synthetic vs training, same n": None, "n a side / training": "–"}
+
+
+def _fidelity_section(rows: Sequence[Mapping[str, Any]], results: Mapping[str, Any] | None = None) -> str:
+    results = results or {}
     table = _table([{
         "metric": r["metric"].upper(), "extractor": r["extractor"],
         "synthetic vs real": r["value"], "n real / synthetic": f"{r['n_real']} / {r['n_fake']}",
-        "real vs real (baseline)": r.get("real_baseline"),
-        "baseline n A / B": f"{r['baseline_n_a']} / {r['baseline_n_b']} ({r['baseline_split']})" if "baseline_n_a" in r else r.get("baseline_split", "–"),
-        "synthetic vs real A, baseline counts": r.get("value_at_baseline_counts"),
-        "n A / synthetic": f"{r['baseline_n_a']} / {r['n_fake_at_baseline_counts']}" if "baseline_n_a" in r else "–",
+        **_baseline_cells(r),
     } for r in rows])  # fmt: skip
     preprocessing = sorted({(r["extractor"], r["preprocessing"]) for r in rows})
     notes = "".join(f"<li>{html.escape(e)}: preprocessing {html.escape(p)}</li>" for e, p in preprocessing)
-    return (
-        f"{table}<p>The baseline scores two disjoint halves A and B of the real training images (by patient where "
-        "known) through the same extractor: the score of a perfect generator given this much data. FID and KID depend "
-        "on the sample counts, so compare the baseline with the synthetic score at the same counts (half A against as "
-        "many synthetic images as half B), not with the score on all images.</p>"
-        f"<ul>{notes}</ul>"
-    )
+    plan = results.get("real_baseline")
+    if isinstance(plan, Mapping):
+        held = (f"<p>Held-out images: {html.escape(str(plan['heldout']))}.</p>" if plan.get("heldout") else "") + (
+            f"<p class='caveat'>{html.escape(plan['missing'])}.</p>" if plan.get("missing") else "")
+        text = ("<p>The baseline scores real images of patients neither the generator nor the extractor saw (the view's "
+                "validation and test patients) against the training images, through the same extractor: what a perfect "
+                "generator of new patients would score. FID and KID depend on the sample counts, so it is computed at n = "
+                "min(synthetic used, held-out available) images a side, and the synthetic images are scored at that same n "
+                "against the same training images: compare those two numbers, not the baseline with the score on all "
+                "images.</p>" + held)
+    else:  # reports from before held-out baselines
+        text = ("<p>The baseline scores two disjoint halves A and B of the real training images (by patient where known) "
+                "through the same extractor. An in-domain extractor was trained on those images, so this baseline is lower "
+                "than a generator of new patients could reach; compare the synthetic score at the same counts with it.</p>")
+    return f"{table}{text}<ul>{notes}</ul>{_extractor_section(results)}{_inception_section(results.get('inception_score'))}"
+
+
+def _extractor_section(results: Mapping[str, Any]) -> str:
+    """The yardstick: the reference extractor's recipe and hash (reports from before: not recorded)."""
+    if "reference_extractor" not in results:
+        return ""
+    ref = results["reference_extractor"]
+    if not ref:
+        return "<h3>Reference extractor</h3><p>No in-domain reference extractor (no real-only segmentation run was given).</p>"
+    fields = ("run_id", "chosen", "dataset", "view_id", "model", "seed", "steps", "stopped_step", "best_step", "stop_reason",
+              "augment", "batch_size", "dim", "layer", "sha256")
+    return ("<h3>Reference extractor</h3><p>FID, KID, precision/recall, the diversity check's feature space and the t-SNE map "
+            "are measured through this encoder; only scores from the same extractor (the same SHA-256) compare.</p>"
+            + _kv_table({k: ref.get(k) for k in fields if k in ref}))
+
+
+def _inception_section(score: Mapping[str, Any] | None) -> str:
+    if not score:
+        return ""
+    if score.get("value") is None:
+        return f"<h3>Inception Score</h3><p>Not computed: {html.escape(str(score.get('not_computed', '')))}.</p>"
+    return (f"<h3>Inception Score</h3><p>IS = <b>{_fmt(score['value'])}</b> ± {_fmt(score.get('std'))} (mean ± std over "
+            f"{score['splits']} splits of {score['n']} synthetic images; {html.escape(score['extractor'])}). "
+            f"{html.escape(score.get('reading', ''))}.</p>")
 
 
 def _manifold_section(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -316,11 +362,18 @@ def _release_section(release: Mapping[str, Any] | None) -> str:
     """What the cohort's release gate did: policy, draws, flagged and withheld, thresholds and how set."""
     if not release:
         return "<p>This cohort was written before the release gate: it was not audited at sampling.</p>"
-    row = {k: release.get(k) for k in ("policy", "draws", "released", "flagged", "fraction_flagged", "released_flagged")}
-    row |= {"withheld": len(release.get("withheld", [])), "pixel threshold": release["thresholds"]["pixel"],
-            "low-pass threshold": release["thresholds"]["lowpass"]}  # fmt: skip
+    row = {k: release.get(k) for k in ("policy", "draws", "released", "flagged", "flagged_by_image", "flagged_by_mask",
+                                         "fraction_flagged", "released_flagged") if k in release}  # fmt: skip
+    row |= {"withheld": len(release.get("withheld", []))}
+    row |= {f"{space} threshold": value for space, value in release["thresholds"].items() if space != "how"}
+    if "audits" in release:  # the search for copies in disguise: what it searched and how
+        spaces = "; ".join(f"{name}: {a['preparation']}" for name, a in release["audits"].items() if "preparation" in a)
+        search = next(iter(release["audits"].values())).get("search", "")
+        how = f"Compared as {spaces}. Searched: {search}."
+    else:  # manifests from before: pixel and low-pass spaces, flips only
+        how = f"Spaces: {'; '.join(release['spaces'].values())}."
     return (_kv_table(row) + f"<p>Rule: {html.escape(release['rule'])}; thresholds: {html.escape(release['thresholds']['how'])}. "
-            f"Spaces: {html.escape('; '.join(release['spaces'].values()))}.</p>")
+            f"{html.escape(how)}</p>")
 
 
 def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves: Mapping[str, Sequence[tuple[float, float]]]) -> str:
@@ -352,7 +405,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         note,
         "<h2>Fidelity</h2>",
         _samples_used(results.get("samples")),
-        _fidelity_section(results.get("fidelity", [])),
+        _fidelity_section(results.get("fidelity", []), results),
         "<h3>Precision, recall, density, coverage</h3>",
         _manifold_section(results.get("manifold", [])),
         "<h3>Real and synthetic features in 2D</h3>",
@@ -370,7 +423,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         "<h2>Release gate (memorization audit at sampling)</h2>",
         _release_section(results.get("release")),
         f"<figure>{_img(figures['release'], 'closest pairs at release')}<figcaption>the draws closest to a training image: "
-        "synthetic (left) beside its nearest training image, flipped as it matched (right)</figcaption></figure>"
+        "synthetic (left) beside its nearest training image, flipped as it matched (right); where the mask matched closer, the two masks</figcaption></figure>"
         if "release" in figures else note,
         "<h2>Training curves</h2>",
         curve_svg(curves),

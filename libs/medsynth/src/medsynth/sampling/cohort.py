@@ -182,7 +182,7 @@ def _write_samples(
         layout.append((start, stop))
         images, masks = sampler.draw(seed, range(start, stop))
         _check_batch(images, masks, stop - start, tile_images[0].shape if tile_images else None)
-        released = gate.check(start, batch, images, count) if gate is not None else [True] * (stop - start)
+        released = gate.check(start, batch, images, count, masks=masks) if gate is not None else [True] * (stop - start)
         kept = [k for k in range(stop - start) if released[k]]
         for k in kept:
             index = start + k

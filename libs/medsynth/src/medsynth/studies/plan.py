@@ -5,7 +5,11 @@ segmenter model, augmentation setting and seed: a real-only segmentation run, an
 on the cohort alone (``synthetic``), one per mixing ratio (``mixed r``) and one per number of synthetic
 patients added to the real data (``+N patients``). Every segmentation run trains by the same rule
 (:class:`~medsynth.studies.spec.StudySegmentation`: by default early stopping at its own validation
-plateau, capped at ``steps``), the real-only baseline included. A node's request body is
+plateau, capped at ``steps``), the real-only baseline included. Every evaluation measures fidelity
+through one reference extractor, the encoder of the first seed's real-only run (first model, first
+augmentation setting: ``reference_run_id``), so that all families and seeds are scored with the same
+yardstick; a study recorded before that (``fid_extractor`` "per-seed") keeps each seed's own real-only
+run, found among its evaluation's runs, and its keys. A node's request body is
 complete but for the ids of the jobs it needs (``deps``: body field → node), filled in when those
 finish. Its key hashes its kind, body and its dependencies' keys, so that one request made twice, in
 one study or two, is one job.
@@ -62,6 +66,7 @@ def expand(spec: StudyCreate) -> dict[str, Node]:
                          {**seg_common, "source": "real", "model": model.value, "augment": augment, "seed": seed},
                          labels={"family": None, "arm": "real", "model": model.value, "augment": augment, "seed": seed}))
     extractor_model = spec.segmentation.models[0].value  # the evaluation's in-domain encoder
+    reference = f"segment/{REAL}/{extractor_model}/aug{int(spec.arms.augmentation[0])}/s{spec.seeds[0]}"
     for family in spec.families:
         name = family.name
         for seed in spec.seeds:
@@ -92,8 +97,11 @@ def expand(spec: StudyCreate) -> dict[str, Node]:
                                          "model": model.value, "augment": augment, "seed": seed}))
                         runs.append(node_id)
             real_run = f"segment/{REAL}/{extractor_model}/aug{int(spec.arms.augmentation[0])}/s{seed}"
+            deps: dict[str, str | list[str]] = {"cohort_id": cohort, "segmentation_run_ids": [real_run, *runs]}
+            if spec.fid_extractor == "study":  # one yardstick for the study (per-seed: the real-only run listed first)
+                deps["reference_run_id"] = reference
             add(Node(f"evaluate/{name}/s{seed}", JobKind.evaluate, {"max_samples": spec.max_eval_samples},
-                     deps={"cohort_id": cohort, "segmentation_run_ids": [real_run, *runs]}, labels={"family": name, "seed": seed}))
+                     deps=deps, labels={"family": name, "seed": seed}))
     return nodes
 
 

@@ -56,8 +56,10 @@ EXPLAINED = [
                          "generators the smallest p Spearman's exact test can reach is 1/3, so no correlation over 3 can be "
                          "significant). A warning marks results that rest on fewer than 5 seeds."),
     ("FID", "Fréchet distance between the features of real and synthetic images (extractor named): 0 for identical "
-            "distributions, lower is better; read it against the real-versus-real baseline (two halves of the real "
-            "data). FID and Dice need not agree (seed 000): the rank correlation says whether they did here."),
+            "distributions, lower is better; read the FID at the baseline's n against the real-versus-real baseline "
+            "(held-out patients' images against the training images at the same n: what a perfect generator of new "
+            "patients would score). Only FIDs through one extractor compare: the line below the table names it. FID and "
+            "Dice need not agree (seed 000): the rank correlation says whether they did here."),
     ("Precision / recall / density / coverage", "in the same feature space as FID: precision is the share of synthetic "
      "images that fall among real ones (realism), recall the share of real images that fall among synthetic ones "
      "(variety); coverage the share of real neighbourhoods holding a synthetic image; density about 1 when the two "
@@ -294,13 +296,28 @@ def _generators_table(generators: list[dict[str, Any]]) -> str:
         return "<p>No cohort was evaluated.</p>"
     rows = "".join(
         f"<tr><td>{escape(g['family'])}</td><td class=n>{g['seed']}</td><td class=n>{_num(g['fid'])}</td>"
-        f"<td class=n>{_num(g['fid_real_baseline'])}</td><td class=n>{_num(g['kid'], 4)}</td>"
+        f"<td class=n>{_num(g.get('fid_at_baseline_n'))}</td>"
+        f"<td class=n>{_num(g['fid_real_baseline'])}{'' if g.get('baseline_n') is None else ' (n ' + str(g['baseline_n']) + ')'}</td>"
+        f"<td class=n>{_num(g['kid'], 4)}</td>"
         + "".join(f"<td class=n>{_num(g.get(m))}</td>" for m in ("precision", "recall", "density", "coverage")) +
         f"<td class=n>{_num(None if g['memorized_fraction'] is None else 100 * g['memorized_fraction'], 1)} %</td>"
         f"<td>{escape(str(g['extractor']))}; {g['n_real']} real / {g['n_fake']} synthetic</td></tr>" for g in generators)
-    return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID real vs real</th><th>KID</th><th>Precision</th>"
+    return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID at baseline n</th><th>FID real vs real</th><th>KID</th><th>Precision</th>"
             "<th>Recall</th><th>Density</th><th>Coverage</th><th>Memorized</th>"
             f"<th>Extractor, samples</th></tr>{rows}</table>")
+
+
+def _extractor_line(extractor: dict[str, Any] | None) -> str:
+    """One line: the encoder every FID of the study went through (run, SHA-256), or that they differ."""
+    if not extractor or not extractor.get("extractors"):
+        return ""
+    named = "; ".join(f"real-only run {escape(str(e['run_id']))} (SHA-256 {escape(str(e['sha256'] or 'not recorded'))})"
+                      for e in extractor["extractors"])
+    if extractor.get("comparable"):
+        return f"<p>Extractor of every FID, KID and precision/recall above: the encoder of {named}.</p>"
+    why = ("this study was recorded before one extractor per study: each seed was measured with its own real-only run"
+           if extractor.get("rule") == "per-seed" else "the evaluations did not all record the same extractor")
+    return f"<p class=caveat>Extractors differ ({escape(why)}), so FIDs compare only within one extractor: {named}.</p>"
 
 
 def _rate(rate: dict[str, Any]) -> str:
@@ -388,7 +405,8 @@ def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, by
             parts.append(f"<figure>{plot}<figcaption>{caption}</figcaption></figure>")
     parts += ["<h2>Paired tests against real data only</h2>", _comparisons_table(results["comparisons"]), "<h2>Families compared</h2>"]
     parts.append(_friedman_section(results["friedman"]))
-    parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"])]
+    parts += ["<h2>Generators: fidelity and memorization</h2>", _generators_table(results["generators"]),
+              _extractor_line(results.get("fid_extractor"))]
     parts.append(_family_figures(results, figures or {}))
     corr = results["fid_vs_dice"]
     parts.append("<p>FID against synthetic-only Dice across generators: " + _correlation(corr) + ".</p>"

@@ -77,7 +77,10 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
         report = store.get_json(records.get(state.job_id).result_keys["report_json"])
         fid = next((r for r in report.get("fidelity", []) if r["metric"] == "fid"), None)
         kid = next((r for r in report.get("fidelity", []) if r["metric"] == "kid"), None)
+        reference = report.get("reference_extractor") or {}  # evaluations from before recipes: none recorded
         out.append({"family": state.labels["family"], "seed": state.labels["seed"], "evaluation_id": state.job_id,
+                    "extractor_run_id": reference.get("run_id"), "extractor_sha256": reference.get("sha256"),
+                    "fid_at_baseline_n": fid and fid.get("value_at_baseline_counts"), "baseline_n": fid and fid.get("baseline_n"),
                     "generator_id": report.get("generator_id"), "cohort_id": report.get("cohort_id"),
                     "fid": fid and fid["value"], "fid_real_baseline": fid and fid.get("real_baseline"),
                     "kid": kid and kid["value"], "extractor": fid and fid["extractor"],
@@ -122,7 +125,17 @@ def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords
         "test_patients": patients, "arms": arms, "failed_arms": failed,
         "comparisons": _comparisons(arms, runs, patients), "friedman": _friedman(arms, runs), "generators": generators,
         "fid_vs_dice": _fid_vs_dice(generators, runs),
+        "fid_extractor": fid_extractor(record.spec.get("fid_extractor", "per-seed"), generators),  # before: per seed
     }
+
+
+def fid_extractor(rule: str, generators: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which encoder(s) measured the study's FIDs: ``rule`` ("study": one for every family and seed;
+    "per-seed": each seed's own, studies recorded before), and the distinct (run, SHA-256) pairs the
+    evaluations recorded. ``comparable`` is whether every FID of the study went through one extractor."""
+    used = sorted({(g.get("extractor_run_id"), g.get("extractor_sha256")) for g in generators}, key=str)
+    return {"rule": rule, "extractors": [{"run_id": r, "sha256": h} for r, h in used],
+            "comparable": len(used) == 1 and used[0][1] is not None}
 
 
 def _seed_table(entries: list[dict[str, Any]], seeds: list[Any], patients: list[str]) -> np.ndarray:

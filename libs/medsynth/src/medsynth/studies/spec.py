@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -113,16 +113,24 @@ class StudyCreate(BaseModel):
     segmentation: StudySegmentation = Field(default_factory=StudySegmentation)
     cohort_size: int = Field(1000, ge=2, le=100_000, description="Image + mask pairs sampled per generator and seed.")
     max_eval_samples: int = Field(2000, ge=2, le=50_000, description="Images per side for FID/KID and the audits.")
+    fid_extractor: Literal["study", "per-seed"] = Field(
+        "study", description="study: every evaluation measures FID/KID and precision/recall through ONE encoder, that of the "
+                             "first seed's real-only run (first segmenter model, first augmentation setting), so that families "
+                             "and seeds are scored with the same yardstick; per-seed: each seed's own real-only run (studies "
+                             "recorded before this field), whose FIDs do not compare across seeds.")
 
     @classmethod
     def from_record(cls, spec: dict[str, Any]) -> StudyCreate:
         """The request a study record holds (``StudyRecord.spec``, a dump of this model). A record written
         before early stopping has no ``segmentation.early_stopping``: its runs trained for their steps,
         and the rest of them must too (not the new default), so that one study keeps one rule and its
-        jobs keep their keys."""
+        jobs keep their keys. Likewise a record written before one FID extractor per study has no
+        ``fid_extractor``: its evaluations keep their per-seed extractors (and their keys)."""
         segmentation = spec.get("segmentation")
         if isinstance(segmentation, dict) and "early_stopping" not in segmentation:
             spec = {**spec, "segmentation": {**segmentation, "early_stopping": False}}
+        if "fid_extractor" not in spec:
+            spec = {**spec, "fid_extractor": "per-seed"}
         return cls.model_validate(spec)
 
     @model_validator(mode="after")

@@ -328,18 +328,20 @@ class TrainSegmenter(_message.Message):
     def __init__(self, view_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., synthetic_ratio: _Optional[float] = ..., augment: _Optional[bool] = ..., dataset: _Optional[str] = ..., source: _Optional[str] = ..., synthetic_patients: _Optional[int] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping: _Optional[bool] = ..., patience: _Optional[int] = ..., val_every: _Optional[int] = ..., min_steps: _Optional[int] = ..., min_delta: _Optional[float] = ...) -> None: ...
 
 class Evaluate(_message.Message):
-    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "dataset", "max_samples")
+    __slots__ = ("cohort_id", "view_id", "segmentation_run_ids", "dataset", "max_samples", "reference_run_id")
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     VIEW_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_RUN_IDS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
     cohort_id: str
     view_id: str
     segmentation_run_ids: _containers.RepeatedScalarFieldContainer[str]
     dataset: str
     max_samples: int
-    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., max_samples: _Optional[int] = ...) -> None: ...
+    reference_run_id: str
+    def __init__(self, cohort_id: _Optional[str] = ..., view_id: _Optional[str] = ..., segmentation_run_ids: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., max_samples: _Optional[int] = ..., reference_run_id: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("schema_version", "job_id", "kind", "project", "prepare_dataset", "train_generator", "sample_cohort", "train_segmenter", "evaluate")
