@@ -31,7 +31,7 @@ from enum import Enum
 
 from google.protobuf.message import Message
 
-from medsynth.bus.client import Bus
+from medsynth.bus.client import Bus, BusError
 from medsynth.bus.topics import command_topic, dead_letter_topic
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import InvalidInput, JobCancelled, NotFound, PermanentJobError
@@ -195,7 +195,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 return self.bus.consumer(topics, group=f"{self.bus.prefix}.{self.name}")
-            except KafkaError as exc:
+            except (KafkaError, BusError) as exc:  # BusError: the bus's own words for it (unreachable, TLS refused)
                 log.warning("worker %s cannot reach the broker (%s); trying again", self.identity, exc)
                 self.stopping.wait(max(1.0, self.settings.retry_backoff_s))
         return None

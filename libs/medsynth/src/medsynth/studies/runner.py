@@ -24,7 +24,7 @@ from medsynth.studies.results import write_results
 from medsynth.studies.spec import StudyCreate
 from medsynth.commands.build import SUBMISSIONS
 from medsynth.bus.messages import JobKind
-from medsynth.bus.client import Bus
+from medsynth.bus.client import Bus, BusError
 from medsynth.core.clock import utcnow
 from medsynth.datasets.views import load_view
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
@@ -229,7 +229,7 @@ def watch_job_endings(bus: Bus, wake: threading.Event, stop: threading.Event) ->
     while not stop.is_set():
         try:
             consumer = bus.consumer([events_topic(bus.prefix)], group=group, auto_offset_reset="latest", max_poll_records=200)
-        except KafkaError as exc:
+        except (KafkaError, BusError) as exc:
             log.debug("study event watcher not connected: %s", exc)
             stop.wait(2.0)
             continue
