@@ -219,16 +219,18 @@ def test_families_route_and_bad_generator_requests(stack_env: dict) -> None:
             assert r.status_code == 422 and named in r.text, (release, r.text)
 
 
-def test_a_blocked_cohort_fails_with_its_reason_and_is_not_downloadable(stack_env: dict) -> None:
-    """The loosest threshold (0.99 x the 99th percentile of real slices' distances to other patients')
-    flags ordinary samples: under block the job fails."""
+def test_a_cohort_that_did_not_succeed_is_not_downloadable(stack_env: dict) -> None:
+    """A cancelled cohort (one far too large to finish first) answers 409 on download, naming its state.
+    (The block policy failing a cohort is tested with the real gate, writer and store and planted
+    copies in tests/sampling/test_gate.py: no generator this stack trains draws copies on demand.)"""
     with client(stack_env, timeout=60) as api:
         joint = next(j for j in api.get("/v1/generators").json()["jobs"] if j["state"] == "succeeded")
-        body = {"generator_id": joint["job_id"], "count": 8, "release": {"policy": "block", "threshold_ratio": 0.99, "threshold_quantile": 0.99}}
-        job_id = api.post("/v1/cohorts", json=body).raise_for_status().json()["job_id"]
-        with pytest.raises(MedsynthError, match=r"failed: ReleaseRefused: memorization gate \(block\): \d+ of \d+ draws"):
+        job_id = api.post("/v1/cohorts", json={"generator_id": joint["job_id"], "count": 100_000}).raise_for_status().json()["job_id"]
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        with pytest.raises(MedsynthError, match="cancelled"):
             wait_for_job(api, job_id, echo=lambda *_: None)
-        assert api.get(f"/v1/cohorts/{job_id}/download").status_code == 409
+        r = api.get(f"/v1/cohorts/{job_id}/download")
+        assert r.status_code == 409 and "cancelled" in r.text, (r.status_code, r.text)
 
 
 def test_bad_requests_get_clear_errors(stack_env: dict) -> None:
@@ -437,7 +439,7 @@ def test_dashboards_and_alerts_on_a_prometheus_scraping_the_stack(stack_env: dic
             while True:  # every target up, then a few more scrapes for rate() windows
                 try:
                     targets = prom.get("/api/v1/targets").json()["data"]["activeTargets"]
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):  # not listening yet, or still starting (a plain-text 503)
                     targets = []
                 if len(targets) == 7 and all(t["health"] == "up" for t in targets):
                     break
