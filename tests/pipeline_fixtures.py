@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import build_views
 from medsynth.io.nifti import load_nifti
-from medsynth.datasets.phantoms import write_phantom_dataset
+from medsynth.datasets.phantoms import make_phantom, phantom_seed, write_phantom_dataset
 from medsynth.store import ObjectStore
 
 
@@ -29,3 +30,17 @@ def phantom_view(store: ObjectStore, tmp_path: Path, *, dataset: str = "ph", n: 
     key = build_views(store, load_manifest(store, dataset), mode="slices2d", size=size, axis=2, val_fraction=0.25,
                       test_fraction=0.25, seed=0, keep_empty=False, load_scan=load)
     return key.split("/")[-2]
+
+
+def phantom_slices(patients: range, size: int, depth: Iterable[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (each scaled to [0, 1]), masks and patient ids of neighbouring slices ``depth`` of each
+    phantom patient (volumes ``size`` x ``size`` x 8)."""
+    images, masks, ids = [], [], []
+    for patient in patients:
+        volume, label, _ = make_phantom(phantom_seed(11, patient), (size, size, 8))
+        for z in depth:
+            s = volume[:, :, z]
+            images.append((s - s.min()) / (s.max() - s.min()))
+            masks.append(label[:, :, z])
+            ids.append(f"p{patient}")
+    return np.stack(images)[:, None].astype(np.float32), np.stack(masks), np.array(ids)

@@ -9,23 +9,15 @@ import pytest
 
 from medsynth.bench.gate import DISGUISES, disguise
 from medsynth.core.errors import InvalidInput
-from medsynth.datasets.phantoms import make_phantom, phantom_seed
 from medsynth.metrics.copies import CopyAudit, check_threshold
+
+from pipeline_fixtures import phantom_slices
 
 SIZE = 64
 
 
 def slices(patients: range, depth: tuple[int, ...] = (2, 3, 4, 5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images (each scaled to [0, 1]), masks and patient ids of a few neighbouring slices per phantom patient."""
-    images, masks, ids = [], [], []
-    for patient in patients:
-        volume, label, _ = make_phantom(phantom_seed(11, patient), (SIZE, SIZE, 8))
-        for z in depth:
-            s = volume[:, :, z]
-            images.append((s - s.min()) / (s.max() - s.min()))
-            masks.append(label[:, :, z])
-            ids.append(f"p{patient}")
-    return np.stack(images)[:, None].astype(np.float32), np.stack(masks), np.array(ids)
+    return phantom_slices(patients, SIZE, depth)
 
 
 @pytest.fixture(scope="module")

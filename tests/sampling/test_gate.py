@@ -11,35 +11,22 @@ import numpy as np
 import pytest
 
 from medsynth.core.errors import InvalidInput
-from medsynth.datasets.phantoms import make_phantom, phantom_seed
 from medsynth.sampling.backends import InProcessSampler, Sampler
 from medsynth.sampling.cohort import read_manifest, regenerate, sample_digests, write_cohort
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleaseRefused, gate_from_proto, gate_to_proto
 from medsynth.store.local import LocalStore
 from medsynth.v1 import jobs_pb2
+from pipeline_fixtures import phantom_slices
 from sampling_helpers import PROVENANCE, small_generator
 
 PREFIX = "cohorts/c1/"
 AUDIT_KEY = "audits/c1/closest_pairs.png"
 
 
-def phantom_slices(patients: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images (each scaled to [0, 1]), masks and patient ids of 6 neighbouring slices of each phantom patient."""
-    images, masks, ids = [], [], []
-    for patient in patients:
-        volume, label, _ = make_phantom(phantom_seed(11, patient), (32, 32, 8))
-        for z in range(1, 7):
-            s = volume[:, :, z]
-            images.append((s - s.min()) / (s.max() - s.min()))
-            masks.append(label[:, :, z])
-            ids.append(f"p{patient}")
-    return np.stack(images)[:, None].astype(np.float32), np.stack(masks), np.array(ids)
-
-
 @pytest.fixture(scope="module")
 def view() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """36 phantom slices: 6 patients × 6 neighbouring slices (images, masks, patients)."""
-    return phantom_slices(range(6))
+    return phantom_slices(range(6), 32, range(1, 7))
 
 
 @pytest.fixture(scope="module")
