@@ -22,6 +22,7 @@ from medsynth.bus.messages import JobKind
 from medsynth.core.errors import InvalidInput
 from medsynth.datasets.conditions import CONDITION_SOURCES
 from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.split import SPLITS
 from medsynth.datasets.views import load_view
 from medsynth.generators.base import DataSpec
 from medsynth.generators.proto import to_proto
@@ -50,6 +51,7 @@ def prepare_dataset_command(dataset: str, body: PrepareDatasetCreate, store: Obj
         seed=body.seed,
         keep_empty=body.keep_empty,
         keep_empty_eval=body.keep_empty_eval,
+        unlabeled=body.unlabeled,
     )
 
 
@@ -60,6 +62,8 @@ def generator_command(body: GeneratorCreate, store: ObjectStore) -> Message:
         raise InvalidInput(f"view {body.view_id} has no training items to learn from")
     if view.spec.mode != "slices2d":
         raise InvalidInput(f"generators train on 2D slices; view {body.view_id} holds {view.spec.mode}")
+    if problem := view.unlabeled_problem(("train",), f"a {body.generator.family} generator (it learns images with their masks)"):
+        raise InvalidInput(problem)
     manifest = load_manifest(store, body.dataset, view.dataset_version)
     labels = {v for s in manifest.scans for v in s.label_values}
     condition_on = "" if body.condition_on is ConditionOn.none else body.condition_on.value
@@ -98,6 +102,8 @@ def segmentation_command(body: SegmentationCreate, store: ObjectStore, records: 
     for split in ("val", "test"):
         if view.counts[split] == 0:
             raise InvalidInput(f"view {body.view_id} has no {split} items; prepare it with a non-zero {split} fraction")
+    if problem := view.unlabeled_problem(SPLITS, "a segmenter (trained, selected and tested against masks)"):
+        raise InvalidInput(problem)
     if body.source != "real":
         if not body.cohort_id:
             raise InvalidInput(f"{body.source.value} training needs a cohort_id")

@@ -8,7 +8,7 @@ study runner take the same bodies.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -41,6 +41,9 @@ class PrepareDatasetCreate(BaseModel):
     keep_empty_eval: bool = Field(
         True, description="Keep them in the val and test splits whatever keep_empty says, so that segmenters are selected and "
                           "tested on whole patients (a false positive on an empty slice counts). False: as keep_empty.")
+    unlabeled: Literal["include", "exclude"] = Field(
+        "include", description="Scans without a label map: include (every slice kept, flagged unlabeled: the view counts them, and "
+                               "jobs that need masks refuse a view whose splits hold any) or exclude (left out of the view, listed in it).")
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="1-64 letters, digits, '.', '_', '-'.")]
 

@@ -4,8 +4,16 @@ as shards per split.
 Layout: ``datasets/<name>/views/<view_id>/view.json`` (:class:`ViewSummary`: spec, counts, patients
 and shards per split) and
 ``.../<split>/shard-<NNNNN>.npz`` with ``images`` (N, 1, *size) float32 in [0, 1], ``masks`` (N, *size)
-uint8, and per-item ``patients``, ``scans`` and ``index`` (slice or patch number). ``view_id`` is a
+uint8, and per-item ``patients``, ``scans``, ``index`` (slice or patch number) and ``labeled`` (False for
+an item of a scan without a label map, whose mask is zeros for want of another value; shards written
+before it have no ``labeled``: all their items were treated as labeled). ``view_id`` is a
 hash of the source manifest version and the spec as stored, so a redelivered job rewrites the same keys.
+
+Scans without a label map are *unlabeled*, never background: ``unlabeled="include"`` keeps every slice
+of them, flagged, and the summary lists them per split (:attr:`ViewSummary.unlabeled_scans`), so that
+a job that needs masks can refuse the view (:meth:`ViewSummary.unlabeled_problem`) rather than learn
+zeros as "no foreground"; ``unlabeled="exclude"`` leaves them out and lists them
+(:attr:`ViewSummary.excluded_scans`).
 
 Which items a split keeps: every slice (patch) with foreground, and those without where
 ``keep_empty`` says so, or, for the val and test splits, where ``keep_empty_eval`` does. With
@@ -64,6 +72,8 @@ class ViewSpec(BaseModel):
         keep_empty_eval: keep them in the val and test splits whatever ``keep_empty`` says (training
             keeps ``keep_empty``'s choice). False in views made before it existed (they dropped empty
             held-out slices too); the prepare-dataset request defaults it to True.
+        unlabeled: ``include`` keeps scans without a label map (flagged unlabeled), ``exclude`` leaves
+            them out. Views made before it included them, unflagged, with all-zero masks.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,6 +85,7 @@ class ViewSpec(BaseModel):
     seed: int
     keep_empty: bool
     keep_empty_eval: bool = Field(False, exclude_if=lambda v: v is False)
+    unlabeled: Literal["include", "exclude"] = Field("include", exclude_if=lambda v: v == "include")
 
     def keeps_empty(self, split: str) -> bool:
         """Whether ``split`` holds every slice (patch) of its patients' labelled scans."""
@@ -83,7 +94,9 @@ class ViewSpec(BaseModel):
 
 class ViewSummary(BaseModel):
     """A view's ``view.json``. Read with :func:`load_view`; every stored view is one of these (the
-    format has only gained ``spec.keep_empty_eval``, absent meaning False)."""
+    format has gained ``spec.keep_empty_eval``, absent meaning False, and ``spec.unlabeled``,
+    ``labeled``, ``unlabeled_scans`` and ``excluded_scans``: absent (None) in views made before them,
+    which did not record whether a scan had a label map)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     view_id: str
@@ -94,6 +107,24 @@ class ViewSummary(BaseModel):
     patients: PerSplit[list[str]]
     counts: PerSplit[int]
     shards: PerSplit[list[str]]
+    labeled: PerSplit[int] | None = Field(None, description="Items cut from scans with a label map, per split.")
+    unlabeled_scans: PerSplit[list[str]] | None = Field(None, description="Scans without a label map, per split (their items "
+                                                                          "are in the view, flagged unlabeled).")
+    excluded_scans: list[str] | None = Field(None, description="Scans without a label map left out (unlabeled=exclude).")
+
+    def unlabeled_problem(self, splits: tuple[str, ...], need: str) -> str | None:
+        """Why a job that needs masks in ``splits`` (``need`` says what for) cannot use this view, or
+        None: it holds scans without a label map there, whose all-zero masks would read as "no
+        foreground". Views made before the format recorded it say nothing here."""
+        if self.unlabeled_scans is None:
+            return None
+        found = {split: len(self.unlabeled_scans[split]) for split in splits if self.unlabeled_scans[split]}
+        if not found:
+            return None
+        where = ", ".join(f"{n} in its {split} split" for split, n in found.items())
+        return (f"view {self.view_id} holds scans without a label map ({where}), and {need} needs a mask for every scan: "
+                f"prepare a view that leaves them out (POST /v1/datasets/{self.dataset}/views with \"unlabeled\": \"exclude\"), "
+                "or label them and ingest the labels")
 NORMALISATION = "per-volume: clip to [p0.5, p99.5], then min-max to [0, 1]"
 
 
@@ -172,39 +203,54 @@ def build_views(
     seed: int,
     keep_empty: bool,
     keep_empty_eval: bool = False,
+    unlabeled: str = "include",
     load_scan: Callable[[ScanEntry], tuple[np.ndarray, np.ndarray | None]],
     progress: Callable[[float, str], None] = lambda f, m: None,
 ) -> str:
     """Write the views of ``manifest`` and return the key of their ``view.json``.
 
     ``keep_empty`` keeps slices (patches) without foreground in every split, ``keep_empty_eval`` in
-    the val and test splits (see :class:`ViewSpec`); unlabelled scans keep all of theirs."""
+    the val and test splits (see :class:`ViewSpec`); unlabeled scans keep all of theirs, flagged, or
+    are left out with ``unlabeled="exclude"``."""
     if mode not in ("slices2d", "patches3d"):
         raise InvalidInput(f"mode must be 'slices2d' or 'patches3d', got {mode!r}.")
     if not 8 <= size <= 1024:
         raise InvalidInput(f"size must be between 8 and 1024 voxels, got {size}.")
     if not manifest.scans:
         raise InvalidInput(f"dataset {manifest.dataset!r} version {manifest.version} has no scans.")
+    if unlabeled not in ("include", "exclude"):
+        raise InvalidInput(f"unlabeled must be 'include' or 'exclude', got {unlabeled!r}.")
     spec = ViewSpec(mode=mode, size=size, axis=axis, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                    keep_empty=keep_empty, keep_empty_eval=keep_empty_eval)
+                    keep_empty=keep_empty, keep_empty_eval=keep_empty_eval, unlabeled=unlabeled)
     view_id = view_id_for(manifest, spec.model_dump(mode="json"))
     root = f"{dataset_prefix(manifest.dataset)}views/{view_id}/"
     assignment = split_patients(manifest.patients, val_fraction, test_fraction, seed)
 
     items: dict[str, list] = defaultdict(list)
+    unlabeled_scans: dict[str, list[str]] = {split: [] for split in SPLITS}
+    excluded: list[str] = []
     # canonical order, not upload order: concurrent uploads land in any order, views must not differ
     scans = sorted(manifest.scans, key=lambda s: (s.patient_id, s.scan_id))
     for n, scan in enumerate(scans):
+        split = assignment[scan.patient_id]
+        if scan.label_key is None and unlabeled == "exclude":
+            excluded.append(scan.scan_id)
+            progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
+            continue
         image, mask = load_scan(scan)
         labelled = mask is not None
+        if not labelled:
+            unlabeled_scans[split].append(scan.scan_id)
         image = normalise(image)
         mask = mask.astype(np.uint8) if labelled else np.zeros(image.shape, np.uint8)
-        split = assignment[scan.patient_id]
         keep = spec.keeps_empty(split) or not labelled
         views = patches_3d(image, mask, size, keep) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep)
         for index, img, msk in views:
-            items[split].append((scan.patient_id, scan.scan_id, index, img, msk))
+            items[split].append((scan.patient_id, scan.scan_id, index, img, msk, labelled))
         progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
+    if excluded and len(excluded) == len(scans):
+        raise InvalidInput(f"dataset {manifest.dataset!r} version {manifest.version}: none of its {len(scans)} scans has a label "
+                           "map, and unlabeled=exclude leaves the view empty")
 
     shards = {split: _write_shards(store, f"{root}{split}/", items[split]) for split in SPLITS}
     view = ViewSummary(
@@ -216,6 +262,9 @@ def build_views(
         patients=PerSplit[list[str]](**{s: sorted(p for p, v in assignment.items() if v == s) for s in SPLITS}),
         counts=PerSplit[int](**{s: len(items[s]) for s in SPLITS}),
         shards=PerSplit[list[str]](**shards),
+        labeled=PerSplit[int](**{s: sum(item[5] for item in items[s]) for s in SPLITS}),
+        unlabeled_scans=PerSplit[list[str]](**unlabeled_scans),
+        excluded_scans=excluded,
     )
     key = view_key(manifest.dataset, view_id)
     store.put_json(key, view.model_dump(mode="json"))
@@ -234,6 +283,7 @@ def _write_shards(store: ObjectStore, prefix: str, items: list) -> list[str]:
             patients=np.array([c[0] for c in chunk]),
             scans=np.array([c[1] for c in chunk]),
             index=np.array([c[2] for c in chunk], dtype=np.int32),
+            labeled=np.array([c[5] for c in chunk], dtype=bool),
         )
         key = f"{prefix}shard-{len(keys):05d}.npz"
         store.put_bytes(key, buf.getvalue())

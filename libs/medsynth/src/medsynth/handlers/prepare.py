@@ -35,6 +35,7 @@ def prepare_dataset(spec: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[s
         seed=spec.seed,
         keep_empty=spec.keep_empty,
         keep_empty_eval=spec.keep_empty_eval,  # false in commands from before it: as views were then
+        unlabeled=spec.unlabeled or "include",  # empty in commands from before it: included, as views were then
         load_scan=load_scan,
         progress=ctx.progress,
     )

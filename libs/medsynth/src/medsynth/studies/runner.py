@@ -26,6 +26,7 @@ from medsynth.commands.build import SUBMISSIONS
 from medsynth.bus.messages import JobKind
 from medsynth.bus.client import Bus, BusError
 from medsynth.core.clock import utcnow
+from medsynth.datasets.split import SPLITS
 from medsynth.datasets.views import load_view
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
 from medsynth.jobs.records import JobState
@@ -50,8 +51,10 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
     """Check the grid (its size, the view, each family against the view), record the study, start it."""
     nodes = expand(spec)
     check_size(nodes, max_jobs)
+    view = load_view(store, spec.dataset, spec.view_id)
+    if problem := view.unlabeled_problem(SPLITS, "a study (each arm's segmenter is trained, selected and tested against masks)"):
+        raise InvalidInput(problem)
     if spec.arms.synthetic_patients:
-        view = load_view(store, spec.dataset, spec.view_id)
         per_patient = view.counts["train"] / max(1, len(view.patients["train"]))
         largest = max(spec.arms.synthetic_patients)
         if round(largest * per_patient) > spec.cohort_size:

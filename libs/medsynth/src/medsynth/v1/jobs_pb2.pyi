@@ -32,7 +32,7 @@ SLICES_2D: ViewMode
 PATCHES_3D: ViewMode
 
 class PrepareDataset(_message.Message):
-    __slots__ = ("dataset", "version", "mode", "size", "axis", "val_fraction", "test_fraction", "seed", "keep_empty", "keep_empty_eval")
+    __slots__ = ("dataset", "version", "mode", "size", "axis", "val_fraction", "test_fraction", "seed", "keep_empty", "keep_empty_eval", "unlabeled")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class PrepareDataset(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     KEEP_EMPTY_FIELD_NUMBER: _ClassVar[int]
     KEEP_EMPTY_EVAL_FIELD_NUMBER: _ClassVar[int]
+    UNLABELED_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     version: int
     mode: ViewMode
@@ -53,7 +54,8 @@ class PrepareDataset(_message.Message):
     seed: int
     keep_empty: bool
     keep_empty_eval: bool
-    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ..., keep_empty_eval: _Optional[bool] = ...) -> None: ...
+    unlabeled: str
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[ViewMode, str]] = ..., size: _Optional[int] = ..., axis: _Optional[int] = ..., val_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., keep_empty: _Optional[bool] = ..., keep_empty_eval: _Optional[bool] = ..., unlabeled: _Optional[str] = ...) -> None: ...
 
 class TrainingOptions(_message.Message):
     __slots__ = ("steps", "batch_size", "lr_g", "lr_d", "betas", "ema_decay", "checkpoint_every", "log_every", "seed", "precision", "time_budget_s")
