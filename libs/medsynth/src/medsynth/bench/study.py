@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from medsynth.local import stack
     from medsynth.local.api_client import api_client
     from medsynth.local.demo import ingest_all, submit_job, wait_for_job
+    from medsynth.local.ingest_client import patient_mapping
 
     parser = argparse.ArgumentParser(prog="python -m medsynth.bench.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", type=int, default=2, choices=range(1, 4), help="joint-gan, then spade, then stylegan2")
@@ -95,17 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="Decathlon-layout folder (imagesTr/ + labelsTr/); default: phantoms and tiny jobs")
     parser.add_argument("--spec", type=Path, default=SPECS / "hippocampus-msd.yaml", help="with --data: the study to run")
     parser.add_argument("--size", type=int, default=64, help="with --data: the view's image size")
+    parser.add_argument("--patients", type=Path,
+                        help="with --data: case → patient map (case,patient_id), so that a patient's scans stay on one side of every "
+                             "split; default DATA/patients.csv when there is one (hc18), else each case its own patient")
+    parser.add_argument("--home", type=Path,
+                        help="the stack's home (its store, broker log and job records), kept after the run: run the same spec "
+                             "again with the same --home and every job that finished is reused, so a long study stopped part "
+                             "way resumes where it was; default a new temporary folder")
     parser.add_argument("--out", type=Path, default=Path("bench-results/study"))
     args = parser.parse_args(argv)
     if args.data is not None and not (args.data / "imagesTr").is_dir():
         raise SystemExit(f"--data {args.data}: no imagesTr/ folder there (../shared/data exists on the team's machines and in CI only)")
+    if args.patients is None and args.data is not None and (args.data / "patients.csv").is_file():
+        args.patients = args.data / "patients.csv"
+    patient_of = patient_mapping(args.patients) if args.patients is not None else None
     echo = lambda *a: print(*a, flush=True)  # noqa: E731
     if args.data is not None:
         # Several workers train at once here (generators beside segmenters beside evaluations): with torch's
         # default of one thread per core in each, two jobs on two cores ran ~10x slower each (threads
         # spinning against each other); one thread a process keeps each job at about half its solo speed.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    home = Path(tempfile.mkdtemp(prefix="medsynth-bench-study-"))
+    home = args.home.resolve() if args.home is not None else Path(tempfile.mkdtemp(prefix="medsynth-bench-study-"))
+    home.mkdir(parents=True, exist_ok=True)
     os.environ.update(MEDSYNTH_HOME=str(home), MEDSYNTH_STACK_BASE_PORT=str(BASE_PORT))
     settings = load_settings()
     echo(f"== starting the stack in {home}")
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         uploader, researcher = stack.issue_key(settings, "uploader"), stack.issue_key(settings, "researcher")
         if args.data is None:
             write_phantom_dataset(home / "phantoms", n=8, seed=0, shape=(24, 24, 10))
-        ingest_all(args.data or home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", uploader, echo)
+        ingest_all(args.data or home / "phantoms", "bench", f"http://127.0.0.1:{BASE_PORT + 1}", uploader, echo, patient_of=patient_of)
         with api_client(f"http://127.0.0.1:{BASE_PORT}", api_key=researcher) as api:
             view_request = {"size": 32, "val_fraction": 0.2, "test_fraction": 0.2} if args.data is None else {"size": args.size, "seed": 0}
             view = wait_for_job(api, submit_job(api, "/v1/datasets/bench/views", view_request, "prepare views", echo),

@@ -23,7 +23,7 @@ from medsynth.generators.presets import preset
 from medsynth.core.names import check_name
 from medsynth.core.settings import Settings
 from medsynth.local.api_client import api_client, job_id_of
-from medsynth.local.ingest_client import Summary, ingest_folder
+from medsynth.local.ingest_client import PatientOf, Summary, ingest_folder
 
 
 def wait_for_job(
@@ -196,10 +196,11 @@ def sanitise_name(raw: str, *, fallback: str = "dataset") -> str:
 MISSING_NAMED = 20  # cases an incomplete ingestion names in its error
 
 
-def ingest_all(data: Path, dataset: str, url: str, api_key: str, echo=print) -> Summary:
-    """Upload the folder; raise, naming the cases, unless every case is in the dataset (accepted now
-    or already present): the demo never goes on with part of the user's data."""
-    summary = ingest_folder(data, dataset, url, api_key=api_key)
+def ingest_all(data: Path, dataset: str, url: str, api_key: str, echo=print, *, patient_of: PatientOf | None = None) -> Summary:
+    """Upload the folder (cases mapped to patients by ``patient_of``, default each case its own); raise,
+    naming the cases, unless every case is in the dataset (accepted now or already present): the demo
+    never goes on with part of the user's data."""
+    summary = ingest_folder(data, dataset, url, api_key=api_key, patient_of=patient_of)
     echo("\n".join(summary.lines()))
     if not summary.complete:
         missing = sorted(summary.missing())

@@ -107,7 +107,7 @@ class StudyCreate(BaseModel):
     name: Name | None = None
     dataset: Id
     view_id: Id
-    families: list[StudyFamily] = Field(min_length=1, max_length=8)
+    families: list[StudyFamily] = Field(min_length=1, max_length=12)
     seeds: list[Seed] = Field([0, 1, 2], min_length=1, max_length=10, description="Each generator, cohort and segmenter per seed.")
     arms: StudyArms = Field(default_factory=StudyArms)
     segmentation: StudySegmentation = Field(default_factory=StudySegmentation)
