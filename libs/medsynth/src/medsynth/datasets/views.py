@@ -20,6 +20,19 @@ Which items a split keeps: every slice (patch) with foreground, and those withou
 ``keep_empty_eval`` the held-out patients are whole: segmenters are selected and tested on every slice
 of them, so a false positive on a slice without foreground counts against their Dice and the slices of
 a scan stack back into its volume (3D Dice and HD95, :mod:`medsynth.segmentation.evaluate`).
+
+Geometry (:attr:`ViewSummary.geometry`, :mod:`medsynth.io.geometry`): where an item's pixels sit in
+millimetres, from the manifest's shape and spacing of the canonical (RAS) scans, no file read. A 2D
+slice of a scan is cut along ``axis`` (its array axes are the volume's other two, in order), padded to
+a square of side ``max(h, w)`` and resized to ``size``, so its pixel spacing is the scan's spacing
+along each in-plane axis × ``max(h, w) / size`` and its thickness the spacing along ``axis``: both
+differ between scans. A :class:`~medsynth.io.geometry.SliceGeometry` records the median over the
+training split's scans (the ones a generator learns from) with the smallest and largest pixel spacing,
+the median thickness, the slicing axis and the world directions of the slice's axes and normal. A
+:class:`~medsynth.io.geometry.PatchGeometry` records the median voxel spacing (patches are not
+resampled). Cohorts of a generator write their samples with it. None for views made before it, and for
+a view whose training scans' slices do not share one orientation (2D scans of different planes, or
+of another plane than the 3D scans' slices).
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from medsynth.core.errors import InvalidInput, describe_invalid
 from medsynth.core.names import check_name
 from medsynth.datasets.manifest import DatasetManifest, ScanEntry, dataset_prefix
 from medsynth.datasets.split import SPLITS, split_patients
+from medsynth.io.geometry import PatchGeometry, SliceGeometry, SpacingRange, ViewGeometry, mm
 from medsynth.store import ObjectStore
 
 SHARD_ITEMS = 2048
@@ -96,7 +110,8 @@ class ViewSummary(BaseModel):
     """A view's ``view.json``. Read with :func:`load_view`; every stored view is one of these (the
     format has gained ``spec.keep_empty_eval``, absent meaning False, and ``spec.unlabeled``,
     ``labeled``, ``unlabeled_scans`` and ``excluded_scans``: absent (None) in views made before them,
-    which did not record whether a scan had a label map)."""
+    which did not record whether a scan had a label map; then ``geometry``, absent (None) in views made
+    before it and left out of the dump when None)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
     view_id: str
@@ -107,10 +122,16 @@ class ViewSummary(BaseModel):
     patients: PerSplit[list[str]]
     counts: PerSplit[int]
     shards: PerSplit[list[str]]
-    labeled: PerSplit[int] | None = Field(None, description="Items cut from scans with a label map, per split.")
-    unlabeled_scans: PerSplit[list[str]] | None = Field(None, description="Scans without a label map, per split (their items "
-                                                                          "are in the view, flagged unlabeled).")
-    excluded_scans: list[str] | None = Field(None, description="Scans without a label map left out (unlabeled=exclude).")
+    labeled: PerSplit[int] | None = Field(None, exclude_if=lambda v: v is None,
+                                          description="Items cut from scans with a label map, per split.")
+    unlabeled_scans: PerSplit[list[str]] | None = Field(None, exclude_if=lambda v: v is None,
+                                                        description="Scans without a label map, per split (their items are in the "
+                                                                    "view, flagged unlabeled).")
+    excluded_scans: list[str] | None = Field(None, exclude_if=lambda v: v is None,
+                                             description="Scans without a label map left out (unlabeled=exclude).")
+    geometry: ViewGeometry | None = Field(None, exclude_if=lambda v: v is None,
+                                          description="Where the items' pixels sit in mm, over the training split's scans "
+                                                      "(see the module docstring).")
 
     def unlabeled_problem(self, splits: tuple[str, ...], need: str) -> str | None:
         """Why a job that needs masks in ``splits`` (``need`` says what for) cannot use this view, or
@@ -265,10 +286,36 @@ def build_views(
         labeled=PerSplit[int](**{s: sum(item[5] for item in items[s]) for s in SPLITS}),
         unlabeled_scans=PerSplit[list[str]](**unlabeled_scans),
         excluded_scans=excluded,
+        geometry=view_geometry(spec, [s for s in scans if assignment[s.patient_id] == "train" and s.scan_id not in excluded]),
     )
     key = view_key(manifest.dataset, view_id)
     store.put_json(key, view.model_dump(mode="json"))
     return key
+
+
+def view_geometry(spec: ViewSpec, scans: list[ScanEntry]) -> SliceGeometry | PatchGeometry | None:
+    """The geometry of the items ``spec`` cuts from ``scans`` (a view's training scans), from their
+    manifest shape, spacing and orientation; None without scans or, for slices, when the scans' slices
+    do not share one orientation (see the module docstring)."""
+    if not scans:
+        return None
+    if spec.mode == "patches3d":
+        return PatchGeometry(axes=tuple(scans[0].orientation[:3]), voxel_spacing=SpacingRange.of([tuple(s.spacing) for s in scans]),
+                             scans=len(scans))
+    planes, pixels, thicknesses = set(), [], []
+    for scan in scans:
+        axis = spec.axis % 3 if len(scan.shape) == 3 else 2  # slices_2d cuts a 2D scan as one slice
+        in_plane = [a for a in range(3) if a != axis]
+        side = max(scan.shape[a] for a in in_plane)
+        planes.add((axis, scan.orientation[axis], *(scan.orientation[a] for a in in_plane)))
+        pixels.append(tuple(scan.spacing[a] * side / spec.size for a in in_plane))
+        if axis < len(scan.spacing):
+            thicknesses.append(scan.spacing[axis])
+    if len(planes) > 1:
+        return None
+    ((axis, normal, *in_plane),) = planes
+    return SliceGeometry(axis=axis, normal=normal, in_plane=tuple(in_plane), size=spec.size, pixel_spacing=SpacingRange.of(pixels),
+                         slice_thickness=mm([np.median(thicknesses)])[0] if thicknesses else None, scans=len(scans))
 
 
 def _write_shards(store: ObjectStore, prefix: str, items: list) -> list[str]:

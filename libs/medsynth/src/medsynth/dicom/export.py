@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from medsynth.dicom.write import SeriesIdentity, series_from_volume
+from medsynth.io.geometry import SliceGeometry, slice_affine
 
 SEG_MANUFACTURER = "medsynth"
 SUPPORTED_MODALITIES = ("MR", "CT")
@@ -46,9 +47,11 @@ class CohortIdentity:
         return f"SYNTHETIC {self.family} {self.generator_id[:12]} cohort {self.cohort_id[:12]}"[:64]
 
 
-def sample_files(image: np.ndarray, mask: np.ndarray, index: int, who: CohortIdentity) -> tuple[bytes, bytes]:
+def sample_files(image: np.ndarray, mask: np.ndarray, index: int, who: CohortIdentity,
+                 geometry: SliceGeometry | None = None) -> tuple[bytes, bytes]:
     """One sample (image ``(1, S, S)`` float, mask ``(S, S)`` class ids) as DICOM Part 10 bytes: the
-    image instance and a DICOM-SEG of its mask that references it."""
+    image instance and a DICOM-SEG of its mask that references it, both placed by ``geometry`` (the
+    cohort's: PixelSpacing, ImageOrientationPatient in LPS, SliceThickness; None: the identity)."""
     modality = who.modality if who.modality in SUPPORTED_MODALITIES else "MR"
     now = datetime.now(timezone.utc)
     identity = SeriesIdentity(
@@ -59,7 +62,7 @@ def sample_files(image: np.ndarray, mask: np.ndarray, index: int, who: CohortIde
                "DerivationDescription": f"Synthetic image sampled by medsynth generator {who.generator_id} "
                                         f"(family {who.family}), sample {index} of cohort {who.cohort_id}; no real patient."},
     )
-    (instance,) = series_from_volume(np.asarray(image[0], dtype=np.float32), np.eye(4), identity)
+    (instance,) = series_from_volume(np.asarray(image[0], dtype=np.float32), slice_affine(geometry), identity)
     return _bytes(instance), _bytes(_segmentation(instance, np.asarray(mask, dtype=np.uint8), who))
 
 

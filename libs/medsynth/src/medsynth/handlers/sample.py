@@ -14,10 +14,12 @@ from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.core.settings import SamplerBackend, Settings
 from medsynth.datasets.manifest import load_manifest
+from medsynth.datasets.views import load_view
 from medsynth.dicom.export import CohortIdentity
 from medsynth.generators.base import SampleMode
 from medsynth.generators.entry import GeneratorEntry
 from medsynth.generators.registry import GeneratorSpec
+from medsynth.io.geometry import SliceGeometry
 from medsynth.jobs.artifacts import generator_entry, view_splits
 from medsynth.jobs.worker import JobContext
 from medsynth.bus.messages import make_event
@@ -67,7 +69,7 @@ def sample_cohort(spec: jobs_pb2.SampleCohort, ctx: JobContext) -> Mapping[str, 
                 count=spec.count, seed=spec.seed, batch_size=request_batch(entry.generator_spec(), mode, spec.batch_size or 64, ctx.settings),
                 formats=list(spec.formats) or ["nifti", "png"], provenance=provenance,
                 progress=lambda done, total: ctx.progress(done / total, _progress_line(done, total, gate)),
-                gate=gate, audit_key=audit_key, dicom=_dicom_identity(ctx, entry, spec),
+                gate=gate, audit_key=audit_key, dicom=_dicom_identity(ctx, entry, spec), geometry=_view_geometry(ctx, entry),
             )  # fmt: skip
         except ReleaseRefused:
             GATE_REFUSED.inc()
@@ -90,6 +92,12 @@ def _dicom_identity(ctx: JobContext, entry: GeneratorEntry, spec: jobs_pb2.Sampl
     names = {v: n for s in manifest.scans for v, n in s.label_names.items()}
     return CohortIdentity(cohort_id=ctx.job_id, generator_id=spec.generator_id, family=entry.family,
                           modality=modality, label_names=tuple(sorted(names.items())), software_version=__version__)
+
+
+def _view_geometry(ctx: JobContext, entry: GeneratorEntry) -> SliceGeometry | None:
+    """Where the generator's view slices sit in mm (None for a view made before views recorded it)."""
+    geometry = load_view(ctx.store, entry.dataset, entry.view_id).geometry
+    return geometry if isinstance(geometry, SliceGeometry) else None
 
 
 def request_batch(spec: GeneratorSpec, mode: SampleMode, asked: int, settings: Settings) -> int:

@@ -1,1 +1,2 @@
-"""File formats: validation and canonicalisation of uploaded NIfTI scans (:mod:`medsynth.io.nifti`)."""
+"""File formats: validation and canonicalisation of uploaded NIfTI scans (:mod:`medsynth.io.nifti`);
+a view's geometry and the voxel → world affine cohorts' files carry (:mod:`medsynth.io.geometry`)."""

@@ -2,7 +2,7 @@
 
 Layout under ``prefix`` (which ends with ``/``)::
 
-    samples/00000/image.nii.gz     2D NIfTI-1, float32 in [0, 1], identity affine (1 mm spacing)
+    samples/00000/image.nii.gz     2D NIfTI-1, float32 in [0, 1], the view's geometry as affine (below)
     samples/00000/label.nii.gz     2D NIfTI-1, uint8 class ids, same affine
     samples/00000/image.dcm        with format "dicom": the image as a DICOM instance (synthetic identity)
     samples/00000/seg.dcm          and its mask as a DICOM-SEG referencing it (:mod:`medsynth.dicom.export`)
@@ -11,6 +11,16 @@ Layout under ``prefix`` (which ends with ``/``)::
     manifest.json                  written last: a cohort is complete iff its manifest exists
 
 NIfTI arrays keep the generator's axes: array axis 0 (image rows) is voxel axis i, axis 1 is j.
+
+Geometry: a generator draws slices shaped like its training view's, so a cohort's samples carry that
+view's geometry (:class:`~medsynth.io.geometry.SliceGeometry`, passed as ``geometry``): one affine,
+:func:`~medsynth.io.geometry.slice_affine`, places the sample's axes as the view's slices were cut from
+the RAS volume with the view's median pixel spacing and slice thickness. The NIfTI image and label
+carry it as qform and sform (``get_zooms()`` is the pixel spacing), the DICOM image and SEG as
+PixelSpacing, ImageOrientationPatient (LPS) and SliceThickness. Scans of a view differ in spacing, so
+the manifest's ``geometry`` section says that it is the view's median and gives the range. Cohorts of a
+generator whose view records no geometry (views made before it) keep the identity affine (1 mm), and
+the manifest says so.
 
 All or nothing — the choice: samples are written in place and the manifest last; on any failure
 (including KeyboardInterrupt) every object this call wrote is deleted again before the error
@@ -25,7 +35,8 @@ Reproducibility: the manifest records the seed, the batch layout, the latent sch
 sample, the SHA-256 of the NIfTI files and of the raw pixel/mask arrays. :func:`regenerate` replays
 the original batches (outputs can depend on the batch a sample was drawn in, see
 :mod:`medsynth.sampling.generate`) and so reproduces the pixels exactly on the same device type and
-software versions; the NIfTI bytes are then identical too (same nibabel/zlib).
+software versions; the NIfTI bytes are then identical too (same nibabel/zlib; written with the
+manifest's geometry, :func:`cohort_geometry`).
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import numpy as np
 
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError
 from medsynth.dicom.export import CohortIdentity, sample_files
+from medsynth.io.geometry import UNKNOWN_THICKNESS_MM, SliceGeometry, slice_affine
 from medsynth.io.nifti import to_nifti_bytes
 from medsynth.sampling.backends import Sampler
 from medsynth.sampling.gate import ReleaseGate
@@ -66,7 +78,6 @@ SHEET_MAX_TILES = 64
 SHEET_TILE_PX = 64
 SHEET_GAP_PX = 2
 SHEET_OVERLAY_ALPHA = 0.3
-AFFINE = np.eye(4)
 # Overlay colours of mask classes 1..15 (class 0, background, is not drawn).
 PALETTE = np.array(
     [
@@ -98,6 +109,7 @@ def write_cohort(
     gate: ReleaseGate | None = None,
     audit_key: str | None = None,
     dicom: CohortIdentity | None = None,
+    geometry: SliceGeometry | None = None,
 ) -> str:
     """Draw samples ``0..count-1`` of ``seed`` in batches of ``batch_size`` and write them under
     ``prefix``; return the manifest key.
@@ -111,7 +123,9 @@ def write_cohort(
 
     ``formats``: ``"nifti"`` writes the per-sample image/label files, ``"png"`` the contact sheet of
     the first ``sheet_tiles`` samples, ``"dicom"`` each sample as a DICOM image and DICOM-SEG with the
-    synthetic identity ``dicom`` describes. ``provenance`` (generator id, checkpoint key/sha, dataset
+    synthetic identity ``dicom`` describes. ``geometry`` (the generator's view's; None for a view made
+    before views recorded it) places the samples in millimetres (see the module docstring); the
+    sampler's images must then be of its ``size``. ``provenance`` (generator id, checkpoint key/sha, dataset
     version, ...) is copied into the manifest as given; it must be JSON-serialisable. ``progress``
     is called with ``(done, count)`` after every batch. Raises :class:`Conflict` if ``prefix`` holds
     anything; on failure nothing is left under ``prefix`` (see the module docstring).
@@ -132,13 +146,13 @@ def write_cohort(
     writes = _Writes(store, prefix)
     writes.claim()
     try:
-        samples, tiles = _write_samples(writes, sampler, seed, plan, layout, count, fmts, sheet_tiles, progress, gate, dicom)
+        samples, tiles = _write_samples(writes, sampler, seed, plan, layout, count, fmts, sheet_tiles, progress, gate, dicom, geometry)
         sheet = _write_sheet(writes, *tiles) if "png" in fmts else None
         release = _release(writes, gate, count, audit_key)
         manifest = _manifest(
             seed=seed, count=count, batch_size=batch_size, layout=layout, formats=fmts,
             provenance=provenance, sampler=description, samples=samples, sheet=sheet,
-            image_size=int(tiles[0].shape[-1]), release=release,
+            image_size=int(tiles[0].shape[-1]), release=release, geometry=geometry,
         )  # fmt: skip
         key = writes.put(MANIFEST_NAME, _dump(manifest), "application/json")
     except BaseException as exc:
@@ -173,6 +187,7 @@ def _write_samples(
     progress: Progress | None,
     gate: ReleaseGate | None,
     dicom: CohortIdentity | None = None,
+    geometry: SliceGeometry | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[np.ndarray, np.ndarray]]:
     """Draw the planned batches (appending each to ``layout``) and write the released samples."""
     samples: list[dict[str, Any]] = []
@@ -182,6 +197,9 @@ def _write_samples(
         layout.append((start, stop))
         images, masks = sampler.draw(seed, range(start, stop))
         _check_batch(images, masks, stop - start, tile_images[0].shape if tile_images else None)
+        if geometry is not None and images.shape[-1] != geometry.size:
+            raise InvalidInput(f"the sampler draws {images.shape[-1]}-pixel images, but the geometry given is that of "
+                               f"{geometry.size}-pixel view slices: the generator was not trained on that view.")
         released = gate.check(start, batch, images, count, masks=masks) if gate is not None else [True] * (stop - start)
         kept = [k for k in range(stop - start) if released[k]]
         for k in kept:
@@ -190,9 +208,9 @@ def _write_samples(
             if gate is not None:
                 entry["memorization"] = gate.sample_entry(index)
             if "nifti" in formats:
-                entry.update(_write_nifti_pair(writes, index, images[k], masks[k]))
+                entry.update(_write_nifti_pair(writes, index, images[k], masks[k], geometry))
             if "dicom" in formats:
-                entry["dicom"] = _write_dicom_pair(writes, index, images[k], masks[k], dicom)
+                entry["dicom"] = _write_dicom_pair(writes, index, images[k], masks[k], dicom, geometry)
             samples.append(entry)
         take = kept[: max(0, sheet_tiles - len(tile_images))]
         tile_images.extend(images[take].copy())
@@ -213,26 +231,30 @@ def _release(writes: _Writes, gate: ReleaseGate | None, count: int, audit_key: s
     return release
 
 
-def sample_nifti_bytes(image: np.ndarray, mask: np.ndarray) -> tuple[bytes, bytes]:
+def sample_nifti_bytes(image: np.ndarray, mask: np.ndarray, geometry: SliceGeometry | None = None) -> tuple[bytes, bytes]:
     """One sample as the cohort stores it: ``(image.nii.gz, label.nii.gz)`` bytes (deterministic)
-    from its image ``(1, S, S)`` and mask ``(S, S)``."""
-    image_bytes = to_nifti_bytes(np.asarray(image[0], dtype=np.float32), AFFINE)
-    label_bytes = to_nifti_bytes(np.asarray(mask, dtype=np.uint8), AFFINE)
+    from its image ``(1, S, S)`` and mask ``(S, S)``, both with the affine of ``geometry`` (the
+    cohort's: :func:`cohort_geometry` of its manifest)."""
+    affine = slice_affine(geometry)
+    image_bytes = to_nifti_bytes(np.asarray(image[0], dtype=np.float32), affine)
+    label_bytes = to_nifti_bytes(np.asarray(mask, dtype=np.uint8), affine)
     return image_bytes, label_bytes
 
 
-def _write_nifti_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+def _write_nifti_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.ndarray,
+                      geometry: SliceGeometry | None) -> dict[str, Any]:
     folder = SAMPLE_DIR.format(index=index)
-    image_bytes, label_bytes = sample_nifti_bytes(image, mask)
+    image_bytes, label_bytes = sample_nifti_bytes(image, mask, geometry)
     return {
         "image": {"key": writes.put(folder + "image.nii.gz", image_bytes), "sha256": _sha(image_bytes)},
         "label": {"key": writes.put(folder + "label.nii.gz", label_bytes), "sha256": _sha(label_bytes)},
     }
 
 
-def _write_dicom_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.ndarray, who: CohortIdentity) -> dict[str, Any]:
+def _write_dicom_pair(writes: _Writes, index: int, image: np.ndarray, mask: np.ndarray, who: CohortIdentity,
+                      geometry: SliceGeometry | None) -> dict[str, Any]:
     folder = SAMPLE_DIR.format(index=index)
-    image_bytes, seg_bytes = sample_files(image, mask, index, who)
+    image_bytes, seg_bytes = sample_files(image, mask, index, who, geometry)
     return {
         "image": {"key": writes.put(folder + "image.dcm", image_bytes, "application/dicom"), "sha256": _sha(image_bytes)},
         "seg": {"key": writes.put(folder + "seg.dcm", seg_bytes, "application/dicom"), "sha256": _sha(seg_bytes)},
@@ -269,6 +291,7 @@ def _manifest(
     sheet: dict[str, Any] | None,
     image_size: int,
     release: dict[str, Any] | None,
+    geometry: SliceGeometry | None,
 ) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
@@ -290,8 +313,9 @@ def _manifest(
             "noise_shapes": sampler.get("noise_shapes"),
         },
         "image_size": image_size,
+        "geometry": geometry_section(geometry),
         "encoding": {
-            "image": "NIfTI-1 .nii.gz, float32 in [0, 1], shape (S, S), affine identity (1 mm)",
+            "image": "NIfTI-1 .nii.gz, float32 in [0, 1], shape (S, S), affine geometry.affine (qform and sform)",
             "label": "NIfTI-1 .nii.gz, uint8 class ids (0 = background), same shape and affine",
             "pixels_sha256": "sha256 of the float32 little-endian C-order image array (1, S, S)",
             "mask_sha256": "sha256 of the uint8 C-order mask array (S, S)",
@@ -303,6 +327,32 @@ def _manifest(
         "samples": samples,
         "contact_sheet": sheet,
     }
+
+
+def geometry_section(geometry: SliceGeometry | None) -> dict[str, Any]:
+    """The manifest's ``geometry``: the affine every sample file carries, the view geometry it came
+    from (``view``, None for a view made before views recorded one) and what that means."""
+    affine = slice_affine(geometry).tolist()
+    if geometry is None:
+        return {"view": None, "affine": affine, "pixel_spacing_mm": [1.0, 1.0], "slice_thickness_mm": None,
+                "note": "the generator's view records no slice geometry (made before views recorded it, or its training scans' slices "
+                        "do not share one orientation): identity affine, 1 mm pixels, not the training scans' spacing"}
+    spacing = geometry.pixel_spacing
+    thickness = "" if geometry.slice_thickness is not None else (
+        f"; the view's scans are 2D and have no slice thickness: the affine's normal is {UNKNOWN_THICKNESS_MM:g} mm")
+    return {"view": geometry.model_dump(mode="json"), "affine": affine, "pixel_spacing_mm": list(spacing.median),
+            "slice_thickness_mm": geometry.slice_thickness,
+            "note": f"the median over the {geometry.scans} training scans of the generator's view: their view slices' pixel "
+                    f"spacing ranges from {list(spacing.min)} to {list(spacing.max)} mm along array axes 0 and 1, so a sample's "
+                    f"millimetres are the view's typical ones, not one scan's. Array axis 0 points {geometry.in_plane[0]}, axis 1 "
+                    f"{geometry.in_plane[1]}, the slice normal {geometry.normal} (RAS; DICOM gives the same in LPS){thickness}"}
+
+
+def cohort_geometry(manifest: Mapping[str, Any]) -> SliceGeometry | None:
+    """The geometry a cohort's sample files were written with (None: the identity; manifests written
+    before cohorts carried geometry have none)."""
+    view = (manifest.get("geometry") or {}).get("view")
+    return SliceGeometry.model_validate(view) if view is not None else None
 
 
 def _mask_provenance(source: str | None) -> dict[str, Any]:
