@@ -40,6 +40,10 @@ def test_lossless_series_match_dcm2niix_and_the_source_volume(tmp_path: Path, sy
     written = canonicalise(image, affine)
     assert np.array_equal(ours.image, written.image)
     assert np.abs(ours.affine - written.affine).max() < 1e-6
+    # and read as staged series are, for their geometry and pixels only (the header walker, or pydicom where it does not walk)
+    files = sorted((tmp_path / "in").glob("*.dcm"))
+    fast = assemble_series([(f.name, read_instance(f.read_bytes(), f.name, geometry_only=True)) for f in files], max_voxels=10**8)
+    assert np.array_equal(fast.image, ours.image) and np.array_equal(fast.affine, ours.affine)
 
 
 def test_jpeg_baseline_matches_dcmtk_within_decoder_rounding(tmp_path: Path) -> None:
@@ -103,6 +107,13 @@ def test_enhanced_multiframe_object_matches_the_single_frame_series(tmp_path: Pa
     scan = assemble_series([("enhanced.dcm", multi)], max_voxels=10**8)
     assert np.array_equal(scan.image, read_folder(tmp_path / "in").image)
     assert np.allclose(scan.affine, canonicalise(image, affine).affine, atol=1e-6)
+
+
+def test_an_enhanced_object_of_one_frame_is_one_slice(tmp_path: Path) -> None:
+    image, affine = phantom(shape=(10, 8, 1))
+    files = write_series(tmp_path / "in", image, affine)
+    scan = assemble_series([("enhanced.dcm", _enhanced([pydicom.dcmread(f) for f in files]))], max_voxels=10**8)
+    assert np.array_equal(scan.image, read_folder(tmp_path / "in").image)
 
 
 def _enhanced(single: list[Dataset]) -> Dataset:
@@ -244,11 +255,15 @@ def test_not_dicom_truncated_and_undecodable_files_are_refused(tmp_path: Path) -
 def test_dcm_qa_nih_ge_series_are_voxel_identical_to_dcm2niix(tmp_path: Path, series: str) -> None:
     """The GE EPI series of dcm_qa_nih (15 slices x 10 volumes each)."""
     folder = SHARED_GE / series
-    ours = assemble_series([(f.name, read_instance(f.read_bytes(), f.name)) for f in sorted(folder.glob("*.dcm"))], max_voxels=10**8)
+    files = sorted(folder.glob("*.dcm"))
+    ours = assemble_series([(f.name, read_instance(f.read_bytes(), f.name)) for f in files], max_voxels=10**8)
     ref = dcm2niix(folder, tmp_path / "out")
     assert ours.shape == ref.shape == (64, 64, 15, 10)
     assert np.array_equal(ours.image, ref.image)
     assert np.abs(ours.affine - ref.affine).max() < AFFINE_ATOL
+    geometry_only = assemble_series([(f.name, read_instance(f.read_bytes(), f.name, geometry_only=True)) for f in files],
+                                    max_voxels=10**8)
+    assert np.array_equal(geometry_only.image, ref.image) and np.array_equal(geometry_only.affine, ours.affine)
 
 
 # --- Siemens mosaics -------------------------------------------------------------------------------

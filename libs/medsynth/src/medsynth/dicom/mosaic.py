@@ -48,6 +48,8 @@ SAFE_CSA_TAGS = {
     "DiffusionGradientDirection": "FD",
 }
 _SYNGODT = {"US": 10, "FD": 4, "IS": 6}
+# The layouts of a CSA header: its field count, a field's header, an item's header.
+_COUNT, _FIELD, _ITEM = struct.Struct("<2I"), struct.Struct("<64si4s3i"), struct.Struct("<4i")
 #: Most fields (and items in one) a CSA header may declare: real ones hold about 100 fields of 6 items.
 MAX_CSA_FIELDS = 1000
 
@@ -94,29 +96,28 @@ def read_csa(data: bytes) -> dict[str, list[str]]:
     csa2 = data[:4] == b"SV10"
     at = 8 if csa2 else 0
 
-    def take(fmt: str):
+    def take(layout: struct.Struct):
         nonlocal at
-        size = struct.calcsize(fmt)
-        if at + size > len(data):
+        if at + layout.size > len(data):
             raise ValueError(f"it ends at byte {len(data)}, inside a field")
-        values = struct.unpack_from(fmt, data, at)
-        at += size
+        values = layout.unpack_from(data, at)
+        at += layout.size
         return values
 
-    count, _ = take("<2I")
+    count, _ = take(_COUNT)
     if not 0 < count <= MAX_CSA_FIELDS:
         raise ValueError(f"it declares {count} fields")
     fields: dict[str, list[str]] = {}
     first_items = 0
     for number in range(count):
-        name, vm, _, _, items, _ = take("<64si4s3i")
+        name, vm, _, _, items, _ = take(_FIELD)
         if not 0 <= items <= MAX_CSA_FIELDS:
             raise ValueError(f"field {number} declares {items} items")
         if number == 1:
             first_items = items
         values = []
         for _ in range(items):
-            x0, x1, _, _ = take("<4i")
+            x0, x1, _, _ = take(_ITEM)
             length = x1 if csa2 else x0 - first_items
             if length < 0 or at + length > len(data):
                 if csa2:
