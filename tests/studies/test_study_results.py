@@ -157,3 +157,49 @@ def test_the_results_name_the_extractor_of_every_evaluation(tmp_path) -> None:
     assert results["fid_extractor"] == {"rule": "study", "extractors": [{"run_id": "train-segmenter-ref", "sha256": "ab" * 32}],
                                         "comparable": True}
     assert _results(_runs())["fid_extractor"]["rule"] == "per-seed"  # SPEC as recorded before the field
+
+
+def test_the_real_only_baseline_comes_first_in_results_and_report() -> None:
+    """Arm ids sort "joint-gan …" < "real …" < "spade …": the baseline every other arm is read against
+    used to land in the middle of the table (issue 26, item 5)."""
+    results = _results(_runs())
+    assert [a["arm"] for a in results["arms"]] == ["real", "synthetic", "synthetic", "synthetic"]
+    assert [a["family"] for a in results["arms"][1:]] == list(FAMILIES)  # the rest keep their order
+    html = render_study_report(results)
+    arms_table = html.split("<h2>Arms</h2>")[1].split("</table>")[0]
+    assert arms_table.index("real · unet") < arms_table.index("joint-gan · synthetic")
+
+
+def test_each_generator_row_keeps_the_diversity_check_and_the_report_flags_collapse() -> None:
+    from medsynth.studies.results import _diversity
+
+    check = {"pixel": {"ratio": 0.9, "real_baseline_ratio": 1.01}, "feature": {"ratio": 0.31, "real_baseline_ratio": 0.98},
+             "mode_collapse": True, "warning": "possible mode collapse: the cohort is far less diverse than the real data"}
+    row = _diversity(check)
+    assert row == {"diversity_ratio": 0.31, "diversity_real_ratio": 0.98, "diversity_space": "feature", "mode_collapse": True,
+                   "diversity_warning": check["warning"]}  # the extractor's space decides where there is one
+    assert _diversity({"pixel": {"ratio": 0.9, "real_baseline_ratio": None}, "feature": None, "mode_collapse": False,
+                       "warning": None})["diversity_space"] == "pixel"
+    assert set(_diversity(None).values()) == {None}  # evaluations without the check: nothing invented
+    results = _results(_runs())
+    results["generators"] = [{"family": "spade", "seed": 0, "fid": 0.2, "fid_real_baseline": 0.01, "kid": 0.001, "memorized_fraction": 0.0,
+                              "extractor": "enc", "n_real": 100, "n_fake": 100, **row}]
+    html = render_study_report(results)
+    assert "Diversity (real halves)" in html and "0.31 (0.98) collapse?" in html
+    assert "spade seed 0: possible mode collapse" in html
+
+
+def test_fid_against_dice_keeps_its_points_and_the_report_draws_them() -> None:
+    runs = _runs()
+    generators = [{"family": f, "seed": s, "fid": 0.1 * (i + 1) + 0.01 * s} for i, f in enumerate(FAMILIES) for s in (0, 1, 2)]
+    corr = _fid_vs_dice(generators, runs)
+    assert len(corr["points"]) == 9 and {p["family"] for p in corr["points"]} == set(FAMILIES)
+    spade0 = next(p for p in corr["points"] if p["family"] == "spade" and p["seed"] == 0)
+    dice = np.mean(list(next(e for e in runs[arm_id({"family": "spade", "arm": "synthetic", "model": "unet", "augment": False})]
+                             if e["labels"]["seed"] == 0)["dice"].values()))
+    assert spade0["fid"] == pytest.approx(0.2) and spade0["dice"] == pytest.approx(dice)
+    results = _results(runs)
+    results["fid_vs_dice"] = corr
+    html = render_study_report(results)
+    figure = html.split('aria-label="synthetic-only Dice against FID')[1].split("</svg>")[0]
+    assert figure.count("<circle") == 9 and "spade seed 0: FID 0.2, Dice" in figure

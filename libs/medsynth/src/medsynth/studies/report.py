@@ -12,6 +12,8 @@ import base64
 from html import escape
 from typing import Any
 
+import numpy as np
+
 from medsynth.metrics.report import SMALL_SAMPLES, SMALL_STEPS, TRAINING_FIGURES, embedding_figure
 from medsynth.metrics.statistics import cd_diagram_svg
 
@@ -303,11 +305,53 @@ def _generators_table(generators: list[dict[str, Any]]) -> str:
         f"<td class=n>{_num(g['fid_real_baseline'])}{'' if g.get('baseline_n') is None else ' (n ' + str(g['baseline_n']) + ')'}</td>"
         f"<td class=n>{_num(g['kid'], 4)}</td>"
         + "".join(f"<td class=n>{_num(g.get(m))}</td>" for m in ("precision", "recall", "density", "coverage")) +
+        f"<td class=n>{_diversity_cell(g)}</td>"
         f"<td class=n>{_num(None if g['memorized_fraction'] is None else 100 * g['memorized_fraction'], 1)} %</td>"
         f"<td>{escape(str(g['extractor']))}; {g['n_real']} real / {g['n_fake']} synthetic</td></tr>" for g in generators)
+    warnings = [f"{g['family']} seed {g['seed']}: {g['diversity_warning']}" for g in generators if g.get("diversity_warning")]
     return ("<table><tr><th>Family</th><th>Seed</th><th>FID</th><th>FID at baseline n</th><th>FID real vs real</th><th>KID</th><th>Precision</th>"
-            "<th>Recall</th><th>Density</th><th>Coverage</th><th>Memorized</th>"
-            f"<th>Extractor, samples</th></tr>{rows}</table>")
+            "<th>Recall</th><th>Density</th><th>Coverage</th><th>Diversity (real halves)</th><th>Memorized</th>"
+            f"<th>Extractor, samples</th></tr>{rows}</table>" + _warnings(warnings))
+
+
+def _diversity_cell(g: dict[str, Any]) -> str:
+    """The mode-collapse check: synthetic/real diversity ratio (about 1 healthy, below 0.5 collapse), the
+    real data's own half/half ratio in brackets, and a flag when the check warned."""
+    if g.get("diversity_ratio") is None:
+        return "–"
+    real = "" if g.get("diversity_real_ratio") is None else f" ({_num(g['diversity_real_ratio'], 2)})"
+    return f"{_num(g['diversity_ratio'], 2)}{real}{' collapse?' if g.get('mode_collapse') else ''}"
+
+
+def _fid_dice_plot(points: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
+    """Synthetic-only Dice against FID, one dot per family and seed (colour by family); empty without points."""
+    points = [p for p in points if p.get("fid") is not None and p.get("dice") is not None]
+    if not points:
+        return ""
+    left, right, top, bottom = 50, 200, 15, 40
+    x_max = max(p["fid"] for p in points) * 1.05 or 1.0
+    px = lambda x: left + x / x_max * (width - left - right)  # noqa: E731
+    py = lambda y: top + (1 - y) * (height - top - bottom)  # noqa: E731
+    families = sorted({p["family"] for p in points})
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11" '
+           f'role="img" aria-label="synthetic-only Dice against FID per family and seed">',
+           f'<line x1="{left}" y1="{py(0)}" x2="{px(x_max)}" y2="{py(0)}" stroke="black"/>'
+           f'<line x1="{left}" y1="{py(0)}" x2="{left}" y2="{py(1)}" stroke="black"/>']
+    for t in (0, 0.25, 0.5, 0.75, 1):
+        out.append(f'<text x="{left - 6}" y="{py(t) + 4}" text-anchor="end">{t:g}</text>')
+    for t in np.linspace(0, x_max, 5):
+        out.append(f'<text x="{px(t)}" y="{py(0) + 14}" text-anchor="middle">{t:.3g}</text>')
+    out.append(f'<text x="{(left + px(x_max)) / 2}" y="{height - 6}" text-anchor="middle">FID (lower is better)</text>')
+    for i, family in enumerate(families):
+        colour = colours[i % len(colours)]
+        for p in points:
+            if p["family"] == family:
+                out.append(f'<circle cx="{px(p["fid"])}" cy="{py(p["dice"])}" r="4" fill="{colour}">'
+                           f'<title>{escape(family)} seed {escape(str(p["seed"]))}: FID {p["fid"]:.3g}, Dice {p["dice"]:.3f}</title></circle>')
+        out.append(f'<text x="{px(x_max) + 10}" y="{top + 14 * i + 10}" fill="{colour}">{escape(family)}</text>')
+    out.append("</svg>")
+    return "".join(out)
 
 
 def _extractor_line(extractor: dict[str, Any] | None) -> str:
@@ -412,6 +456,9 @@ def render_study_report(results: dict[str, Any], figures: dict[str, dict[str, by
               _extractor_line(results.get("fid_extractor"))]
     parts.append(_family_figures(results, figures or {}))
     corr = results["fid_vs_dice"]
+    if plot := _fid_dice_plot(corr.get("points") or []):
+        parts.append(f"<figure>{plot}<figcaption>Synthetic-only Dice on held-out real patients against FID, one dot per "
+                     "family and seed: seed 000's question, whether a lower FID made a more useful cohort.</figcaption></figure>")
     parts.append("<p>FID against synthetic-only Dice across generators: " + _correlation(corr) + ".</p>"
                  + _warnings(corr.get("warnings") or []))
     parts.append(_reader_section(results.get("reader_studies") or []))

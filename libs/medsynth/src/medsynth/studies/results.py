@@ -86,6 +86,7 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
                     "kid": kid and kid["value"], "extractor": fid and fid["extractor"],
                     "n_real": fid and fid["n_real"], "n_fake": fid and fid["n_fake"],
                     "memorized_fraction": (report.get("memorization") or {}).get("fraction_flagged"),
+                    **_diversity(report.get("diversity")),
                     "figures": report.get("figures", {}),
                     "embedding": report.get("embedding"),
                     "closest_pairs": [{k: p.get(k) for k in ("synthetic_sample", "train_patient", "distance")}
@@ -94,11 +95,21 @@ def _generators(record: StudyRecord, store: ObjectStore, records: JobRecords) ->
     return sorted(out, key=lambda g: (g["family"], g["seed"]))
 
 
+def _diversity(check: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluation's mode-collapse check, as a generator row keeps it: the synthetic/real mean pairwise
+    distance ratio in the extractor's feature space (pixel space where it has none), the real data's own
+    half-against-half ratio beside it, and the warning; all None for an evaluation without the check."""
+    space = (check or {}).get("feature") or (check or {}).get("pixel") or {}
+    return {"diversity_ratio": space.get("ratio"), "diversity_real_ratio": space.get("real_baseline_ratio"),
+            "diversity_space": ("feature" if (check or {}).get("feature") else "pixel") if space else None,
+            "mode_collapse": (check or {}).get("mode_collapse"), "diversity_warning": (check or {}).get("warning")}
+
+
 def compute_results(record: StudyRecord, store: ObjectStore, records: JobRecords, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """``runs``: :func:`_runs` of the record (read once, for these numbers and the CSV)."""
     patients = sorted({p for entries in runs.values() for e in entries for p in e.get("dice", {})})
     arms, failed = [], []
-    for aid, entries in sorted(runs.items()):
+    for aid, entries in sorted(runs.items(), key=lambda item: (item[1][0]["labels"]["arm"] != "real", item[0])):  # the baseline first
         labels = dict(entries[0]["labels"])
         labels.pop("seed", None)
         bad = [{"seed": e["labels"]["seed"], "state": e["state"], "error": e["error"]} for e in entries if e["state"] != "succeeded"]
@@ -208,13 +219,14 @@ def _fid_vs_dice(generators: list[dict[str, Any]], runs: dict[str, list[dict[str
     for g in generators:
         dice = [v for (f, s, _, _), v in scores.items() if f == g["family"] and s == g["seed"]]
         if g["fid"] is not None and dice:
-            pairs.append((g["fid"], float(np.mean(dice)), g["seed"]))
+            pairs.append((g["fid"], float(np.mean(dice)), g["seed"], g["family"]))
     if not pairs:
         return {"skipped": "needs generators with FID and synthetic-only Dice, has none"}
-    fid, dice, seeds = zip(*pairs)
+    fid, dice, seeds, families = zip(*pairs)
     warning = seed_warning(len(set(seeds)), "the FID–Dice correlation")
     return {"x": "FID (lower is better)", "y": "synthetic-only mean Dice", **rank_correlation(fid, dice),
             "reading": "a negative rho means lower FID went with higher Dice; near zero, FID did not predict usefulness",
+            "points": [{"family": f, "seed": s, "fid": x, "dice": y} for x, y, s, f in pairs],
             "warnings": [warning] if warning else []}
 
 
