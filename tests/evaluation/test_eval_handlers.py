@@ -228,6 +228,9 @@ def test_evaluation_report_shows_baselines_per_class_dice_units_and_curves(world
     assert all(world["store"].get_bytes(k).startswith(b"\x89PNG") for k in report["figures"].values())
     pair = report["memorization"]["worst_pairs"][0]
     assert isinstance(pair["synthetic_sample"], int) and pair["train_patient"] in set(map(str, view["patients"]["train"]))
+    groups = report["memorization"]["nn_distances"]["groups"]  # the held-out patients searched like the cohort
+    assert set(groups) == {"synthetic", "held-out real", "training (other patients)"} and groups["held-out real"]["n"] > 0
+    assert 'aria-label="nearest-training distance histograms"' in html
     manifold = {r["metric"]: r for r in report["manifold"]}
     assert set(manifold) == {"precision", "recall", "density", "coverage"} and manifold["precision"]["k"] == 3
     assert all(0 <= r["value"] <= 1 for m, r in manifold.items() if m != "density") and manifold["density"]["value"] >= 0

@@ -158,3 +158,30 @@ def test_the_cohort_audit_searches_the_whole_training_split_and_says_so(train: n
     pair = next(p for p in section["worst_pairs"] if p["synthetic"] == 6)
     assert pair["train"] == 21 and "shift" in pair["transform"]
     assert section["fraction_flagged"] >= 2 / 7
+
+
+def test_the_cohort_audit_histograms_where_a_cohort_sits_between_copies_and_new_patients(train: np.ndarray, fresh: np.ndarray) -> None:
+    """nn_distances: the cohort's, held-out patients' and the training images' own nearest-training
+    distances on shared bins; a cohort of copies piles up at 0, left of the threshold, where held-out
+    patients do not; the evaluation report draws the three (issue 26, item 5)."""
+    from medsynth.metrics.memorization import cohort_audit, nn_histograms
+    from medsynth.metrics.report import nn_histogram_svg
+
+    patients = np.array([f"p{i // 2}" for i in range(60)])
+    copies = np.ascontiguousarray(train[:20])
+    section = cohort_audit(copies, None, train, None, patients, heldout_images=fresh[:30])
+    hist = section["nn_distances"]
+    groups = hist["groups"]
+    assert set(groups) == {"synthetic", "held-out real", "training (other patients)"}
+    assert groups["synthetic"]["n"] == 20 and groups["held-out real"]["n"] == 30
+    assert all(sum(g["counts"]) == g["n"] for g in groups.values()) and len(hist["edges"]) == len(groups["synthetic"]["counts"]) + 1
+    assert groups["synthetic"]["median"] == pytest.approx(0.0, abs=1e-6) and groups["synthetic"]["counts"][0] == 20
+    assert groups["held-out real"]["median"] > hist["threshold"] > 0  # new patients are not copies
+    assert hist["threshold"] == section["threshold"]
+    without = cohort_audit(copies, None, train, None, patients)  # no held-out images: the cohort and training only
+    assert set(without["nn_distances"]["groups"]) == {"synthetic", "training (other patients)"}
+    svg = nn_histogram_svg(hist)
+    assert svg.count("<polyline") == 3 and "held-out real (n 30" in svg and "stroke-dasharray" in svg
+    assert nn_histogram_svg(None) == ""
+    outlier = nn_histograms({"a": np.array([0.1, 0.2, 0.3, 50.0, np.inf])}, threshold=0.15, bins=4)
+    assert outlier["groups"]["a"]["n"] == 4 and sum(outlier["groups"]["a"]["counts"]) == 4  # inf left out, 50 in the last bin

@@ -221,7 +221,8 @@ def evaluation_results(
     memorization = cohort_audit(fake, fake_masks, split["images"], split.get("masks"), split.get("patients"),
                                 feature_audit=memorization_audit(fake, real, **feats) if feats else None,
                                 feature_train=real_index if train is not None else None,
-                                feature_extractor=in_domain.name if in_domain else None)  # fmt: skip
+                                feature_extractor=in_domain.name if in_domain else None,
+                                heldout_images=heldout.images if heldout is not None else None)  # fmt: skip
     utility = [utility_row(run) for run in runs]
     by_source = {row["source"]: row["mean_dice"] for row in utility}
     real_dice, syn_dice = by_source.get("real"), by_source.get("synthetic")

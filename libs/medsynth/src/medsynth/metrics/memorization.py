@@ -333,6 +333,7 @@ def cohort_audit(
     feature_audit: AuditResult | None = None,
     feature_train: np.ndarray | None = None,
     feature_extractor: str | None = None,
+    heldout_images: np.ndarray | None = None,
     worst: int = 8,
 ) -> dict[str, Any]:
     """The evaluation's memorization audit of a cohort, as the report's ``memorization`` section.
@@ -349,6 +350,11 @@ def cohort_audit(
         train_images, train_masks, train_patients: the whole training split.
         feature_audit, feature_train, feature_extractor: the feature-space audit, the training images
             it searched and the extractor's name.
+        heldout_images: real images of held-out patients (N, 1, S, S), searched against the training
+            split like the cohort: ``nn_distances`` then holds the histograms of nearest-training
+            distances of the cohort, of these and of the training images themselves (each against
+            other patients', the calibration), so a reader sees where the cohort sits between a copy
+            (0) and new patients.
         worst: how many closest pairs to list (``train``: an index into ``train_images``).
     """
     from medsynth.metrics.copies import CopyAudit
@@ -402,6 +408,10 @@ def cohort_audit(
         out |= {"threshold": copies["image"]["threshold"], "median_nn_distance": float(np.nanmedian(image.distance)),
                 "median_train_nn_distance": copies["image"]["calibration"]["median_distance"],
                 "n_flagged_image": int(image.flagged.sum()), "n_flagged_mask": int(mask.flagged.sum()) if mask is not None else 0}  # fmt: skip
+        held = audit.audit(np.asarray(heldout_images)) if heldout_images is not None and len(heldout_images) else None
+        out["nn_distances"] = nn_histograms(
+            {"synthetic": image.distance, **({"held-out real": held.distance} if held is not None else {}),
+             "training (other patients)": audit.calibration_distance}, threshold=copies["image"]["threshold"])
         order = np.argsort(image.distance, kind="stable")[: max(int(worst), 0)]
         out["worst_pairs"] = [{"synthetic": int(i), "train": int(image.index[i]), "distance": float(image.distance[i]),
                                "transform": image.poses[i].describe()} for i in order if image.index[i] >= 0]  # fmt: skip
@@ -411,3 +421,19 @@ def cohort_audit(
     else:
         out["worst_pairs"] = []
     return out
+
+
+NN_BINS = 30
+
+
+def nn_histograms(distances: dict[str, np.ndarray], *, threshold: float, bins: int = NN_BINS) -> dict[str, Any]:
+    """Histograms on shared bins of each group's nearest-training distances (finite ones; the last
+    bin takes everything beyond the 99th percentile of all of them, so one far outlier does not
+    flatten the rest), with each group's count and median and the audit's threshold."""
+    finite = {name: np.asarray(d, dtype=np.float64)[np.isfinite(d)] for name, d in distances.items()}
+    pooled = np.concatenate([d for d in finite.values() if d.size] or [np.zeros(1)])
+    top = max(float(np.quantile(pooled, 0.99)), float(threshold), 1e-12)
+    edges = np.linspace(0.0, top, bins + 1)
+    return {"edges": edges.tolist(), "threshold": float(threshold), "distance": "the copy search's distance (0: identical)",
+            "groups": {name: {"counts": np.histogram(np.clip(d, 0.0, top), bins=edges)[0].tolist(), "n": int(d.size),
+                              "median": float(np.median(d)) if d.size else None} for name, d in finite.items()}}

@@ -162,6 +162,44 @@ def scatter_svg(groups: Mapping[str, Sequence[Sequence[float]]], *, size: int = 
     return "".join(out)
 
 
+NN_COLOURS = {"synthetic": "#d62728", "held-out real": "#1f77b4", "training (other patients)": "#7f7f7f"}
+
+
+def nn_histogram_svg(hist: Mapping[str, Any] | None, *, width: int = 640, height: int = 260) -> str:
+    """The memorization audit's nearest-training distances as step histograms (share of each group per
+    bin), the threshold as a dashed line: a cohort that copies sits left of held-out real patients;
+    one that learned the data sits on them. Empty for evaluations without them."""
+    if not hist or not hist.get("groups"):
+        return ""
+    edges = hist["edges"]
+    left, right, top, bottom = 45, 190, 10, 40
+    shares = {name: [c / max(g["n"], 1) for c in g["counts"]] for name, g in hist["groups"].items()}
+    y_max = max((max(v) for v in shares.values() if v), default=1.0) or 1.0
+    px = lambda x: left + x / edges[-1] * (width - left - right)  # noqa: E731
+    py = lambda y: top + (1 - y / y_max) * (height - top - bottom)  # noqa: E731
+    out = [f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11" '
+           f'role="img" aria-label="nearest-training distance histograms">',
+           f'<line x1="{left}" y1="{py(0)}" x2="{px(edges[-1])}" y2="{py(0)}" stroke="black"/>']
+    for t in np.linspace(0, edges[-1], 5):
+        out.append(f'<text x="{px(t)}" y="{py(0) + 14}" text-anchor="middle">{t:.3g}</text>')
+    out.append(f'<text x="{(left + px(edges[-1])) / 2}" y="{height - 6}" text-anchor="middle">distance to the nearest training image '
+               f'(0: a copy)</text>')
+    threshold = hist.get("threshold")
+    if threshold is not None and threshold <= edges[-1]:
+        out.append(f'<line x1="{px(threshold)}" y1="{py(0)}" x2="{px(threshold)}" y2="{py(y_max)}" stroke="black" stroke-dasharray="4 3"/>'
+                   f'<text x="{px(threshold) + 3}" y="{top + 10}">flagged below</text>')
+    for i, (name, share) in enumerate(shares.items()):
+        colour = NN_COLOURS.get(name, "#2ca02c")
+        path = " ".join(f"{px(edges[k])},{py(v)} {px(edges[k + 1])},{py(v)}" for k, v in enumerate(share))
+        out.append(f'<polyline points="{px(edges[0])},{py(0)} {path} {px(edges[-1])},{py(0)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        group = hist["groups"][name]
+        median = "" if group.get("median") is None else f", median {group['median']:.3g}"
+        out.append(f'<text x="{px(edges[-1]) + 10}" y="{top + 14 * i + 10}" fill="{colour}">{html.escape(name)} (n {group["n"]}{median})</text>')
+    out.append("</svg><figcaption>Nearest-training distances of the cohort, of held-out real patients and of training images "
+               "(each against other patients'), as shares of each group; the dashed line is the audit's threshold.</figcaption></figure>")
+    return "".join(out)
+
+
 def embedding_figure(embedding: Mapping[str, Any] | None) -> str:
     """An evaluation's t-SNE map of real and synthetic features with how to read it (both reports show it)."""
     if not embedding:
@@ -420,6 +458,7 @@ def render_html(results: Mapping[str, Any], figures: Mapping[str, bytes], curves
         _validation_curves(results.get("segmentation_curves")),
         "<h2>Memorization audit</h2>",
         _kv_table({k: v for k, v in results.get("memorization", {}).items() if not isinstance(v, (list, dict))}),
+        nn_histogram_svg(results.get("memorization", {}).get("nn_distances")),
         f"<figure>{_img(figures['memorization'], 'closest pairs')}<figcaption>closest synthetic (left) / training (right) pairs</figcaption></figure>"
         if "memorization" in figures else note,
         "<h2>Release gate (memorization audit at sampling)</h2>",
