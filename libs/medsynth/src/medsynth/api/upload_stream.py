@@ -27,7 +27,7 @@ from medsynth.datasets.ingest import Upload
 from medsynth.io.nifti import GZIP_MAGIC, NIFTI2_HEADER_SIZE, check_header
 
 MULTIPART_OVERHEAD = 64 * 1024
-FIELD_LIMIT = 1024
+FIELD_LIMIT = 16 * 1024  # a form field (patient_id; label_names of a few hundred classes)
 FILE_FIELDS = {"image": "image", "label": "label map"}
 _PROBE_BYTES = NIFTI2_HEADER_SIZE + 4
 
@@ -85,10 +85,12 @@ class _FilePart:
 
 @dataclass
 class ScanForm:
-    """What a scan upload carried: the patient id and the files, on disk in ``folder``."""
+    """What a scan upload carried: the patient id, the label names (JSON, as sent) and the files, on
+    disk in ``folder``."""
 
     folder: tempfile.TemporaryDirectory
     patient_id: str | None = None
+    label_names: str | None = None
     image: Upload | None = None
     label: Upload | None = None
     received: int = 0
@@ -113,8 +115,10 @@ async def read_scan_form(content_type: str, declared: int | None, body: AsyncIte
     def on_field(name: str, value: str) -> None:
         if name == "patient_id":
             form.patient_id = value
+        elif name == "label_names":
+            form.label_names = value
 
-    usage = "the upload must be multipart/form-data with fields patient_id, image and optional label."
+    usage = "the upload must be multipart/form-data with fields patient_id, image and optional label and label_names."
     form.received = await _parse(content_type, declared, body, 2 * file_limit + MULTIPART_OVERHEAD, usage,
                                  open_file, on_file, on_field, form.close)
     return form

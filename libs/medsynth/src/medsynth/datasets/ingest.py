@@ -13,6 +13,7 @@ fails, the objects written are removed and the claim released.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,32 @@ def check_nifti_name(upload: Upload, what: str) -> None:
         raise InvalidInput(f"{what} must be a .nii or .nii.gz file, got {upload.filename!r}.")
 
 
+MAX_LABEL_NAME = 64
+
+
+def parse_label_names(raw: str) -> dict[int, str]:
+    """An upload's ``label_names``: a JSON object of label value → name (``{"1": "Anterior"}``).
+
+    Raises:
+        InvalidInput: not such an object; a value that is not an integer 0-65535; a name that is empty,
+            longer than 64 characters or holds control characters.
+    """
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(f"label_names must be a JSON object of label value to name, e.g. {{\"1\": \"Anterior\"}}, got {raw[:80]!r}.")
+    names: dict[int, str] = {}
+    for value, name in parsed.items():
+        if not (value.isascii() and value.isdigit() and int(value) <= 65535):
+            raise InvalidInput(f"label_names: {value!r} is not a label value (an integer 0-65535).")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_LABEL_NAME or not name.isprintable():
+            raise InvalidInput(f"label_names: the name of label {value} must be 1-{MAX_LABEL_NAME} printable characters, got {name!r}.")
+        names[int(value)] = name.strip()
+    return names
+
+
 def ingest_scan(
     store: ObjectStore,
     dataset: str,
@@ -76,16 +103,20 @@ def ingest_scan(
     max_voxels: int,
     time_series: str = "refuse",
     on_ingested: Callable[[ScanEntry, ManifestVersion], None] | None = None,
+    label_names: Mapping[int, str] | None = None,
 ) -> tuple[ScanEntry, ManifestVersion]:
     """Validate, store and register one scan. Raises :class:`InvalidInput`, :class:`TooLarge` or
     :class:`Conflict` (the same image is already in the dataset) before writing anything. A 4D image
     (a time series) follows ``time_series``, the project's option: its ``"first"`` time point is the
-    scan (the 4D file its original), else it is refused (see :func:`validate_scan`)."""
+    scan (the 4D file its original), else it is refused (see :func:`validate_scan`). ``label_names``
+    (value → name, e.g. from a dataset.json) are kept for the label map's values other than 0."""
     check_name(dataset, "dataset name")
     check_name(patient_id, "patient id")
     check_nifti_name(image, "image")
     if label is not None:
         check_nifti_name(label, "label map")
+    elif label_names:
+        raise InvalidInput("label_names were sent without a label map.")
     scan = validate_scan(image.source, label.source if label else None, max_voxels=max_voxels, time_series=time_series)
 
     image_sha = image.digest()
@@ -114,6 +145,7 @@ def ingest_scan(
         spacing=[float(s) for s in scan.spacing],
         orientation=scan.orientation,
         label_values=list(scan.label_values),
+        label_names={v: label_names[v] for v in scan.label_values if v and v in (label_names or {})},
         original_filename=image.filename,
     )
     return entry, commit_scan(store, dataset, entry, objects, on_ingested)

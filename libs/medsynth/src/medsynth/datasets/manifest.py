@@ -71,7 +71,8 @@ class ScanEntry(BaseModel):
     spacing: list[float]
     orientation: str
     label_values: list[int] = Field(default_factory=list)
-    label_names: dict[int, str] = Field(default_factory=dict, description="Segment or ROI name of each label value (DICOM masks).")
+    label_names: dict[int, str] = Field(default_factory=dict, description="Segment or ROI name of each label value (DICOM masks), or the "
+                                           "name an upload's label_names gave it.")
     original_filename: str
     ingested_at: datetime = Field(default_factory=utcnow)
     source_format: Literal["nifti", "dicom"] = "nifti"

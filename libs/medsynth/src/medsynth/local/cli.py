@@ -212,6 +212,21 @@ def _generators(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cohorts(args: argparse.Namespace) -> int:
+    """``export-nnunet``: a cohort (and the real training slices) as an nnU-Net v2 raw dataset, from the store."""
+    from medsynth.local.nnunet_export import export_cohort
+    from medsynth.store.projects import project_store
+
+    store = project_store(_root_store(), args.project)
+    done = export_cohort(store, args.cohort_id, Path(args.out), dataset_id=args.dataset_id, name=args.name, with_real=args.with_real)
+    labels = ", ".join(f"{v} {n}" for n, v in done.labels.items())
+    print(f"wrote {done.folder}: {done.synthetic} synthetic + {done.real} real cases; labels {labels}")
+    if done.folds:
+        print(f"splits_final.json: {done.folds} folds by patient (nnUNetv2_plan_and_preprocess takes it over for training)")
+    print(f"check it: nnUNet_raw={done.folder.parent} nnUNetv2_plan_and_preprocess -d {args.dataset_id} --verify_dataset_integrity")
+    return 0
+
+
 def _torchserve(args: argparse.Namespace) -> int:
     """Run TorchServe under this process until SIGTERM; its addresses go to ``--state-file``."""
     import json
@@ -310,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
     p.add_argument("--project", default="default", help="list: the project whose generators to list")
     p.set_defaults(run=_generators)
+
+    p = sub.add_parser("cohorts", help="export a finished cohort from the store (no stack needed)")
+    p.add_argument("action", choices=["export-nnunet"])
+    p.add_argument("cohort_id")
+    p.add_argument("out", help="the folder to write DatasetXXX_NAME/ in (e.g. $nnUNet_raw)")
+    p.add_argument("--dataset-id", type=int, required=True, help="nnU-Net's dataset id, 1-999 (not taken in OUT)")
+    p.add_argument("--name", help="nnU-Net's dataset name (default: the cohort's dataset, then -synthetic or -mixed)")
+    p.add_argument("--with-real", action="store_true",
+                   help="add the labelled training slices of the view the cohort's generator learned from, and splits by patient")
+    p.add_argument("--project", default="default", help="the project the cohort belongs to")
+    p.set_defaults(run=_cohorts)
 
     p = sub.add_parser("study", help="run a study (families x seeds x segmenters x arms) from a YAML spec and save its results")
     p.add_argument("action", choices=["run"])

@@ -1,13 +1,15 @@
 """`medsynth ingest DIR`: upload a folder through the ingest service.
 
 * A Medical Segmentation Decathlon folder: ``DIR/imagesTr/<case>.nii.gz`` (+ ``DIR/labelsTr/<case>.nii.gz``
-  when present). The patient id is the case name unless a mapping says otherwise — one patient often
-  has several scans, and a split that takes each file for its own patient leaks patients between
-  training and test: ``--patients map.csv`` (columns ``case,patient_id``) or ``--patient-pattern REGEX``
+  when present), or an nnU-Net raw dataset: ``DIR/imagesTr/<case>_0000.nii.gz`` + ``DIR/labelsTr/<case>.nii.gz``
+  (:mod:`medsynth.io.nnunet`). The patient id is the case name unless a mapping says otherwise — one
+  patient often has several scans, and a split that takes each file for its own patient leaks patients
+  between training and test: ``--patients map.csv`` (columns ``case,patient_id``) or ``--patient-pattern REGEX``
   (the first group, or the group named ``patient``, of a match against the case name).
-  A ``dataset.json`` that declares several modalities (Decathlon BraTS, prostate) means each image
-  holds them as channels on its fourth axis: such cases are rejected here, with that reason, and not
-  sent (the service would take a fourth axis for time; channels are not supported yet).
+  A ``dataset.json`` that declares several modalities (Decathlon BraTS, prostate: channels on each image's
+  fourth axis) or channels (nnU-Net: a file per channel), or a case with several channel files, is
+  rejected here, with that reason, and not sent (channels are not supported yet; the service would
+  take a fourth axis for time). The label names a dataset.json declares go with each labelled upload.
 * A folder of DICOM files (any depth; no ``imagesTr/``): one upload per patient (PatientID) to the
   DICOM route, each series becoming a scan, de-identified by the service. The service decides series by
   series; the summary counts them — accepted, unlabeled (stored without the mask sent with them: the
@@ -40,16 +42,21 @@ from typing import Literal, TypeVar
 import httpx
 
 from medsynth.core.errors import InvalidInput
+from medsynth.io.nnunet import DatasetJson, raw_cases, read_dataset_json, several_channels
 from medsynth.local.api_client import RetryPolicy, api_client
-
-SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
 class Case:
+    """One upload: ``name`` is the case's (its image file's, or nnU-Net's ``<case>``); ``label_names``
+    (value, name) what the dataset.json calls the label values; ``refused`` why it is not sent."""
+
     patient_id: str
     image: Path
     label: Path | None
+    name: str
+    label_names: tuple[tuple[int, str], ...] = ()
+    refused: str | None = None
 
 
 @dataclass
@@ -123,13 +130,6 @@ class Summary:
 PLATFORM_STATUSES = frozenset({408, 429})  # with 5xx: not the case's fault
 
 
-def case_name(path: Path) -> str | None:
-    name = path.name
-    if name.startswith("."):  # macOS '._' resource forks ship inside the official MSD tarballs
-        return None
-    return next((name[: -len(s)] for s in SUFFIXES if name.endswith(s)), None)
-
-
 PatientOf = Callable[[str], str]
 
 
@@ -170,32 +170,30 @@ def patient_mapping(csv_path: Path | None = None, pattern: str | None = None) ->
 
 
 def find_cases(root: Path, patient_of: PatientOf | None = None) -> list[Case]:
-    images = root / "imagesTr"
-    if not images.is_dir():
-        raise InvalidInput(f"{root} is not in the Decathlon layout: no imagesTr/ folder")
+    """The cases of a Decathlon or nnU-Net folder (:func:`medsynth.io.nnunet.raw_cases`), each with its
+    patient and, where its dataset.json names them, its label values' names (background left out)."""
+    declared = read_dataset_json(root)
     patient_of = patient_of or (lambda case: case)
-    labels = {case_name(p): p for p in (root / "labelsTr").glob("*")} if (root / "labelsTr").is_dir() else {}
-    cases = []
-    for path in sorted(images.iterdir()):
-        name = case_name(path)
-        if name is not None:
-            cases.append(Case(patient_of(name), path, labels.get(name)))
-    return cases
+    names = tuple((v, n) for v, n in (declared.labels if declared else {}).items() if v != 0)
+    return [Case(patient_of(c.name), c.images[0], c.label, c.name, names if c.label else (), several_channels(c))
+            for c in raw_cases(root, declared)]
 
 
 def declared_channels(root: Path) -> list[str]:
-    """The modalities ``root/dataset.json`` declares (``"modality": {"0": "FLAIR", "1": "T1w", ...}``),
-    in channel order; [] when there is no dataset.json or it declares none."""
-    path = root / "dataset.json"
-    if not path.is_file():
-        return []
-    try:
-        modality = json.loads(path.read_text()).get("modality") or {}
-    except (ValueError, AttributeError) as exc:
-        raise InvalidInput(f"{path} is not a Decathlon dataset.json: {exc}") from None
-    if isinstance(modality, dict):
-        return [str(modality[k]) for k in sorted(modality, key=lambda k: int(k) if str(k).isdigit() else 0)]
-    return [str(m) for m in modality] if isinstance(modality, list) else [str(modality)]
+    """The modalities (Decathlon: ``"modality": {"0": "FLAIR", "1": "T1w", ...}``) or channels (nnU-Net:
+    ``channel_names``) ``root/dataset.json`` declares, in channel order; [] when there is no dataset.json
+    or it declares none."""
+    declared = read_dataset_json(root)
+    return list(declared.channels) if declared else []
+
+
+def _channels_refused(declared: DatasetJson) -> str:
+    channels = f"{len(declared.channels)} {{}} ({', '.join(declared.channels)})"
+    if declared.layout == "nnunet-v2":
+        return (f"dataset.json declares {channels.format('channels')}: each case is one image per channel; "
+                "multi-channel images are not supported yet")
+    return (f"dataset.json declares {channels.format('modalities')}: each image holds them as channels on its fourth axis, "
+            "not time points; multi-channel images are not supported yet")
 
 
 def dicom_patients(root: Path) -> dict[str, list[Path]]:
@@ -214,9 +212,12 @@ def dicom_patients(root: Path) -> dict[str, list[Path]]:
 
 def upload_case(client: httpx.Client, url: str, dataset: str, case: Case) -> httpx.Response:
     files = {"image": (case.image.name, case.image.read_bytes(), "application/octet-stream")}
+    data = {"patient_id": case.patient_id}
     if case.label is not None:
         files["label"] = (case.label.name, case.label.read_bytes(), "application/octet-stream")
-    return client.post(f"{url}/v1/datasets/{dataset}/scans", data={"patient_id": case.patient_id}, files=files)
+        if case.label_names:
+            data["label_names"] = json.dumps({str(value): name for value, name in case.label_names})
+    return client.post(f"{url}/v1/datasets/{dataset}/scans", data=data, files=files)
 
 
 #: One scan per request, and the same image twice is a 409: an upload may be sent again after a 503
@@ -258,8 +259,8 @@ def _each(items: Sequence[Item], send: Callable[[Item], httpx.Response],
 
 def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: int = 4, progress: bool = True,
                   patient_of: PatientOf | None = None, retry: RetryPolicy = UPLOAD_RETRY, on_error: OnError = "skip") -> Summary:
-    """Upload a Decathlon folder (or a folder of DICOM files, one request per patient); the summary
-    names NIfTI cases by their file's case name, DICOM series by the folder (or files) they came from."""
+    """Upload a Decathlon or nnU-Net folder (or a folder of DICOM files, one request per patient); the
+    summary names NIfTI cases by their case name, DICOM series by the folder (or files) they came from."""
     from tqdm import tqdm
 
     if on_error not in ("skip", "stop"):
@@ -269,22 +270,22 @@ def ingest_folder(root: Path, dataset: str, url: str, *, api_key: str, workers: 
                              on_error=on_error)
     cases = find_cases(root, patient_of)
     summary = Summary()
-    if len(channels := declared_channels(root)) > 1:
-        reason = (f"dataset.json declares {len(channels)} modalities ({', '.join(channels)}): each image holds them as channels "
-                  "on its fourth axis, not time points; multi-channel images are not supported yet")
-        summary.rejected.update({case_name(c.image): reason for c in cases})
+    declared = read_dataset_json(root)
+    if declared is not None and len(declared.channels) > 1:
+        summary.rejected.update({c.name: _channels_refused(declared) for c in cases})
         return summary
+    summary.rejected.update({c.name: c.refused for c in cases if c.refused})
+    cases = [c for c in cases if not c.refused]
 
     def handle(case: Case, outcome: httpx.Response | httpx.HTTPError) -> bool:
-        name = case_name(case.image)
-        summary.record(name, outcome)
-        return name not in summary.missing()
+        summary.record(case.name, outcome)
+        return case.name not in summary.missing()
 
     with api_client(api_key=api_key, timeout=300, retry=retry) as client, \
             tqdm(total=len(cases), unit="scan", disable=not progress, desc=dataset) as bar:
         left = _each(cases, lambda c: upload_case(client, url.rstrip("/"), dataset, c), handle, workers=workers, on_error=on_error,
                      progress=bar)
-    summary.not_sent += [case_name(c.image) for c in left]
+    summary.not_sent += [c.name for c in left]
     return summary
 
 

@@ -13,7 +13,7 @@ from medsynth.api.schemas import ScanPublic
 from medsynth.bus.client import BusError
 from medsynth.api.upload_stream import ScanForm, read_scan_form, upload_slots
 from medsynth.core.errors import InvalidInput
-from medsynth.datasets.ingest import ingest_scan
+from medsynth.datasets.ingest import ingest_scan, parse_label_names
 from medsynth.datasets.manifest import ManifestVersion, ScanEntry
 from medsynth.bus.messages import make_event
 from medsynth.runtime.telemetry import INGESTED, INGESTED_BYTES
@@ -33,6 +33,8 @@ UPLOAD_BODY = {
             "image": {"type": "string", "format": "binary", "description": "NIfTI image (.nii or .nii.gz), 2D or 3D; 4D (time) "
                                                                                 "as the project's option time_series says."},
             "label": {"type": "string", "format": "binary", "description": "Optional integer label map on the image's grid."},
+            "label_names": {"type": "string", "description": "Optional JSON object of label value to name, e.g. "
+                                                             "{\"1\": \"Anterior\"} (a dataset.json's labels)."},
         },
     }}},
 }
@@ -51,7 +53,7 @@ STREAMED = 2**50
                                              "Retry-After says when to try again."}})
 async def upload_scan(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep,
                       guard: GuardDep, principal: PrincipalDep, project: ProjectDep) -> ScanPublic:
-    """Upload one scan (multipart: ``patient_id``, ``image``, optional ``label``). The body is read as
+    """Upload one scan (multipart: ``patient_id``, ``image``, optional ``label`` and ``label_names``). The body is read as
     it streams in, with a running size cap; each file's NIfTI header is checked from its first bytes.
     A key and a project may each upload MEDSYNTH_UPLOADS_PER_MINUTE_PER_KEY / _PER_PROJECT scans a minute (429 past it)."""
     try:
@@ -115,9 +117,10 @@ async def _ingest(dataset: str, project: str, form: ScanForm, settings, store, b
             raise InvalidInput("the form field patient_id is missing or empty.")
         if image_upload is None:
             raise InvalidInput("the file field image is missing or empty.")
+        label_names = parse_label_names(form.label_names) if form.label_names else None
         entry, manifest = await run_in_threadpool(
             _ingest_in_project, root, project, store, dataset, form.patient_id, image_upload, label_upload,
-            max_voxels=settings.max_voxels, on_ingested=announce,
+            max_voxels=settings.max_voxels, on_ingested=announce, label_names=label_names,
         )
     except Exception as exc:
         INGESTED.labels(type(exc).__name__).inc()
