@@ -106,13 +106,13 @@ def test_jobs_that_need_masks_refuse_a_view_with_unlabeled_scans_and_say_what_to
     with pytest.raises(InvalidInput) as refused:
         generator_command(GeneratorCreate(dataset="mx", view_id=view.view_id), mixed)
     message = str(refused.value)
-    assert f"{in_train} in its train split" in message and '"unlabeled": "exclude"' in message and "generator" in message
+    assert f"{in_train} unlabeled in its train split" in message and '"unlabeled": "exclude"' in message and "generator" in message
     records = JobRecords(mixed)
     with pytest.raises(InvalidInput, match="segmenter") as refused:
         segmentation_command(SegmentationCreate(dataset="mx", view_id=view.view_id), mixed, records)
     for split in SPLITS:
         if view.unlabeled_scans[split]:
-            assert f"{len(view.unlabeled_scans[split])} in its {split} split" in str(refused.value)
+            assert f"{len(view.unlabeled_scans[split])} unlabeled in its {split} split" in str(refused.value)
     excluded = _prepare(mixed, unlabeled="exclude")
     assert generator_command(GeneratorCreate(dataset="mx", view_id=excluded.view_id), mixed) is not None
     assert segmentation_command(SegmentationCreate(dataset="mx", view_id=excluded.view_id), mixed, records) is not None
@@ -146,6 +146,43 @@ def test_a_study_on_a_view_with_unlabeled_scans_is_refused_before_anything_runs(
 
     view = _prepare(mixed)
     spec = StudyCreate(dataset="mx", view_id=view.view_id, seeds=[0], families=[{"generator": {"family": "joint-gan"}}])
-    with pytest.raises(InvalidInput, match="a study .*needs a mask for every scan"):
+    with pytest.raises(InvalidInput, match="a study .*needs a mask for every item"):
         create_study(spec, mixed, jobs=None, max_jobs=500)  # refused before a job could be submitted
     assert not list(mixed.list("studies/"))
+
+
+def test_partly_labeled_scans_flag_each_slice_or_patch_the_coverage_does_not_wholly_include(mixed: ObjectStore) -> None:
+    """A label map covering part of a scan comes as a masked array (masked: unlabeled): an item is
+    labeled only where the map covers all of it — slices along the axis, 8³ patches by their window."""
+    from medsynth.io.nifti import load_nifti
+
+    def load(scan):
+        image = np.asanyarray(load_nifti(mixed.get_bytes(scan.image_key), what="i", max_voxels=10**6).dataobj)
+        if scan.label_key is None:
+            return image, None
+        label = np.asanyarray(load_nifti(mixed.get_bytes(scan.label_key), what="l", max_voxels=10**6).dataobj)
+        unknown = np.zeros(label.shape, bool)
+        unknown[:, :, 8:] = True  # the map says nothing about slices 8 and 9
+        return image, np.ma.MaskedArray(label, mask=unknown)
+
+    manifest = load_manifest(mixed, "mx")
+    key = build_views(mixed, manifest, mode="slices2d", size=32, axis=2, val_fraction=0.2, test_fraction=0.2, seed=5,
+                      keep_empty=True, load_scan=load)
+    view = parse_view(mixed.get_json(key), key)
+    train = load_view_split(mixed, view, "train")
+    labeled_patients = ~np.isin(train["patients"], sorted(UNLABELED))
+    assert (train["labeled"] == (labeled_patients & (train["index"] < 8))).all()
+    assert set(view.partially_labeled_scans.train) == _scan_ids(mixed, set(view.patients.train) - UNLABELED)
+    key = build_views(mixed, manifest, mode="patches3d", size=8, axis=2, val_fraction=0.2, test_fraction=0.2, seed=5,
+                      keep_empty=True, load_scan=load)
+    train = load_view_split(mixed, parse_view(mixed.get_json(key), key), "train")
+    # 24×24×10 padded to 24×24×16: 3×3×2 windows, index = 6x + 2y + z; z = 0 spans slices 0-7 (covered), z = 1 slices 8-15
+    labeled = train["labeled"][~np.isin(train["patients"], sorted(UNLABELED))]
+    index = train["index"][~np.isin(train["patients"], sorted(UNLABELED))]
+    assert (labeled == (index % 2 == 0)).all() and labeled.any() and not labeled.all()
+    key = build_views(mixed, manifest, mode="slices2d", size=32, axis=2, val_fraction=0.2, test_fraction=0.2, seed=5,
+                      keep_empty=True, unlabeled="exclude", load_scan=load)
+    excluded = parse_view(mixed.get_json(key), key)
+    partly = len([s for s in manifest.scans if s.patient_id not in UNLABELED])
+    assert excluded.excluded_items == 2 * partly and all(excluded.partially_labeled_scans[s] == [] for s in SPLITS)
+    assert load_view_split(mixed, excluded, "train")["labeled"].all()

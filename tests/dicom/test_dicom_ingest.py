@@ -400,11 +400,11 @@ def _two_series(seg) -> None:
     seg.ReferencedSeriesSequence.append(other)
 
 
-@pytest.mark.parametrize("case", ["no-series", "two-series", "overlap", "some-slices"])
+@pytest.mark.parametrize("case", ["no-series", "two-series", "overlap"])
 def test_unusable_segs_leave_their_images_stored_unlabeled(client: TestClient, series, store: ObjectStore, case: str) -> None:
-    """A SEG whose series never arrives is refused (422, nothing stored); one that references two series,
-    overlapping segments (the default rule refuses them) and a SEG of some slices (the others unlabeled)
-    cost only the label map: the images are stored unlabeled (207), the SEG's reason the series' warning."""
+    """A SEG whose series never arrives is refused (422, nothing stored); one that references two series
+    and overlapping segments (the default rule refuses them) cost only the label map: the images are
+    stored unlabeled (207), the SEG's reason the series' warning."""
     folder, image, _ = series
     label = np.zeros(image.shape, dtype=np.uint8)
     label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:5] = 1, 2
@@ -420,9 +420,6 @@ def test_unusable_segs_leave_their_images_stored_unlabeled(client: TestClient, s
         two[10:20, 8:12, 2:4] = True
         seg = _seg(folder, np.stack([one, two], axis=-1))
         match = r"seg\.dcm \(DICOM-SEG\): segments 1 \('hippocampus head'\) and 2 \('hippocampus body'\) overlap"
-    else:
-        seg = _seg(folder, label, slices=slice(1, 4))
-        match = r"seg\.dcm \(DICOM-SEG\) labels 3 of the 6 slices of its series; slices 0, 4–5 .* are unlabeled"
     r = client.post("/v1/datasets/badseg/dicom", files=files + [("file", ("seg.dcm", seg, "application/dicom"))])
     if case == "no-series":
         assert r.status_code == 422, r.text
@@ -443,6 +440,58 @@ def test_unusable_segs_leave_their_images_stored_unlabeled(client: TestClient, s
     assert record["fate"] == "stored-unlabeled" and record["scan_id"] == scan["scan_id"], record
     assert re.search(match.replace(r"seg\.dcm", r"instance 1 of series 99"), record["warnings"][0]), record  # named as sent
     assert "1.2.826.0.1.3680043" not in record["warnings"][0]  # the series a SEG references, by their de-identified UIDs
+
+
+def test_a_seg_of_some_slices_is_stored_with_its_coverage_and_views_flag_the_rest_unlabeled(
+        client: TestClient, series, store: ObjectStore) -> None:
+    """A SEG drawn on slices 1-3 of 6: the label map is stored with the scan's coverage (the slices it
+    says anything about), the series' warning names the others; a view keeps those slices flagged
+    unlabeled (listed as partly labeled: jobs that need masks refuse it), or leaves them out."""
+    from medsynth.datasets.views import load_view_split, parse_view
+    from medsynth.handlers.prepare import prepare_dataset
+    from medsynth.io.nifti import canonicalise
+    from medsynth.v1 import jobs_pb2
+
+    folder, image, affine = series
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[4:20, 6:14, 1:4], label[22:30, 10:20, 2:4] = 1, 2
+    seg = _seg(folder, label, slices=slice(1, 4))
+    r = client.post("/v1/datasets/partial/dicom", files=_files(folder) + [("file", ("seg.dcm", seg, "application/dicom"))])
+    assert r.status_code == 201, r.text
+    (outcome,) = r.json()["series"]
+    (warning,) = outcome["warnings"]
+    assert outcome["fate"] == "stored" and re.search(r"labels 3 of the 6 slices of its series; slices 0, 4–5 .* are unlabeled, not "
+                                                     r"background: they are stored as such", warning), warning
+    (entry,) = load_manifest(store, "partial").scans
+    covered = np.zeros(image.shape, np.uint8)
+    covered[:, :, 1:4] = 1
+    assert np.array_equal(_canonical(store, entry.coverage_key), canonicalise(image, affine, covered).label)
+    assert np.array_equal(_canonical(store, entry.label_key), canonicalise(image, affine, label).label)
+
+    class Ctx:
+        settings = Settings(inception_weights=None)
+
+        def __init__(self) -> None:
+            self.store = store
+
+        def progress(self, fraction: float, message: str = "") -> None:
+            pass
+
+    views = {}
+    for unlabeled in ("include", "exclude"):
+        command = jobs_pb2.PrepareDataset(dataset="partial", version=load_manifest(store, "partial").version, mode=jobs_pb2.SLICES_2D, size=32, axis=2,
+                                          val_fraction=0.0, test_fraction=0.0, seed=0, keep_empty=True, keep_empty_eval=True,
+                                          unlabeled=unlabeled)  # fmt: skip
+        key = prepare_dataset(command, Ctx())["view"]
+        views[unlabeled] = parse_view(store.get_json(key), key)
+    canonical_covered = canonicalise(image, affine, covered).label.astype(bool)
+    slice_known = [bool(canonical_covered[:, :, k].all()) for k in range(canonical_covered.shape[2])]
+    train = load_view_split(store, views["include"], "train")
+    assert train["labeled"].tolist() == [slice_known[i] for i in train["index"]] and sum(slice_known) == 3
+    assert views["include"].partially_labeled_scans.train == [entry.scan_id] and views["include"].labeled.train == 3
+    assert "1 partly labeled in its train split" in views["include"].unlabeled_problem(("train",), "a generator")
+    assert views["exclude"].counts.train == 3 and views["exclude"].excluded_items == 3
+    assert views["exclude"].unlabeled_problem(("train",), "a generator") is None
 
 
 def test_an_rtstruct_is_rasterised_onto_the_series(client: TestClient, series, store: ObjectStore) -> None:

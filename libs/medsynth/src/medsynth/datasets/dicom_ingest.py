@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
@@ -36,7 +37,7 @@ from medsynth.core.names import check_name
 from medsynth.datasets.ingest import commit_scans
 from medsynth.datasets.manifest import DicomSource, ManifestVersion, ScanEntry, dataset_prefix, refuse_duplicate
 from medsynth.dicom.deid import Deidentifier
-from medsynth.dicom.masks import MASK_SOP_CLASSES, is_mask, label_map, referenced_series
+from medsynth.dicom.masks import MASK_SOP_CLASSES, describe_coverage, is_mask, read_mask, referenced_series
 from medsynth.dicom.series import (INSTANCE_NUMBER, Incomplete, SeriesVolume, check_instance, integer, read_instance, series_label,
                                    series_volume)
 from medsynth.io.nifti import check_label_values, to_nifti_bytes
@@ -387,8 +388,8 @@ def prepare_series(store, dataset: str, instances: Sequence[Received], *, max_vo
     """The checks and the work of :func:`ingest_series` short of writing (one read per scan: the
     duplicate check): one scan, or for a time series what ``time_series`` says. ``instances`` may
     include one mask (DICOM-SEG or RTSTRUCT) drawn on the series: it becomes the label map. A mask that
-    cannot be used (several masks, overlapping segments under the refuse rule, slices it leaves
-    unlabeled, off the series' grid, a mask on a time series, ...) does not cost the series: its reason
+    cannot be used (several masks, overlapping segments under the refuse rule, off the series'
+    grid, a mask on a time series, ...) does not cost the series: its reason
     is a warning and the scans are stored without a label map. Raises :class:`InvalidInput` (an
     :class:`~medsynth.dicom.series.Incomplete` one where more instances might complete the series),
     :class:`TooLarge` or :class:`Conflict` for the series."""
@@ -439,14 +440,18 @@ def _prepare(store, dataset: str, volume: SeriesVolume, images: Sequence[Receive
     """One scan: ``volume`` (3D, or one time point) from ``images`` (the instances it is stored as);
     a ``mask`` that does not fit it is left out, its reason added to ``warnings``."""
     first = images[0].dataset
-    mask_label, names = (None, {})
+    mask_label, names, coverage = (None, {}, None)
     if mask is not None:
         try:
-            raw, names = label_map(mask.dataset, volume, mask.name)
-            mask_label = check_label_values(raw)
+            read = read_mask(mask.dataset, volume, mask.name)
+            mask_label, names = check_label_values(read.label), read.names
         except InvalidInput as exc:
             warnings.append(UNLABELED + str(exc))
             mask, mask_label, names = None, None, {}
+        else:
+            if partial := describe_coverage(read, mask.dataset, mask.name):
+                warnings.append(f"{partial}: they are stored as such (the scan's coverage), and views flag them unlabeled.")
+                coverage = np.broadcast_to(read.covered[None, None, :], read.label.shape).astype(np.uint8)
     scan = volume.canonical(mask_label)
     patient_id = check_name(str(first.PatientID), "patient pseudonym")
     canonical = to_nifti_bytes(scan.image, scan.affine)
@@ -465,6 +470,9 @@ def _prepare(store, dataset: str, volume: SeriesVolume, images: Sequence[Receive
         label_keys = {"original_label_key": f"{base}original/mask.dcm", "label_key": f"{base}canonical/label.nii.gz"}
         objects[label_keys["original_label_key"]] = mask_bytes
         objects[label_keys["label_key"]] = to_nifti_bytes(scan.label, scan.affine)
+    if coverage is not None:  # reoriented as the label map was, voxel for voxel
+        label_keys["coverage_key"] = f"{base}canonical/coverage.nii.gz"
+        objects[label_keys["coverage_key"]] = to_nifti_bytes(volume.canonical(coverage).label, scan.affine)
     entry = ScanEntry(
         scan_id=scan_id,
         patient_id=patient_id,

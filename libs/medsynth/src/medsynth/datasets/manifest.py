@@ -67,6 +67,9 @@ class ScanEntry(BaseModel):
     original_label_key: str | None = None
     image_key: str = Field(description="Canonical copy: RAS orientation, float32, .nii.gz.")
     label_key: str | None = None
+    coverage_key: str | None = Field(None, exclude_if=lambda v: v is None,
+                                     description="Canonical 0/1 volume: where the label map says anything (a DICOM-SEG "
+                                                 "drawn on some slices); None: everywhere it is given.")
     shape: list[int]
     spacing: list[float]
     orientation: str

@@ -9,11 +9,14 @@ an item of a scan without a label map, whose mask is zeros for want of another v
 before it have no ``labeled``: all their items were treated as labeled). ``view_id`` is a
 hash of the source manifest version and the spec as stored, so a redelivered job rewrites the same keys.
 
-Scans without a label map are *unlabeled*, never background: ``unlabeled="include"`` keeps every slice
-of them, flagged, and the summary lists them per split (:attr:`ViewSummary.unlabeled_scans`), so that
-a job that needs masks can refuse the view (:meth:`ViewSummary.unlabeled_problem`) rather than learn
+Scans without a label map are *unlabeled*, never background, and so are the parts of a scan its label
+map does not cover (a DICOM-SEG drawn on some slices: the scan's coverage, ``load_scan`` giving a masked
+array, masked where unlabeled); an item (slice or patch) is labeled only where the map covers all of
+it. ``unlabeled="include"`` keeps every unlabeled item, flagged, and the summary lists the scans per
+split (:attr:`ViewSummary.unlabeled_scans`, :attr:`ViewSummary.partially_labeled_scans`), so that a
+job that needs masks can refuse the view (:meth:`ViewSummary.unlabeled_problem`) rather than learn
 zeros as "no foreground"; ``unlabeled="exclude"`` leaves them out and lists them
-(:attr:`ViewSummary.excluded_scans`).
+(:attr:`ViewSummary.excluded_scans`, :attr:`ViewSummary.excluded_items`).
 
 Which items a split keeps: every slice (patch) with foreground, and those without where
 ``keep_empty`` says so, or, for the val and test splits, where ``keep_empty_eval`` does. With
@@ -127,8 +130,14 @@ class ViewSummary(BaseModel):
     unlabeled_scans: PerSplit[list[str]] | None = Field(None, exclude_if=lambda v: v is None,
                                                         description="Scans without a label map, per split (their items are in the "
                                                                     "view, flagged unlabeled).")
+    partially_labeled_scans: PerSplit[list[str]] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Scans whose label map covers part of them (a DICOM-SEG drawn on some slices), per split: their items "
+                    "the map does not cover are in the view, flagged unlabeled.")
     excluded_scans: list[str] | None = Field(None, exclude_if=lambda v: v is None,
                                              description="Scans without a label map left out (unlabeled=exclude).")
+    excluded_items: int | None = Field(None, exclude_if=lambda v: v is None,
+                                       description="Items of partly labeled scans left out as unlabeled (unlabeled=exclude).")
     geometry: ViewGeometry | None = Field(None, exclude_if=lambda v: v is None,
                                           description="Where the items' pixels sit in mm, over the training split's scans "
                                                       "(see the module docstring).")
@@ -139,11 +148,15 @@ class ViewSummary(BaseModel):
         foreground". Views made before the format recorded it say nothing here."""
         if self.unlabeled_scans is None:
             return None
-        found = {split: len(self.unlabeled_scans[split]) for split in splits if self.unlabeled_scans[split]}
+        partial = self.partially_labeled_scans
+        found = {split: (len(self.unlabeled_scans[split]), len(partial[split]) if partial is not None else 0) for split in splits}
+        found = {split: counts for split, counts in found.items() if any(counts)}
         if not found:
             return None
-        where = ", ".join(f"{n} in its {split} split" for split, n in found.items())
-        return (f"view {self.view_id} holds scans without a label map ({where}), and {need} needs a mask for every scan: "
+        where = ", ".join(f"{whole} unlabeled{f' and {part} partly labeled' if part else ''} in its {split} split"
+                          if whole else f"{part} partly labeled in its {split} split" for split, (whole, part) in found.items())
+        return (f"view {self.view_id} holds scans without a label map, or with one that covers part of them ({where}), "
+                f"and {need} needs a mask for every item: "
                 f"prepare a view that leaves them out (POST /v1/datasets/{self.dataset}/views with \"unlabeled\": \"exclude\"), "
                 "or label them and ingest the labels")
 NORMALISATION = "per-volume: clip to [p0.5, p99.5], then min-max to [0, 1]"
@@ -174,19 +187,28 @@ def resize_square(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.nd
     return img[0, 0].clamp(0, 1).numpy(), msk[0, 0].numpy().astype(np.uint8)
 
 
-def slices_2d(image: np.ndarray, mask: np.ndarray, size: int, axis: int, keep_empty: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+KeepEmpty = bool | Callable[[int], bool]
+
+
+def _keeps(keep_empty: KeepEmpty, index: int) -> bool:
+    return keep_empty(index) if callable(keep_empty) else keep_empty
+
+
+def slices_2d(image: np.ndarray, mask: np.ndarray, size: int, axis: int, keep_empty: KeepEmpty) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Each slice along ``axis`` with foreground, or without where ``keep_empty`` (or, called with the
+    slice's index, it) says so; resized to ``size``."""
     if image.ndim == 2:
         image, mask, axis = image[..., None], mask[..., None], 2
     if not -image.ndim <= axis < image.ndim:
         raise InvalidInput(f"axis must index one of the volume's {image.ndim} axes, got {axis}.")
     for i in range(image.shape[axis]):
         msk = np.take(mask, i, axis=axis)
-        if keep_empty or msk.any():
+        if msk.any() or _keeps(keep_empty, i):
             img, msk = resize_square(np.take(image, i, axis=axis), msk, size)
             yield i, img, msk
 
 
-def patches_3d(image: np.ndarray, mask: np.ndarray, size: int, keep_empty: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def patches_3d(image: np.ndarray, mask: np.ndarray, size: int, keep_empty: KeepEmpty) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Non-overlapping ``size``³ patches tiling the volume (zero-padded up to a multiple of ``size``)."""
     if image.ndim != 3:
         raise InvalidInput(f"3D patches need 3D volumes, got shape {image.shape}.")
@@ -198,9 +220,31 @@ def patches_3d(image: np.ndarray, mask: np.ndarray, size: int, keep_empty: bool)
         for y in grid[1]:
             for z in grid[2]:
                 window = np.s_[x : x + size, y : y + size, z : z + size]
-                if keep_empty or mask[window].any():
+                if mask[window].any() or _keeps(keep_empty, index):
                     yield index, image[window], mask[window]
                 index += 1
+
+
+def _item_coverage(known: np.ndarray, mode: str, size: int, axis: int) -> Callable[[int], bool]:
+    """index → whether the label map says something about every voxel of that item (slice or patch,
+    indexed as :func:`slices_2d` and :func:`patches_3d` index them); ``known`` marks where it does."""
+    if known.all():
+        return lambda index: True
+    if not known.any():
+        return lambda index: False
+    if mode == "patches3d":
+        padded = np.pad(known, [(0, -n % size) for n in known.shape], constant_values=True)  # padding is background
+        counts = [n // size for n in padded.shape]
+
+        def patch(index: int) -> bool:
+            x, rest = divmod(index, counts[1] * counts[2])
+            y, z = divmod(rest, counts[2])
+            return bool(padded[x * size:(x + 1) * size, y * size:(y + 1) * size, z * size:(z + 1) * size].all())
+
+        return patch
+    if known.ndim == 2:
+        known, axis = known[..., None], 2
+    return lambda index: bool(np.take(known, index, axis=axis).all())
 
 
 def view_key(dataset: str, view_id: str) -> str:
@@ -249,7 +293,9 @@ def build_views(
 
     items: dict[str, list] = defaultdict(list)
     unlabeled_scans: dict[str, list[str]] = {split: [] for split in SPLITS}
+    partial_scans: dict[str, list[str]] = {split: [] for split in SPLITS}
     excluded: list[str] = []
+    excluded_items = 0
     # canonical order, not upload order: concurrent uploads land in any order, views must not differ
     scans = sorted(manifest.scans, key=lambda s: (s.patient_id, s.scan_id))
     for n, scan in enumerate(scans):
@@ -259,15 +305,26 @@ def build_views(
             progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
             continue
         image, mask = load_scan(scan)
-        labelled = mask is not None
-        if not labelled:
-            unlabeled_scans[split].append(scan.scan_id)
         image = normalise(image)
-        mask = mask.astype(np.uint8) if labelled else np.zeros(image.shape, np.uint8)
-        keep = spec.keeps_empty(split) or not labelled
+        if mask is None:
+            unlabeled_scans[split].append(scan.scan_id)
+            known, mask = np.zeros(image.shape, bool), np.zeros(image.shape, np.uint8)
+        else:  # a masked array where the label map covers part of the scan: masked = unlabeled
+            known, mask = ~np.ma.getmaskarray(mask), np.ma.filled(mask, 0).astype(np.uint8)
+        labeled_item = _item_coverage(known, mode, size, axis)
+        # an item without foreground is kept where the split keeps them, or where nothing says it has none (unlabeled: then
+        # flagged, or with unlabeled=exclude counted and left out)
+        keep = spec.keeps_empty(split) or (lambda index: not labeled_item(index))
         views = patches_3d(image, mask, size, keep) if mode == "patches3d" else slices_2d(image, mask, size, axis, keep)
         for index, img, msk in views:
-            items[split].append((scan.patient_id, scan.scan_id, index, img, msk, labelled))
+            if labeled_item(index):
+                items[split].append((scan.patient_id, scan.scan_id, index, img, msk, True))
+            elif unlabeled == "include":
+                items[split].append((scan.patient_id, scan.scan_id, index, img, msk, False))
+            else:
+                excluded_items += 1
+        if known.any() and not known.all() and unlabeled == "include":
+            partial_scans[split].append(scan.scan_id)
         progress((n + 1) / len(scans), f"{n + 1}/{len(scans)} scans")
     if excluded and len(excluded) == len(scans):
         raise InvalidInput(f"dataset {manifest.dataset!r} version {manifest.version}: none of its {len(scans)} scans has a label "
@@ -285,7 +342,9 @@ def build_views(
         shards=PerSplit[list[str]](**shards),
         labeled=PerSplit[int](**{s: sum(item[5] for item in items[s]) for s in SPLITS}),
         unlabeled_scans=PerSplit[list[str]](**unlabeled_scans),
+        partially_labeled_scans=PerSplit[list[str]](**partial_scans),
         excluded_scans=excluded,
+        excluded_items=excluded_items,
         geometry=view_geometry(spec, [s for s in scans if assignment[s.patient_id] == "train" and s.scan_id not in excluded]),
     )
     key = view_key(manifest.dataset, view_id)

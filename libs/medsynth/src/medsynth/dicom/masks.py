@@ -31,9 +31,10 @@ How a SEG's frames become the label map (:func:`read_mask`):
 * **Coverage.** The slices a SEG covers are those of the source images it lists in
   ReferencedSeriesSequence (every slice when it lists none) plus those its frames lie on. On a covered
   slice a voxel in no segment is background 0 — writers (highdicom, dcmqi) omit empty frames. A slice it
-  does not cover is *unlabeled*, not background: :func:`read_mask` says which (:attr:`Mask.covered`),
-  and because a dataset's label map has no value for "unlabeled", :func:`label_map` (the ingest path)
-  refuses such a SEG, naming the slices, rather than let them read as background.
+  does not cover is *unlabeled*, not background: :func:`read_mask` says which (:attr:`Mask.covered`).
+  A dataset's label map has no value for "unlabeled", so ingestion stores the coverage beside it (a
+  0/1 volume, :attr:`medsynth.datasets.manifest.ScanEntry.coverage_key`) and views flag the slices it
+  leaves out as unlabeled (:mod:`medsynth.datasets.views`) rather than let them read as background.
 
 An RT Structure Set covers every slice (slices without contours are background); where ROIs overlap a
 later ROI wins.
@@ -80,6 +81,16 @@ class Mask:
     covered: np.ndarray
 
 
+def describe_coverage(mask: Mask, ds: Dataset, name: str) -> str | None:
+    """None when ``mask`` covers every slice of its series; else a sentence naming the slices it
+    leaves unlabeled (0-based, along the series)."""
+    if mask.covered.all():
+        return None
+    missing = np.flatnonzero(~mask.covered)
+    return (f"{name} ({_kind(ds)}) labels {int(mask.covered.sum())} of the {mask.covered.size} slices of its series; "
+            f"slice{'s' if missing.size > 1 else ''} {_ranges(missing)} (0-based, along the series) are unlabeled, not background")
+
+
 def is_mask(ds: Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")) in MASK_SOP_CLASSES
 
@@ -104,23 +115,9 @@ def referenced_series(ds: Dataset, name: str) -> str:
         raise InvalidInput(f"{name} ({_kind(ds)}) does not say which series it was drawn on.") from None
 
 
-def label_map(ds: Dataset, volume: SeriesVolume, name: str, *, overlap: OverlapRule = OVERLAP) -> tuple[np.ndarray, dict[int, str]]:
-    """The integer label map of mask ``ds`` on ``volume``'s grid (column, row, slice), and label → name.
-
-    A SEG that leaves slices of the series unlabeled is refused: a label map has no value for
-    "unlabeled", and 0 would claim they are background."""
-    mask = read_mask(ds, volume, name, overlap=overlap)
-    if not mask.covered.all():
-        missing = np.flatnonzero(~mask.covered)
-        raise InvalidInput(f"{name} ({_kind(ds)}) labels {int(mask.covered.sum())} of the {mask.covered.size} slices of its series; "
-                           f"slice{'s' if missing.size > 1 else ''} {_ranges(missing)} (0-based, along the series) are unlabeled, not "
-                           "background, and a medsynth label map cannot say so (0 is background): send a segmentation that covers "
-                           "every slice (empty frames may be omitted when it references every image of the series).")
-    return mask.label, mask.names
-
-
 def read_mask(ds: Dataset, volume: SeriesVolume, name: str, *, overlap: OverlapRule = OVERLAP) -> Mask:
-    """Mask ``ds`` (SEG of any type, or RTSTRUCT) on ``volume``'s grid, with the slices it covers."""
+    """Mask ``ds`` (SEG of any type, or RTSTRUCT) on ``volume``'s grid, with the slices it covers.
+    :func:`describe_coverage` says which it leaves unlabeled."""
     if volume.image.shape[3] != 1:
         raise InvalidInput(f"{name}: masks on time series are not supported.")
     if overlap not in ("refuse", "highest"):

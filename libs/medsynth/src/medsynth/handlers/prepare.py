@@ -17,12 +17,19 @@ def prepare_dataset(spec: jobs_pb2.PrepareDataset, ctx: JobContext) -> Mapping[s
     store, max_voxels = ctx.store, ctx.settings.max_voxels
     manifest = load_manifest(store, spec.dataset, spec.version or None)
 
+    def read(key: str) -> np.ndarray:
+        return np.asanyarray(load_nifti(store.get_bytes(key), what=key, max_voxels=max_voxels).dataobj)
+
     def load_scan(scan: ScanEntry) -> tuple[np.ndarray, np.ndarray | None]:
-        image = np.asanyarray(load_nifti(store.get_bytes(scan.image_key), what=scan.image_key, max_voxels=max_voxels).dataobj)
+        """The image and its label map; where the map covers part of the scan, a masked array whose
+        mask is where it says nothing (unlabeled)."""
+        image = read(scan.image_key)
         if scan.label_key is None:
             return image, None
-        label = np.asanyarray(load_nifti(store.get_bytes(scan.label_key), what=scan.label_key, max_voxels=max_voxels).dataobj)
-        return image, label
+        label = read(scan.label_key)
+        if scan.coverage_key is None:
+            return image, label
+        return image, np.ma.MaskedArray(label, mask=read(scan.coverage_key) == 0)
 
     key = build_views(
         store,

@@ -161,7 +161,7 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
     one: every series that can be stored is, whatever becomes of the others, all in one new dataset
     version. A series is stored whole or not at all: one unusable file of it refuses it, one instance
     that may show identity in its pixels quarantines it; a mask that cannot be used (overlapping
-    segments, slices it leaves unlabeled, off the series' grid, two series referenced) leaves its series
+    segments, off the series' grid, two series referenced) leaves its series
     stored unlabeled, the mask's reason its warning. The answer lists every series with its fate, named
     by the files sent.
 
