@@ -1,4 +1,4 @@
-"""`medsynth generators list|families`: read the registry and the store, no running stack needed."""
+"""`medsynth generators list --store|families`: read the registry and the store, no running stack needed."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ def test_families_lists_every_registered_family_with_its_options(tmp_path: Path)
 
 
 def test_list_reads_the_store(tmp_path: Path) -> None:
-    assert "no trained generators" in _medsynth("generators", "list", home=tmp_path).stdout
+    assert "no trained generators" in _medsynth("generators", "list", "--store", home=tmp_path).stdout
     store = LocalStore(tmp_path / "store")
     stored = Path(__file__).parent / "stored"
     for n in (1, 2):  # entries of the first joint GAN and of generator families: neither recorded its steps
         store.put_json(f"generators/g{n}/generator.json", json.loads((stored / f"generator-entry-format{n}.json").read_text()))
     store.put_json("generators/broken/generator.json", {"generator_id": "broken", "family": "spade"})
-    out = _medsynth("generators", "list", home=tmp_path)
+    out = _medsynth("generators", "list", "--store", home=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
     first, spade = rows["train-generator.20261123T101500.a1b2c3d4"], rows["train-generator.20261201T090000.0f0e0d0c"]

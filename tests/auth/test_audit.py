@@ -116,7 +116,7 @@ def test_the_cli_bootstraps_keys_and_verifies_the_chain(platform_settings: Setti
     assert cli(["keys", "create", "--project", "radiology", "--role", "uploader", "--name", "PACS gateway"]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
     assert token.startswith("msk_")
-    assert cli(["keys", "create", "--project", "nowhere", "--role", "viewer"]) == 2  # no such project
+    assert cli(["keys", "create", "--project", "nowhere", "--role", "viewer"]) == 1  # no such project: refused
     assert cli(["keys", "list", "--project", "radiology"]) == 0
     assert "PACS gateway" in capsys.readouterr().out
     log = AuditLog(store)

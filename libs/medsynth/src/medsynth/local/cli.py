@@ -1,4 +1,8 @@
-"""The `medsynth` command line."""
+"""The `medsynth` command line.
+
+Exit status: 0 done; 1 refused or failed (the api's message, or what went wrong, on stderr); 2 a usage
+error (arguments it does not understand, no API key anywhere, an unsafe config file).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsynth.core.errors import InvalidInput, MedsynthError
+from medsynth import __version__
+from medsynth.core.errors import MedsynthError
+from medsynth.local.client_config import UsageError
 from medsynth.local.demo import DemoSettings
+from medsynth.local.resources import RESOURCES
 
 
 def _stack(args: argparse.Namespace) -> int:
@@ -43,16 +50,12 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from medsynth.core.settings import load_settings
+    from medsynth.local.client_config import load_client_config
     from medsynth.local.ingest_client import ingest_folder, patient_mapping
 
-    import os
-
-    url = args.url or f"http://127.0.0.1:{load_settings().stack_base_port + 1}"
-    api_key = args.api_key or os.environ.get("MEDSYNTH_API_KEY")
-    if not api_key:
-        raise InvalidInput("ingest needs an API key with the uploader role: --api-key or MEDSYNTH_API_KEY "
-                           "(medsynth keys create --project P --role uploader)")
+    config = load_client_config()
+    url = args.url or config.ingest_url
+    api_key = args.api_key or config.require_key("uploader")
     patient_of = patient_mapping(Path(args.patients) if args.patients else None, args.patient_pattern)
     summary = ingest_folder(Path(args.folder), args.dataset, url, api_key=api_key, workers=args.workers, patient_of=patient_of,
                             on_error=args.on_error)
@@ -68,7 +71,7 @@ def _topics(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if not settings.kafka_bootstrap:
-        raise InvalidInput("topics needs MEDSYNTH_KAFKA_BOOTSTRAP (the broker to create them on)")
+        raise UsageError("topics needs MEDSYNTH_KAFKA_BOOTSTRAP (the broker to create them on)")
     bus = Bus(settings, client_id="topics")
     try:
         created = ensure_topics(bus, all_topics(settings.topic_prefix))
@@ -102,7 +105,7 @@ def _keys(args: argparse.Namespace) -> int:
     keys = ApiKeys(_root_store())
     if args.action == "create":
         if not args.role:
-            raise InvalidInput("keys create needs --role (uploader, researcher, viewer or admin)")
+            raise UsageError("keys create needs --role (uploader, researcher, viewer or admin)")
         Projects(keys.root).get(args.project)  # an unknown project is an error, not a key for nothing
         key, token = keys.create(args.project, args.role, name=args.name or "", created_by="cli",
                                  expires_in_days=None if args.expires_days == 0 else args.expires_days)
@@ -117,7 +120,7 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"{key.key_id:<18} {key.role.value:<11} {key.state():<8} {expiry:<20} {key.name}")
     else:
         if not args.key_id:
-            raise InvalidInput("keys revoke needs the key's id")
+            raise UsageError("keys revoke needs the key's id")
         key = keys.revoke(args.project, args.key_id, by="cli")
         print(f"key {key.key_id} of project {key.project} is revoked")
     return 0
@@ -130,7 +133,7 @@ def _projects(args: argparse.Namespace) -> int:
     projects = Projects(_root_store())
     if args.action == "create":
         if not args.name:
-            raise InvalidInput("projects create needs a name")
+            raise UsageError("projects create needs a name")
         options = DicomOptions(retain_dates=args.retain_dates, allow_burned_in=args.allow_burned_in,
                                time_series=args.time_series)
         project = projects.create(args.name, description=args.description or "", created_by="cli", dicom=options)
@@ -177,12 +180,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _generators(args: argparse.Namespace) -> int:
-    """``list``: the trained generators in the store (no stack needed); ``families``: what can be trained."""
+    """``list --store``: the trained generators in the store (no stack needed); ``families``: what can be trained."""
     import json
 
     from medsynth.generators.registry import FAMILIES
 
     if args.action == "families":
+        if args.json:
+            print(json.dumps({"families": [f.describe() for f in FAMILIES.values()]}, indent=2, default=str))
+            return 0
         for family in FAMILIES.values():
             info = family.describe()
             print(f"{info['family']:<10} {info['title']}")
@@ -195,13 +201,16 @@ def _generators(args: argparse.Namespace) -> int:
     from medsynth.generators.entry import load_entry
     from medsynth.store.projects import project_store
 
-    store = project_store(_root_store(), args.project)
+    store = project_store(_root_store(), args.project or "default")
     entries = []
     for key in sorted(k for k in store.list("generators/") if k.endswith("/generator.json")):
         try:
             entries.append(load_entry(store, key))
         except InvalidInput as exc:
             print(exc, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"generators": [e.stored() for e in entries]}, indent=2, default=str))
+        return 0
     if not entries:
         print("no trained generators in the store")
         return 0
@@ -212,19 +221,90 @@ def _generators(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cohorts(args: argparse.Namespace) -> int:
-    """``export-nnunet``: a cohort (and the real training slices) as an nnU-Net v2 raw dataset, from the store."""
+def _export_nnunet(args: argparse.Namespace) -> int:
+    """``cohorts export-nnunet``: a cohort (and the real training slices) as an nnU-Net v2 raw dataset, from the store."""
     from medsynth.local.nnunet_export import export_cohort
     from medsynth.store.projects import project_store
 
-    store = project_store(_root_store(), args.project)
-    done = export_cohort(store, args.cohort_id, Path(args.out), dataset_id=args.dataset_id, name=args.name, with_real=args.with_real)
+    store = project_store(_root_store(), args.project or "default")
+    done = export_cohort(store, args.id, Path(args.out), dataset_id=args.dataset_id, name=args.name, with_real=args.with_real)
     labels = ", ".join(f"{v} {n}" for n, v in done.labels.items())
     print(f"wrote {done.folder}: {done.synthetic} synthetic + {done.real} real cases; labels {labels}")
     if done.folds:
         print(f"splits_final.json: {done.folds} folds by patient (nnUNetv2_plan_and_preprocess takes it over for training)")
     print(f"check it: nnUNet_raw={done.folder.parent} nnUNetv2_plan_and_preprocess -d {args.dataset_id} --verify_dataset_integrity")
     return 0
+
+
+RESOURCE_RETRY_S = 20.0  # a stack that is down is waited for this long, not the 10 minutes a long upload may wait out
+ACTION_HELP = {"list": "list them (a table; --json: the api's JSON)", "show": "one of them, by id",
+               "create": "request one (body from --file YAML/JSON and/or the flags)", "cancel": "cancel its job",
+               "download": "download it"}
+
+
+def _resource(args: argparse.Namespace) -> int:
+    """``medsynth <resource> <action>`` over the api (:mod:`medsynth.local.resources`)."""
+    import httpx
+
+    from medsynth.local.api_client import RetryPolicy, api_client
+    from medsynth.local.client_config import load_client_config
+    from medsynth.local.resources import Request, run_action
+
+    resource = RESOURCES[args.command]
+    config = load_client_config(url=args.url, project=args.project)
+    request = Request(resource, args.action, id=getattr(args, "id", None), as_json=args.json,
+                      path_params={p: getattr(args, p) for p in resource.path_params if getattr(args, p, None)},
+                      filters={k: getattr(args, k) for k in ("kind", "state") if getattr(args, k, None)},
+                      limit=getattr(args, "limit", None), body_file=getattr(args, "file", None),
+                      flags={f.field: getattr(args, f"body_{f.field}") for f in resource.create_flags} if args.action == "create" else {},
+                      out=getattr(args, "out", None), force=getattr(args, "force", False))
+    with api_client(config.api_url, api_key=config.require_key("researcher"), timeout=300.0,
+                    retry=RetryPolicy(deadline_s=RESOURCE_RETRY_S)) as client:
+        client.headers.update(config.headers())
+        try:
+            return run_action(client, request)
+        except httpx.HTTPError as exc:
+            raise MedsynthError(f"cannot reach the api at {config.api_url}: {exc} (is the stack up? medsynth stack status)") from exc
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"should be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _generators_list(args: argparse.Namespace) -> int:
+    return _generators(args) if args.store else _resource(args)
+
+
+def _add_resource(sub, name: str, common: argparse.ArgumentParser):
+    """``medsynth <name> <action> …`` for each action of the resource; returns the actions' subparsers (for extra actions)."""
+    resource = RESOURCES[name]
+    p = sub.add_parser(name, help=resource.help)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in resource.actions:
+        a = actions.add_parser(action, parents=[common], help=ACTION_HELP[action])
+        if action in ("show", "cancel", "download"):
+            a.add_argument("id", help=f"the {resource.noun}'s id")
+        if action in ("show", "create"):
+            for param in resource.path_params:
+                a.add_argument(f"--{param}", required=True)
+        if action == "list":
+            a.add_argument("--limit", type=_positive, help="at most this many (also the page size asked for)")
+            if resource.job_kind or name == "jobs":
+                a.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+            if name == "jobs":
+                a.add_argument("--kind", choices=["prepare-dataset", "train-generator", "sample-cohort", "train-segmenter", "evaluate"])
+        if action == "create":
+            a.add_argument("-f", "--file", help="the request body as YAML or JSON (-: standard input); flags override its fields")
+            for flag in resource.create_flags:
+                a.add_argument(flag.name, dest=f"body_{flag.field}", type=flag.type, nargs="+" if flag.many else None,
+                               metavar=flag.name.lstrip("-").replace("-", "_").upper(), help=flag.help or f"the body's {flag.field}")
+        if action == "download":
+            a.add_argument("--out", help="where to write it (a file, or a folder to write it in; several files: a folder)")
+            a.add_argument("--force", action="store_true", help="replace files that exist")
+        a.set_defaults(run=_resource)
+    return actions
 
 
 def _torchserve(args: argparse.Namespace) -> int:
@@ -256,7 +336,8 @@ def _torchserve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medsynth", description=__doc__)
+    parser = argparse.ArgumentParser(prog="medsynth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"medsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="start, stop or inspect the local stack (broker, services)")
@@ -320,22 +401,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{knob.replace('_', '-')}", dest=knob, type=type(default), help=f"default {default}")
     p.set_defaults(run=_demo)
 
-    p = sub.add_parser("generators", help="list the trained generators in the store, or the families one can train")
-    p.add_argument("action", choices=["list", "families"])
-    p.add_argument("-v", "--verbose", action="store_true", help="families: every option with its default")
-    p.add_argument("--project", default="default", help="list: the project whose generators to list")
-    p.set_defaults(run=_generators)
-
-    p = sub.add_parser("cohorts", help="export a finished cohort from the store (no stack needed)")
-    p.add_argument("action", choices=["export-nnunet"])
-    p.add_argument("cohort_id")
-    p.add_argument("out", help="the folder to write DatasetXXX_NAME/ in (e.g. $nnUNet_raw)")
-    p.add_argument("--dataset-id", type=int, required=True, help="nnU-Net's dataset id, 1-999 (not taken in OUT)")
-    p.add_argument("--name", help="nnU-Net's dataset name (default: the cohort's dataset, then -synthetic or -mixed)")
-    p.add_argument("--with-real", action="store_true",
-                   help="add the labelled training slices of the view the cohort's generator learned from, and splits by patient")
-    p.add_argument("--project", default="default", help="the project the cohort belongs to")
-    p.set_defaults(run=_cohorts)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the api's JSON instead of a table or lines")
+    common.add_argument("--url", help="the api (default: MEDSYNTH_API_URL, the config file's api_url, else the local stack's)")
+    common.add_argument("--project", help="the project to act in (X-Medsynth-Project; default: MEDSYNTH_PROJECT or the config "
+                        "file's project, else the key's own)")
+    for name in RESOURCES:
+        actions = _add_resource(sub, name, common)
+        if name == "generators":
+            actions.choices["list"].add_argument("--store", action="store_true",
+                                                 help="read the trained generators from the store directly (no stack needed)")
+            actions.choices["list"].set_defaults(run=_generators_list)
+            a = actions.add_parser("families", help="the families one can train, with their options")
+            a.add_argument("--json", action="store_true", help="their descriptions as JSON")
+            a.add_argument("-v", "--verbose", action="store_true", help="every option with its default")
+            a.set_defaults(run=_generators)
+        if name == "cohorts":
+            a = actions.add_parser("export-nnunet", help="export a finished cohort from the store as an nnU-Net raw dataset "
+                                   "(no stack needed)")
+            a.add_argument("id", metavar="cohort_id")
+            a.add_argument("out", help="the folder to write DatasetXXX_NAME/ in (e.g. $nnUNet_raw)")
+            a.add_argument("--dataset-id", type=int, required=True, help="nnU-Net's dataset id, 1-999 (not taken in OUT)")
+            a.add_argument("--name", help="nnU-Net's dataset name (default: the cohort's dataset, then -synthetic or -mixed)")
+            a.add_argument("--with-real", action="store_true",
+                           help="add the labelled training slices of the view the cohort's generator learned from, and splits by patient")
+            a.add_argument("--project", default="default", help="the project the cohort belongs to")
+            a.set_defaults(run=_export_nnunet)
 
     p = sub.add_parser("study", help="run a study (families x seeds x segmenters x arms) from a YAML spec and save its results")
     p.add_argument("action", choices=["run"])
@@ -360,12 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit status (see the module: 0 done, 1 refused or failed, 2 usage)."""
+    args = build_parser().parse_args(argv)  # a usage error exits 2 here, --help and --version 0
     try:
         return args.run(args)
-    except MedsynthError as exc:
+    except UsageError as exc:
         print(f"medsynth: error: {exc}", file=sys.stderr)
         return 2
+    except MedsynthError as exc:
+        print(f"medsynth: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

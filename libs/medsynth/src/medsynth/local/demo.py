@@ -3,7 +3,8 @@
 Starts the local stack, ingests phantom scans (or a Decathlon folder given with ``--data``) through
 the ingest service, then through the api (every hop a job over Kafka): prepare views split by patient
 → train a generator → sample a cohort through TorchServe → train segmenters on real, synthetic and
-mixed data → evaluate. Prints the report path and the headline numbers, and stops the stack.
+mixed data → evaluate. Prints the report path, the headline numbers, where the cohort is and the
+command that downloads it again, and stops the stack.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 from medsynth.core.errors import MedsynthError
 from medsynth.generators.presets import preset
 from medsynth.core.names import check_name
-from medsynth.core.settings import Settings
+from medsynth.core.settings import Settings, StoreBackend
 from medsynth.local.api_client import api_client, job_id_of
 from medsynth.local.ingest_client import PatientOf, Summary, ingest_folder
 
@@ -166,7 +167,8 @@ def run_pipeline(api: httpx.Client, dataset: str, knobs: DemoSettings, timings: 
         runs[source] = _submit(api, "/v1/segmentations", body, f"segment ({source})", timings, echo)["job_id"]
     evaluation = _submit(api, "/v1/evaluations", {"cohort_id": cohort["job_id"], "segmentation_run_ids": list(runs.values())},
                          "evaluate", timings, echo)
-    return api.get(f"/v1/evaluations/{evaluation['job_id']}").raise_for_status().json()["report"] | {"evaluation_job": evaluation}
+    report = api.get(f"/v1/evaluations/{evaluation['job_id']}").raise_for_status().json()["report"]
+    return report | {"evaluation_job": evaluation, "cohort_job": cohort}
 
 
 PHANTOM_DATASET = "phantoms"
@@ -243,7 +245,23 @@ def run_demo(settings: Settings, data: Path | None, *, dataset: str | None = Non
     echo(headline(report))
     echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     echo(f"report: {report_path}")
+    for line in cohort_lines(report["cohort_job"], settings):
+        echo(line)
     return report | {"timings": timings, "report_path": str(report_path)}
+
+
+def cohort_lines(cohort: dict, settings: Settings) -> list[str]:
+    """Where the demo's cohort is (its folder in the stack's store) and the commands that download it
+    again once the stack is up (the demo stops it)."""
+    folder = cohort["result_keys"]["manifest"].rsplit("/", 1)[0] + "/"
+    where = (f"s3://{settings.s3_bucket}/{folder}" if settings.store is StoreBackend.s3
+             else f"{settings.local_store_root.resolve() / folder}/")
+    cohort_id = cohort["job_id"]
+    return [f"cohort: {cohort_id} ({cohort['spec'].get('count', '?')} samples) in {where}",
+            "download it again (a zip of images, masks and manifest): start the stack and set a researcher key, then",
+            "  medsynth stack up",
+            "  export MEDSYNTH_API_KEY=$(medsynth keys create --project default --role researcher --name download)",
+            f"  medsynth cohorts download {cohort_id}    # writes ./{cohort_id}.zip"]
 
 
 def headline(report: dict) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import yaml
 
 from medsynth.core.errors import InvalidInput, MedsynthError
 from medsynth.local.api_client import api_client
+from medsynth.local.resources import checked
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -27,13 +27,8 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 
 def _check(response: httpx.Response, doing: str) -> dict[str, Any]:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail")
-        except ValueError:
-            detail = response.text[:500]
-        raise MedsynthError(f"{doing}: HTTP {response.status_code}: {json.dumps(detail) if not isinstance(detail, str) else detail}")
-    return response.json()
+    """The body of a success; else the api's message ({"detail": …} or a problem's title, detail and errors), raised."""
+    return checked(response, doing).json()
 
 
 def _line(study: dict[str, Any]) -> str:
@@ -93,16 +88,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 def main_run(args) -> int:
-    import os
+    from medsynth.local.client_config import load_client_config
 
-    from medsynth.core.settings import load_settings
-
-    api_key = args.api_key or os.environ.get("MEDSYNTH_API_KEY")
-    if not api_key:
-        raise InvalidInput("study run needs a key with the researcher role: --api-key or MEDSYNTH_API_KEY")
-    url = args.url or f"http://127.0.0.1:{load_settings().stack_base_port}"
+    config = load_client_config(url=args.url)
+    api_key = args.api_key or config.require_key("researcher")
     spec = read_spec(Path(args.spec))
-    with api_client(url, api_key=api_key, timeout=60) as client:
+    with api_client(config.api_url, api_key=api_key, timeout=60) as client:
+        client.headers.update(config.headers())
         study = run_study(client, spec, timeout_s=args.timeout)
         if not study["results"]:
             print(f"study {study['study_id']} {study['state']} with no results: {study.get('error') or 'every arm failed'}", file=sys.stderr)
