@@ -113,7 +113,7 @@ def test_stack_up_ingest_prepare_down(stack_env: dict, tmp_path: Path) -> None:
         assert 'medsynth_jobs_total{kind="prepare-dataset",outcome="succeeded"} 1.0' in metrics_text
         assert "medsynth_ingest_scans_total" in metrics(stack_env, 18701)
         with client(stack_env, project="other") as other:  # a researcher of another project sees none of it
-            assert other.get("/v1/datasets").json() == {"datasets": []}
+            assert other.get("/v1/datasets").json()["datasets"] == []
             assert other.get("/v1/datasets/demo").status_code == 404
             assert other.get(f"/v1/jobs/{job['job_id']}").status_code == 404
 
@@ -311,10 +311,10 @@ def test_a_study_through_the_stack_then_reused(stack_env: dict, tmp_path: Path) 
             assert text in html, text
         assert len(paths) == 3
 
-        jobs_before = len(api.get("/v1/jobs").json()["jobs"])
+        jobs_before = len(api.get("/v1/jobs", params={"limit": 1000}).json()["jobs"])
         again = run_study(api, spec, poll_s=0.5, timeout_s=120, echo=lambda *_: None)
         assert again["state"] == "succeeded" and again["study_id"] != study["study_id"]
-        assert len(api.get("/v1/jobs").json()["jobs"]) == jobs_before  # every job reused, none submitted
+        assert len(api.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]) == jobs_before  # every job reused, none submitted
         assert api.get(again["results"]["json"]).json()["arms"] == results["arms"]
 
 

@@ -45,7 +45,7 @@ def post_raw(api: TestClient, path: str, body: str):
 def test_non_finite_numbers_are_a_422_naming_the_field(api: TestClient, path: str, body: str, field: str) -> None:
     r = post_raw(api, path, body)
     assert r.status_code == 422, r.text
-    errors = r.json()["detail"]
+    errors = r.json()["errors"]
     assert any(field in map(str, e["loc"]) for e in errors) and "inf" in r.text
 
 
@@ -61,7 +61,7 @@ def test_non_finite_numbers_are_a_422_naming_the_field(api: TestClient, path: st
 )
 def test_numbers_past_their_fields_are_a_422(api: TestClient, path: str, body: dict, field: str) -> None:
     r = api.post(path, json=body)
-    assert r.status_code == 422 and any(field in map(str, e["loc"]) for e in r.json()["detail"]), r.text
+    assert r.status_code == 422 and any(field in map(str, e["loc"]) for e in r.json()["errors"]), r.text
 
 
 SEG = {"dataset": "d", "view_id": "v"}
@@ -84,7 +84,7 @@ STUDY = {"dataset": "d", "view_id": "v", "families": [{"generator": {"family": "
 def test_bad_early_stopping_settings_are_a_422_naming_the_field(api: TestClient, path: str, body: dict, field: str, says: str) -> None:
     r = api.post(path, json=body)
     assert r.status_code == 422, r.text
-    errors = r.json()["detail"]
+    errors = r.json()["errors"]
     assert any(field in map(str, e["loc"]) and says in e["msg"] for e in errors), r.text
 
 
@@ -101,7 +101,7 @@ def test_bad_early_stopping_settings_are_a_422_naming_the_field(api: TestClient,
 def test_a_gate_threshold_outside_0_1_is_a_422_naming_it(api: TestClient, release: dict, field: str, says: str) -> None:
     r = api.post("/v1/cohorts", json={"generator_id": "g", "count": 4, "release": release})
     assert r.status_code == 422, r.text
-    assert any(field in map(str, e["loc"]) and says in e["msg"] for e in r.json()["detail"]), r.text
+    assert any(field in map(str, e["loc"]) and says in e["msg"] for e in r.json()["errors"]), r.text
 
 
 def test_a_huge_id_is_refused_without_being_echoed_back(api: TestClient) -> None:
@@ -229,7 +229,7 @@ def test_every_request_model_refuses_unknown_fields(platform_settings: Settings)
                 headers = keys[sorted(policy.roles)[0]] if policy.access is Access.roles else {"X-Reader-Token": reader_token}
                 r = client.request(method, path.replace("{", "x").replace("}", ""), json={"sise": 64}, headers=headers)
                 assert r.status_code == 422, (method, path, r.status_code, r.text)
-                assert any(e["type"] == "extra_forbidden" and e["loc"][-1] == "sise" for e in r.json()["detail"]), (method, path, r.text)
+                assert any(e["type"] == "extra_forbidden" and e["loc"][-1] == "sise" for e in r.json()["errors"]), (method, path, r.text)
                 checked += 1
     assert checked >= 11
 

@@ -1,5 +1,6 @@
 """With the broker unreachable, a POST that makes a job answers 503 with Retry-After within a bounded
-time; the job is recorded and the reconciler publishes it once the broker is back."""
+time; the job is recorded (sent again with its Idempotency-Key, the same job) and the reconciler publishes
+it once the broker is back."""
 
 from __future__ import annotations
 
@@ -38,14 +39,19 @@ def test_post_answers_503_with_retry_after_and_the_job_is_published_later(platfo
     with TestClient(create_api_app(down, reconcile=False), raise_server_exceptions=False,
                     headers=bearer(down, "researcher")) as api:
         started = time.monotonic()
-        r = api.post("/v1/datasets/d/views", json={"size": 16})
+        r = api.post("/v1/datasets/d/views", json={"size": 16}, headers={"Idempotency-Key": "views-of-d"})
         elapsed = time.monotonic() - started
         assert r.status_code == 503, r.text
         assert elapsed < 8, elapsed
         assert int(r.headers["retry-after"]) == int(down.reconcile_after_s + down.reconcile_every_s)
         job_id = r.json()["detail"].split()[1]
         assert "Do not resubmit" in r.json()["detail"]
+        assert r.headers["content-type"] == "application/problem+json" and r.headers["location"] == f"/v1/jobs/{job_id}"
+        assert r.json()["type"] == "urn:medsynth:problem:job-deferred" and r.json()["job_id"] == job_id
         assert api.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+        again = api.post("/v1/datasets/d/views", json={"size": 16}, headers={"Idempotency-Key": "views-of-d"})
+        assert again.status_code == 202 and again.json()["job_id"] == job_id, again.text  # sent again: the recorded job, not a second
+        assert again.headers["location"] == f"/v1/jobs/{job_id}" and again.headers["idempotent-replayed"] == "true"
         assert api.get("/readyz").status_code == 503
     records = JobRecords(store)
     assert records.publication(job_id).count == 0

@@ -307,7 +307,7 @@ def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
             "arms": {"synthetic": True, "ratios": [], "augmentation": [False]},
             "segmentation": {"models": ["unet"], "steps": 40, "batch_size": 4}}
     with httpx.Client(base_url=API, timeout=30, headers=auth(stack["env"])) as api:
-        jobs_before = {j["job_id"] for j in api.get("/v1/jobs").json()["jobs"]}
+        jobs_before = {j["job_id"] for j in api.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]}
         r = api.post("/v1/studies", json=spec)
         assert r.status_code == 202, r.text
         study_id = r.json()["study_id"]
@@ -341,7 +341,7 @@ def test_a_study_survives_its_workers_and_the_api_killed(stack: dict) -> None:
         assert study["state"] == "succeeded", study
         finals = [job(api, n["job_id"]) for n in study["nodes"]]
         assert all(f["state"] == "succeeded" for f in finals)
-        new_jobs = {j["job_id"] for j in api.get("/v1/jobs").json()["jobs"]} - jobs_before
+        new_jobs = {j["job_id"] for j in api.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]} - jobs_before
         assert new_jobs == {f["job_id"] for f in finals} and len(new_jobs) == len(study["nodes"]) == 5  # each job once
         attempts = {f["kind"]: f["attempts"] for f in finals if f["job_id"] in (generator, nodes["segment/joint-gan/synthetic/unet/aug0/s0"]["job_id"])}
         assert attempts == {"train-generator": 2, "train-segmenter": 2}, attempts

@@ -9,11 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medsynth.api.pagination import Page
 from medsynth.auth.audit import AuditRecord
 from medsynth.auth.keys import ApiKey
 from medsynth.auth.principal import Role
 from medsynth.commands.requests import Name
 from medsynth.datasets.manifest import DicomSource
+from medsynth.generators.entry import GeneratorEntry
 from medsynth.jobs.records import JobRecord
 from medsynth.store.projects import DicomOptions
 
@@ -47,9 +49,40 @@ def job_with_result(record: JobRecord, field: str, result_key: str, load: Callab
     return out
 
 
-class JobsPublic(BaseModel):
+class GeneratorPublic(BaseModel):
+    job: JobPublic = Field(description="The training job.")
+    generator: GeneratorEntry | None = Field(None, description="Once the job succeeded: the registry entry.")
+
+
+class CohortPublic(BaseModel):
+    job: JobPublic = Field(description="The sampling job.")
+    manifest: dict[str, Any] | None = Field(
+        None, description="Once the job succeeded: the cohort manifest (family, mode, geometry, mask sources, noise rule, "
+                          "samples with their keys and digests; release: the memorization gate's audit).")
+
+
+class SegmentationPublic(BaseModel):
+    job: JobPublic = Field(description="The training job.")
+    metrics: dict[str, Any] | None = Field(
+        None, description="Once the job succeeded: metrics.json (3D Dice and HD95 per case and class with bootstrap CIs, "
+                          "hd95_unit, the validation curve, the best step, stopping).")
+
+
+class EvaluationPublic(BaseModel):
+    job: JobPublic = Field(description="The evaluation job.")
+    report: dict[str, Any] | None = Field(
+        None, description="Once the job succeeded: report.json (fidelity, diversity, utility, relative_dice, memorization, "
+                          "segmentation_curves).")
+
+
+#: The OpenAPI entry of a route answering a file (``binary("image/png")``): its media type, a binary schema.
+def binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+class JobsPublic(Page):
     jobs: list[JobPublic]
-    count: int
+    count: int = Field(description="Jobs on this page.")
 
 
 class ScanPublic(BaseModel):
@@ -78,8 +111,12 @@ class DatasetPublic(BaseModel):
     labelled_scans: int
 
 
-class DatasetsPublic(BaseModel):
+class DatasetsPublic(Page):
     datasets: list[DatasetPublic]
+
+
+class VersionsPublic(Page):
+    versions: list[int] = Field(description="The dataset's versions, oldest first.")
 
 
 class GeneratorFamilyPublic(BaseModel):
@@ -92,7 +129,7 @@ class GeneratorFamilyPublic(BaseModel):
     options: dict[str, Any]
 
 
-class GeneratorFamiliesPublic(BaseModel):
+class GeneratorFamiliesPublic(Page):
     families: list[GeneratorFamilyPublic]
 
 
@@ -113,7 +150,7 @@ class ProjectPublic(BaseModel):
     roles: list[Role] = Field(description="The caller's roles in the project.")
 
 
-class ProjectsPublic(BaseModel):
+class ProjectsPublic(Page):
     projects: list[ProjectPublic]
 
 
@@ -144,7 +181,7 @@ class KeyCreated(KeyPublic):
     token: str = Field(description="The key itself, shown this once: send it as Authorization: Bearer <token>.")
 
 
-class KeysPublic(BaseModel):
+class KeysPublic(Page):
     keys: list[KeyPublic]
 
 
@@ -153,7 +190,7 @@ class ProjectCreated(BaseModel):
     admin_key: KeyCreated = Field(description="A first admin key of the new project.")
 
 
-class AuditPage(BaseModel):
+class AuditPage(Page):
     records: list[AuditRecord]
     count: int
-    next_seq: int = Field(description="Pass as since_seq to read on from here.")
+    next_seq: int = Field(description="Pass as since_seq to read on from here (or next_cursor as cursor).")

@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -139,11 +140,13 @@ class AuditLog:
         return seq, prev
 
     def records(self, *, since_seq: int = 0) -> list[AuditRecord]:
-        out = []
+        return list(self.iter_records(since_seq=since_seq))
+
+    def iter_records(self, *, since_seq: int = 0) -> Iterator[AuditRecord]:
+        """The records after ``since_seq``, oldest first, each read when reached."""
         for key in self.root.list(PREFIX):
             if key.endswith(".json") and int(key[len(PREFIX):-5]) > since_seq:
-                out.append(AuditRecord.model_validate(self.root.get_json(key)))
-        return out
+                yield AuditRecord.model_validate(self.root.get_json(key))
 
     def verify(self) -> ChainCheck:
         """Walk the whole chain: every record's hash, its link to the one before, no gap in the numbers,

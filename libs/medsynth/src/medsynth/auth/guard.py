@@ -13,7 +13,6 @@ import logging
 
 from fastapi import FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.responses import JSONResponse
 
 from medsynth.auth.audit import AuditEntry, AuditLog
 from medsynth.auth.keys import TOKEN_PREFIX, ApiKeys
@@ -23,6 +22,7 @@ from medsynth.auth.policy import Access, Policy, RateClass, policy_for
 from medsynth.auth.principal import DEVELOPMENT, PROJECT_HEADER, Principal, Role
 from medsynth.core.errors import Forbidden, NotFound, RateLimited, Unauthorized
 from medsynth.core.settings import Settings
+from medsynth.runtime.http import problem_response, problem_type
 from medsynth.store.projects import Projects
 from medsynth.store import ObjectStore
 
@@ -188,8 +188,9 @@ class AuditMiddleware:
                     log.exception("audit record of %s %s not written", scope["method"], scope["path"])
                     if scope["method"] == "GET":
                         refused = True
-                        response = JSONResponse({"detail": "the audit trail cannot be written now; the request was not served"},
-                                                status_code=503, headers={"Retry-After": "5"})
+                        response = problem_response(503, "the audit trail cannot be written now; the request was not served",
+                                                    scope["path"], type=problem_type("audit-unavailable"),
+                                                    title="Audit trail unavailable", headers={"Retry-After": "5"})
                         return await response(scope, receive, send)
             await send(message)
 

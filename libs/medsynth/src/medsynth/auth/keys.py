@@ -12,6 +12,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -118,6 +119,20 @@ class ApiKeys:
     def list(self, project: str) -> list[ApiKey]:
         keys = (ApiKey.model_validate(self.root.get_json(k)) for k in self.root.list(PREFIX) if k.endswith(".json"))
         return sorted((k for k in keys if k.project == project), key=lambda k: k.created_at)
+
+    def listing(self, project: str, *, after: str | None = None) -> Iterator[tuple[str, ApiKey]]:
+        """(id, key) of ``project``'s keys in id order from the first after ``after``, each read when reached
+        (a key's project is in its record, so every key of the store up to a page's end is read)."""
+        ids = sorted(k[len(PREFIX):-len(".json")] for k in self.root.list(PREFIX) if k.endswith(".json"))
+        for key_id in ids:
+            if after is not None and key_id <= after:
+                continue
+            try:
+                key = ApiKey.model_validate(self.root.get_json(_key(key_id)))
+            except (NotFound, InvalidInput):
+                continue
+            if key.project == project:
+                yield key_id, key
 
     def revoke(self, project: str, key_id: str, *, by: str = "") -> ApiKey:
         """Revoke a key of ``project`` (a key of another project is as unknown as a missing one)."""

@@ -25,6 +25,16 @@ class Conflict(MedsynthError):
     """The request collides with existing state (a duplicate scan, a concurrent write)."""
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An ``Idempotency-Key`` sent again with a different request than the one it first came with."""
+
+
+class IdempotencyKeyInUse(Conflict):
+    """The first request with this ``Idempotency-Key`` is still being served; ``retry_after_s`` says when to ask again."""
+
+    retry_after_s = 1
+
+
 class NotFound(MedsynthError):
     """A named object (dataset, job, key) does not exist."""
 

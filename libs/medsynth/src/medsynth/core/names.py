@@ -21,3 +21,14 @@ def check_name(value: str, what: str) -> str:
             f"or digit and contain no '..' or path separators, got {value!r}."
         )
     return value
+
+
+def sortable_suffix() -> str:
+    """24 hex digits that sort by creation time: the milliseconds since the epoch (12 digits, good
+    until the year 10889), then 48 random bits. Ids made of a fixed prefix and this list, in the
+    store's key order, oldest first — so that a listing can be paged in key order without reading
+    every record to sort it."""
+    import secrets
+    import time
+
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Literal
@@ -158,14 +158,26 @@ def _write(store, dataset: str, record: SeriesRecord) -> None:
 
 
 def records(store, dataset: str) -> list[SeriesRecord]:
+    """Every series record of ``dataset``, in the order the series first came."""
+    return sorted((r for _, r in series_records(store, dataset)), key=lambda r: r.first_received_at)
+
+
+def series_records(store, dataset: str, *, after: str | None = None) -> Iterator[tuple[str, SeriesRecord]]:
+    """(series UID, record) of ``dataset``'s series in UID order from the first after ``after``, each
+    read when reached (a staged one with its instances counted and any quarantine found meanwhile)."""
     prefix = f"{RECORDS}{check_name(dataset, 'dataset name')}/"
-    found = [_read(store, dataset, key[len(prefix):-len(".json")]) for key in store.list(prefix) if key.endswith(".json")]
-    for record in found:
-        if record is not None and record.state == "staged":
+    uids = sorted(k[len(prefix):-len(".json")] for k in store.list(prefix) if k.endswith(".json") and "/" not in k[len(prefix):])
+    for uid in uids:
+        if after is not None and uid <= after:
+            continue
+        record = _read(store, dataset, uid)
+        if record is None:
+            continue
+        if record.state == "staged":
             record.instances = len(_staged_keys(store, dataset, record.series_instance_uid))
             if reason := quarantine_reason(store, dataset, record.series_instance_uid):
                 record.fate, record.reason = "quarantined", reason
-    return sorted((r for r in found if r is not None), key=lambda r: r.first_received_at)
+        yield uid, record
 
 
 def record_outcomes(store, dataset: str, outcomes: list[SeriesOutcome], labels: dict[str, str], *, source: str = "upload") -> None:

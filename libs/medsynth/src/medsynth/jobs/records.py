@@ -18,7 +18,6 @@ rewrite the same object concurrently, so no update is lost without needing compa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from enum import Enum
@@ -28,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from medsynth.core.clock import utcnow
 from medsynth.core.errors import NotFound
-from medsynth.core.names import check_name
+from medsynth.core.names import check_name, sortable_suffix
 from medsynth.bus.messages import JobKind
 from medsynth.store.projects import DEFAULT_PROJECT
 from medsynth.store import ObjectStore
@@ -49,7 +48,8 @@ class JobState(str, Enum):
 
 
 def new_job_id(kind: JobKind) -> str:
-    return f"{kind.value}-{uuid.uuid4().hex[:16]}"
+    """``<kind>-<time-ordered hex>``: a kind's jobs list in the store in the order they were made."""
+    return f"{kind.value}-{sortable_suffix()}"
 
 
 class JobRecord(BaseModel):
@@ -118,6 +118,21 @@ class JobRecords:
         for key in self.store.list(PREFIX):
             if key.endswith("/record.json"):
                 yield JobRecord.model_validate(self.store.get_json(key))
+
+    def ids(self, kind: JobKind | None = None, *, after: str | None = None) -> list[str]:
+        """Ids of the jobs (of ``kind``), in order (for ids made by :func:`new_job_id`, the order they were
+        made), from the first after ``after``: one listing of keys, no record read."""
+        prefix = f"{PREFIX}{kind.value}-" if kind is not None else PREFIX
+        found = (key.split("/") for key in self.store.list(prefix))
+        return sorted(parts[1] for parts in found if len(parts) == 3 and parts[2] == "record.json" and (after is None or parts[1] > after))
+
+    def listing(self, kind: JobKind | None = None, *, after: str | None = None) -> Iterator[tuple[str, JobRecord]]:
+        """(id, record) of the jobs (of ``kind``) in :meth:`ids` order, each record read when reached."""
+        for job_id in self.ids(kind, after=after):
+            try:
+                yield job_id, self.get(job_id)
+            except NotFound:  # removed meanwhile
+                continue
 
     def request_cancel(self, job_id: str) -> None:
         self.store.put_bytes(f"{PREFIX}{job_id}/cancel", b"")

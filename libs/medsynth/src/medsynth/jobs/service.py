@@ -32,6 +32,10 @@ class JobDeferred(BusError):
         )
         self.job_id, self.retry_after_s = job_id, retry_after_s
         self.http_headers = {"Location": f"/v1/jobs/{job_id}"}  # clients follow it there instead of resubmitting
+        self.problem_fields = {"job_id": job_id}
+
+    problem_type = "job-deferred"
+    problem_title = "Job recorded, not yet published"
 
 
 class JobService:
@@ -42,14 +46,14 @@ class JobService:
         self._last_error = ""
         self.identity = f"api@{socket.gethostname()}:{os.getpid()}"  # as a lease holder
 
-    def submit(self, kind: JobKind, spec: Message) -> JobRecord:
-        """Create the job record, then publish its command.
+    def submit(self, kind: JobKind, spec: Message, *, job_id: str | None = None) -> JobRecord:
+        """Create the job record (as ``job_id``, default a new id of ``kind``), then publish its command.
 
         If the broker is unreachable (within the bus's publish timeout) the job stays ``queued``, the
         reconciler publishes it later, and :class:`JobDeferred` says so: the job is never lost, only delayed.
         """
         record = JobRecord(
-            job_id=new_job_id(kind),
+            job_id=job_id or new_job_id(kind),
             kind=kind,
             project=self.records.project,
             spec=MessageToDict(spec, preserving_proto_field_name=True, always_print_fields_with_no_presence=True),

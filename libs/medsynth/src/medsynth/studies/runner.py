@@ -29,6 +29,7 @@ from medsynth.core.clock import utcnow
 from medsynth.datasets.split import SPLITS
 from medsynth.datasets.views import load_view
 from medsynth.core.errors import Conflict, InvalidInput, MedsynthError, NotFound
+from medsynth.core.names import sortable_suffix
 from medsynth.jobs.records import JobState
 from medsynth.jobs.service import JobDeferred, JobService
 from medsynth.store import ObjectStore
@@ -44,11 +45,13 @@ def cache_key(key: str) -> str:
 
 
 def new_study_id() -> str:
-    return f"study-{uuid.uuid4().hex[:16]}"
+    """``study-<time-ordered hex>``: studies list in the store in the order they were made."""
+    return f"study-{sortable_suffix()}"
 
 
-def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max_jobs: int) -> StudyRecord:
-    """Check the grid (its size, the view, each family against the view), record the study, start it."""
+def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max_jobs: int, study_id: str | None = None) -> StudyRecord:
+    """Check the grid (its size, the view, each family against the view), record the study (as
+    ``study_id``, default a new id), start it."""
     nodes = expand(spec)
     check_size(nodes, max_jobs)
     view = load_view(store, spec.dataset, spec.view_id)
@@ -66,7 +69,7 @@ def create_study(spec: StudyCreate, store: ObjectStore, jobs: JobService, *, max
             command(body_type(**node.body), store, jobs.records)
     keys = node_keys(nodes)
     record = StudyRecord(
-        study_id=new_study_id(), name=spec.name, spec=spec.model_dump(mode="json"),
+        study_id=study_id or new_study_id(), name=spec.name, spec=spec.model_dump(mode="json"),
         nodes={n.id: NodeState(kind=n.kind.value, key=keys[n.id], labels=n.labels) for n in nodes.values()},
     )
     store.put_json(study_key(record.study_id), record.model_dump(mode="json"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Query, status
 from fastapi.concurrency import run_in_threadpool
 
 from medsynth.api.deps import GuardDep, PrincipalDep, ProjectDep
+from medsynth.api.pagination import PageDep
 from medsynth.api.schemas import (
     AuditPage,
     KeyCreate,
@@ -31,16 +34,19 @@ def _public(project: Project, roles) -> ProjectPublic:
 
 
 @router.get("/v1/projects", response_model=ProjectsPublic)
-def list_projects(guard: GuardDep, principal: PrincipalDep) -> ProjectsPublic:
-    """The caller's projects, with its roles in each (never another's)."""
+def list_projects(guard: GuardDep, principal: PrincipalDep, page: PageDep) -> ProjectsPublic:
+    """The caller's projects by name, with its roles in each (never another's), a page at a time."""
     names = guard.projects.names() if principal.every_project else principal.projects()
-    found = []
-    for name in names:
-        try:
-            found.append(_public(guard.projects.get(name), principal.roles_in(name)))
-        except NotFound:  # a grant in an OIDC token for a project not created (yet)
-            continue
-    return ProjectsPublic(projects=found)
+
+    def found() -> Iterator[tuple[str, ProjectPublic]]:
+        for name in sorted(n for n in names if page.after is None or n > page.after):
+            try:
+                yield name, _public(guard.projects.get(name), principal.roles_in(name))
+            except NotFound:  # a grant in an OIDC token for a project not created (yet)
+                continue
+
+    projects, cursor = page.take(found())
+    return ProjectsPublic(projects=projects, next_cursor=cursor)
 
 
 @router.post("/v1/projects", status_code=status.HTTP_201_CREATED, response_model=ProjectCreated)
@@ -53,9 +59,10 @@ def create_project(body: ProjectCreate, guard: GuardDep, principal: PrincipalDep
 
 
 @router.get("/v1/keys", response_model=KeysPublic)
-def list_keys(guard: GuardDep, project: ProjectDep) -> KeysPublic:
-    """The project's keys (never their secrets, which are not kept)."""
-    return KeysPublic(keys=[KeyPublic.of(k) for k in guard.keys.list(project)])
+def list_keys(guard: GuardDep, project: ProjectDep, page: PageDep) -> KeysPublic:
+    """The project's keys by id (never their secrets, which are not kept), a page at a time."""
+    keys, cursor = page.take(guard.keys.listing(project, after=page.after))
+    return KeysPublic(keys=[KeyPublic.of(k) for k in keys], next_cursor=cursor)
 
 
 @router.post("/v1/keys", status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
@@ -77,19 +84,24 @@ def revoke_key(key_id: str, guard: GuardDep, principal: PrincipalDep, project: P
 async def read_audit(
     guard: GuardDep,
     project: ProjectDep,
+    page: PageDep,
     since_seq: int = Query(0, ge=0, description="Only records after this number."),
-    limit: int = Query(200, ge=1, le=1000),
     actor: str | None = Query(None, max_length=300),
     action: str | None = Query(None, max_length=100),
     outcome: int | None = Query(None, ge=100, le=599, description="An HTTP status, e.g. 403."),
     unattributed: bool = Query(False, description="Also refusals that named no project (bad or missing credentials)."),
 ) -> AuditPage:
-    """The project's audit records, oldest first, filtered."""
+    """The project's audit records, oldest first, filtered, a page at a time (from ``cursor`` or after ``since_seq``)."""
     filters = {"actor": actor, "action": action, "outcome": outcome}
-    records = await run_in_threadpool(guard.audit.records, since_seq=since_seq)
-    mine = [r for r in records if (r.project == project or (unattributed and r.project is None)) and matches(r, filters)]
-    page = mine[:limit]
-    return AuditPage(records=page, count=len(page), next_seq=page[-1].seq if page else since_seq)
+    start = max(since_seq, int(page.after) if page.after else 0)
+
+    def read() -> tuple[list, str | None]:
+        mine = ((f"{r.seq:012d}", r) for r in guard.audit.iter_records(since_seq=start)
+                if (r.project == project or (unattributed and r.project is None)) and matches(r, filters))
+        return page.take(mine)
+
+    records, cursor = await run_in_threadpool(read)
+    return AuditPage(records=records, count=len(records), next_seq=records[-1].seq if records else start, next_cursor=cursor)
 
 
 @router.get("/v1/audit/verify", response_model=ChainCheck, responses={409: {"description": "The chain is broken."}})

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
 from medsynth.commands.requests import CohortCreate
-from medsynth.api.schemas import JobPublic, job_with_result
+from medsynth.api.schemas import CohortPublic, JobPublic, binary, job_with_result
+from medsynth.api.submit import ACCEPTED, SubmissionDep
 from medsynth.commands.build import cohort_command
 from medsynth.core.errors import Forbidden, InvalidInput, NotFound
 from medsynth.jobs.lookup import finished, of_kind
@@ -26,14 +27,14 @@ router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
 CHUNK = 1024 * 1024
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=ACCEPTED)
+def create_cohort(body: CohortCreate, store: StoreDep, jobs: JobsDep, submit: SubmissionDep) -> JobPublic:
     """404 for an unknown generator, 409 for one that is still training (or failed), 422 for a mask
     source or condition the generator cannot serve."""
-    return JobPublic.of(jobs.submit(JobKind.sample_cohort, cohort_command(body, store, jobs.records)))
+    return submit.job(jobs, JobKind.sample_cohort, lambda: cohort_command(body, store, jobs.records), "/v1/cohorts/")
 
 
-@router.get("/{cohort_id}")
+@router.get("/{cohort_id}", response_model=CohortPublic, response_model_exclude_unset=True)
 def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     """Status and progress; once done, the cohort manifest (its ``release`` section is the
     memorization audit: policy, thresholds and how they were set, draws flagged, the closest pairs —
@@ -44,7 +45,8 @@ def get_cohort(cohort_id: str, store: StoreDep, jobs: JobsDep, training_data: Se
     return out
 
 
-@router.get("/{cohort_id}/closest-pairs.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+@router.get("/{cohort_id}/closest-pairs.png", response_class=Response,
+            responses=binary("image/png", "The closest pairs: each flagged draw beside its nearest training image."))
 def cohort_closest_pairs(cohort_id: str, store: StoreDep, jobs: JobsDep) -> Response:
     """The memorization audit's figure: the draws closest to a training image, each beside it."""
     record = finished(jobs.records, cohort_id, JobKind.sample_cohort)
@@ -54,7 +56,8 @@ def cohort_closest_pairs(cohort_id: str, store: StoreDep, jobs: JobsDep) -> Resp
     return Response(store.get_bytes(release["closest_pairs"]["key"]), media_type="image/png")
 
 
-@router.get("/{cohort_id}/download")
+@router.get("/{cohort_id}/download", response_class=StreamingResponse,
+            responses=binary("application/zip", "The cohort as a zip: samples, contact sheet, manifest."))
 def download_cohort(cohort_id: str, request: Request, store: StoreDep, jobs: JobsDep) -> StreamingResponse:
     """The whole cohort (samples, contact sheet, manifest) as a zip, streamed. Its audit record
     carries the SHA-256 of the cohort's manifest, which lists every sample's digest."""

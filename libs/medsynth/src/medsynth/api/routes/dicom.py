@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 
 from medsynth.api.deps import BusDep, GuardDep, PrincipalDep, ProjectDep, SettingsDep, StoreDep
+from medsynth.api.pagination import Page, PageDep
 from medsynth.api.routes.scans import STREAMED, scan_announcer, scan_public
 from medsynth.api.schemas import ScanPublic
 from medsynth.api.upload_stream import FilesForm, read_files_form, upload_slots
@@ -26,10 +27,11 @@ from medsynth.core.errors import InvalidInput, MedsynthError, TooLarge, Unsuppor
 from medsynth.core.names import check_name
 from medsynth.datasets.dicom_ingest import STORED, Fate, Received, SeriesOutcome, ingest_patient, receive
 from medsynth.datasets.dicom_staging import (Assessment, SeriesQuarantined, SeriesRecord, assess, commit, quarantine,
-                                             quarantine_reason, record_outcomes, records, reject, stage, staged_already)
+                                             quarantine_reason, record_outcomes, reject, series_records, stage, staged_already)
 from medsynth.dicom.masks import is_mask
 from medsynth.dicom.deid import Deidentifier, deid_policy
 from medsynth.dicom.series import read_instance
+from medsynth.runtime.http import Problem, problem_response, problem_type
 from medsynth.runtime.telemetry import DICOM_INSTANCES, INGESTED
 from medsynth.store.projects import Projects, TimeSeries
 
@@ -65,7 +67,23 @@ class DicomUploadPublic(BaseModel):
     detail: str | None = Field(None, description="When nothing was stored: why, series by series.")
 
 
-class SeriesListPublic(BaseModel):
+class DicomUploadProblem(Problem):
+    """A DICOM upload that stored nothing (409, 422): a problem document whose extension members are
+    the upload's answer (every series with its fate)."""
+
+    dataset: str
+    scans: list[ScanPublic] = Field(description="Empty: nothing was stored.")
+    series: list[SeriesOutcome] = Field(default_factory=list, description="Every series sent, with its fate and reason.")
+    counts: dict[str, int] = Field(default_factory=dict, description="Series by fate.")
+    quarantined: list[Quarantined] = Field(description="Every quarantined instance.")
+
+
+class SeriesCommittedPublic(BaseModel):
+    dataset: str
+    series: list[SeriesRecord] = Field(description="The series committed now, each with its outcome.")
+
+
+class SeriesListPublic(Page):
     dataset: str
     series: list[SeriesRecord]
 
@@ -146,10 +164,10 @@ UPLOAD_BODY = {
              openapi_extra={"requestBody": UPLOAD_BODY}, max_body_size=STREAMED,
              responses={207: {"model": DicomUploadPublic, "description": "Some series stored, others quarantined, refused, "
                                                                          "already present or stored without their mask."},
-                        409: {"model": DicomUploadPublic, "description": "Nothing stored: every series is already in the dataset."},
+                        409: {"model": DicomUploadProblem, "description": "Nothing stored: every series is already in the dataset."},
                         413: {"description": "Over MEDSYNTH_MAX_DICOM_UPLOAD_BYTES, or a zip declares more than "
                                              "MEDSYNTH_MAX_ZIP_RATIO times its size (checked before it is inflated)."},
-                        422: {"model": DicomUploadPublic, "description": "Nothing stored: no series could be (each one's reason in "
+                        422: {"model": DicomUploadProblem, "description": "Nothing stored: no series could be (each one's reason in "
                                                                          "the list and in detail); or the upload itself is "
                                                                          "unusable (no files, two patients): detail alone."},
                         503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
@@ -182,7 +200,11 @@ async def upload_dicom(dataset: str, request: Request, settings: SettingsDep, st
         raise
     finally:
         form.close()
-    return JSONResponse(body.model_dump(mode="json"), status_code=code)
+    if code < 400:
+        return JSONResponse(body.model_dump(mode="json"), status_code=code)
+    slug, title = ("already-present", "Every series already present") if code == 409 else ("nothing-stored", "No series stored")
+    return problem_response(code, body.detail or title, request.url.path, type=problem_type(slug), title=title,
+                            **body.model_dump(mode="json", exclude={"detail"}))
 
 
 def _ingest_upload(form: FilesForm, dataset: str, project: str, deid: Deidentifier, time_series: TimeSeries, settings, store,
@@ -240,6 +262,21 @@ async def _read(request: Request, settings, *, related: bool, usage: str) -> Fil
 
 # --- DICOMweb STOW-RS --------------------------------------------------------------------------------
 
+#: The PS3.18 Store Instances Response Module in DICOM JSON (PS3.18 F.2): ReferencedSOPSequence
+#: (0008,1199) of the instances stored, FailedSOPSequence (0008,1198) of those that were not.
+STORE_INSTANCES_RESPONSE = {
+    "type": "object",
+    "description": "DICOM JSON (PS3.18 F.2) of the Store Instances Response Module: 00081199 ReferencedSOPSequence, "
+                   "00081198 FailedSOPSequence (each item's 00081197 FailureReason).",
+    "properties": {tag: {"type": "object", "properties": {"vr": {"type": "string", "enum": ["SQ"]},
+                                                          "Value": {"type": "array", "items": {"type": "object"}}}}
+                   for tag in ("00081199", "00081198")},
+}
+
+class DicomJSONResponse(JSONResponse):
+    media_type = "application/dicom+json"
+
+
 STOW_BODY = {
     "required": True,
     "content": {'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}},
@@ -247,14 +284,16 @@ STOW_BODY = {
 
 
 @router.post("/{dataset}/dicomweb/studies", max_body_size=STREAMED, openapi_extra={"requestBody": STOW_BODY},
-             response_class=JSONResponse,
+             response_class=DicomJSONResponse,
              responses={200: {"description": "Every instance stored (staged for its series); each series that began in "
                                              "this request can be stored as it stands.",
-                              "content": {"application/dicom+json": {}}},
+                              "content": {"application/dicom+json": {"schema": STORE_INSTANCES_RESPONSE}}},
                         202: {"description": "Some instances stored, others failed (FailedSOPSequence), or stored with "
                                              "WarningReason B000 (their series cannot be stored as it stands yet); the "
-                                             "reasons are in the Warning header."},
-                        409: {"description": "No instance stored; each failure is in FailedSOPSequence with its reason."},
+                                             "reasons are in the Warning header.",
+                              "content": {"application/dicom+json": {"schema": STORE_INSTANCES_RESPONSE}}},
+                        409: {"description": "No instance stored; each failure is in FailedSOPSequence with its reason.",
+                              "content": {"application/dicom+json": {"schema": STORE_INSTANCES_RESPONSE}}},
                         415: {"description": 'Not multipart/related; type="application/dicom".'},
                         503: {"description": "Too many large uploads in progress (MEDSYNTH_MAX_CONCURRENT_LARGE_UPLOADS); "
                                              "Retry-After says when to try again."}})
@@ -288,7 +327,7 @@ async def stow_rs(dataset: str, request: Request, settings: SettingsDep, store: 
     finally:
         form.close()
     headers = {"Warning": ", ".join(f'299 medsynth "{w}"' for w in warnings)} if warnings else None
-    return JSONResponse(body, status_code=code, media_type="application/dicom+json", headers=headers)
+    return DicomJSONResponse(body, status_code=code, headers=headers)
 
 
 def _stow(form: FilesForm, dataset: str, deid: Deidentifier, store, url: str, max_voxels: int,
@@ -389,26 +428,31 @@ def _failure(ds: Dataset | None, code: int, deid: Deidentifier, *, deidentified:
 # --- staged series -------------------------------------------------------------------------------------
 
 
-@router.post("/{dataset}/dicom/commit", response_model=SeriesListPublic)
+@router.post("/{dataset}/dicom/commit", response_model=SeriesCommittedPublic)
 async def commit_series(dataset: str, request: Request, settings: SettingsDep, store: StoreDep, bus: BusDep, project: ProjectDep,
-                        series: str | None = Query(None, description="One staged series (its de-identified UID); default all.")) -> SeriesListPublic:
+                        series: str | None = Query(None, description="One staged series (its de-identified UID); default all."),
+                        ) -> SeriesCommittedPublic:
     """Assemble staged series now instead of waiting for the quiet period; each record says
     ``ingested`` (with the scan id; fate ``stored``, or ``stored-unlabeled`` with a warning when the mask
     sent with it was not usable), ``rejected`` (with the reason) or ``quarantined``."""
     done = await run_in_threadpool(commit, store, dataset, series, max_voxels=settings.max_voxels,
                                    on_ingested=scan_announcer(bus, project, dataset),
                                    time_series=time_series_option(request, project))
-    return SeriesListPublic(dataset=dataset, series=done)
+    return SeriesCommittedPublic(dataset=dataset, series=done)
 
 
 @router.get("/{dataset}/dicom/series", response_model=SeriesListPublic)
-async def list_series(dataset: str, store: StoreDep,
+async def list_series(dataset: str, store: StoreDep, page: PageDep,
                       state: Literal["staged", "ingested", "rejected", "quarantined"] | None = None,
                       fate: Fate | None = None) -> SeriesListPublic:
     """Every series sent to this dataset — by REST upload, STOW-RS or C-STORE — and what became of it:
     its fate (stored, stored-unlabeled, quarantined, refused, already-present; none while staged, unless
     already quarantined) with the reason or warnings; named by SeriesNumber and modality, its instances
-    by number (``instance 3 of series 7``)."""
-    found = await run_in_threadpool(records, store, dataset)
-    return SeriesListPublic(dataset=dataset, series=[r for r in found if (state is None or r.state == state)
-                                                     and (fate is None or r.fate == fate)])
+    by number (``instance 3 of series 7``). In the order of the series' (de-identified) UIDs, a page at a time."""
+
+    def read() -> tuple[list[SeriesRecord], str | None]:
+        return page.take((uid, r) for uid, r in series_records(store, dataset, after=page.after)
+                         if (state is None or r.state == state) and (fate is None or r.fate == fate))
+
+    found, cursor = await run_in_threadpool(read)
+    return SeriesListPublic(dataset=dataset, series=found, next_cursor=cursor)

@@ -12,7 +12,8 @@ from fastapi.responses import HTMLResponse
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, StoreDep
 from medsynth.commands.requests import EvaluationCreate
-from medsynth.api.schemas import JobPublic, job_with_result
+from medsynth.api.schemas import EvaluationPublic, JobPublic, job_with_result
+from medsynth.api.submit import ACCEPTED, SubmissionDep
 from medsynth.commands.build import evaluation_command
 from medsynth.jobs.lookup import finished, of_kind
 from medsynth.jobs.records import JobRecords
@@ -23,12 +24,12 @@ from medsynth.store import ObjectStore
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def create_evaluation(body: EvaluationCreate, store: StoreDep, jobs: JobsDep) -> JobPublic:
-    return JobPublic.of(jobs.submit(JobKind.evaluate, evaluation_command(body, store, jobs.records)))
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=ACCEPTED)
+def create_evaluation(body: EvaluationCreate, store: StoreDep, jobs: JobsDep, submit: SubmissionDep) -> JobPublic:
+    return submit.job(jobs, JobKind.evaluate, lambda: evaluation_command(body, store, jobs.records), "/v1/evaluations/")
 
 
-@router.get("/{evaluation_id}")
+@router.get("/{evaluation_id}", response_model=EvaluationPublic, response_model_exclude_unset=True)
 def get_evaluation(evaluation_id: str, store: StoreDep, jobs: JobsDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     out = job_with_result(of_kind(jobs.records, evaluation_id, JobKind.evaluate), "report", "report_json", store.get_json)
     if not training_data and "report" in out:

@@ -7,13 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter, status
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from medsynth.api.deps import JobsDep, SeesTrainingDataDep, SettingsDep, StoreDep
+from medsynth.api.pagination import Page, PageDep
 from medsynth.studies.record import StudyRecord
 from medsynth.studies.report import render_study_report
 from medsynth.studies.results import load_figures
-from medsynth.studies.runner import create_study, list_studies, load_study
+from medsynth.api.submit import ACCEPTED, SubmissionDep
+from medsynth.studies.runner import create_study, load_study, new_study_id, study_ids
 from medsynth.studies.spec import StudyCreate
 from medsynth.studies.summary import ended_study, progress, results_with_readers
 
@@ -50,21 +52,46 @@ class StudyPublic(BaseModel):
                    results=results, spec=record.spec)
 
 
-class StudiesPublic(BaseModel):
+class StudyResultsPublic(BaseModel):
+    """results.json of an ended study, with its reader studies as they stand."""
+
+    model_config = ConfigDict(extra="allow")
+    study_id: str
+    name: str | None = None
+    spec: dict[str, Any] = Field(default_factory=dict, description="The study's request.")
+    computed_at: str | None = None
+    test_patients: list[str] = Field(default_factory=list)
+    arms: list[dict[str, Any]] = Field(default_factory=list, description="Per arm: Dice and HD95 with two-level bootstrap "
+                                                                          "intervals, relative Dice, per seed and per patient.")
+    failed_arms: list[dict[str, Any]] = Field(default_factory=list)
+    comparisons: Any = Field(None, description="Each arm against real data only: Wilcoxon per seed, the pooled DBM test, Holm.")
+    friedman: dict[str, Any] | None = Field(None, description="Across families: Friedman and the Nemenyi critical difference.")
+    generators: list[dict[str, Any]] = Field(default_factory=list, description="Per family and seed: FID/KID, diversity, memorization.")
+    fid_vs_dice: dict[str, Any] | None = Field(None, description="Spearman's rank correlation of FID and synthetic-only Dice.")
+    fid_extractor: dict[str, Any] | None = Field(None, description="Which encoder(s) measured the FIDs, and whether they compare.")
+    reader_studies: list[dict[str, Any]] = Field(default_factory=list, description="The visual Turing tests of its cohorts.")
+
+
+class StudiesPublic(Page):
     studies: list[StudyPublic]
-    count: int
+    count: int = Field(description="Studies on this page.")
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyPublic)
-def start_study(body: StudyCreate, store: StoreDep, jobs: JobsDep, settings: SettingsDep) -> StudyPublic:
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=StudyPublic, responses=ACCEPTED)
+def start_study(body: StudyCreate, store: StoreDep, jobs: JobsDep, settings: SettingsDep, submit: SubmissionDep) -> StudyPublic:
     """422 for a grid past MEDSYNTH_STUDY_MAX_JOBS jobs, fewer than two arms, or a family the view cannot train."""
-    return StudyPublic.of(create_study(body, store, jobs, max_jobs=settings.study_max_jobs))
+    record = submit.once(new_study_id, lambda study_id: create_study(body, store, jobs, max_jobs=settings.study_max_jobs, study_id=study_id),
+                         lambda study_id: load_study(store, study_id), lambda study: f"/v1/studies/{study.study_id}")
+    return StudyPublic.of(record)
 
 
 @router.get("", response_model=StudiesPublic)
-def get_studies(store: StoreDep) -> StudiesPublic:
-    studies = [StudyPublic.of(r) for r in sorted(list_studies(store), key=lambda r: r.created_at)]
-    return StudiesPublic(studies=studies, count=len(studies))
+def get_studies(store: StoreDep, page: PageDep) -> StudiesPublic:
+    """Studies in the order they were made (those of before, by id), a page at a time."""
+    found, cursor = page.take((study_id, load_study(store, study_id)) for study_id in study_ids(store)
+                              if page.after is None or study_id > page.after)
+    studies = [StudyPublic.of(r) for r in found]
+    return StudiesPublic(studies=studies, count=len(studies), next_cursor=cursor)
 
 
 @router.get("/{study_id}", response_model=StudyPublic)
@@ -73,14 +100,15 @@ def get_study(study_id: str, store: StoreDep) -> StudyPublic:
     return StudyPublic.of(load_study(store, study_id))
 
 
-@router.get("/{study_id}/results")
+@router.get("/{study_id}/results", response_model=StudyResultsPublic, response_model_exclude_unset=True)
 def get_study_results(study_id: str, store: StoreDep, training_data: SeesTrainingDataDep) -> dict[str, Any]:
     """Every number: per arm Dice/HD95 with intervals and relative Dice, paired tests, Friedman/Nemenyi, FID vs Dice,
     and the visual Turing tests (reader studies) of its cohorts."""
     return results_with_readers(store, ended_study(store, study_id), training_data)
 
 
-@router.get("/{study_id}/results.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+@router.get("/{study_id}/results.csv", response_class=Response,
+            responses={200: {"description": "One row per arm and seed.", "content": {"text/csv": {"schema": {"type": "string"}}}}})
 def get_study_csv(study_id: str, store: StoreDep) -> Response:
     return Response(store.get_bytes(ended_study(store, study_id).results_keys["csv"]), media_type="text/csv")
 
