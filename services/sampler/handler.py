@@ -31,11 +31,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
 import torch
 
+from medsynth.core.devices import check_device, pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.base import MaskSource, SampleMode, SamplingNet
 from medsynth.sampling.archive import load_exported, net_weights, weights_fingerprint
@@ -70,7 +72,7 @@ class SamplerHandler:
     def initialize(self, context: Any) -> None:
         configure_determinism()
         props = context.system_properties
-        self.device = _pick_device(props.get("gpu_id"))
+        self.device = worker_device(props.get("gpu_id"), os.environ.get("MEDSYNTH_DEVICE", "auto"))
         self.spec, self.nets, self.meta = load_exported(props["model_dir"], self.device)
         self.fingerprint = weights_fingerprint(net_weights(self.nets))
         self.initialized = True
@@ -118,10 +120,27 @@ class SamplerHandler:
         )
 
 
-def _pick_device(gpu_id: Any) -> torch.device:
-    if gpu_id is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(gpu_id)}")
-    return torch.device("cpu")
+def worker_device(gpu_id: Any, wanted: str = "auto") -> torch.device:
+    """The device of a TorchServe worker: the GPU TorchServe assigned it (``gpu_id``), as the
+    ``MEDSYNTH_DEVICE`` of TorchServe's environment allows (:mod:`medsynth.core.devices`).
+
+    * ``cpu``: the CPU, whatever TorchServe assigned;
+    * ``cuda`` (the chart's GPU pool): the assigned GPU; no ``gpu_id`` (TorchServe found no GPU, or
+      ``number_of_gpu=0``) or a GPU torch cannot use is an error — the worker does not start;
+    * ``auto``: the assigned GPU, or the CPU when TorchServe assigned none; an assigned GPU that torch
+      cannot use is an error too, never a silent CPU worker.
+    """
+    wanted = check_device(wanted)
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if gpu_id is None:
+        if wanted == "auto":
+            return torch.device("cpu")
+        raise InvalidInput(
+            f"MEDSYNTH_DEVICE={wanted} but TorchServe assigned this worker no GPU (no gpu_id: it found no GPU, or "
+            "number_of_gpu is 0); refusing to sample on the CPU instead."
+        )
+    return pick_device(f"cuda:{int(gpu_id)}")
 
 
 def _parse(row: dict[str, Any]) -> dict[str, Any]:

@@ -298,12 +298,21 @@ def test_a_deployment_and_service_per_service_with_probes_and_the_settings() -> 
     assert not by_kind(docs, "Secret"), "credentials come from existingSecret, never from the chart"
 
 
+def _device_env(container: dict) -> str:
+    (value,) = [e["value"] for e in container["env"] if e["name"] == "MEDSYNTH_DEVICE"]
+    return value
+
+
 def test_gpu_stages_on_the_gpu_pool_and_cpu_stages_on_the_default_pool() -> None:
     for values, gpu_on in (({}, False), (GPU_VALUES, True)):
         deployments = by_kind(render(values), "Deployment")
         for name in SERVICES:
             pod = deployments[f"medsynth-{name}"]["spec"]["template"]["spec"]
             on_gpu = gpu_on and name in GPU_STAGES
+            # a container that holds a GPU must use it (MEDSYNTH_DEVICE=cuda fails loudly without one), never auto
+            for container in pod["containers"]:
+                holds_gpu = "nvidia.com/gpu" in container["resources"].get("limits", {})
+                assert _device_env(container) == ("cuda" if holds_gpu else "cpu"), (name, container["name"])
             assert ("nodeSelector" in pod) is on_gpu, name
             gpu_containers = [c for c in pod["containers"] if "nvidia.com/gpu" in c["resources"].get("limits", {})]
             if not on_gpu:
@@ -332,6 +341,23 @@ def test_the_sampler_shares_its_model_store_and_torchserve_keys_in_its_pod() -> 
     props = dict(line.split("=", 1) for line in config.split())
     assert props["disable_token_authorization"] == "false" and props["model_store"] == "/models"
     assert props["inference_address"].startswith("http://127.0.0.1:")  # the sampler is its one client
+
+
+def test_torchserve_hands_its_gpu_to_the_workers_only_on_the_gpu_pool() -> None:
+    """TorchServe gives each worker a gpu_id for the GPUs its container holds (number_of_gpu); its MEDSYNTH_DEVICE
+    makes the handler refuse a worker without one on the GPU pool, instead of sampling on the CPU."""
+    for values, gpus, device in (({}, "0", "cpu"), (GPU_VALUES, "1", "cuda"), ({**GPU_VALUES, "gpu": {**GPU_VALUES["gpu"], "count": 2}}, "2", "cuda")):
+        docs = render(values)
+        props = dict(line.split("=", 1) for line in by_kind(docs, "ConfigMap")["medsynth-torchserve"]["data"]["config.properties"].split())
+        pod = by_kind(docs, "Deployment")["medsynth-sampler"]["spec"]["template"]["spec"]
+        torchserve, sampler = (next(c for c in pod["containers"] if c["name"] == n) for n in ("torchserve", "sampler"))
+        assert props["number_of_gpu"] == gpus and _device_env(torchserve) == device
+        assert str(torchserve["resources"].get("limits", {}).get("nvidia.com/gpu", 0)) == gpus
+        env = {e["name"]: e.get("value") for e in sampler["env"]}
+        # diffusion requests sized for the TorchServe's device (4 samples at 1,000 steps on a CPU, 64 on a GPU);
+        # at most two generators (workers, CUDA contexts) stay loaded
+        assert env["MEDSYNTH_SAMPLER_PASSES_PER_REQUEST"] == ("65536" if device == "cuda" else "4096")
+        assert env["MEDSYNTH_SAMPLER_MAX_MODELS"] == "2"
 
 
 def test_torch_threads_follow_each_containers_cpu_request() -> None:

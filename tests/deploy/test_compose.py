@@ -179,3 +179,24 @@ def test_kafka_tls_sasl_and_the_stores_ca_pass_through_from_the_env_file(compose
         assert settings.kafka_bootstrap == "b-1.kafka.example.org:9093" and settings.s3_secure and settings.s3_ca_bundle == pki.ca
         assert options == {"security_protocol": "SASL_SSL", "ssl_check_hostname": True, "ssl_cafile": str(pki.ca),
                            "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "medsynth", "sasl_plain_password": "kafka-secret"}, name
+
+
+def test_the_gpu_override_gives_the_gpu_stages_their_gpu_and_no_cpu_fallback(compose: dict) -> None:
+    """deploy/compose.gpu.yaml (over compose.yaml, with GPU_VARIANT=cuda): the stages built as CUDA images ask
+    for the GPU and set MEDSYNTH_DEVICE=cuda (a stage that cannot use it stops at start), and the override's
+    settings are ones the services read."""
+    override = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())
+    fields = {f"MEDSYNTH_{name.upper()}" for name in Settings.model_fields}
+    cuda_built = {name for name, service in compose["services"].items()
+                  if (service.get("build") or {}).get("args", {}).get("VARIANT") == "${GPU_VARIANT:-cpu}"}
+    assert cuda_built == {"trainer", "segmenter", "torchserve"}
+    assert set(override["services"]) <= set(compose["services"])
+    for name, service in override["services"].items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert bool(devices) is (name in cuda_built), name
+        if devices:
+            assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+            assert service["environment"]["MEDSYNTH_DEVICE"] == "cuda", name
+        assert all(k in fields for k in service.get("environment", {})), name
+    assert cuda_built <= set(override["services"])
+    Settings(sampler_passes_per_request=int(override["services"]["sampler"]["environment"]["MEDSYNTH_SAMPLER_PASSES_PER_REQUEST"]))

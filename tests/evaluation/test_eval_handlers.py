@@ -327,6 +327,7 @@ def test_the_reference_extractor_is_recorded_with_its_recipe_and_hash(world: dic
     assert (ref["model"], ref["seed"], ref["steps"], ref["stopped_step"], ref["view_id"], ref["source"]) == (
         "unet", 0, SEG["steps"], metrics["stopped_step"], world["view_id"], "real")
     assert ref["name"] == report["fidelity"][0]["extractor"] and ref["dim"] > 0
+    assert ref["device"] == "cpu"  # MEDSYNTH_DEVICE (auto, no CUDA here): the features' device is recorded
     assert all(row["extractor_sha256"] == ref["sha256"] for row in report["fidelity"])
     assert report["extractors"] == [ref]
     assert report["inception_score"]["value"] is None and "MEDSYNTH_INCEPTION_WEIGHTS" in report["inception_score"]["not_computed"]

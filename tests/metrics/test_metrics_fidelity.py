@@ -370,6 +370,23 @@ def test_encoder_extractor_pools_feature_maps_and_restores_mode() -> None:
     assert encoder.training is True  # features ran in eval mode (BatchNorm running stats), mode restored
 
 
+def test_encoder_extractor_runs_its_encoder_on_its_device() -> None:
+    """The encoder is moved to the extractor's device (the evaluator's MEDSYNTH_DEVICE), not left where it was
+    loaded (the CPU) while the images go to the device; features come back to the CPU as float64."""
+    moved: list[torch.device] = []
+
+    class Tracked(torch.nn.Sequential):
+        def to(self, *args, **kwargs):  # type: ignore[override]
+            moved.append(torch.device(args[0] if args else kwargs["device"]))
+            return super().to(*args, **kwargs)
+
+    encoder = Tracked(*_encoder())
+    extractor = EncoderExtractor(encoder, "toy", device="cpu")
+    assert moved == [torch.device("cpu")] and extractor.encoder is encoder
+    feats = extractor(_smooth_images(3, 32, seed=1))
+    assert feats.dtype == np.float64 and feats.shape == (3, 6)
+
+
 class _Skips(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x, x.flatten(1)[:, :5] * 2]

@@ -17,7 +17,7 @@ from medsynth.sampling.backends import InProcessSampler, TorchServeSampler
 from medsynth.sampling.cohort import read_manifest, regenerate, write_cohort
 from medsynth.sampling.generate import generate
 from medsynth.local.torchserve import TorchServeProcess, free_ports
-from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
+from medsynth.sampling.torchserve import LoadedModels, SamplerUnavailable, TorchServeClient
 from medsynth.store.local import LocalStore
 from sampling_helpers import (
     MODEL_NAME,
@@ -50,6 +50,21 @@ def test_register_is_idempotent(client: TorchServeClient, torchserve: TorchServe
     assert client.register(f"{MODEL_NAME}.mar", MODEL_NAME) is False
     assert not client.is_registered("no-such-model")
     assert torchserve.startup_s is not None and torchserve.startup_s < 120
+
+
+def test_the_lru_unloads_generators_from_a_real_torchserve(client: TorchServeClient) -> None:
+    """LoadedModels over TorchServe's own management API: a second generator loaded with capacity 1 unregisters
+    the first (its worker, on a GPU its CUDA context, goes away); unregistering an absent model is False."""
+    loaded = LoadedModels(capacity=2)
+    assert MODEL_NAME in client.models()
+    loaded.use(client, MODEL_NAME, lambda: pytest.fail("registered already"))
+    loaded.capacity = 1
+    others = [m for m in client.models() if m != MODEL_NAME]  # left by other tests: the least recent
+    evicted = loaded.use(client, "fam-joint-gan", lambda: client.register("fam-joint-gan.mar", "fam-joint-gan", initial_workers=1))
+    assert set(evicted) == {MODEL_NAME, *others} and client.models() == ["fam-joint-gan"]
+    assert not client.is_registered(MODEL_NAME) and client.unregister(MODEL_NAME) is False
+    client.register(f"{MODEL_NAME}.mar", MODEL_NAME, initial_workers=1)  # back as the other tests expect
+    assert client.unregister("fam-joint-gan") is True
 
 
 def test_cohort_through_torchserve_equals_in_process(

@@ -77,7 +77,7 @@ def test_early_stopping_and_3d_metrics_over_every_held_out_slice(views) -> None:
     assert metrics["best_step"] == stopping["best_step"] == curves["val_step"][best] and metrics["best_val_dice"] == curves["val_dice"][best]
     assert metrics["spec"]["early_stopping"] is True and metrics["spec"]["steps"] == 40
     assert stopping["val_split_empty_slices_kept"] is True
-
+    assert metrics["device"] == "cpu"  # MEDSYNTH_DEVICE auto on a machine without CUDA
     test = metrics["test"]
     view = load_view(store, "ph", ids[True])
     _, splits = view_splits(store, "ph", ids[True], splits=("test",))
@@ -89,6 +89,30 @@ def test_early_stopping_and_3d_metrics_over_every_held_out_slice(views) -> None:
         assert case["n_slices"] == SHAPE[2] and case["slice_spacing"] == [2.5]  # the manifest's spacing along the axis
         np.testing.assert_allclose(case["pixel_spacing"], [(0.7 * 40 / 32, 1.1 * 40 / 32)])
     np.testing.assert_allclose(hd95_slice_spacing(store, view, splits["test"]), 2.5)
+
+
+def test_the_segmenter_trains_on_the_jobs_device(views, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDSYNTH_DEVICE reaches train_segmenter through core.devices.pick_device, as the generator trainer's does,
+    so the chart's GPU segmenter uses its GPU (and an explicit cuda without one fails, tests/test_devices.py)."""
+    import torch
+
+    from medsynth.handlers import segment
+
+    store, ids = views
+    asked: list[str] = []
+
+    class Trained(Exception):
+        pass
+
+    def train(*args, device=None, **kwargs):
+        raise Trained(device)
+
+    monkeypatch.setattr(segment, "pick_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(segment, "train_segmenter", train)
+    command = jobs_pb2.TrainSegmenter(dataset="ph", view_id=ids[True], source="real", steps=4, batch_size=8)
+    with pytest.raises(Trained) as trained:
+        train_segmentation(command, Ctx(store, settings=Settings(device="cuda:1", inception_weights=None)))
+    assert asked == ["cuda:1"] and trained.value.args == (torch.device("cpu"),)
 
 
 def test_a_view_cut_the_old_way_is_tested_per_slice_and_says_so(views) -> None:

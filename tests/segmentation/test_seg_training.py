@@ -49,6 +49,17 @@ def test_same_seed_gives_identical_weights(splits, source):
     assert not all(torch.equal(a.state_dict[k], c.state_dict[k]) for k in a.state_dict)
 
 
+def test_the_job_device_changes_nothing_on_the_cpu(splits):
+    """``device`` places the model and each batch (the worker passes MEDSYNTH_DEVICE's); on the CPU the
+    run is the one it was before the argument existed, bit for bit. tests/cuda trains on the GPU."""
+    spec = small_spec(steps=6, val_every=3, augment=True)
+    default = train_segmenter(spec, splits["train"], splits["val"])
+    placed = train_segmenter(spec, splits["train"], splits["val"], device=torch.device("cpu"))
+    assert default.curves == placed.curves and default.best_step == placed.best_step
+    assert all(torch.equal(default.state_dict[k], placed.state_dict[k]) for k in default.state_dict)
+    assert {p.device for p in placed.model.parameters()} == {torch.device("cpu")}
+
+
 def test_training_leaves_the_global_rng_alone(splits):
     torch.manual_seed(123)
     expected = torch.rand(3)

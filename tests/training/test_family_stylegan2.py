@@ -93,6 +93,46 @@ def test_demodulated_convolution_keeps_unit_output_variance() -> None:
     assert torch.allclose(std, torch.ones_like(std), atol=0.1), std
 
 
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_the_unfused_modulated_convolution_is_the_same_function(demodulate: bool) -> None:
+    """What GPU training runs (StyleGAN2-ADA: the grouped form's backward is slow) equals the grouped form
+    up to rounding, values and input gradients alike; CPU training and every sampling pass stay grouped."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, 5, 3, 3, generator=g)
+    styles = torch.randn(4, 5, generator=g)
+    x = torch.randn(4, 5, 9, 9, generator=g, requires_grad=True)
+    fused = modulated_conv2d(x, weight, styles, demodulate=demodulate)
+    (grad_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    unfused = modulated_conv2d(x, weight, styles, demodulate=demodulate, fused=False)
+    (grad_unfused,) = torch.autograd.grad(unfused.square().sum(), x)
+    assert torch.allclose(unfused, fused, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(grad_unfused, grad_fused, rtol=1e-4, atol=1e-4)
+    conv = ModulatedConv2d(5, 6, 3, style_dim=8).train()
+    w = torch.randn(4, 8, generator=g)
+    expected = modulated_conv2d(x, conv.weight * conv.weight_gain, conv.affine(w), demodulate=True)
+    assert torch.equal(conv(x, w), expected)  # on the CPU, training too: the grouped form, bit for bit as before
+
+
+def test_an_r1_steps_real_pass_runs_in_float32_under_bf16_autocast() -> None:
+    """R1 differentiates the real scores with respect to the real inputs: through bf16 that gradient is too
+    coarse, so an R1 step's real pass leaves autocast; the fake passes and other steps keep it."""
+    opts = StyleGan2Options(**TINY, r1_every=2, augment="none")
+    data = _data()
+    state = _state(opts, data)
+    seen: list[tuple[bool, bool]] = []  # (input requires grad: the real pass of an R1 step, autocast on)
+    hook = state.nets["discriminator"].register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].requires_grad and args[0].is_leaf, torch.is_autocast_enabled("cpu"))))
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    for step in range(2):
+        ctx = StepContext(options=opts, training=_training(), data=data, step=step,
+                          rng=torch.Generator().manual_seed(1000 + step), autocast=bf16)
+        losses = FAMILY.train_step(state, ctx)
+        assert all(torch.isfinite(v) for v in losses.values())
+    hook.remove()
+    assert seen[0] == (True, False)  # step 0 (an R1 step): the real pass, outside autocast
+    assert all(autocast for _, autocast in seen[1:3]) and seen[3] == (False, True)  # fakes; step 1's real pass
+
+
 def test_r1_penalty_on_a_quadratic_discriminator() -> None:
     # D(x) = ½‖x‖² per sample: ∇ₓD = x, so R1 = mean over samples of ‖x‖².
     x = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)

@@ -253,3 +253,25 @@ def test_loss_curves_average_each_loss_over_the_steps_that_reported_it() -> None
     old = LossCurves.from_metrics(("a", "b"), {"curves": {"step": [], "a": [], "b": []}, "window": {"sums": [2.0, 6.0], "count": 2}},
                                   device=torch.device("cpu"))
     assert old.flush(4) == {"a": 1.0, "b": 3.0}
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.999])
+def test_the_ema_update_is_one_multi_tensor_op_equal_to_the_per_parameter_one(decay: float) -> None:
+    """update_ema lerps all parameters at once (a few kernel launches on a GPU, not one per parameter); on the
+    CPU it computes exactly the per-parameter lerp_/copy_ it replaced, so CPU runs are unchanged."""
+    from medsynth.training.loop import update_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 3))
+    ema = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 3))
+    model[1].running_mean.normal_()
+    model[1].num_batches_tracked += 7
+    expected = [p.detach().clone() for p in ema.parameters()]
+    beta = min(decay, (1 + 5) / (10 + 5))
+    for e, p in zip(expected, model.parameters()):
+        e.copy_(p) if beta == 0 else e.lerp_(p, 1 - beta)
+    update_ema(ema, model, decay, 5)
+    assert all(torch.equal(a, b) for a, b in zip(ema.parameters(), expected))
+    assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), model.buffers()))
+    with pytest.raises(ValueError, match="parameters"):
+        update_ema(torch.nn.Linear(2, 2), model, decay, 5)

@@ -157,8 +157,6 @@ each would run every job of it (each worker is its own consumer group). */}}
 - name: MEDSYNTH_KAFKA_SSL_CHECK_HOSTNAME
   value: {{ $k.tls.checkHostname | quote }}
 {{- end }}
-- name: MEDSYNTH_DEVICE
-  value: auto
 - name: HOME
   value: /tmp
 {{- range $key := list "MEDSYNTH_S3_ACCESS_KEY" "MEDSYNTH_S3_SECRET_KEY" "MEDSYNTH_METRICS_TOKEN" }}

@@ -198,7 +198,8 @@ class Settings(BaseSettings):
     # compute
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-        description="Where the trainer and the in-process sampler run: auto (CUDA when present), cpu, cuda, cuda:N.",
+        description="Where the trainer, the segmenter, the evaluator's feature extractors and the in-process sampler run: "
+        "auto (CUDA when usable), cpu, cuda, cuda:N. An explicit cuda that torch cannot use stops the worker at start.",
     )
 
     # sampling
@@ -219,7 +220,13 @@ class Settings(BaseSettings):
     sampler_passes_per_request: int = Field(
         4096, ge=1,
         description="Iterative samplers (diffusion): a cohort batch is cut so that samples x network passes per sample "
-        "stays within this, e.g. 16 samples at 250 steps; one-pass families keep the requested batch size.",
+        "stays within this, e.g. 16 samples at 250 steps; one-pass families keep the requested batch size. Sized for a "
+        "CPU TorchServe; the chart sets 65536 for a GPU one (64 samples at 1,000 steps).",
+    )
+    sampler_max_models: int = Field(
+        2, ge=1, le=1000,
+        description="Generators kept loaded in TorchServe (each a worker; on a GPU, a CUDA context and its weights): "
+        "loading another unregisters the least recently used beyond this.",
     )
 
     # studies

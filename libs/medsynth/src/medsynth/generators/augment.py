@@ -13,7 +13,8 @@ Pixels uncovered by translation and the cutout square are filled with *backgroun
 and mask one-hot class 0, so that augmented masks still sum to 1 per pixel.
 
 Every random number is drawn from an explicit CPU :class:`torch.Generator` (then moved to the input's
-device), so the augmentation of a step is a function of that generator alone, on any device. The
+device, asynchronously: :func:`~medsynth.generators.base.host_to_device`), so the augmentation of a step
+is a function of that generator alone, on any device. The
 same policy is applied to real and fake batches, each with its own draws (as in DiffAugment).
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from medsynth.generators.base import host_to_device
 
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
@@ -50,7 +53,7 @@ def background(x: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform(n: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    return torch.rand(n, 1, 1, 1, generator=generator).to(device=like.device, dtype=like.dtype)
+    return host_to_device(torch.rand(n, 1, 1, 1, generator=generator), like.device).to(like.dtype)
 
 
 def _color(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -66,8 +69,8 @@ def _color(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     max_shift = int(h * TRANSLATION_RATIO + 0.5), int(w * TRANSLATION_RATIO + 0.5)
-    dy = torch.randint(-max_shift[0], max_shift[0] + 1, (n, 1, 1), generator=generator).to(x.device)
-    dx = torch.randint(-max_shift[1], max_shift[1] + 1, (n, 1, 1), generator=generator).to(x.device)
+    dy = host_to_device(torch.randint(-max_shift[0], max_shift[0] + 1, (n, 1, 1), generator=generator), x.device)
+    dx = host_to_device(torch.randint(-max_shift[1], max_shift[1] + 1, (n, 1, 1), generator=generator), x.device)
     fill = background(x)
     padded = F.pad(x - fill, [1, 1, 1, 1]) + fill  # a one-pixel background border
     batch, rows, cols = torch.meshgrid(
@@ -84,8 +87,8 @@ def _translation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _cutout(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
     size = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
-    cy = torch.randint(0, h + (1 - size[0] % 2), (n, 1, 1), generator=generator).to(x.device)
-    cx = torch.randint(0, w + (1 - size[1] % 2), (n, 1, 1), generator=generator).to(x.device)
+    cy = host_to_device(torch.randint(0, h + (1 - size[0] % 2), (n, 1, 1), generator=generator), x.device)
+    cx = host_to_device(torch.randint(0, w + (1 - size[1] % 2), (n, 1, 1), generator=generator), x.device)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (

@@ -27,6 +27,7 @@ Tensor conventions (all families):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -171,9 +172,19 @@ class Batch:
         return torch.cat([self.images, self.one_hot], dim=1)
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (a random draw from a step's CPU generator) on ``device``. On CUDA: one asynchronous
+    copy from pinned memory — the host does not wait for the GPU's queued work, as a copy from pageable
+    memory makes it do (PyTorch's pinned-memory cache keeps the staging block until the copy is done).
+    Elsewhere the plain ``.to(device)`` (a no-op on the CPU)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def real_batch(data: TrainingData, batch_size: int, rng: torch.Generator) -> Batch:
     """``batch_size`` items drawn uniformly with replacement (indices from ``rng``)."""
-    index = torch.randint(0, len(data), (batch_size,), generator=rng).to(data.device)
+    index = host_to_device(torch.randint(0, len(data), (batch_size,), generator=rng), data.device)
     masks = data.masks[index]
     one_hot = F.one_hot(masks, data.spec.num_classes).permute(0, 3, 1, 2).to(data.images.dtype)
     return Batch(images=data.images[index], masks=masks, one_hot=one_hot, conditions=data.conditions[index])
@@ -262,7 +273,13 @@ Losses = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a family's training step gets besides its state: the options, data and this step's randomness."""
+    """What a family's training step gets besides its state: the options, data and this step's randomness.
+
+    Every random number is drawn from ``rng``, a CPU generator, in the order the step asks for them, so a
+    run's numbers are the same on every device (and a resumed run continues them exactly); each draw
+    reaches a CUDA device as one asynchronous pinned copy (:func:`host_to_device`), not a host
+    synchronisation. (Drawing them all at once would need each family to declare its draws up front;
+    drawing on the device would change the numbers, and the CPU runs' records, with the device.)"""
 
     options: FamilyOptions
     training: TrainingOptions  # resolved: lr and betas are numbers
@@ -275,13 +292,13 @@ class StepContext:
         return real_batch(self.data, self.training.batch_size, self.rng)
 
     def randn(self, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.rng).to(self.data.device)
+        return host_to_device(torch.randn(*shape, generator=self.rng), self.data.device)
 
     def rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.rng).to(self.data.device)
+        return host_to_device(torch.rand(*shape, generator=self.rng), self.data.device)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=self.rng).to(self.data.device)
+        return host_to_device(torch.randint(0, high, shape, generator=self.rng), self.data.device)
 
 
 # Sampling -----------------------------------------------------------------------------------------
@@ -295,10 +312,20 @@ class SamplingNet(nn.Module):
     sample is a function of its own index only. ``condition`` is ``(N,)`` int64 (ignored by
     unconditional nets). Being a plain module of tensors, it traces with :func:`torch.jit.trace`.
 
+    Device-portable: a trace made on the CPU must run on a GPU after ``torch.jit.load(map_location=...)``,
+    so a forward pass creates no tensor with an explicit ``device=`` (a trace records it as a constant
+    of the tracing device): constants are (non-persistent) buffers, new tensors come from ``new_*``/
+    ``*_like`` of an input. Where a library's code does (MONAI's timestep embedding), :meth:`tracing`
+    swaps in an equal, device-free version for the time of the trace.
+
     Subclasses set ``noise_shapes`` and define ``forward(noise: list[Tensor], condition: Tensor) -> Tensor``.
     """
 
     noise_shapes: tuple[tuple[int, ...], ...]
+
+    def tracing(self) -> contextlib.AbstractContextManager[None]:
+        """A context to trace this net in (see above); nothing to do by default."""
+        return contextlib.nullcontext()
 
 
 def critic_input(output: torch.Tensor, straight_through: bool = True) -> torch.Tensor:

@@ -36,8 +36,10 @@ schedulers, so that training and the traced sampler share exactly one definition
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import Enum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -128,6 +130,13 @@ class DiffusionOptions(RealDeformedOptions):
         return self
 
 
+@functools.lru_cache(maxsize=32)
+def _alphas_on(schedule: Schedule, steps: int, device: torch.device) -> torch.Tensor:
+    """:func:`alphas_cumprod` on ``device``, made once per run (training indexes it every step; the
+    cached tensor is never written to)."""
+    return alphas_cumprod(schedule, steps).to(device)
+
+
 def alphas_cumprod(schedule: Schedule, steps: int) -> torch.Tensor:
     """ᾱ_t for t = 0..steps-1 (float64)."""
     if schedule is Schedule.linear:
@@ -169,6 +178,43 @@ def _autoencoder(options: DiffusionOptions, data: DataSpec) -> LatentAutoencoder
 # Sampling -----------------------------------------------------------------------------------------
 
 
+def timestep_embedding(timesteps: torch.Tensor, embedding_dim: int, max_period: int = 10000) -> torch.Tensor:
+    """MONAI's ``get_timestep_embedding``, bit for bit, with the frequency index table derived from
+    ``timesteps`` (``new_ones(...).cumsum``, exact integers in float32) instead of
+    ``torch.arange(device=timesteps.device)``, which a trace records as a constant of the tracing device."""
+    if timesteps.ndim != 1:
+        raise ValueError("Timesteps should be a 1d-array")
+    half_dim = embedding_dim // 2
+    index = timesteps.new_ones(half_dim, dtype=torch.float32).cumsum(0) - 1
+    exponent = -math.log(max_period) * index
+    freqs = torch.exp(exponent / half_dim)
+    args = timesteps[:, None].float() * freqs[None, :]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if embedding_dim % 2 == 1:
+        embedding = F.pad(embedding, (0, 1, 0, 0))
+    return embedding
+
+
+@contextlib.contextmanager
+def _device_free_timestep_embedding() -> Iterator[None]:
+    """While tracing: MONAI's UNet embeds timesteps with :func:`timestep_embedding` (equal values)."""
+    from monai.networks.nets import diffusion_model_unet
+
+    original = diffusion_model_unet.get_timestep_embedding
+    diffusion_model_unet.get_timestep_embedding = timestep_embedding
+    try:
+        yield
+    finally:
+        diffusion_model_unet.get_timestep_embedding = original
+
+
+class _DiffusionSamplingNet(SamplingNet):
+    """Every diffusion sampler traces with the device-free timestep embedding."""
+
+    def tracing(self) -> contextlib.AbstractContextManager[None]:
+        return _device_free_timestep_embedding()
+
+
 class ReverseProcess(nn.Module):
     """DDIM (η ≥ 0) or DDPM with one denoiser over a fixed, strided set of timesteps, unrolled (traces
     as one graph): noise ``[x_T (N, *shape)]``, plus ``(N, steps, *shape)`` per-step noise when
@@ -182,6 +228,8 @@ class ReverseProcess(nn.Module):
         a = alphas_cumprod(options.schedule, options.train_timesteps)
         steps = torch.linspace(options.train_timesteps - 1, 0, options.sample_steps).round().long().unique_consecutive()
         self.timesteps = [int(t) for t in steps]
+        # the denoiser's timestep inputs: a buffer (moves with the module; no constant of the trace's device)
+        self.register_buffer("t_index", steps.clone(), persistent=False)
         self.register_buffer("a_t", a[steps].float(), persistent=False)
         prev = torch.cat([a[steps[1:]], torch.ones(1, dtype=torch.float64)])
         self.register_buffer("a_prev", prev.float(), persistent=False)
@@ -194,10 +242,10 @@ class ReverseProcess(nn.Module):
     def forward(self, noise: list[torch.Tensor], context: torch.Tensor | None = None) -> torch.Tensor:
         x = noise[0]
         n = x.shape[0]
-        for k, t in enumerate(self.timesteps):
+        for k in range(len(self.timesteps)):
             a, a_prev, sigma = self.a_t[k], self.a_prev[k], self.sigma[k]
             inputs = x if context is None else torch.cat([x, context], dim=1)
-            out = self.model(inputs, torch.full((n,), t, dtype=torch.long, device=x.device))
+            out = self.model(inputs, self.t_index[k : k + 1].expand(n))
             x0, eps = to_x0(x, out, a, self.prediction)
             if self.clip:
                 x0 = x0.clamp(-1, 1)
@@ -208,7 +256,7 @@ class ReverseProcess(nn.Module):
         return x
 
 
-class DiffusionSampler(SamplingNet):
+class DiffusionSampler(_DiffusionSamplingNet):
     """Joint variant in pixel space: the reverse process over image + mask channels."""
 
     def __init__(self, model: nn.Module, options: DiffusionOptions, data: DataSpec) -> None:
@@ -220,7 +268,7 @@ class DiffusionSampler(SamplingNet):
         return self.reverse(noise)
 
 
-class LatentDiffusionSampler(SamplingNet):
+class LatentDiffusionSampler(_DiffusionSamplingNet):
     """Joint variant in latent space: the reverse process over the autoencoder's latent, then its
     decoder → image + mask channels at the data's size."""
 
@@ -252,7 +300,7 @@ class GeneratedMasks(nn.Module):
         return one_hot(self.reverse(noise).argmax(dim=1), self.num_classes, noise[0].dtype)
 
 
-class MaskConditionedSampler(SamplingNet):
+class MaskConditionedSampler(_DiffusionSamplingNet):
     """Mask-conditioned variant: a one-hot mask from ``masks`` (:class:`GeneratedMasks` or
     :class:`~medsynth.generators.real_deformed.DeformedBankMasks`), then the image diffusion given it.
     Noise: the mask source's tensors, then the image reverse process's."""
@@ -282,7 +330,7 @@ def _diffusion_loss(model: nn.Module, x0: torch.Tensor, ctx: StepContext, opts: 
     n = x0.shape[0]
     t = ctx.randint(opts.train_timesteps, n)
     eps = ctx.randn(*x0.shape)
-    a = alphas_cumprod(opts.schedule, opts.train_timesteps).to(x0.device)[t].float().view(n, 1, 1, 1)
+    a = _alphas_on(opts.schedule, opts.train_timesteps, x0.device)[t].float().view(n, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     target = eps if opts.prediction is Prediction.epsilon else a.sqrt() * eps - (1 - a).sqrt() * x0
     inputs = x_t if context is None else torch.cat([x_t, context], dim=1)

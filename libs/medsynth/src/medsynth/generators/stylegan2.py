@@ -5,7 +5,7 @@ the image and its mask logits together, optionally class-conditional, trained as
 * lazy R1 on real samples: every ``r1_every`` steps, weighted ``γ/2 · r1_every`` and added to that
   step's discriminator loss (one backward pass; StyleGAN2 makes it a separate optimiser step instead,
   with lr and betas rescaled by ``r1_every / (r1_every + 1)`` — with the penalty folded in, no rescaling
-  is needed). ``r1_gamma`` null: ``0.0002 · S² / batch`` (StyleGAN2-ADA's "auto" heuristic; 0.0256 at
+  is needed). An R1 step's real pass runs in float32, outside bf16 autocast. ``r1_gamma`` null: ``0.0002 · S² / batch`` (StyleGAN2-ADA's "auto" heuristic; 0.0256 at
   64×64, batch 32);
 * style mixing: per sample with probability ``style_mixing``, the layers from a uniform cutoff in
   ``[1, num_ws)`` on take w from a second latent;
@@ -39,6 +39,7 @@ discriminator wins (loss_d → 0.01) within ~200 steps, with the heuristic γ an
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any, ClassVar, Literal
@@ -61,6 +62,7 @@ from medsynth.generators.base import (
     TrainingOptions,
     TrainState,
     critic_input,
+    host_to_device,
 )
 from medsynth.generators.losses import AdversarialLoss, discriminator_loss, generator_loss, r1_penalty
 from medsynth.models.stylegan2 import Discriminator, Generator
@@ -163,18 +165,20 @@ class StyleGan2(GeneratorFamily):
         real = ctx.batch()
         condition = real.conditions if opts.conditional else None  # D's labels; the fakes take the real batch's
         z, z_mix = ctx.randn(n, opts.latent_dim), ctx.randn(n, opts.latent_dim)
-        cutoff = mixing_cutoffs(n, g.num_ws, opts.style_mixing, ctx.rng).to(device)
+        cutoff = host_to_device(mixing_cutoffs(n, g.num_ws, opts.style_mixing, ctx.rng), device)
         noise = [ctx.randn(n, *shape) for shape in g.noise_shapes]
         with ctx.autocast():  # (an unconditional generator ignores the labels)
             fake = critic_input(g(z, real.conditions, noise, z_mix, cutoff))
 
-        # Discriminator: logistic loss, plus lazy R1 on R1 steps.
+        # Discriminator: logistic loss, plus lazy R1 on R1 steps. R1 is a gradient penalty: its real pass
+        # runs in float32 even under bf16 autocast (a bf16 input gradient is too coarse to penalise).
         r1_step = ctx.step % opts.r1_every == 0
         real_x = real.joint().detach().requires_grad_(r1_step)
         d.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        with ctx.autocast():
+        with contextlib.nullcontext() if r1_step else ctx.autocast():
             real_scores = d(augment(real_x), condition)
+        with ctx.autocast():
             fake_scores = d(augment(fake.detach()), condition)
             loss_d = discriminator_loss(AdversarialLoss.bce, real_scores, fake_scores)
         total = loss_d
@@ -271,13 +275,13 @@ def ada_augment(x: torch.Tensor, p: torch.Tensor | float, rng: torch.Generator) 
     amount from the CPU generator ``rng`` whatever ``p`` is, so the step's randomness does not depend on it."""
     n, _, h, w = x.shape
     device = x.device
-    gate = torch.rand(5, n, generator=rng).to(device) < torch.as_tensor(p, device=device)
-    flip_bit = torch.randint(0, 2, (n,), generator=rng).to(device)
-    turns = torch.randint(0, 4, (n,), generator=rng).to(device)
+    gate = host_to_device(torch.rand(5, n, generator=rng), device) < torch.as_tensor(p, device=device)
+    flip_bit = host_to_device(torch.randint(0, 2, (n,), generator=rng), device)
+    turns = host_to_device(torch.randint(0, 4, (n,), generator=rng), device)
     shift = int(h * ADA_TRANSLATION + 0.5)
-    offsets = torch.randint(-shift, shift + 1, (2, n), generator=rng).to(device)
-    brightness = (torch.randn(n, generator=rng) * ADA_BRIGHTNESS_STD).to(device)
-    contrast = torch.exp2(torch.randn(n, generator=rng) * ADA_CONTRAST_STD).to(device)
+    offsets = host_to_device(torch.randint(-shift, shift + 1, (2, n), generator=rng), device)
+    brightness = host_to_device(torch.randn(n, generator=rng) * ADA_BRIGHTNESS_STD, device)
+    contrast = host_to_device(torch.exp2(torch.randn(n, generator=rng) * ADA_CONTRAST_STD), device)
 
     def per_sample(values: torch.Tensor) -> torch.Tensor:
         return values.view(n, 1, 1, 1)

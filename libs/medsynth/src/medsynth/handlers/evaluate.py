@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput
 from medsynth.generators.entry import GeneratorEntry
 from medsynth.jobs.artifacts import cohort_arrays, generator_entry, view_splits
@@ -339,9 +340,10 @@ def _inception_score(extractors: Sequence[FeatureExtractor], features: Mapping[s
 
 
 def _extractor_summary(extractor: FeatureExtractor) -> dict[str, Any]:
-    """What measured: the extractor's name, preprocessing, feature size and recipe (run, hash…)."""
+    """What measured: the extractor's name, preprocessing, feature size, device and recipe (run, hash…).
+    Features from a CUDA device differ from the CPU's in the last bits (TF32 and cuDNN convolutions)."""
     return {"name": extractor.name, "preprocessing": extractor.preprocessing, "dim": int(extractor.dim),
-            **(getattr(extractor, "recipe", None) or {})}
+            "device": str(getattr(extractor, "device", "cpu")), **(getattr(extractor, "recipe", None) or {})}
 
 
 EMBED_POINTS = 200  # a side: an exact t-SNE of 400 points takes a few seconds on a CPU
@@ -392,6 +394,7 @@ def _extractors(ctx: JobContext, records: JobRecords, runs: list[dict], spec: jo
             without the request's check), or there is no extractor at all.
     """
     out: list[FeatureExtractor] = []
+    device = pick_device(ctx.settings.device)  # MEDSYNTH_DEVICE: feature extraction is the evaluation's heavy part
     if spec.reference_run_id:
         real_run = ctx.store.get_json(finished(records, spec.reference_run_id, JobKind.train_segmenter).result_keys["metrics"])
         chosen = "the evaluation's reference_run_id"
@@ -407,9 +410,9 @@ def _extractors(ctx: JobContext, records: JobRecords, runs: list[dict], spec: jo
         weights = ctx.store.get_bytes(model_key)
         model = load_segmenter(weights).model
         name = f"in-domain {real_run['spec']['model']} encoder (segmentation run {run_id}, real train split)"
-        out.append(EncoderExtractor(encoder(model), name, recipe=_run_recipe(real_run, run_id, model_key, weights, chosen)))
+        out.append(EncoderExtractor(encoder(model), name, device=device, recipe=_run_recipe(real_run, run_id, model_key, weights, chosen)))
     if ctx.settings.inception_weights is not None:
-        out.append(InceptionExtractor(ctx.settings.inception_weights))
+        out.append(InceptionExtractor(ctx.settings.inception_weights, device=device))
     if not out:
         raise InvalidInput("no feature extractor: pass a real-only segmentation run or set MEDSYNTH_INCEPTION_WEIGHTS")
     return out

@@ -25,9 +25,10 @@ from medsynth.jobs.worker import JobContext
 from medsynth.bus.messages import make_event
 from medsynth.sampling.backends import InProcessSampler, Sampler, TorchServeSampler
 from medsynth.sampling.cohort import MANIFEST_NAME, discard_incomplete, write_cohort
+from medsynth.sampling.generate import configure_determinism
 from medsynth.sampling.gate import GateOptions, ReleaseGate, ReleasePolicy, ReleaseRefused, gate_from_proto
 from medsynth.sampling.modes import sample_mode
-from medsynth.sampling.torchserve import SamplerUnavailable, TorchServeClient
+from medsynth.sampling.torchserve import LoadedModels, SamplerUnavailable, TorchServeClient
 from medsynth.store import ObjectStore
 from medsynth.runtime.telemetry import COHORT_SAMPLES, GATE_REFUSED, GATE_WITHHELD
 from medsynth.generators.checkpoint import load_checkpoint, load_sampling_nets
@@ -128,6 +129,7 @@ def _progress_line(done: int, total: int, gate: ReleaseGate) -> str:
 
 def _sampler(ctx: JobContext, entry: GeneratorEntry, mode: SampleMode) -> Sampler:
     if ctx.settings.sampler_backend is SamplerBackend.inprocess:
+        configure_determinism()  # as the TorchServe handler does, before the weights reach the device
         checkpoint = load_checkpoint(ctx.store.get_bytes(entry.checkpoint_key), family=entry.family)
         device = pick_device(ctx.settings.device)
         return InProcessSampler(checkpoint.spec, load_sampling_nets(checkpoint, device=device), mode, device=device)
@@ -140,10 +142,16 @@ def _sampler(ctx: JobContext, entry: GeneratorEntry, mode: SampleMode) -> Sample
     client = TorchServeClient(ctx.settings.torchserve_inference_url, ctx.settings.torchserve_management_url,
                               timeout_s=request_s + REQUEST_MARGIN_S, key_file=ctx.settings.torchserve_key_file)  # fmt: skip
     _wait_for(client, ctx)
-    if not client.is_registered(entry.model_name):
-        client.register(_publish_archive(ctx.store, ctx.settings, entry.archive_key), entry.model_name,
-                        response_timeout_s=request_s)  # fmt: skip
+    loaded = _LOADED.setdefault(client.management_url, LoadedModels(ctx.settings.sampler_max_models))
+    loaded.capacity = ctx.settings.sampler_max_models
+    loaded.use(client, entry.model_name,
+               lambda: client.register(_publish_archive(ctx.store, ctx.settings, entry.archive_key), entry.model_name,
+                                       response_timeout_s=request_s))  # fmt: skip
     return TorchServeSampler(client, entry.model_name, mode)
+
+
+#: The generators this sampler process keeps loaded, per TorchServe (management URL).
+_LOADED: dict[str, LoadedModels] = {}
 
 
 def _wait_for(client: TorchServeClient, ctx: JobContext) -> None:

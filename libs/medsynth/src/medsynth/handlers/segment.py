@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medsynth.core.devices import pick_device
 from medsynth.core.errors import InvalidInput, NotFound, PermanentJobError
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import ViewSummary
@@ -76,7 +77,9 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
             images, masks, options["synthetic_ratio"] = _patients_worth(splits["train"], images, masks, options["synthetic_patients"])
         synthetic = (images, np.minimum(masks, max(num_classes, 2) - 1))
     seg_spec = SegmentationSpec.from_dict({**spec_fields(options), "num_classes": max(num_classes, 2)})
-    result = train_segmenter(seg_spec, splits["train"], splits["val"], synthetic, on_progress=lambda f, m: ctx.progress(0.95 * f, m))
+    device = pick_device(ctx.settings.device)  # MEDSYNTH_DEVICE, as the generator trainer's
+    result = train_segmenter(seg_spec, splits["train"], splits["val"], synthetic, on_progress=lambda f, m: ctx.progress(0.95 * f, m),
+                             device=device)
     ctx.progress(0.95, "testing on held-out real patients")
     spacing, unit, spacing_source = hd95_spacing(ctx.store, view, splits["test"])
     slice_spacing = hd95_slice_spacing(ctx.store, view, splits["test"]) if unit == MM_UNIT else None
@@ -94,7 +97,7 @@ def train_segmentation(spec: jobs_pb2.TrainSegmenter, ctx: JobContext) -> Mappin
     ctx.store.put_json(metrics_key, {
         "run_id": ctx.job_id, "source": seg_spec.source, "cohort_id": spec.cohort_id or None,
         "dataset": spec.dataset, "view_id": spec.view_id, "spec": seg_spec.to_dict(),
-        "best_step": result.best_step, "best_val_dice": result.best_val_dice, "seconds": result.seconds,
+        "best_step": result.best_step, "best_val_dice": result.best_val_dice, "seconds": result.seconds, "device": str(device),
         "stopped_step": result.stopped_step, "stop_reason": result.stop_reason, "stopping": stopping,
         "test": metrics, "curves": {k: v for k, v in result.curves.items() if k != "train_loss"},
         "curves_note": "val_dice: pooled mean foreground Dice on the real validation patients at each val_step",

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from medsynth import __version__
 from medsynth.bus.client import Bus
+from medsynth.core.devices import require_device
 from medsynth.core.settings import Settings
 from medsynth.handlers import handlers_for
 from medsynth.jobs.worker import Handler, Worker
@@ -24,6 +25,7 @@ def run_worker(name: str, settings: Settings, handlers: Mapping[JobKind, Handler
     ``MEDSYNTH_WORKER_KINDS`` if set.
     """
     handlers = handlers or handlers_for(name, settings.worker_kinds)  # a bad MEDSYNTH_WORKER_KINDS fails before anything starts
+    require_device(settings.device)  # MEDSYNTH_DEVICE=cuda on a machine torch cannot use a GPU of: stop now, naming why
     worker = Worker(name, settings, open_service_store(settings), Bus(settings, client_id=name), handlers)
 
     def ready() -> Mapping[str, bool]:

@@ -362,6 +362,8 @@ class EncoderExtractor:
     returns a list or tuple (e.g. skip connections), the last element (the deepest) is used. It runs
     in eval mode under ``no_grad``; its training flag is restored afterwards. ``dim`` is found at
     construction by running one zero image of ``probe_size``. ``recipe`` says how the encoder was made.
+    The encoder is moved to ``device`` (in place: the extractor owns it from then on); images are
+    copied there batch by batch and the features come back to the CPU.
     """
 
     preprocessing = "none: [0,1] grey at native size"
@@ -379,9 +381,9 @@ class EncoderExtractor:
             raise InvalidInput(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}.")
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput(f"extractor name must be a non-empty string, got {name!r}.")
-        self.encoder = encoder
-        self.name = name
         self.device = torch.device(device)
+        self.encoder = encoder.to(self.device)
+        self.name = name
         self.dim = int(self._features(torch.zeros((1, 1, *probe_size))).shape[1])
         #: How the encoder was made (e.g. its segmentation run, training settings and the SHA-256 of its
         #: weights), recorded next to every score computed through it.

@@ -29,9 +29,9 @@ from medsynth.models.gan import SIZES, Generator
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(N, S, S)`` integer labels → ``(N, C, S, S)`` one-hot (a comparison, so it traces with any dtype)."""
-    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1, 1)
-    return (labels.long().unsqueeze(1) == classes).to(dtype)
+    """``(N, S, S)`` integer labels → ``(N, C, S, S)`` one-hot in ``dtype`` (``F.one_hot``: it traces to one op
+    on the labels' device, no class-index constant baked into an export for the device it was traced on)."""
+    return F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
 
 
 class SpadeNorm(nn.Module):

@@ -16,6 +16,9 @@ small and drawing image + mask together: the toRGB layers emit ``1 + C`` channel
 Every weight is stored N(0, 1) and scaled at run time by ``1/√fan_in`` (equalised learning rate).
 Up/downsampling are fixed [1, 3, 3, 1] FIR filters as (transposed) depthwise convolutions — not
 ``F.interpolate``/reflection padding, whose CUDA backward passes have no deterministic implementation.
+The filters are non-persistent buffers of the modules that resample (:func:`fir_kernel`): they move
+with ``.to(device)``, cost no host-to-device copy per call and trace as module state, not as CPU
+constants; being non-persistent, they are not in ``state_dict`` (checkpoints are unchanged).
 Nothing couples samples in the generator, so each output row depends on its own inputs only.
 """
 
@@ -84,35 +87,54 @@ class EqualConv2d(nn.Module):
         self.padding = kernel // 2
         self.activation = activation
         self.down = down
+        if down:
+            self.register_buffer("fir", fir_kernel(DOWN_GAIN), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.weight * self.weight_gain, padding=self.padding)
         if self.down:
-            x = downsample2x(x)
+            x = downsample2x(x, self.fir)
         if self.bias is not None:
             x = x + self.bias.view(1, -1, 1, 1)
         return _lrelu(x) if self.activation else x
 
 
-def _fir(x: torch.Tensor, gain: float) -> torch.Tensor:
-    taps = x.new_tensor([1.0, 3.0, 3.0, 1.0])
+UP_GAIN, DOWN_GAIN = 4.0, 1.0
+
+
+def fir_kernel(gain: float) -> torch.Tensor:
+    """The 4×4 [1, 3, 3, 1] ⊗ [1, 3, 3, 1] filter normalised to sum ``gain`` (float32, CPU)."""
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
     kernel = torch.outer(taps, taps)
-    return (kernel * (gain / kernel.sum())).expand(x.shape[1], 1, 4, 4)
+    return kernel * (gain / kernel.sum())
 
 
-def upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """×2 upsampling: zero insertion and a [1, 3, 3, 1] filter (gain 4), ``(N, C, H, W) → (N, C, 2H, 2W)``."""
-    return F.conv_transpose2d(x, _fir(x, 4.0), stride=2, padding=1, groups=x.shape[1])
+def _fir(x: torch.Tensor, kernel: torch.Tensor | None, gain: float) -> torch.Tensor:
+    """``kernel`` (a module's buffer; ``None``: made here, on ``x``'s device) as a depthwise weight for ``x``."""
+    kernel = fir_kernel(gain).to(x.device) if kernel is None else kernel
+    return kernel.to(x.dtype).expand(x.shape[1], 1, 4, 4)
 
 
-def downsample2x(x: torch.Tensor) -> torch.Tensor:
-    """×½ downsampling: a [1, 3, 3, 1] filter and stride 2, ``(N, C, H, W) → (N, C, H/2, W/2)``."""
-    return F.conv2d(x, _fir(x, 1.0), stride=2, padding=1, groups=x.shape[1])
+def upsample2x(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """×2 upsampling: zero insertion and a [1, 3, 3, 1] filter (gain 4, ``kernel`` = ``fir_kernel(UP_GAIN)``),
+    ``(N, C, H, W) → (N, C, 2H, 2W)``."""
+    return F.conv_transpose2d(x, _fir(x, kernel, UP_GAIN), stride=2, padding=1, groups=x.shape[1])
+
+
+def downsample2x(x: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
+    """×½ downsampling: a [1, 3, 3, 1] filter (gain 1, ``kernel`` = ``fir_kernel(DOWN_GAIN)``) and stride 2,
+    ``(N, C, H, W) → (N, C, H/2, W/2)``."""
+    return F.conv2d(x, _fir(x, kernel, DOWN_GAIN), stride=2, padding=1, groups=x.shape[1])
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *, demodulate: bool = True,
-                     eps: float = 1e-8) -> torch.Tensor:
-    """StyleGAN2's modulated convolution as one grouped convolution (one group per sample).
+                     eps: float = 1e-8, fused: bool = True) -> torch.Tensor:
+    """StyleGAN2's modulated convolution.
+
+    ``fused``: one grouped convolution with per-sample weights (one group per sample), what sampling
+    uses. Not fused: the input scaled by the styles, one shared convolution, the output scaled by the
+    demodulation coefficients — the same function (equal up to rounding), and StyleGAN2-ADA's choice for
+    training, since the grouped convolution's backward pass is slow on GPUs.
 
     Args:
         x: ``(N, I, H, W)`` input.
@@ -120,10 +142,16 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         styles: ``(N, I)`` per-sample scales of the input channels.
         demodulate: rescale each sample's output channel to unit expected variance for unit-variance
             input: divide its weights by ``√(Σ_{i,kh,kw} (w·s)² + eps)``.
+        fused: the grouped form (see above).
     """
     n, in_channels, h, w = x.shape
     out_channels, _, k, _ = weight.shape
     weights = weight.unsqueeze(0) * styles.view(n, 1, in_channels, 1, 1)  # (N, O, I, k, k)
+    if not fused:
+        out = F.conv2d(x * styles.view(n, in_channels, 1, 1), weight, padding=k // 2)
+        if demodulate:
+            out = out * (weights.square().sum(dim=(2, 3, 4)) + eps).rsqrt().view(n, out_channels, 1, 1)
+        return out
     if demodulate:
         weights = weights * (weights.square().sum(dim=(2, 3, 4), keepdim=True) + eps).rsqrt()
     out = F.conv2d(x.reshape(1, n * in_channels, h, w), weights.reshape(n * out_channels, in_channels, k, k),
@@ -132,7 +160,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
 
 class ModulatedConv2d(nn.Module):
-    """Equalised-lr weights modulated by an affine map of w (bias 1 at init: the identity style)."""
+    """Equalised-lr weights modulated by an affine map of w (bias 1 at init: the identity style).
+
+    The grouped (fused) form in eval mode and on the CPU; training on a GPU uses the unfused form
+    (:func:`modulated_conv2d`). CPU training keeps the fused form, so CPU runs compute exactly what they
+    computed before the unfused form existed (and a resumed CPU run continues them bit for bit)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, style_dim: int, *, demodulate: bool = True) -> None:
         super().__init__()
@@ -142,7 +174,8 @@ class ModulatedConv2d(nn.Module):
         self.demodulate = demodulate
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return modulated_conv2d(x, self.weight * self.weight_gain, self.affine(w), demodulate=self.demodulate)
+        fused = not self.training or x.device.type == "cpu"
+        return modulated_conv2d(x, self.weight * self.weight_gain, self.affine(w), demodulate=self.demodulate, fused=fused)
 
 
 class SynthesisLayer(nn.Module):
@@ -155,10 +188,12 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.resolution = resolution
         self.up = up
+        if up:
+            self.register_buffer("fir", fir_kernel(UP_GAIN), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.up:
-            x = upsample2x(x)
+            x = upsample2x(x, self.fir)
         x = self.conv(x, w) + noise * self.noise_strength
         return _lrelu(x + self.bias.view(1, -1, 1, 1))
 
@@ -215,6 +250,7 @@ class SynthesisNetwork(nn.Module):
         self.to_rgb = nn.ModuleList(to_rgb)
         self.num_ws = len(layers) + 1
         self.noise_shapes: tuple[tuple[int, int, int], ...] = tuple((1, layer.resolution, layer.resolution) for layer in layers)
+        self.register_buffer("fir", fir_kernel(UP_GAIN), persistent=False)  # the skip outputs' upsampling
 
     def forward(self, ws: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
         x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
@@ -224,7 +260,7 @@ class SynthesisNetwork(nn.Module):
             i = 2 * block - 1  # layer (and w) index of this block's first conv
             x = self.layers[i](x, ws[:, i], noise[i])
             x = self.layers[i + 1](x, ws[:, i + 1], noise[i + 1])
-            out = upsample2x(out) + to_rgb(x, ws[:, i + 2])
+            out = upsample2x(out, self.fir) + to_rgb(x, ws[:, i + 2])
         return out
 
 
@@ -241,6 +277,7 @@ class Generator(nn.Module):
         self.synthesis = SynthesisNetwork(image_size, 1 + num_classes, style_dim, channel_base, channel_max)
         self.num_ws = self.synthesis.num_ws
         self.noise_shapes = self.synthesis.noise_shapes
+        self.register_buffer("layer_index", torch.arange(self.num_ws), persistent=False)  # style mixing's w indices
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor, noise: list[torch.Tensor],
                 z_mix: torch.Tensor | None = None, cutoff: torch.Tensor | None = None) -> torch.Tensor:
@@ -248,7 +285,7 @@ class Generator(nn.Module):
         ws = w.unsqueeze(1).expand(-1, self.num_ws, -1)
         if z_mix is not None and cutoff is not None:
             w_mix = self.mapping(z_mix, condition)
-            later = torch.arange(self.num_ws, device=z.device).view(1, -1) >= cutoff.view(-1, 1)
+            later = self.layer_index.view(1, -1) >= cutoff.view(-1, 1)
             ws = torch.where(later.unsqueeze(2), w_mix.unsqueeze(1), ws)
         return self.synthesis(ws, noise)
 
@@ -262,9 +299,10 @@ class DiscriminatorBlock(nn.Module):
         self.conv0 = EqualConv2d(in_channels, in_channels, 3)
         self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True)
         self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=False)
+        self.register_buffer("fir", fir_kernel(DOWN_GAIN), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.skip(downsample2x(x))
+        skip = self.skip(downsample2x(x, self.fir))
         return (skip + self.conv1(self.conv0(x))) * math.sqrt(0.5)
 
 

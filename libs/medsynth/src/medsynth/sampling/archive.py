@@ -102,11 +102,14 @@ def build_model_archive(
 
 
 def trace_sampling_net(net: SamplingNet) -> torch.jit.ScriptModule:
-    """``net`` traced with :func:`torch.jit.trace` on a two-sample example (CPU): a TorchScript module
-    ``(noise list, condition) → (N, 1 + C, S, S)`` that needs no medsynth to run."""
-    example = [torch.zeros(2, *shape) for shape in net.noise_shapes]
-    with torch.no_grad():
-        return torch.jit.trace(net, (example, torch.zeros(2, dtype=torch.int64)), check_trace=False)
+    """``net`` traced with :func:`torch.jit.trace` on a two-sample example on its device: a TorchScript
+    module ``(noise list, condition) → (N, 1 + C, S, S)`` that needs no medsynth to run. The trace holds
+    no constant of the device it was made on (:class:`~medsynth.generators.base.SamplingNet`), so a CPU
+    trace runs on a GPU once loaded with ``torch.jit.load(path, map_location="cuda")``."""
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    example = [torch.zeros(2, *shape, device=device) for shape in net.noise_shapes]
+    with torch.no_grad(), net.tracing():
+        return torch.jit.trace(net, (example, torch.zeros(2, dtype=torch.int64, device=device)), check_trace=False)
 
 
 def weights_fingerprint(weights: Mapping[str, StateDict]) -> str:

@@ -1,7 +1,9 @@
 """One sampling interface, two backends: TorchServe, or the generator in this process.
 
-Both compute pixels with :func:`medsynth.sampling.generate.generate`, so for the same weights, seed,
-indices (drawn as one batch), device type and software versions they give identical bits.
+Both compute pixels with :func:`medsynth.sampling.generate.generate` under the same determinism
+settings, so for the same weights, seed, indices (drawn as one batch), device model and software
+versions they give identical bits. (Not across devices: a CUDA GPU's TF32 and cuDNN convolutions differ
+from the CPU's in the last bits, and two GPU models may pick different kernels.)
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ class Sampler(ABC):
 
 
 class InProcessSampler(Sampler):
-    """Runs a family's sampling net here, over ``nets`` (put in eval mode; moved to ``device`` if given)."""
+    """Runs a family's sampling net here, over ``nets`` (put in eval mode; moved to ``device`` if given).
+
+    A process that samples with it calls :func:`~medsynth.sampling.generate.configure_determinism` first,
+    as the TorchServe handler does (the sample-cohort handler does): the settings are process-wide, so
+    the constructor leaves that to the process."""
 
     def __init__(self, spec: GeneratorSpec, nets: dict[str, torch.nn.Module], mode: SampleMode = SampleMode(),
                  *, device: torch.device | str | None = None) -> None:

@@ -34,9 +34,11 @@ Reproducibility: the manifest records the seed, the batch layout, the latent sch
 (generator config, weights fingerprint, the versions and device that computed the pixels) and, per
 sample, the SHA-256 of the NIfTI files and of the raw pixel/mask arrays. :func:`regenerate` replays
 the original batches (outputs can depend on the batch a sample was drawn in, see
-:mod:`medsynth.sampling.generate`) and so reproduces the pixels exactly on the same device type and
-software versions; the NIfTI bytes are then identical too (same nibabel/zlib; written with the
-manifest's geometry, :func:`cohort_geometry`).
+:mod:`medsynth.sampling.generate`) and so reproduces the pixels exactly on the same device model (the
+CPU, or one GPU model) and software versions; the NIfTI bytes are then identical too (same
+nibabel/zlib; written with the manifest's geometry, :func:`cohort_geometry`). Not across devices: a
+GPU's TF32 and cuDNN convolutions differ from the CPU's by about 1e-3, enough to move pixels and mask
+boundaries (regenerating on another device or build warns, naming what changed).
 """
 
 from __future__ import annotations
@@ -391,7 +393,7 @@ def regenerate(
     """Reproduce samples ``indices`` of a written cohort: ``(images, masks)`` in the order asked.
 
     Each original batch holding a requested index is drawn again whole (with the same sampler
-    weights, the outputs then equal the originals bit for bit on the same device type and software).
+    weights, the outputs then equal the originals bit for bit on the same device model and software).
     Raises :class:`InvalidInput` if ``sampler`` has another generator config or weights than the
     manifest records, or an index is outside the cohort; with ``verify``, :class:`MedsynthError` if
     a regenerated sample's digests differ from the manifest's.
@@ -422,7 +424,7 @@ def _check_same_generator(recorded: Mapping[str, Any], current: Mapping[str, Any
                 f"the manifest records {recorded.get(field)!r}."
             )
     was, now = recorded.get("software") or {}, current.get("software") or {}
-    for field in ("torch", "device"):
+    for field in ("torch", "device", "device_name", "cuda"):  # bit for bit only on the same device model and build
         if was.get(field) != now.get(field):
             log.warning(
                 "regenerating with %s %r, the cohort was drawn with %r: pixels may differ in the last bits",

@@ -13,7 +13,8 @@ Bit-for-bit caveat: the latents are batch-independent, but the network's output 
 CPU convolution kernels may pick a different algorithm for a different batch size, so the pixels of
 sample ``i`` drawn in a batch of 11 can differ in the last bit from the same sample drawn in a batch
 of 16. Exact regeneration therefore replays the *batch layout* too (see
-:func:`medsynth.sampling.cohort.regenerate`), on the same device type and software versions.
+:func:`medsynth.sampling.cohort.regenerate`), on the same device model (the CPU, or one GPU model)
+and software versions: a GPU differs from the CPU (TF32 and cuDNN convolutions) by about 1e-3.
 
 :func:`generate` is the one function that turns ``(sampling net, seed, indices, condition)`` into
 pixels; the TorchServe handler and :class:`~medsynth.sampling.backends.InProcessSampler` both call it.

@@ -1,11 +1,12 @@
 """A small client for TorchServe's management and inference APIs.
 
-:class:`TorchServeClient` registers ``.mar`` archives (idempotently) and calls the sampler handler
+:class:`TorchServeClient` registers ``.mar`` archives (idempotently), unregisters them, and calls the sampler handler
 (``services/sampler/handler.py``) of a server with token authorization on: it reads the management
 and inference keys from the server's ``key_file.json`` and sends them as ``Authorization: Bearer``,
 renewing an expired one through the token API. Every failure to reach TorchServe, and every 5xx or
-unknown-model answer, is a :class:`SamplerUnavailable` naming the URL. The server itself runs in the
-cluster (the chart) or, on one machine, under :mod:`medsynth.local.torchserve`.
+unknown-model answer, is a :class:`SamplerUnavailable` naming the URL. :class:`LoadedModels` keeps the
+generators loaded in a server to a bound, unloading the least recently used. The server itself runs in
+the cluster (the chart) or, on one machine, under :mod:`medsynth.local.torchserve`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,6 @@ def _healthy(http: httpx.Client, url: str, headers: Mapping[str, str] | None = N
         return response.status_code == 200 and response.json().get("status") == "Healthy"
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
-
-
 
 
 class TorchServeClient:
@@ -118,6 +117,32 @@ class TorchServeClient:
             model_name, params["url"], self.management_url, time.monotonic() - began,
         )  # fmt: skip
         return True
+
+    def unregister(self, model_name: str) -> bool:
+        """Unregister ``model_name`` (its workers stop: on a GPU, each held a CUDA context and the
+        generator's weights). Returns ``False`` if it was not registered."""
+        url = f"{self.management_url}/models/{check_model_name(model_name)}"
+        response = self._request("DELETE", url)
+        if response.status_code == 404:
+            return False
+        _raise_for_status(response, url, f"unregistering model {model_name!r}")
+        log.info("unregistered model %r at %s", model_name, self.management_url)
+        return True
+
+    def models(self) -> list[str]:
+        """The names of the models registered (every page of ``GET /models``)."""
+        url, names, token = f"{self.management_url}/models", [], None
+        while True:
+            response = self._request("GET", url, params={"limit": 100, **({"next_page_token": token} if token else {})})
+            _raise_for_status(response, url, "listing models")
+            try:
+                body = response.json()
+                names += [m["modelName"] for m in body.get("models", [])]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SamplerUnavailable(f"TorchServe at {url} answered the model list with {response.text[:200]!r}") from exc
+            token = body.get("nextPageToken")
+            if not token:
+                return names
 
     def is_registered(self, model_name: str) -> bool:
         url = f"{self.management_url}/models/{check_model_name(model_name)}"
@@ -201,6 +226,45 @@ class TorchServeClient:
             raise _unavailable(url, exc, self._http.timeout.read) from exc
         self._read_keys()
         log.info("renewed the TorchServe %s key", api)
+
+
+class LoadedModels:
+    """The generators loaded in one TorchServe, kept to ``capacity`` by least recent use.
+
+    Each registered model holds a worker process — on a GPU a CUDA context and the generator's weights —
+    until it is unregistered, so a sampler that registered every generator it was ever asked for would
+    fill the GPU. :meth:`use` registers a model when needed and then unregisters the least recently used
+    others beyond ``capacity``; models the server holds that this process never used (registered before
+    it started) count as the least recent. Recency is this process's: samplers sharing one TorchServe
+    may unregister a model another is using, whose next request then fails as unavailable (the job is
+    retried and registers it again); the chart gives each sampler its own TorchServe.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise InvalidInput(f"capacity must be an integer of at least 1, got {capacity!r}.")
+        self.capacity = capacity
+        self._used: dict[str, float] = {}  # model name → last use (monotonic), oldest first
+
+    def use(self, client: TorchServeClient, model_name: str, register: Callable[[], object]) -> list[str]:
+        """Mark ``model_name`` used now; unregister the least recently used others beyond ``capacity``
+        (counting ``model_name``), then call ``register()`` if ``client``'s server lacks it — so the GPU
+        never holds more than ``capacity`` generators. Returns the names unregistered."""
+        self._used.pop(model_name, None)
+        self._used[model_name] = time.monotonic()
+        loaded = client.models()
+        order = {name: k for k, name in enumerate(self._used)}
+        others = sorted((m for m in loaded if m != model_name), key=lambda m: order.get(m, -1))
+        evicted = []
+        for name in others[: max(0, len(others) + 1 - self.capacity)]:
+            if client.unregister(name):
+                evicted.append(name)
+            self._used.pop(name, None)
+        if evicted:
+            log.info("unloaded %s from %s: at most %d generators stay loaded", evicted, client.management_url, self.capacity)
+        if model_name not in loaded:
+            register()
+        return evicted
 
 
 def _unavailable(url: str, exc: httpx.HTTPError, read_timeout: float | None) -> SamplerUnavailable:

@@ -68,10 +68,13 @@ PREDICT_BATCH = 64
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
-    """Argmax label maps ``(N, S, S)`` int64 for images ``(N, 1, S, S)``; the model is left in eval mode."""
+    """Argmax label maps ``(N, S, S)`` int64 for images ``(N, 1, S, S)``; the model is left in eval mode.
+    Runs on the model's device (each batch copied there); the maps are on the images' device."""
     model.eval()
-    out = [model(images[i : i + batch_size]).argmax(dim=1) for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.zeros((0, *images.shape[2:]), dtype=torch.int64)
+    device = next(iter(model.parameters()), images).device
+    with torch.no_grad():
+        out = [model(images[i : i + batch_size].to(device)).argmax(dim=1).to(images.device) for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.zeros((0, *images.shape[2:]), dtype=torch.int64, device=images.device)
 
 
 def pooled_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:

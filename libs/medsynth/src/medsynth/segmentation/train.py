@@ -15,6 +15,11 @@ then stops at that check; the weights tested are still the best-validation ones.
 Determinism: weight initialisation, batch order and augmentation all derive from ``spec.seed`` (the
 global torch RNG is forked, so callers' RNG state is untouched). On one machine with the same
 thread count, the same spec and data give bit-identical weights.
+
+Device: the job's (``device``; the worker passes :func:`medsynth.core.devices.pick_device` of
+``MEDSYNTH_DEVICE``). Initial weights, batch order and augmentation are drawn on the CPU whatever the
+device (so a run's random choices do not depend on it); each batch is then copied to the device. A
+CUDA run is repeatable on the same GPU model and software, not bit-identical to a CPU run.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def train_segmenter(
     synthetic: Mapping[str, np.ndarray] | tuple[np.ndarray, np.ndarray] | None = None,
     *,
     on_progress: Progress | None = None,
+    device: str | torch.device = "cpu",
 ) -> SegmentationResult:
     """Train a segmenter and keep the weights that score best on the real validation split.
 
@@ -104,6 +110,7 @@ def train_segmenter(
         synthetic: the synthetic cohort (dict with ``images``/``masks`` or a pair); required for
             sources "synthetic" and "mixed", ignored (with a warning) for "real".
         on_progress: called as ``on_progress(fraction, message)`` after each validation.
+        device: where the model trains and validates (the returned model and weights stay there).
 
     Returns:
         The trained model, its best weights, the step they come from and the learning curves.
@@ -114,10 +121,11 @@ def train_segmenter(
     """
     train_real, train_syn, val = _prepare_data(spec, real_train, real_val, synthetic)
     started = time.monotonic()
+    device = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = build_model(spec)
-        outcome = _fit(spec, model, train_real, train_syn, val, on_progress or (lambda f, m: None))
+        model = build_model(spec).to(device)  # initial weights drawn on the CPU, then moved
+        outcome = _fit(spec, model, train_real, train_syn, val, on_progress or (lambda f, m: None), device)
     best_state, best_step, best_dice, curves, stop_reason = outcome
     model.load_state_dict(best_state)
     model.eval()
@@ -172,8 +180,9 @@ class EarlyStopping:
 
 
 def _fit(spec: SegmentationSpec, model: nn.Module, real: Pairs | None, syn: Pairs | None, val: Pairs,
-         progress: Progress) -> tuple[dict, int, float, dict, str]:
-    """The training loop; returns ``(best state, best step, best val Dice, curves, stop reason)``."""
+         progress: Progress, device: torch.device) -> tuple[dict, int, float, dict, str]:
+    """The training loop; returns ``(best state, best step, best val Dice, curves, stop reason)``.
+    Batches are drawn and augmented on the CPU, then copied to ``device``."""
     sampler = BatchSampler(real, syn, batch_counts(spec.source, spec.batch_size, spec.synthetic_ratio), np.random.default_rng(spec.seed))
     aug_gen = torch.Generator().manual_seed(spec.seed)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -181,13 +190,14 @@ def _fit(spec: SegmentationSpec, model: nn.Module, real: Pairs | None, syn: Pair
     curves: dict[str, list] = {"train_loss": [], "val_step": [], "val_dice": []}
     best_state, best_step, best_dice = _snapshot(model), 0, -math.inf
     stopper = EarlyStopping(spec.patience, spec.min_delta, spec.min_steps) if spec.early_stopping else None
+    val_images = val.images.to(device)
     for step in range(1, spec.steps + 1):
         images, masks, _ = sampler.next()
         if spec.augment:
             images, masks = augment_batch(images, masks, aug_gen)
-        curves["train_loss"].append(_train_step(model, loss_fn, optimiser, images, masks))
+        curves["train_loss"].append(_train_step(model, loss_fn, optimiser, images.to(device), masks.to(device)))
         if step % spec.val_every == 0 or step == spec.steps:
-            dice = pooled_dice(predict(model, val.images), val.masks, spec.num_classes)
+            dice = pooled_dice(predict(model, val_images).cpu(), val.masks, spec.num_classes)
             curves["val_step"].append(step)
             curves["val_dice"].append(dice)
             if dice > best_dice:
