@@ -5,11 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest bench-fid bench-study clean help
+.PHONY: install tools test test-containers demo images dashboards protos bench bench-generators bench-gate bench-load bench-ingest bench-fid bench-study clean help
 
 help:
 	@echo "make install  create $(VENV) with the pinned dependencies (requirements.lock, requirements-tools.lock) and medsynth"
 	@echo "make test     install, then run the test suite"
+	@echo "make test-containers  the pipeline in containers with podman: every image (built where missing), deploy/compose.yaml"
+	@echo "               with deploy/compose.podman.yaml, the demo's path over REST with a worker killed (~6 min; not in make test)"
 	@echo "make demo     install, then run the main job end to end on phantom scans (DATA=dir to use your own)"
 	@echo "make bench-generators  train every generator family under one wall-clock budget and compare them"
 	@echo "               (DATA=dir, default phantoms; ARGS=\"--budget-min 8 --families spade stylegan2\"); run it alone"
@@ -23,7 +25,8 @@ help:
 	@echo "make bench-fid  features and FID for 10,000 images a side, medsynth beside clean-fid on the same files"
 	@echo "               (ARGS=\"--images 2000 --rounds 1\"); run it alone"
 	@echo "make bench-study  a study of tiny jobs on the local stack: scheduling and queue delay per job, reuse; run it alone"
-	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages); needs Docker"
+	@echo "make images   build the service images (deploy/images/Dockerfile; CPU, and CUDA for the GPU stages) with Docker,"
+	@echo "               or with podman from a local base where no registry can be reached (deploy/images/build-local.sh)"
 	@echo "make dashboards  regenerate the Grafana dashboards (helm/medsynth/files/dashboards) from deploy/grafana/dashboards.py"
 	@echo "make protos   regenerate the protobuf code in libs/medsynth/src/medsynth/v1 from protos/"
 
@@ -72,19 +75,37 @@ bench-fid: install
 bench-study: install
 	$(VENV)/bin/python -m medsynth.bench.study $(ARGS)
 
-# The service images (deploy/images/Dockerfile), where a Docker engine exists: VARIANT=cuda for the GPU stages.
+# The service images (deploy/images/Dockerfile): with a Docker engine, from the public base and PyTorch's CPU
+# index (VARIANT=cuda too for the GPU stages); else with podman, from a local Debian base and a local CPU
+# torch wheel (deploy/images/build-local.sh: no registry needed; sizes and build times in build-local.json).
 IMAGE_TARGETS := api ingest trainer preparer sampler segmenter evaluator torchserve
 GPU_TARGETS := trainer segmenter torchserve
 VERSION ?= 0.1.0
 images:
-	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine" >&2; exit 1; }
-	for t in $(IMAGE_TARGETS); do \
-	  docker build -f deploy/images/Dockerfile --target $$t --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION) . || exit 1; \
-	done
-	for t in $(GPU_TARGETS); do \
-	  docker build -f deploy/images/Dockerfile --target $$t --build-arg VARIANT=cuda --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION)-cuda . || exit 1; \
-	done
-	docker image ls 'medsynth/*'
+	@if docker info >/dev/null 2>&1; then \
+	  for t in $(IMAGE_TARGETS); do \
+	    docker build -f deploy/images/Dockerfile --target $$t --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION) . || exit 1; \
+	  done; \
+	  for t in $(GPU_TARGETS); do \
+	    docker build -f deploy/images/Dockerfile --target $$t --build-arg VARIANT=cuda --build-arg VERSION=$(VERSION) -t medsynth/$$t:$(VERSION)-cuda . || exit 1; \
+	  done; \
+	  docker image ls 'medsynth/*'; \
+	elif command -v podman >/dev/null; then \
+	  VERSION=$(VERSION) deploy/images/build-local.sh $(IMAGE_TARGETS); \
+	else echo "make images needs a running Docker engine or podman (apt-get install podman buildah runc debootstrap)" >&2; exit 1; fi
+
+# The pipeline in containers (tests/containers, README "Deploy"): podman's Docker API driven by testcontainers,
+# the images built by deploy/images/build-local.sh where missing (what `make images` runs under podman, the
+# trial-servers image too), podman-compose for `compose config`. Not part of `make test`: about 6 minutes with
+# the images built, 15 more to build them.
+CONTAINER_IMAGES := $(IMAGE_TARGETS) trial-servers
+PODMAN_COMPOSE := podman-compose==1.6.0
+test-containers: install
+	@command -v podman >/dev/null || { echo "make test-containers needs podman (apt-get install podman buildah runc debootstrap)" >&2; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(PODMAN_COMPOSE)
+	@missing=""; for t in $(CONTAINER_IMAGES); do podman image exists localhost/medsynth/$$t:$(VERSION) || missing="$$missing $$t"; done; \
+	  if [ -n "$$missing" ]; then echo "building the missing images:$$missing"; VERSION=$(VERSION) deploy/images/build-local.sh $$missing; fi
+	MEDSYNTH_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers $(ARGS)
 
 dashboards: install
 	$(PY) deploy/grafana/dashboards.py

@@ -9,6 +9,10 @@ import pytest
 # Broker, settings and store fixtures shared by the platform tests (tests/platform_fixtures.py).
 pytest_plugins = ["platform_fixtures"]
 
+# tests/containers runs the pipeline in containers (podman, the built images, ~6 minutes): `make test-containers`
+# sets MEDSYNTH_CONTAINER_TESTS=1; `make test` leaves the folder out.
+collect_ignore = [] if os.environ.get("MEDSYNTH_CONTAINER_TESTS") == "1" else ["containers"]
+
 
 # --- which servers back the platform tests (tests/platform_fixtures.py) ----------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:

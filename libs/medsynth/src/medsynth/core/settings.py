@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     torchserve_key_file: Path | None = Field(
         None, description="TorchServe's key_file.json (token authorization): the sampler's management and inference keys.",
     )
+    sampler_handler: Path | None = Field(
+        None, description="The TorchServe handler every generator's archive carries (services/sampler/handler.py); None: that "
+                          "file of the source checkout medsynth is installed from. The images set /app/services/sampler/handler.py.")
     sampler_wait_s: float = Field(60.0, ge=0, description="How long a cohort job waits for TorchServe before failing.")
     sampler_request_s: int = Field(
         600, ge=10, le=86_400,

@@ -51,7 +51,8 @@ def train_generator(message: jobs_pb2.TrainGenerator, ctx: JobContext) -> Mappin
                         prefix=prefix, on_progress=on_progress, device=device)
     weights = result.checkpoint.sampling_weights()
     with tempfile.TemporaryDirectory() as tmp:
-        mar = build_model_archive(spec, weights, model_name=_model_name(ctx.job_id), version=ARCHIVE_VERSION, out_dir=Path(tmp))
+        mar = build_model_archive(spec, weights, model_name=_model_name(ctx.job_id), version=ARCHIVE_VERSION, out_dir=Path(tmp),
+                                  handler=ctx.settings.sampler_handler)
         archive_key = f"{prefix}{mar.name}"
         ctx.store.put_file(archive_key, mar)
     curves_key = f"{prefix}curves.json"

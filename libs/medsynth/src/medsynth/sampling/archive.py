@@ -55,7 +55,9 @@ _ARCHIVER_TIMEOUT_S = 120
 
 
 def default_handler_path() -> Path:
-    """``services/sampler/handler.py`` of the source checkout medsynth is installed from (editable)."""
+    """``services/sampler/handler.py`` of the source checkout medsynth is installed from (editable);
+    an installed medsynth is told where the handler is (``Settings.sampler_handler``: the images'
+    ``MEDSYNTH_SAMPLER_HANDLER``)."""
     return Path(__file__).resolve().parents[5] / "services" / "sampler" / "handler.py"
 
 
