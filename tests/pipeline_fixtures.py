@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medsynth.core.settings import Settings
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.views import build_views
 from medsynth.io.nifti import load_nifti
 from medsynth.datasets.phantoms import make_phantom, phantom_seed, write_phantom_dataset
 from medsynth.store import ObjectStore
+
+
+
+@dataclass
+class PrepareContext:
+    """What the prepare-dataset handler uses of its job context."""
+
+    store: ObjectStore
+    settings: Settings = field(default_factory=lambda: Settings(inception_weights=None))
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        pass
 
 
 def phantom_view(store: ObjectStore, tmp_path: Path, *, dataset: str = "ph", n: int = 8, size: int = 32) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 
 from medsynth.commands.build import prepare_dataset_command
 from medsynth.commands.requests import PrepareDatasetCreate
-from medsynth.core.settings import Settings
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.phantoms import write_phantom_dataset
@@ -24,19 +22,9 @@ from medsynth.io.nifti import load_nifti
 from medsynth.store import ObjectStore
 from medsynth.store.local import LocalStore
 from medsynth.v1 import jobs_pb2
+from pipeline_fixtures import PrepareContext
 
 SHAPE = (24, 24, 10)
-
-
-@dataclass
-class Ctx:
-    """What the prepare-dataset handler uses of its job context."""
-
-    store: ObjectStore
-    settings: Settings = field(default_factory=lambda: Settings(inception_weights=None))
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +46,7 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[ObjectStore, dic
 def _prepare(store: ObjectStore, **body) -> tuple:
     command = prepare_dataset_command("ph", PrepareDatasetCreate(size=32, val_fraction=0.2, test_fraction=0.2, **body), store)
     command = jobs_pb2.PrepareDataset.FromString(command.SerializeToString())  # over the wire, as a worker gets it
-    key = prepare_dataset(command, Ctx(store))["view"]
+    key = prepare_dataset(command, PrepareContext(store))["view"]
     return command, parse_view(store.get_json(key), key)
 
 
@@ -103,7 +91,7 @@ def test_a_command_from_before_keep_empty_eval_cuts_the_old_view(phantoms) -> No
     manifest = load_manifest(store, "ph")
     command = jobs_pb2.PrepareDataset(dataset="ph", version=manifest.version, mode=jobs_pb2.SLICES_2D, size=32, axis=2,
                                       val_fraction=0.2, test_fraction=0.2, seed=0, keep_empty=False)  # fmt: skip
-    key = prepare_dataset(command, Ctx(store))["view"]
+    key = prepare_dataset(command, PrepareContext(store))["view"]
     view = parse_view(store.get_json(key), key)
     assert view.spec.keep_empty_eval is False and not view.spec.keeps_empty("test")
     assert view.view_id == _prepare(store, keep_empty_eval=False)[1].view_id

@@ -4,7 +4,6 @@ before this keep their ids and are not refused."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 from medsynth.commands.build import generator_command, prepare_dataset_command, segmentation_command
 from medsynth.commands.requests import GeneratorCreate, PrepareDatasetCreate, SegmentationCreate
 from medsynth.core.errors import InvalidInput
-from medsynth.core.settings import Settings
 from medsynth.datasets.ingest import Upload, ingest_scan
 from medsynth.datasets.manifest import load_manifest
 from medsynth.datasets.phantoms import write_phantom_dataset
@@ -24,18 +22,8 @@ from medsynth.jobs.records import JobRecords
 from medsynth.store import ObjectStore
 from medsynth.store.local import LocalStore
 from medsynth.v1 import jobs_pb2
+from pipeline_fixtures import PrepareContext
 
-
-
-@dataclass
-class Ctx:
-    """What the prepare-dataset handler uses of its job context."""
-
-    store: ObjectStore
-    settings: Settings = field(default_factory=lambda: Settings(inception_weights=None))
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        pass
 
 SHAPE = (24, 24, 10)
 UNLABELED = {"phantom_001", "phantom_004", "phantom_007"}  # uploaded without their label maps
@@ -58,7 +46,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> ObjectStore:
 def _prepare(store: ObjectStore, **body) -> ViewSummary:
     command = prepare_dataset_command("mx", PrepareDatasetCreate(size=32, val_fraction=0.2, test_fraction=0.2, **body), store)
     command = jobs_pb2.PrepareDataset.FromString(command.SerializeToString())  # over the wire, as a worker gets it
-    key = prepare_dataset(command, Ctx(store))["view"]
+    key = prepare_dataset(command, PrepareContext(store))["view"]
     return parse_view(store.get_json(key), key)
 
 
