@@ -239,9 +239,9 @@ def test_the_cli_exports_the_synthetic_cohort_alone(tmp_path: Path, capfd, monke
     assert f"wrote {folder}: 6 synthetic + 0 real cases; labels 0 background, 1 organ, 2 lesion" in out, out
     assert not (folder / "splits_final.json").exists()
     _verify(folder, capfd, monkeypatch)
-    assert main(args) == 2  # never written over
+    assert main(args) == 1  # refused (exit 1): never written over
     assert "Dataset007_Phantoms is there already" in capfd.readouterr().err
-    assert main([*args[:-2], "--name", "Other"]) == 2  # nnU-Net finds datasets by id
+    assert main([*args[:-2], "--name", "Other"]) == 1  # refused: nnU-Net finds datasets by id
     assert "has that id (Dataset007_Phantoms)" in capfd.readouterr().err
 
 
